@@ -1,0 +1,135 @@
+//! Types and names shared by the kernel programs (`tagger-ebpf`) and the
+//! daemon (`tagger-user`).
+//!
+//! Every type that crosses the user/kernel boundary is `#[repr(C)]` with its
+//! padding spelled out, so both sides agree on the layout byte for byte and no
+//! uninitialised padding ever reaches a map key (a padded key would make two
+//! equal flows hash differently).
+#![no_std]
+
+/// Program and map names: the daemon looks them up by these strings, the
+/// kernel crate names its items after them.
+pub mod names {
+    pub const PROG_CONNECT4: &str = "tagger_connect4";
+    pub const PROG_SOCK_OPS: &str = "tagger_sock_ops";
+    pub const MAP_CONFIG: &str = "TAGGER_CONFIG";
+    pub const MAP_MANAGED: &str = "TAGGER_MANAGED";
+    pub const MAP_PENDING: &str = "TAGGER_PENDING";
+    pub const MAP_FLOWS: &str = "TAGGER_FLOWS";
+    pub const MAP_STATS: &str = "TAGGER_STATS";
+}
+
+/// Capacity of the flow maps. They are LRU maps: a flow the proxy never
+/// claims (the client died between connect() and the SYN) ages out.
+pub const MAX_FLOWS: u32 = 65_536;
+/// Capacity of the managed-destination map (service addresses + endpoints).
+pub const MAX_MANAGED: u32 = 16_384;
+
+/// Where redirected connections go. One entry, index 0 of `TAGGER_CONFIG`.
+///
+/// `proxy_port == 0` means "no proxy": the connect hook then leaves every
+/// connection alone. This is the first half of fail-open; the second is that
+/// the programs are attached through links the daemon owns, so they detach
+/// when the daemon dies.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ProxyConfig {
+    /// IPv4 address of the node proxy, network byte order.
+    pub proxy_ip: u32,
+    /// Port of the node proxy, network byte order (as `bpf_sock_addr.user_port`).
+    pub proxy_port: u16,
+    pub _pad: u16,
+    /// cgroup id of the daemon itself: its own connections are never redirected,
+    /// even where it runs inside a managed cgroup (as a DaemonSet pod does).
+    pub daemon_cgroup_id: u64,
+}
+
+/// A managed destination: a service address or one endpoint of a managed
+/// HTTP service. Both fields in network byte order.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct DestKey {
+    pub ip: u32,
+    pub port: u16,
+    pub _pad: u16,
+}
+
+/// What the daemon knows about a managed destination.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct DestInfo {
+    /// Index of the service in the daemon's state (informational for the kernel).
+    pub service_id: u32,
+    /// `DEST_KIND_*`.
+    pub kind: u32,
+}
+
+pub const DEST_KIND_SERVICE_ADDR: u32 = 1;
+pub const DEST_KIND_ENDPOINT: u32 = 2;
+
+/// Recorded by the connect hook for a redirected socket: who connected and
+/// where it meant to go.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FlowOrigin {
+    /// Original destination IPv4, network byte order.
+    pub orig_ip: u32,
+    /// Original destination port, network byte order.
+    pub orig_port: u16,
+    pub _pad: u16,
+    /// cgroup v2 id of the calling task: names the source pod.
+    pub cgroup_id: u64,
+    /// Socket cookie, the id the kernel gives this socket for its lifetime.
+    pub cookie: u64,
+}
+
+/// The client side of a redirected TCP connection as the proxy sees it after
+/// `accept()`: the peer address. Filled by sock_ops once the kernel has
+/// chosen the source port. Both fields network byte order.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct FlowKey {
+    pub src_ip: u32,
+    pub src_port: u16,
+    pub _pad: u16,
+}
+
+/// Counters kept by the kernel programs (per-CPU array indices).
+pub mod stat {
+    /// connect() calls seen on managed cgroups.
+    pub const CONNECT_SEEN: u32 = 0;
+    /// connect() calls redirected to the proxy.
+    pub const CONNECT_REDIRECTED: u32 = 1;
+    /// Redirected connections linked to their 4-tuple by sock_ops.
+    pub const FLOW_LINKED: u32 = 2;
+    /// Map updates that failed (map full or similar).
+    pub const MAP_ERRORS: u32 = 3;
+    pub const COUNT: u32 = 4;
+}
+
+#[cfg(feature = "user")]
+mod pod_impls {
+    use super::*;
+    // SAFETY: all types are #[repr(C)], made only of integers, with explicit
+    // padding fields, so every bit pattern is valid and there are no holes.
+    unsafe impl aya::Pod for ProxyConfig {}
+    unsafe impl aya::Pod for DestKey {}
+    unsafe impl aya::Pod for DestInfo {}
+    unsafe impl aya::Pod for FlowOrigin {}
+    unsafe impl aya::Pod for FlowKey {}
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use core::mem::size_of;
+
+    #[test]
+    fn layouts_have_no_implicit_padding() {
+        assert_eq!(size_of::<ProxyConfig>(), 16);
+        assert_eq!(size_of::<DestKey>(), 8);
+        assert_eq!(size_of::<DestInfo>(), 8);
+        assert_eq!(size_of::<FlowOrigin>(), 24);
+        assert_eq!(size_of::<FlowKey>(), 8);
+    }
+}

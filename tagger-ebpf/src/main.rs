@@ -1,0 +1,159 @@
+//! tagger's kernel programs.
+//!
+//! * `tagger_connect4` (cgroup/connect4 on the pods' cgroups): a TCP
+//!   `connect()` to a managed destination is rewritten to the node proxy, and
+//!   the original destination plus the caller's cgroup are recorded under the
+//!   socket cookie.
+//! * `tagger_sock_ops` (sock_ops on the same cgroups): when the kernel sends
+//!   the SYN of such a socket, its source address is known; the record moves
+//!   from "by cookie" to "by source address", which is what the proxy sees
+//!   as the peer of the accepted connection.
+//!
+//! Each program is a thin entry that calls a `try_` function and always lets
+//! the connection proceed: a failure here must never break an app's connect.
+#![no_std]
+#![no_main]
+
+use aya_ebpf::{
+    bindings::{BPF_SOCK_OPS_TCP_CONNECT_CB, bpf_sock_addr},
+    helpers::{bpf_get_current_cgroup_id, bpf_get_socket_cookie},
+    macros::{cgroup_sock_addr, map, sock_ops},
+    maps::{Array, HashMap, LruHashMap, PerCpuArray},
+    programs::{SockAddrContext, SockOpsContext},
+};
+use tagger_common::{
+    DestInfo, DestKey, FlowKey, FlowOrigin, MAX_FLOWS, MAX_MANAGED, ProxyConfig, stat,
+};
+
+/// Verdict of a cgroup_sock_addr program that lets the syscall go on.
+const ALLOW: i32 = 1;
+const AF_INET: u32 = 2;
+const SOCK_STREAM: u32 = 1;
+
+#[map]
+static TAGGER_CONFIG: Array<ProxyConfig> = Array::with_max_entries(1, 0);
+
+#[map]
+static TAGGER_MANAGED: HashMap<DestKey, DestInfo> = HashMap::with_max_entries(MAX_MANAGED, 0);
+
+/// Redirected sockets between connect() and the SYN, by socket cookie.
+#[map]
+static TAGGER_PENDING: LruHashMap<u64, FlowOrigin> = LruHashMap::with_max_entries(MAX_FLOWS, 0);
+
+/// Redirected connections by their source address, for the proxy.
+#[map]
+static TAGGER_FLOWS: LruHashMap<FlowKey, FlowOrigin> = LruHashMap::with_max_entries(MAX_FLOWS, 0);
+
+#[map]
+static TAGGER_STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(stat::COUNT, 0);
+
+#[inline(always)]
+fn bump(index: u32) {
+    if let Some(counter) = TAGGER_STATS.get_ptr_mut(index) {
+        // SAFETY: per-CPU slot, no concurrent writer on this CPU.
+        unsafe { *counter += 1 };
+    }
+}
+
+#[cgroup_sock_addr(connect4)]
+pub fn tagger_connect4(ctx: SockAddrContext) -> i32 {
+    let _ = try_connect4(&ctx);
+    ALLOW
+}
+
+fn try_connect4(ctx: &SockAddrContext) -> Result<(), i64> {
+    let addr: *mut bpf_sock_addr = ctx.sock_addr;
+    // SAFETY: the kernel hands us a valid context for the program's lifetime.
+    let (family, sock_type, ip, port) = unsafe {
+        (
+            (*addr).user_family,
+            (*addr).type_,
+            (*addr).user_ip4,
+            (*addr).user_port,
+        )
+    };
+    if family != AF_INET || sock_type != SOCK_STREAM {
+        return Ok(());
+    }
+    bump(stat::CONNECT_SEEN);
+    let config = TAGGER_CONFIG.get(0).ok_or(-1i64)?;
+    if config.proxy_port == 0 {
+        return Ok(()); // no live proxy: fail open
+    }
+    let cgroup_id = unsafe { bpf_get_current_cgroup_id() };
+    if cgroup_id == config.daemon_cgroup_id {
+        return Ok(());
+    }
+    let dest = DestKey {
+        ip,
+        port: port as u16,
+        _pad: 0,
+    };
+    // SAFETY: read-only lookup of a plain-old-data value.
+    if unsafe { TAGGER_MANAGED.get(&dest) }.is_none() {
+        return Ok(());
+    }
+    let cookie = unsafe { bpf_get_socket_cookie(ctx.sock_addr.cast()) };
+    let origin = FlowOrigin {
+        orig_ip: ip,
+        orig_port: port as u16,
+        _pad: 0,
+        cgroup_id,
+        cookie,
+    };
+    if TAGGER_PENDING.insert(&cookie, &origin, 0).is_err() {
+        // Without a record the proxy could not tell where to go: do not redirect.
+        bump(stat::MAP_ERRORS);
+        return Ok(());
+    }
+    // SAFETY: writing the destination is what connect4 programs are for. The
+    // writes are volatile so LLVM cannot merge them into one wide store the
+    // verifier rejects.
+    unsafe {
+        core::ptr::write_volatile(&mut (*addr).user_ip4, config.proxy_ip);
+        core::ptr::write_volatile(&mut (*addr).user_port, u32::from(config.proxy_port));
+    }
+    bump(stat::CONNECT_REDIRECTED);
+    Ok(())
+}
+
+#[sock_ops]
+pub fn tagger_sock_ops(ctx: SockOpsContext) -> u32 {
+    let _ = try_sock_ops(&ctx);
+    0
+}
+
+fn try_sock_ops(ctx: &SockOpsContext) -> Result<(), i64> {
+    if ctx.op() != BPF_SOCK_OPS_TCP_CONNECT_CB || ctx.family() != AF_INET {
+        return Ok(());
+    }
+    let cookie = unsafe { bpf_get_socket_cookie(ctx.ops.cast()) };
+    // SAFETY: read of a plain-old-data value we copy out at once.
+    let origin = match unsafe { TAGGER_PENDING.get(&cookie) } {
+        Some(origin) => *origin,
+        None => return Ok(()),
+    };
+    let key = FlowKey {
+        src_ip: ctx.local_ip4(),
+        // local_port is in host byte order, unlike every other port here.
+        src_port: (ctx.local_port() as u16).to_be(),
+        _pad: 0,
+    };
+    if TAGGER_FLOWS.insert(&key, &origin, 0).is_err() {
+        bump(stat::MAP_ERRORS);
+    } else {
+        bump(stat::FLOW_LINKED);
+    }
+    let _ = TAGGER_PENDING.remove(&cookie);
+    Ok(())
+}
+
+#[cfg(not(test))]
+#[panic_handler]
+fn panic(_info: &core::panic::PanicInfo) -> ! {
+    loop {}
+}
+
+#[unsafe(link_section = "license")]
+#[unsafe(no_mangle)]
+static LICENSE: [u8; 4] = *b"GPL\0";

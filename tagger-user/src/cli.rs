@@ -1,0 +1,245 @@
+//! Command-line interface. `main.rs` parses, this module dispatches.
+use std::{net::SocketAddrV4, path::PathBuf, process::ExitCode};
+
+use anyhow::Context;
+use clap::{Args, Parser, Subcommand};
+
+use crate::{
+    ctl::{self, ViewOptions},
+    daemon::{self, DaemonArgs},
+    localcluster::{self, RunDir},
+};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "tagger",
+    version,
+    about = "Lane routing for any language: eBPF flow tagging and a lane-aware node proxy"
+)]
+pub struct Cli {
+    /// Where the local cluster and the daemon keep their record, logs and admin socket.
+    #[arg(long, global = true, default_value = "/run/tagger")]
+    pub run_dir: PathBuf,
+    /// Admin socket of the daemon (default: RUN_DIR/admin.sock).
+    #[arg(long, global = true)]
+    pub admin_socket: Option<PathBuf>,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the node daemon: eBPF data path, lane-aware proxy, admin API.
+    Daemon(DaemonCli),
+    /// A local cluster of network-namespace pods (what `cargo xtask up|exec|down` run).
+    #[command(subcommand)]
+    Cluster(ClusterCommand),
+    /// Show the flow-to-lane map: source pod, service, endpoint, lane, reason, counts.
+    Flows(View),
+    /// Show requests per second per lane per service.
+    Lanes(View),
+    /// List, apply, enable, disable or delete routing rules (live).
+    #[command(subcommand)]
+    Rules(RulesCommand),
+    /// Dump the daemon's effective config and live state as JSON.
+    ConfigDump,
+}
+
+#[derive(Debug, Args)]
+pub struct DaemonCli {
+    /// The cluster file (lanes, services, rules).
+    #[arg(long)]
+    pub config: PathBuf,
+    /// Where the pods run (addresses, cgroup ids), JSON.
+    #[arg(long)]
+    pub placement: PathBuf,
+    /// cgroup v2 directory to attach the eBPF programs to.
+    #[arg(long)]
+    pub cgroup: PathBuf,
+    /// Address the proxy listens on; must be reachable from the pods.
+    #[arg(long)]
+    pub proxy_addr: SocketAddrV4,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ClusterCommand {
+    /// Start the cluster described by FILE and the daemon; return when ready.
+    Up { file: PathBuf },
+    /// Remove everything `up` made.
+    Down,
+    /// Run a command inside a pod's network namespace and cgroup.
+    Exec {
+        pod: String,
+        #[arg(last = true, required = true)]
+        command: Vec<String>,
+    },
+    /// Start the daemon again for the running cluster (after a stop or a crash).
+    RestartDaemon,
+    /// Print the cluster record (pods, addresses, cgroups, daemon pid) as JSON.
+    Status,
+}
+
+#[derive(Debug, Args)]
+pub struct View {
+    /// Refresh every second, in place.
+    #[arg(long)]
+    pub watch: bool,
+    /// Print JSON instead of a table.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum RulesCommand {
+    /// Rules in force with their hit counts.
+    List {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Apply a rules file (`rules: [...]`): same-named rules are replaced.
+    Apply {
+        #[arg(short = 'f', long = "file")]
+        file: PathBuf,
+    },
+    Enable {
+        name: String,
+    },
+    Disable {
+        name: String,
+    },
+    Delete {
+        name: String,
+    },
+}
+
+pub fn init_tracing(cli: &Cli) {
+    let default = match cli.command {
+        Command::Daemon(_) => "info",
+        _ => "warn",
+    };
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    use std::io::IsTerminal;
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(std::io::stderr().is_terminal())
+        .with_writer(std::io::stderr)
+        .init();
+}
+
+pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    let run_dir = RunDir(cli.run_dir.clone());
+    let socket = cli
+        .admin_socket
+        .clone()
+        .unwrap_or_else(|| run_dir.admin_socket());
+    match cli.command {
+        Command::Daemon(args) => {
+            daemon::run(DaemonArgs {
+                config: args.config,
+                placement: args.placement,
+                cgroup: args.cgroup,
+                proxy_addr: args.proxy_addr,
+                admin_socket: socket,
+            })
+            .await?;
+        }
+        Command::Cluster(command) => return cluster(command, &run_dir).await,
+        Command::Flows(view) => {
+            ctl::flows(
+                &socket,
+                ViewOptions {
+                    watch: view.watch,
+                    json: view.json,
+                },
+            )
+            .await?
+        }
+        Command::Lanes(view) => {
+            ctl::lanes(
+                &socket,
+                ViewOptions {
+                    watch: view.watch,
+                    json: view.json,
+                },
+            )
+            .await?
+        }
+        Command::Rules(command) => {
+            let message = match command {
+                RulesCommand::List { json } => {
+                    ctl::rules_list(&socket, json).await?;
+                    return Ok(ExitCode::SUCCESS);
+                }
+                RulesCommand::Apply { file } => ctl::rules_apply(&socket, &file).await?,
+                RulesCommand::Enable { name } => {
+                    ctl::rules_action(&socket, &name, "enable").await?
+                }
+                RulesCommand::Disable { name } => {
+                    ctl::rules_action(&socket, &name, "disable").await?
+                }
+                RulesCommand::Delete { name } => {
+                    ctl::rules_action(&socket, &name, "delete").await?
+                }
+            };
+            println!("{message}");
+        }
+        Command::ConfigDump => ctl::config_dump(&socket).await?,
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn cluster(command: ClusterCommand, run_dir: &RunDir) -> anyhow::Result<ExitCode> {
+    let exe = std::env::current_exe().context("finding the tagger binary")?;
+    match command {
+        ClusterCommand::Up { file } => {
+            let result = tokio::select! {
+                result = localcluster::up(&file, run_dir, &exe) => result,
+                _ = tokio::signal::ctrl_c() => Err(localcluster::ClusterError::Interrupted),
+            };
+            match result {
+                Ok(record) => {
+                    println!(
+                        "local cluster is up: {} pods; logs in {}",
+                        record.pods.len(),
+                        run_dir.logs().display()
+                    );
+                    for pod in &record.pods {
+                        println!("  {:<14} {:<15} service {}", pod.name, pod.ip, pod.service);
+                    }
+                }
+                Err(e) => {
+                    // Interrupted or failed part-way: leave nothing behind.
+                    let problems = localcluster::down(run_dir);
+                    for p in problems {
+                        eprintln!("cleanup: {p}");
+                    }
+                    return Err(e.into());
+                }
+            }
+        }
+        ClusterCommand::Down => {
+            let problems = localcluster::down(run_dir);
+            if !problems.is_empty() {
+                for p in &problems {
+                    eprintln!("down: {p}");
+                }
+                return Ok(ExitCode::FAILURE);
+            }
+            println!("local cluster removed");
+        }
+        ClusterCommand::Exec { pod, command } => {
+            let code = localcluster::exec(run_dir, &pod, &command)?;
+            return Ok(ExitCode::from(u8::try_from(code).unwrap_or(1)));
+        }
+        ClusterCommand::RestartDaemon => {
+            let pid = localcluster::restart_daemon(run_dir, &exe).await?;
+            println!("tagger daemon running, pid {pid}");
+        }
+        ClusterCommand::Status => {
+            let record = localcluster::ClusterRecord::load(run_dir)?;
+            println!("{}", serde_json::to_string_pretty(&record)?);
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,296 @@
+//! The local cluster file (SPEC.md, "The local cluster file"): parsing and
+//! validation. Everything that is wrong is reported with the place it is in
+//! (`services[1].pods[0].command`), and nothing is started before the whole
+//! file is known to be good.
+use std::{
+    collections::{HashMap, HashSet},
+    path::{Path, PathBuf},
+};
+
+use serde::{Deserialize, Serialize};
+
+use crate::rules::RuleSpec;
+
+pub const DEFAULT_LANE_HEADER: &str = "x-lane";
+/// Header name the reference product (MSE) uses for the lane; always accepted.
+pub const LANE_HEADER_ALIAS: &str = "x-mse-tag";
+/// Pod labels that put a pod in a lane.
+pub const LANE_LABELS: [&str; 2] = ["tagger.io/lane", "alicloud.service.tag"];
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read cluster file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("cluster file {path} is not valid: {message}")]
+    Parse { path: PathBuf, message: String },
+    #[error("cluster file {path}: {place}: {message}")]
+    Invalid {
+        path: PathBuf,
+        place: String,
+        message: String,
+    },
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct ClusterFile {
+    #[serde(default = "default_lane_header")]
+    pub lane_header: String,
+    #[serde(default)]
+    pub passthrough_headers: Vec<String>,
+    #[serde(default)]
+    pub lanes: Vec<LaneSpec>,
+    #[serde(default)]
+    pub services: Vec<ServiceSpec>,
+    #[serde(default)]
+    pub rules: Vec<RuleSpec>,
+    /// Largest body prefix a `body` rule condition reads (bytes).
+    #[serde(default = "default_body_limit")]
+    pub body_match_limit: usize,
+}
+
+fn default_lane_header() -> String {
+    DEFAULT_LANE_HEADER.to_string()
+}
+
+fn default_body_limit() -> usize {
+    64 * 1024
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct LaneSpec {
+    pub name: String,
+    /// A sticky lane holds for every later hop of a request once it is in it.
+    #[serde(default)]
+    pub sticky: bool,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct ServiceSpec {
+    pub name: String,
+    /// The port callers use; a service without one is a plain pod group.
+    #[serde(default)]
+    pub port: Option<u16>,
+    #[serde(default)]
+    pub pods: Vec<PodSpec>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct PodSpec {
+    pub name: String,
+    #[serde(default)]
+    pub lane: Option<String>,
+    /// Kubernetes-style labels; `tagger.io/lane` or `alicloud.service.tag`
+    /// set the lane like `lane:` does.
+    #[serde(default)]
+    pub labels: HashMap<String, String>,
+    #[serde(default)]
+    pub command: Vec<String>,
+    /// Extra environment for the command.
+    #[serde(default)]
+    pub env: HashMap<String, String>,
+}
+
+impl PodSpec {
+    /// The pod's lane: `lane:` or one of the lane labels; `None` is baseline.
+    pub fn effective_lane(&self) -> Option<&str> {
+        self.lane.as_deref().or_else(|| {
+            LANE_LABELS
+                .iter()
+                .find_map(|label| self.labels.get(*label).map(String::as_str))
+        })
+    }
+}
+
+impl ClusterFile {
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        Self::parse(&text, path)
+    }
+
+    /// Parses and validates; `path` is only used in messages.
+    pub fn parse(text: &str, path: &Path) -> Result<Self, ConfigError> {
+        let file: ClusterFile = serde_yaml::from_str(text).map_err(|e| ConfigError::Parse {
+            path: path.to_path_buf(),
+            message: e.to_string(),
+        })?;
+        file.validate()
+            .map_err(|(place, message)| ConfigError::Invalid {
+                path: path.to_path_buf(),
+                place,
+                message,
+            })?;
+        Ok(file)
+    }
+
+    fn validate(&self) -> Result<(), (String, String)> {
+        if !is_header_name(&self.lane_header) {
+            return Err((
+                "lane_header".into(),
+                format!("{:?} is not a valid header name", self.lane_header),
+            ));
+        }
+        for (i, h) in self.passthrough_headers.iter().enumerate() {
+            if !is_header_name(h) {
+                return Err((
+                    format!("passthrough_headers[{i}]"),
+                    format!("{h:?} is not a valid header name"),
+                ));
+            }
+        }
+        let mut lanes = HashSet::new();
+        for (i, lane) in self.lanes.iter().enumerate() {
+            check_name(&lane.name).map_err(|m| (format!("lanes[{i}].name"), m))?;
+            if !lanes.insert(lane.name.as_str()) {
+                return Err((
+                    format!("lanes[{i}].name"),
+                    format!("lane {:?} is declared twice", lane.name),
+                ));
+            }
+        }
+        let mut services = HashSet::new();
+        let mut pods: HashMap<&str, String> = HashMap::new();
+        let mut lanes_with_pods = HashSet::new();
+        for (si, service) in self.services.iter().enumerate() {
+            let place = format!("services[{si}]");
+            check_name(&service.name).map_err(|m| (format!("{place}.name"), m))?;
+            if !services.insert(service.name.as_str()) {
+                return Err((
+                    format!("{place}.name"),
+                    format!("service {:?} is declared twice", service.name),
+                ));
+            }
+            if service.port == Some(0) {
+                return Err((format!("{place}.port"), "port 0 is not a port".into()));
+            }
+            if service.pods.is_empty() {
+                return Err((
+                    format!("{place}.pods"),
+                    format!("service {:?} has no pods", service.name),
+                ));
+            }
+            for (pi, pod) in service.pods.iter().enumerate() {
+                let place = format!("{place}.pods[{pi}]");
+                check_name(&pod.name).map_err(|m| (format!("{place}.name"), m))?;
+                if pod.name.len() > 12 {
+                    // Interface names are limited to 15 bytes; we prefix 3.
+                    return Err((
+                        format!("{place}.name"),
+                        format!("pod name {:?} is longer than 12 characters", pod.name),
+                    ));
+                }
+                if let Some(first) = pods.insert(&pod.name, place.clone()) {
+                    return Err((
+                        format!("{place}.name"),
+                        format!("pod name {:?} is already used at {first}", pod.name),
+                    ));
+                }
+                if pod.command.is_empty() {
+                    return Err((
+                        format!("{place}.command"),
+                        format!("pod {:?} has no command to run", pod.name),
+                    ));
+                }
+                if let Some(lane) = pod.effective_lane() {
+                    if !lanes.contains(lane) {
+                        return Err((
+                            format!("{place}.lane"),
+                            format!(
+                                "lane {lane:?} is not declared under `lanes:` (declared: {})",
+                                join_or_none(lanes.iter())
+                            ),
+                        ));
+                    }
+                    lanes_with_pods.insert(lane);
+                }
+            }
+        }
+        for (i, lane) in self.lanes.iter().enumerate() {
+            if !lanes_with_pods.contains(lane.name.as_str()) {
+                return Err((
+                    format!("lanes[{i}]"),
+                    format!(
+                        "no pod is in lane {:?}; give a pod `lane: {}` or remove the lane",
+                        lane.name, lane.name
+                    ),
+                ));
+            }
+        }
+        self.validate_rules()
+    }
+
+    /// Checks the rules against the file's services and lanes.
+    pub(crate) fn validate_rules(&self) -> Result<(), (String, String)> {
+        let services: HashSet<&str> = self.services.iter().map(|s| s.name.as_str()).collect();
+        let lanes: HashSet<&str> = self.lanes.iter().map(|l| l.name.as_str()).collect();
+        for (i, rule) in self.rules.iter().enumerate() {
+            let place = format!("rules[{i}]");
+            rule.compile().map_err(|e| (place.clone(), e.to_string()))?;
+            if !services.contains(rule.service.as_str()) {
+                return Err((
+                    format!("{place}.service"),
+                    format!(
+                        "rule {:?} guards unknown service {:?}",
+                        rule.name, rule.service
+                    ),
+                ));
+            }
+            if !lanes.contains(rule.lane.as_str()) {
+                return Err((
+                    format!("{place}.lane"),
+                    format!("rule {:?} names unknown lane {:?}", rule.name, rule.lane),
+                ));
+            }
+        }
+        crate::rules::check_unique_names(&self.rules).map_err(|m| ("rules".to_string(), m))?;
+        Ok(())
+    }
+
+    pub fn lane(&self, name: &str) -> Option<&LaneSpec> {
+        self.lanes.iter().find(|l| l.name == name)
+    }
+}
+
+fn join_or_none<'a>(names: impl Iterator<Item = &'a &'a str>) -> String {
+    let mut names: Vec<&str> = names.copied().collect();
+    names.sort_unstable();
+    if names.is_empty() {
+        "none".into()
+    } else {
+        names.join(", ")
+    }
+}
+
+/// DNS-label-like names: they become host names and interface names.
+fn check_name(name: &str) -> Result<(), String> {
+    let ok = !name.is_empty()
+        && name.len() <= 63
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && !name.starts_with('-')
+        && !name.ends_with('-');
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "{name:?} is not a valid name (lowercase letters, digits and '-', at most 63)"
+        ))
+    }
+}
+
+fn is_header_name(name: &str) -> bool {
+    http::HeaderName::from_bytes(name.as_bytes()).is_ok()
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,208 @@
+//! The operator's commands: `tagger flows`, `tagger lanes`, `tagger rules`,
+//! `tagger config-dump`. They read the running daemon's admin API.
+mod table;
+
+use std::{path::Path, time::Duration};
+
+use bytes::Bytes;
+use http::Method;
+
+use crate::{
+    admin::{AdminClient, AdminError},
+    daemon::RuleRow,
+    flows::{FlowRow, LaneRate},
+};
+
+pub use table::Table;
+
+#[derive(Debug, Clone, Copy)]
+pub struct ViewOptions {
+    pub watch: bool,
+    pub json: bool,
+}
+
+const WATCH_EVERY: Duration = Duration::from_secs(1);
+
+async fn show_repeatedly<F, Fut>(options: ViewOptions, render: F) -> Result<(), AdminError>
+where
+    F: Fn() -> Fut,
+    Fut: std::future::Future<Output = Result<String, AdminError>>,
+{
+    loop {
+        let text = render().await?;
+        if options.watch {
+            // Clear the screen and home the cursor: refresh in place.
+            print!("\x1b[2J\x1b[H{text}");
+        } else {
+            print!("{text}");
+        }
+        if !options.watch {
+            return Ok(());
+        }
+        tokio::time::sleep(WATCH_EVERY).await;
+    }
+}
+
+fn to_json<T: serde::Serialize>(value: &T) -> String {
+    serde_json::to_string_pretty(value).unwrap_or_default() + "\n"
+}
+
+pub async fn flows(socket: &Path, options: ViewOptions) -> Result<(), AdminError> {
+    let client = AdminClient::new(socket);
+    show_repeatedly(options, || async {
+        let rows: Vec<FlowRow> = client.get_json("/flows").await?;
+        Ok(if options.json {
+            to_json(&rows)
+        } else {
+            render_flows(&rows)
+        })
+    })
+    .await
+}
+
+pub fn render_flows(rows: &[FlowRow]) -> String {
+    let mut table = Table::new([
+        "SOURCE", "SERVICE", "ENDPOINT", "LANE", "REASON", "REQUESTS", "ERRORS", "LAST",
+    ]);
+    for row in rows {
+        let reason = if row.fallback {
+            format!("{} (fallback)", row.reason)
+        } else {
+            row.reason.clone()
+        };
+        table.row([
+            row.source.clone(),
+            row.service.clone(),
+            row.endpoint.clone(),
+            row.lane.clone().unwrap_or_else(|| "baseline".into()),
+            reason,
+            row.requests.to_string(),
+            row.errors.to_string(),
+            format_age(row.last_seen_ms),
+        ]);
+    }
+    if rows.is_empty() {
+        return "no flows yet\n".into();
+    }
+    table.render()
+}
+
+fn format_age(ms: u64) -> String {
+    match ms {
+        0..1_000 => "now".into(),
+        1_000..60_000 => format!("{}s ago", ms / 1000),
+        _ => format!("{}m ago", ms / 60_000),
+    }
+}
+
+pub async fn lanes(socket: &Path, options: ViewOptions) -> Result<(), AdminError> {
+    let client = AdminClient::new(socket);
+    show_repeatedly(options, || async {
+        let rates: Vec<LaneRate> = client.get_json("/lanes").await?;
+        Ok(if options.json {
+            to_json(&rates)
+        } else {
+            render_lanes(&rates)
+        })
+    })
+    .await
+}
+
+pub fn render_lanes(rates: &[LaneRate]) -> String {
+    if rates.is_empty() {
+        return "no traffic yet\n".into();
+    }
+    let mut table = Table::new(["SERVICE", "LANE", "RPS", "TOTAL"]);
+    for rate in rates {
+        table.row([
+            rate.service.clone(),
+            rate.lane.clone().unwrap_or_else(|| "baseline".into()),
+            format!("{:.1}", rate.requests_per_second),
+            rate.total.to_string(),
+        ]);
+    }
+    table.render()
+}
+
+pub async fn rules_list(socket: &Path, json: bool) -> Result<(), AdminError> {
+    let rows: Vec<RuleRow> = AdminClient::new(socket).get_json("/rules").await?;
+    if json {
+        print!("{}", to_json(&rows));
+        return Ok(());
+    }
+    if rows.is_empty() {
+        println!("no rules: all traffic follows headers and pod lanes");
+        return Ok(());
+    }
+    let mut table = Table::new([
+        "NAME",
+        "SERVICE",
+        "LANE",
+        "MODE",
+        "PRIORITY",
+        "ENABLED",
+        "HITS",
+        "CONDITIONS",
+    ]);
+    for row in rows {
+        let spec = &row.spec;
+        let conditions = spec
+            .conditions
+            .iter()
+            .map(|c| serde_json::to_string(c).unwrap_or_default())
+            .collect::<Vec<_>>()
+            .join(" ");
+        table.row([
+            spec.name.clone(),
+            spec.service.clone(),
+            spec.lane.clone(),
+            format!("{:?}", spec.mode).to_lowercase(),
+            spec.priority.to_string(),
+            spec.enabled.to_string(),
+            row.hits.to_string(),
+            conditions,
+        ]);
+    }
+    print!("{}", table.render());
+    Ok(())
+}
+
+pub async fn rules_apply(socket: &Path, file: &Path) -> Result<String, AdminError> {
+    let text = std::fs::read(file).map_err(|source| AdminError::Connect {
+        path: file.to_path_buf(),
+        source,
+    })?;
+    let answer = AdminClient::new(socket)
+        .request(Method::POST, "/rules", Bytes::from(text))
+        .await?;
+    Ok(String::from_utf8_lossy(&answer).trim().to_string())
+}
+
+pub async fn rules_action(socket: &Path, name: &str, action: &str) -> Result<String, AdminError> {
+    let client = AdminClient::new(socket);
+    let answer = match action {
+        "delete" => {
+            client
+                .request(Method::DELETE, &format!("/rules/{name}"), Bytes::new())
+                .await?
+        }
+        _ => {
+            client
+                .request(
+                    Method::POST,
+                    &format!("/rules/{name}/{action}"),
+                    Bytes::new(),
+                )
+                .await?
+        }
+    };
+    Ok(String::from_utf8_lossy(&answer).trim().to_string())
+}
+
+pub async fn config_dump(socket: &Path) -> Result<(), AdminError> {
+    let answer = AdminClient::new(socket)
+        .request(Method::GET, "/config_dump", Bytes::new())
+        .await?;
+    println!("{}", String::from_utf8_lossy(&answer).trim());
+    Ok(())
+}

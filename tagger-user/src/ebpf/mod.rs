@@ -1,0 +1,235 @@
+//! Loading the kernel programs and talking to their maps.
+//!
+//! The programs are attached to one cgroup (the parent of every pod's cgroup)
+//! through bpf links that this process owns: if the daemon dies, the kernel
+//! closes the links and `connect()` goes straight to its destination again.
+use std::{
+    collections::HashSet,
+    fs::File,
+    net::{Ipv4Addr, SocketAddrV4},
+    path::{Path, PathBuf},
+    sync::Mutex,
+};
+
+use aya::{
+    Ebpf,
+    maps::{Array, HashMap as BpfHashMap, MapData, PerCpuArray},
+    programs::{CgroupAttachMode, CgroupSockAddr, SockOps},
+};
+use tagger_common::{DestInfo, DestKey, FlowKey, FlowOrigin, ProxyConfig, names, stat};
+
+use crate::state::Destination;
+
+/// The kernel object built by build.rs, aligned as the ELF parser wants.
+static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/tagger-ebpf.o"));
+
+#[derive(Debug, thiserror::Error)]
+pub enum EbpfError {
+    #[error("loading the eBPF object failed (is this root, with bpf() allowed?): {0}")]
+    Load(#[from] aya::EbpfError),
+    #[error("program {name} failed to load or attach to {cgroup}: {source}")]
+    Program {
+        name: &'static str,
+        cgroup: PathBuf,
+        source: aya::programs::ProgramError,
+    },
+    #[error("the eBPF object has no {0} (was tagger-ebpf built from this tree?)")]
+    Missing(&'static str),
+    #[error("map {map}: {source}")]
+    Map {
+        map: &'static str,
+        source: aya::maps::MapError,
+    },
+    #[error("cannot open cgroup {path}: {source} (is cgroup v2 mounted?)")]
+    Cgroup {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+}
+
+/// Counters of the kernel programs, summed over CPUs.
+#[derive(Debug, Clone, Copy, Default, serde::Serialize)]
+pub struct KernelStats {
+    pub connect_seen: u64,
+    pub connect_redirected: u64,
+    pub flow_linked: u64,
+    pub map_errors: u64,
+}
+
+pub struct Datapath {
+    // Owns the programs and their links: dropping it detaches everything.
+    _ebpf: Ebpf,
+    config: Mutex<Array<MapData, ProxyConfig>>,
+    managed: Mutex<BpfHashMap<MapData, DestKey, DestInfo>>,
+    flows: Mutex<BpfHashMap<MapData, FlowKey, FlowOrigin>>,
+    stats: PerCpuArray<MapData, u64>,
+    installed: Mutex<HashSet<DestKey>>,
+}
+
+fn dest_key(addr: SocketAddrV4) -> DestKey {
+    DestKey {
+        ip: u32::from(*addr.ip()).to_be(),
+        port: addr.port().to_be(),
+        _pad: 0,
+    }
+}
+
+fn take_map(ebpf: &mut Ebpf, name: &'static str) -> Result<aya::maps::Map, EbpfError> {
+    ebpf.take_map(name).ok_or(EbpfError::Missing(name))
+}
+
+impl Datapath {
+    /// Loads the programs and attaches them to `cgroup` (and so to every
+    /// cgroup below it). Redirection stays off until [`Datapath::enable`].
+    pub fn attach(cgroup: &Path) -> Result<Self, EbpfError> {
+        let mut ebpf = Ebpf::load(OBJECT)?;
+        let cgroup_file = File::open(cgroup).map_err(|source| EbpfError::Cgroup {
+            path: cgroup.to_path_buf(),
+            source,
+        })?;
+        let program_error = |name: &'static str| {
+            let cgroup = cgroup.to_path_buf();
+            move |source| EbpfError::Program {
+                name,
+                cgroup: cgroup.clone(),
+                source,
+            }
+        };
+        let connect: &mut CgroupSockAddr = ebpf
+            .program_mut(names::PROG_CONNECT4)
+            .ok_or(EbpfError::Missing(names::PROG_CONNECT4))?
+            .try_into()
+            .map_err(program_error(names::PROG_CONNECT4))?;
+        connect
+            .load()
+            .map_err(program_error(names::PROG_CONNECT4))?;
+        connect
+            .attach(&cgroup_file, CgroupAttachMode::Single)
+            .map_err(program_error(names::PROG_CONNECT4))?;
+        let sock_ops: &mut SockOps = ebpf
+            .program_mut(names::PROG_SOCK_OPS)
+            .ok_or(EbpfError::Missing(names::PROG_SOCK_OPS))?
+            .try_into()
+            .map_err(program_error(names::PROG_SOCK_OPS))?;
+        sock_ops
+            .load()
+            .map_err(program_error(names::PROG_SOCK_OPS))?;
+        sock_ops
+            .attach(&cgroup_file, CgroupAttachMode::Single)
+            .map_err(program_error(names::PROG_SOCK_OPS))?;
+
+        let map_error = |map: &'static str| move |source| EbpfError::Map { map, source };
+        let config = Array::try_from(take_map(&mut ebpf, names::MAP_CONFIG)?)
+            .map_err(map_error(names::MAP_CONFIG))?;
+        let managed = BpfHashMap::try_from(take_map(&mut ebpf, names::MAP_MANAGED)?)
+            .map_err(map_error(names::MAP_MANAGED))?;
+        let flows = BpfHashMap::try_from(take_map(&mut ebpf, names::MAP_FLOWS)?)
+            .map_err(map_error(names::MAP_FLOWS))?;
+        let stats = PerCpuArray::try_from(take_map(&mut ebpf, names::MAP_STATS)?)
+            .map_err(map_error(names::MAP_STATS))?;
+        Ok(Self {
+            _ebpf: ebpf,
+            config: Mutex::new(config),
+            managed: Mutex::new(managed),
+            flows: Mutex::new(flows),
+            stats,
+            installed: Mutex::new(HashSet::new()),
+        })
+    }
+
+    /// Turns redirection on: managed connects go to `proxy`.
+    pub fn enable(&self, proxy: SocketAddrV4, daemon_cgroup_id: u64) -> Result<(), EbpfError> {
+        self.set_config(ProxyConfig {
+            proxy_ip: u32::from(*proxy.ip()).to_be(),
+            proxy_port: proxy.port().to_be(),
+            _pad: 0,
+            daemon_cgroup_id,
+        })
+    }
+
+    /// Turns redirection off (graceful shutdown: fail open before exiting).
+    pub fn disable(&self) -> Result<(), EbpfError> {
+        self.set_config(ProxyConfig::default())
+    }
+
+    fn set_config(&self, config: ProxyConfig) -> Result<(), EbpfError> {
+        self.config
+            .lock()
+            .expect("config map lock")
+            .set(0, config, 0)
+            .map_err(|source| EbpfError::Map {
+                map: names::MAP_CONFIG,
+                source,
+            })
+    }
+
+    /// Makes the kernel's set of managed destinations equal to `wanted`.
+    pub fn sync_managed(
+        &self,
+        wanted: impl Iterator<Item = (SocketAddrV4, Destination)>,
+    ) -> Result<(), EbpfError> {
+        let mut managed = self.managed.lock().expect("managed map lock");
+        let mut installed = self.installed.lock().expect("installed lock");
+        let mut next = HashSet::new();
+        for (addr, destination) in wanted {
+            let key = dest_key(addr);
+            let info = DestInfo {
+                service_id: destination.service() as u32,
+                kind: match destination {
+                    Destination::ServiceAddress { .. } => tagger_common::DEST_KIND_SERVICE_ADDR,
+                    Destination::Endpoint { .. } => tagger_common::DEST_KIND_ENDPOINT,
+                },
+            };
+            managed
+                .insert(key, info, 0)
+                .map_err(|source| EbpfError::Map {
+                    map: names::MAP_MANAGED,
+                    source,
+                })?;
+            next.insert(key);
+        }
+        for stale in installed.difference(&next) {
+            // Already gone is fine: the goal is that it is not there.
+            let _ = managed.remove(stale);
+        }
+        *installed = next;
+        Ok(())
+    }
+
+    /// The origin of an accepted connection, by its peer address. The entry
+    /// is removed: each connection is claimed once.
+    pub fn take_flow(&self, peer: SocketAddrV4) -> Option<FlowOrigin> {
+        let key = FlowKey {
+            src_ip: u32::from(*peer.ip()).to_be(),
+            src_port: peer.port().to_be(),
+            _pad: 0,
+        };
+        let mut flows = self.flows.lock().expect("flows map lock");
+        let origin = flows.get(&key, 0).ok()?;
+        let _ = flows.remove(&key);
+        Some(origin)
+    }
+
+    pub fn stats(&self) -> KernelStats {
+        let sum = |index: u32| -> u64 {
+            self.stats
+                .get(&index, 0)
+                .map(|per_cpu| per_cpu.iter().sum())
+                .unwrap_or(0)
+        };
+        KernelStats {
+            connect_seen: sum(stat::CONNECT_SEEN),
+            connect_redirected: sum(stat::CONNECT_REDIRECTED),
+            flow_linked: sum(stat::FLOW_LINKED),
+            map_errors: sum(stat::MAP_ERRORS),
+        }
+    }
+}
+
+/// The original destination recorded by the connect hook.
+pub fn original_destination(origin: &FlowOrigin) -> SocketAddrV4 {
+    SocketAddrV4::new(
+        Ipv4Addr::from(u32::from_be(origin.orig_ip)),
+        u16::from_be(origin.orig_port),
+    )
+}

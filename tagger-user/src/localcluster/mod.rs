@@ -1,0 +1,453 @@
+//! A local cluster on one Linux host: each pod is a network namespace plus a
+//! cgroup, with its own address on a bridge; services get a virtual address
+//! and a name in every pod's /etc/hosts. `up` starts the pods and the tagger
+//! daemon and returns once everything answers; `down` removes all of it.
+//!
+//! Everything `up` makes is named with a fixed prefix and recorded under the
+//! run directory, so `down` cleans up even after a crashed or interrupted
+//! `up`.
+mod net;
+mod pods;
+
+use std::{
+    net::SocketAddrV4,
+    path::{Path, PathBuf},
+    time::Duration,
+};
+
+use serde::{Deserialize, Serialize};
+use tracing::{info, warn};
+
+use crate::{
+    admin::AdminClient,
+    config::{ClusterFile, ConfigError},
+    state::{PlacedPod, PlacedService, Placement},
+};
+
+pub use net::{NODE_IP, netns_name};
+
+pub const PROXY_PORT: u16 = 15001;
+const CGROUP_NAME: &str = "tagger";
+const READY_TIMEOUT: Duration = Duration::from_secs(30);
+
+#[derive(Debug, thiserror::Error)]
+pub enum ClusterError {
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error("a local cluster is already up (record {0}); run `cargo xtask down` first")]
+    AlreadyUp(PathBuf),
+    #[error("no local cluster is up (no {0}); run `cargo xtask up FILE`")]
+    NotUp(PathBuf),
+    #[error("no pod named {pod:?} in the cluster (pods: {known})")]
+    NoSuchPod { pod: String, known: String },
+    #[error("cannot run {what}: {source}")]
+    Spawn {
+        what: String,
+        source: std::io::Error,
+    },
+    #[error("`{command}` failed: {stderr}")]
+    Command { command: String, stderr: String },
+    #[error("{what}: {source}")]
+    Io {
+        what: String,
+        source: std::io::Error,
+    },
+    #[error("{what} did not become ready within {secs} s{log}", secs = READY_TIMEOUT.as_secs())]
+    NotReady { what: String, log: String },
+    #[error("pod {pod} exited during start-up{log}")]
+    PodExited { pod: String, log: String },
+    #[error("interrupted")]
+    Interrupted,
+}
+
+fn io_error(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> ClusterError {
+    let what = what.into();
+    move |source| ClusterError::Io { what, source }
+}
+
+/// Where a local cluster keeps its record, logs and sockets.
+#[derive(Debug, Clone)]
+pub struct RunDir(pub PathBuf);
+
+impl RunDir {
+    pub fn record(&self) -> PathBuf {
+        self.0.join("cluster.json")
+    }
+    pub fn placement(&self) -> PathBuf {
+        self.0.join("placement.json")
+    }
+    pub fn admin_socket(&self) -> PathBuf {
+        self.0.join("admin.sock")
+    }
+    pub fn logs(&self) -> PathBuf {
+        self.0.join("logs")
+    }
+    pub fn pod_log(&self, pod: &str) -> PathBuf {
+        self.logs().join(format!("{pod}.log"))
+    }
+    pub fn daemon_log(&self) -> PathBuf {
+        self.logs().join("daemon.log")
+    }
+}
+
+/// What `up` made, for `exec`, `down` and the daemon.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ClusterRecord {
+    pub config: PathBuf,
+    /// Parent cgroup of all pods; the eBPF programs attach here.
+    pub cgroup: PathBuf,
+    pub pods: Vec<PodRecord>,
+    pub daemon_pid: Option<u32>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct PodRecord {
+    pub name: String,
+    pub service: String,
+    pub netns: String,
+    pub cgroup: PathBuf,
+    pub ip: std::net::Ipv4Addr,
+}
+
+impl ClusterRecord {
+    pub fn load(run_dir: &RunDir) -> Result<Self, ClusterError> {
+        let path = run_dir.record();
+        let text = std::fs::read_to_string(&path).map_err(|_| ClusterError::NotUp(path.clone()))?;
+        serde_json::from_str(&text).map_err(|e| ClusterError::Io {
+            what: format!("reading {}", path.display()),
+            source: std::io::Error::other(e),
+        })
+    }
+
+    fn save(&self, run_dir: &RunDir) -> Result<(), ClusterError> {
+        write_json(&run_dir.record(), self)
+    }
+
+    pub fn pod(&self, name: &str) -> Result<&PodRecord, ClusterError> {
+        self.pods
+            .iter()
+            .find(|p| p.name == name)
+            .ok_or_else(|| ClusterError::NoSuchPod {
+                pod: name.to_string(),
+                known: self
+                    .pods
+                    .iter()
+                    .map(|p| p.name.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", "),
+            })
+    }
+}
+
+fn write_json(path: &Path, value: &impl Serialize) -> Result<(), ClusterError> {
+    let text = serde_json::to_string_pretty(value).expect("plain data serialises");
+    // Write-then-rename: the daemon watching the file never reads half of it.
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, text).map_err(io_error(format!("writing {}", tmp.display())))?;
+    std::fs::rename(&tmp, path).map_err(io_error(format!("renaming to {}", path.display())))
+}
+
+/// Starts the cluster described by `file`. On any failure (or Ctrl-C, which
+/// the caller turns into dropping this future and calling [`down`])
+/// everything made so far is removed.
+pub async fn up(
+    file: &Path,
+    run_dir: &RunDir,
+    tagger_exe: &Path,
+) -> Result<ClusterRecord, ClusterError> {
+    let file = std::fs::canonicalize(file).map_err(|source| ConfigError::Read {
+        path: file.to_path_buf(),
+        source,
+    })?;
+    let config = ClusterFile::load(&file)?;
+    if run_dir.record().exists() {
+        return Err(ClusterError::AlreadyUp(run_dir.record()));
+    }
+    match create(&file, &config, run_dir, tagger_exe).await {
+        Ok(record) => Ok(record),
+        Err(e) => {
+            warn!(error = %e, "start-up failed; removing what was made");
+            down(run_dir);
+            Err(e)
+        }
+    }
+}
+
+async fn create(
+    file: &Path,
+    config: &ClusterFile,
+    run_dir: &RunDir,
+    tagger_exe: &Path,
+) -> Result<ClusterRecord, ClusterError> {
+    // Logs of an earlier cluster would mislead: start afresh.
+    let _ = std::fs::remove_dir_all(run_dir.logs());
+    std::fs::create_dir_all(run_dir.logs())
+        .map_err(io_error(format!("creating {}", run_dir.logs().display())))?;
+    let cgroup_root = crate::cgroup::v2_root()
+        .map_err(io_error("finding cgroup v2"))?
+        .join(CGROUP_NAME);
+    let mut record = ClusterRecord {
+        config: file.to_path_buf(),
+        cgroup: cgroup_root.clone(),
+        pods: Vec::new(),
+        daemon_pid: None,
+    };
+    // Saved first, so that `down` knows about a half-made cluster.
+    record.save(run_dir)?;
+    std::fs::create_dir_all(&cgroup_root).map_err(io_error(format!(
+        "creating cgroup {}",
+        cgroup_root.display()
+    )))?;
+    net::create_bridge()?;
+
+    let mut placement = Placement::default();
+    for (index, service) in config.services.iter().enumerate() {
+        if service.port.is_some() {
+            placement.services.push(PlacedService {
+                name: service.name.clone(),
+                address: net::service_ip(index),
+            });
+        }
+    }
+    let all_pods = config
+        .services
+        .iter()
+        .flat_map(|s| s.pods.iter().map(move |p| (s, p)));
+    for (index, (service, pod)) in all_pods.enumerate() {
+        let ip = net::pod_ip(index);
+        let cgroup = cgroup_root.join(&pod.name);
+        std::fs::create_dir_all(&cgroup)
+            .map_err(io_error(format!("creating cgroup {}", cgroup.display())))?;
+        record.pods.push(PodRecord {
+            name: pod.name.clone(),
+            service: service.name.clone(),
+            netns: net::netns_name(&pod.name),
+            cgroup: cgroup.clone(),
+            ip,
+        });
+        record.save(run_dir)?;
+        net::create_pod_network(&pod.name, ip)?;
+        placement.pods.push(PlacedPod {
+            name: pod.name.clone(),
+            ip,
+            cgroup_id: crate::cgroup::id_of(&cgroup)
+                .map_err(io_error(format!("cgroup id of {}", cgroup.display())))?,
+        });
+    }
+    pods::write_hosts_files(config, &record, &placement)?;
+    for pod in &record.pods {
+        for service in &config.services {
+            let (Some(port), Some(placed)) = (
+                service.port,
+                placement.services.iter().find(|s| s.name == service.name),
+            ) else {
+                continue;
+            };
+            let backends = kube_proxy_backends(service, &record);
+            net::add_service_nat(&pod.name, placed.address, port, &backends)?;
+        }
+    }
+    write_json(&run_dir.placement(), &placement)?;
+
+    let base_dir = file.parent().unwrap_or(Path::new("/"));
+    for service in &config.services {
+        for pod in &service.pods {
+            let pod_record = record.pod(&pod.name)?;
+            pods::spawn(pod, pod_record, base_dir, &run_dir.pod_log(&pod.name))?;
+        }
+    }
+    record.daemon_pid = Some(start_daemon(&record, run_dir, tagger_exe).await?);
+    record.save(run_dir)?;
+    wait_for_endpoints(config, &record, run_dir).await?;
+    info!(pods = record.pods.len(), "local cluster is up");
+    Ok(record)
+}
+
+/// Backends of a service address while tagger is not routing it. A plain
+/// Kubernetes Service would include every pod; we keep it to the baseline
+/// pods (when there are any) so that, with the daemon down, traffic stays on
+/// the stable versions rather than landing on gray ones at random.
+fn kube_proxy_backends(
+    service: &crate::config::ServiceSpec,
+    record: &ClusterRecord,
+) -> Vec<std::net::Ipv4Addr> {
+    let ip_of = |name: &str| record.pods.iter().find(|p| p.name == name).map(|p| p.ip);
+    let baseline: Vec<_> = service
+        .pods
+        .iter()
+        .filter(|p| p.effective_lane().is_none())
+        .filter_map(|p| ip_of(&p.name))
+        .collect();
+    if baseline.is_empty() {
+        service.pods.iter().filter_map(|p| ip_of(&p.name)).collect()
+    } else {
+        baseline
+    }
+}
+
+/// Starts `tagger daemon` for the cluster in the background and waits until
+/// its admin API answers. Returns its pid.
+pub async fn start_daemon(
+    record: &ClusterRecord,
+    run_dir: &RunDir,
+    tagger_exe: &Path,
+) -> Result<u32, ClusterError> {
+    let proxy = SocketAddrV4::new(NODE_IP, PROXY_PORT);
+    let mut child = pods::spawn_daemon(tagger_exe, record, run_dir, proxy)?;
+    let pid = child.id();
+    let client = AdminClient::new(&run_dir.admin_socket());
+    let deadline = tokio::time::Instant::now() + READY_TIMEOUT;
+    loop {
+        if client
+            .request(http::Method::GET, "/ready", bytes::Bytes::new())
+            .await
+            .is_ok()
+        {
+            return Ok(pid);
+        }
+        if let Ok(Some(status)) = child.try_wait() {
+            return Err(ClusterError::NotReady {
+                what: format!("tagger daemon (exited: {status})"),
+                log: log_tail(&run_dir.daemon_log()),
+            });
+        }
+        if tokio::time::Instant::now() > deadline {
+            return Err(ClusterError::NotReady {
+                what: "tagger daemon".into(),
+                log: log_tail(&run_dir.daemon_log()),
+            });
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+async fn wait_for_endpoints(
+    config: &ClusterFile,
+    record: &ClusterRecord,
+    run_dir: &RunDir,
+) -> Result<(), ClusterError> {
+    let deadline = tokio::time::Instant::now() + READY_TIMEOUT;
+    for service in &config.services {
+        let Some(port) = service.port else { continue };
+        for pod in &service.pods {
+            let pod_record = record.pod(&pod.name)?;
+            let addr = SocketAddrV4::new(pod_record.ip, port);
+            loop {
+                if tokio::net::TcpStream::connect(addr).await.is_ok() {
+                    break;
+                }
+                if crate::cgroup::pids(&pod_record.cgroup)
+                    .map(|p| p.is_empty())
+                    .unwrap_or(true)
+                {
+                    return Err(ClusterError::PodExited {
+                        pod: pod.name.clone(),
+                        log: log_tail(&run_dir.pod_log(&pod.name)),
+                    });
+                }
+                if tokio::time::Instant::now() > deadline {
+                    return Err(ClusterError::NotReady {
+                        what: format!("pod {} (port {port})", pod.name),
+                        log: log_tail(&run_dir.pod_log(&pod.name)),
+                    });
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The last lines of a log, for error messages.
+fn log_tail(path: &Path) -> String {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let lines: Vec<&str> = text.lines().collect();
+    let tail = lines[lines.len().saturating_sub(15)..].join("\n  ");
+    if tail.is_empty() {
+        format!(" ({} is empty)", path.display())
+    } else {
+        format!("; last lines of {}:\n  {tail}", path.display())
+    }
+}
+
+/// Removes everything `up` made: processes (by the pids in our cgroups and
+/// the recorded daemon pid), namespaces, links, cgroups, hosts files and the
+/// record. Safe to run twice and after a failed `up`. Returns the problems
+/// it could not fix.
+pub fn down(run_dir: &RunDir) -> Vec<String> {
+    let mut problems = Vec::new();
+    let record = ClusterRecord::load(run_dir).ok();
+    if let Some(pid) = record.as_ref().and_then(|r| r.daemon_pid) {
+        pods::stop_pid(pid, Duration::from_secs(3));
+    }
+    let cgroup_root = record.as_ref().map(|r| r.cgroup.clone()).or_else(|| {
+        crate::cgroup::v2_root()
+            .ok()
+            .map(|root| root.join(CGROUP_NAME))
+    });
+    if let Some(root) = &cgroup_root
+        && let Err(e) = pods::remove_cgroup_tree(root)
+    {
+        problems.push(e.to_string());
+    }
+    for netns in net::leftover_netns() {
+        if let Err(e) = net::delete_netns(&netns) {
+            problems.push(e.to_string());
+        }
+        let _ = std::fs::remove_dir_all(Path::new("/etc/netns").join(&netns));
+    }
+    for link in net::leftover_links() {
+        // Deleting one end of a veth removes the other: ignore "not found".
+        if let Err(e) = net::delete_link(&link)
+            && net::leftover_links().contains(&link)
+        {
+            problems.push(e.to_string());
+        }
+    }
+    if let Ok(entries) = std::fs::read_dir("/etc/netns") {
+        for entry in entries.flatten() {
+            if entry
+                .file_name()
+                .to_string_lossy()
+                .starts_with(net::NETNS_PREFIX)
+            {
+                let _ = std::fs::remove_dir_all(entry.path());
+            }
+        }
+    }
+    for path in [
+        run_dir.record(),
+        run_dir.placement(),
+        run_dir.admin_socket(),
+    ] {
+        let _ = std::fs::remove_file(path);
+    }
+    problems
+}
+
+/// Runs `command` inside a pod (its cgroup and network namespace) with this
+/// terminal's stdio; returns its exit code.
+pub fn exec(run_dir: &RunDir, pod: &str, command: &[String]) -> Result<i32, ClusterError> {
+    let record = ClusterRecord::load(run_dir)?;
+    let pod = record.pod(pod)?;
+    let status = pods::in_pod_command(pod, command)
+        .status()
+        .map_err(|source| ClusterError::Spawn {
+            what: command.join(" "),
+            source,
+        })?;
+    Ok(status.code().unwrap_or(128))
+}
+
+/// Starts the daemon again for the running cluster (after it was stopped or
+/// killed) and records its pid.
+pub async fn restart_daemon(run_dir: &RunDir, tagger_exe: &Path) -> Result<u32, ClusterError> {
+    let mut record = ClusterRecord::load(run_dir)?;
+    if let Some(pid) = record.daemon_pid {
+        pods::stop_pid(pid, Duration::from_secs(3));
+    }
+    let pid = start_daemon(&record, run_dir, tagger_exe).await?;
+    record.daemon_pid = Some(pid);
+    record.save(run_dir)?;
+    Ok(pid)
+}

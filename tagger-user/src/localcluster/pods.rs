@@ -1,0 +1,222 @@
+//! Pod processes: started inside their cgroup and network namespace, stopped
+//! by the pids in their cgroup (and only those).
+use std::{
+    fmt::Write as _,
+    fs::{File, OpenOptions},
+    net::SocketAddrV4,
+    os::unix::process::CommandExt,
+    path::Path,
+    process::{Child, Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use super::{ClusterError, ClusterRecord, PodRecord, RunDir, io_error};
+use crate::{config::ClusterFile, config::PodSpec, state::Placement};
+
+/// A command that runs `command` inside the pod. It joins the pod's cgroup
+/// first and then enters the namespace with `ip netns exec`, which also
+/// bind-mounts the pod's /etc/hosts; the order matters because `ip netns
+/// exec` remounts /sys.
+pub fn in_pod_command(pod: &PodRecord, command: &[String]) -> Command {
+    let mut cmd = Command::new("sh");
+    cmd.arg("-c")
+        .arg(r#"cg=$1; ns=$2; shift 2; echo $$ > "$cg/cgroup.procs" && exec ip netns exec "$ns" "$@""#)
+        .arg("tagger-pod")
+        .arg(&pod.cgroup)
+        .arg(&pod.netns)
+        .args(command)
+        .env("TAGGER_POD", &pod.name);
+    cmd
+}
+
+fn log_file(path: &Path) -> Result<File, ClusterError> {
+    OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+        .map_err(io_error(format!("opening log {}", path.display())))
+}
+
+/// Starts a pod's command in the background, its output in `log`. Relative
+/// paths in the command resolve against `base_dir` (the cluster file's
+/// folder), which is also its working directory.
+pub fn spawn(
+    spec: &PodSpec,
+    pod: &PodRecord,
+    base_dir: &Path,
+    log: &Path,
+) -> Result<(), ClusterError> {
+    let out = log_file(log)?;
+    let err = out
+        .try_clone()
+        .map_err(io_error("duplicating log handle"))?;
+    let mut command = spec.command.clone();
+    if command[0].contains('/') && !command[0].starts_with('/') {
+        command[0] = base_dir.join(&command[0]).display().to_string();
+    }
+    let mut cmd = in_pod_command(pod, &command);
+    cmd.current_dir(base_dir)
+        .envs(&spec.env)
+        .env("PYTHONUNBUFFERED", "1")
+        .stdin(Stdio::null())
+        .stdout(out)
+        .stderr(err)
+        // Own process group: a Ctrl-C meant for `up` does not hit the pods;
+        // `down` stops them through their cgroup.
+        .process_group(0);
+    cmd.spawn().map_err(|source| ClusterError::Spawn {
+        what: format!("pod {}: {}", pod.name, spec.command.join(" ")),
+        source,
+    })?;
+    Ok(())
+}
+
+pub fn spawn_daemon(
+    exe: &Path,
+    record: &ClusterRecord,
+    run_dir: &RunDir,
+    proxy: SocketAddrV4,
+) -> Result<Child, ClusterError> {
+    let out = log_file(&run_dir.daemon_log())?;
+    let err = out
+        .try_clone()
+        .map_err(io_error("duplicating log handle"))?;
+    Command::new(exe)
+        .arg("daemon")
+        .arg("--config")
+        .arg(&record.config)
+        .arg("--placement")
+        .arg(run_dir.placement())
+        .arg("--cgroup")
+        .arg(&record.cgroup)
+        .arg("--proxy-addr")
+        .arg(proxy.to_string())
+        .arg("--admin-socket")
+        .arg(run_dir.admin_socket())
+        .stdin(Stdio::null())
+        .stdout(out)
+        .stderr(err)
+        .process_group(0)
+        .spawn()
+        .map_err(|source| ClusterError::Spawn {
+            what: format!("{} daemon", exe.display()),
+            source,
+        })
+}
+
+/// /etc/netns/<netns>/hosts for every pod: service names to service
+/// addresses, pod names to pod addresses.
+pub fn write_hosts_files(
+    config: &ClusterFile,
+    record: &ClusterRecord,
+    placement: &Placement,
+) -> Result<(), ClusterError> {
+    let mut hosts =
+        String::from("127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n");
+    for service in &placement.services {
+        let _ = writeln!(hosts, "{}\t{}", service.address, service.name);
+    }
+    for pod in &record.pods {
+        let _ = writeln!(hosts, "{}\t{}", pod.ip, pod.name);
+    }
+    debug_assert!(config.services.iter().all(|s| !s.name.is_empty()));
+    for pod in &record.pods {
+        let dir = Path::new("/etc/netns").join(&pod.netns);
+        std::fs::create_dir_all(&dir).map_err(io_error(format!("creating {}", dir.display())))?;
+        std::fs::write(dir.join("hosts"), &hosts)
+            .map_err(io_error(format!("writing {}/hosts", dir.display())))?;
+        // Names resolve from the hosts file. A nameserver on the pod's own
+        // loopback fails at once, where the node's (unreachable from a pod)
+        // would make every reverse lookup wait for a timeout.
+        std::fs::write(
+            dir.join("resolv.conf"),
+            "nameserver 127.0.0.1\noptions timeout:1 attempts:1\n",
+        )
+        .map_err(io_error(format!("writing {}/resolv.conf", dir.display())))?;
+    }
+    Ok(())
+}
+
+fn is_alive(pid: u32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        // Field 3 is the state; a zombie has exited.
+        Ok(stat) => stat
+            .rsplit_once(')')
+            .and_then(|(_, rest)| rest.split_whitespace().next())
+            .is_some_and(|state| state != "Z"),
+        Err(_) => false,
+    }
+}
+
+fn is_tagger_daemon(pid: u32) -> bool {
+    std::fs::read(format!("/proc/{pid}/cmdline"))
+        .map(|cmdline| {
+            let args: Vec<&[u8]> = cmdline.split(|b| *b == 0).collect();
+            args.first().is_some_and(|exe| exe.ends_with(b"tagger"))
+                && args.get(1) == Some(&&b"daemon"[..])
+        })
+        .unwrap_or(false)
+}
+
+fn signal(pid: u32, signal: i32) {
+    // SAFETY: kill(2) with a pid we recorded and just checked is ours.
+    unsafe {
+        libc::kill(pid as i32, signal);
+    }
+}
+
+/// Stops the recorded daemon: SIGTERM (it switches redirection off and
+/// exits), then SIGKILL after `grace`. A pid that is no longer a tagger
+/// daemon (reused) is left alone.
+pub fn stop_pid(pid: u32, grace: Duration) {
+    if !is_alive(pid) || !is_tagger_daemon(pid) {
+        return;
+    }
+    signal(pid, libc::SIGTERM);
+    let deadline = Instant::now() + grace;
+    while is_alive(pid) && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    if is_alive(pid) {
+        signal(pid, libc::SIGKILL);
+    }
+}
+
+/// Kills every process in each pod cgroup under `root`, then removes them.
+pub fn remove_cgroup_tree(root: &Path) -> Result<(), ClusterError> {
+    let Ok(entries) = std::fs::read_dir(root) else {
+        return Ok(());
+    };
+    for entry in entries.flatten() {
+        let path = entry.path();
+        if path.is_dir() {
+            kill_cgroup(&path)?;
+            std::fs::remove_dir(&path)
+                .map_err(io_error(format!("removing cgroup {}", path.display())))?;
+        }
+    }
+    std::fs::remove_dir(root).map_err(io_error(format!("removing cgroup {}", root.display())))
+}
+
+fn kill_cgroup(path: &Path) -> Result<(), ClusterError> {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let pids = crate::cgroup::pids(path).unwrap_or_default();
+        if pids.is_empty() {
+            return Ok(());
+        }
+        // cgroup.kill (5.14+) kills the whole cgroup at once, forks included.
+        if std::fs::write(path.join("cgroup.kill"), "1").is_err() {
+            for pid in pids {
+                signal(pid as u32, libc::SIGKILL);
+            }
+        }
+        if Instant::now() > deadline {
+            return Err(ClusterError::Io {
+                what: format!("processes of {} did not exit", path.display()),
+                source: std::io::Error::from(std::io::ErrorKind::TimedOut),
+            });
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}

@@ -1,0 +1,114 @@
+//! Bodies on the data path. Bodies stream through; only when a rule of the
+//! destination reads the body is a bounded prefix held back, inspected, and
+//! then sent first, followed by the rest of the stream.
+use std::{
+    collections::VecDeque,
+    pin::Pin,
+    task::{Context, Poll},
+};
+
+use bytes::{Bytes, BytesMut};
+use http_body::{Body, Frame, SizeHint};
+use http_body_util::BodyExt;
+use hyper::body::Incoming;
+
+pub type ProxyBody = http_body_util::combinators::UnsyncBoxBody<Bytes, hyper::Error>;
+
+pub fn empty() -> ProxyBody {
+    http_body_util::Empty::new()
+        .map_err(|never| match never {})
+        .boxed_unsync()
+}
+
+pub fn full(text: impl Into<Bytes>) -> ProxyBody {
+    http_body_util::Full::new(text.into())
+        .map_err(|never| match never {})
+        .boxed_unsync()
+}
+
+/// A body whose first frames were already read.
+pub struct Prefixed {
+    prefix: VecDeque<Frame<Bytes>>,
+    prefix_len: u64,
+    rest: Option<Incoming>,
+}
+
+impl Body for Prefixed {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        if let Some(frame) = self.prefix.pop_front() {
+            if let Some(data) = frame.data_ref() {
+                self.prefix_len -= data.len() as u64;
+            }
+            return Poll::Ready(Some(Ok(frame)));
+        }
+        match self.rest.as_mut() {
+            Some(rest) => Pin::new(rest).poll_frame(cx),
+            None => Poll::Ready(None),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.prefix.is_empty() && self.rest.as_ref().is_none_or(Body::is_end_stream)
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        let mut hint = self
+            .rest
+            .as_ref()
+            .map(Body::size_hint)
+            .unwrap_or_else(|| SizeHint::with_exact(0));
+        let lower = hint.lower() + self.prefix_len;
+        let upper = hint.upper().map(|u| u + self.prefix_len);
+        hint.set_lower(lower);
+        if let Some(upper) = upper {
+            hint.set_upper(upper);
+        }
+        hint
+    }
+}
+
+/// Reads frames until at least `limit` bytes (or the end) are in hand.
+/// Returns the bytes seen (at most `limit`), whether the body went on past
+/// them, and the whole body to forward.
+pub async fn read_prefix(
+    mut body: Incoming,
+    limit: usize,
+) -> Result<(Bytes, bool, Prefixed), hyper::Error> {
+    let mut frames = VecDeque::new();
+    let mut seen = BytesMut::new();
+    let mut total: u64 = 0;
+    let mut ended = false;
+    while seen.len() < limit {
+        match body.frame().await {
+            None => {
+                ended = true;
+                break;
+            }
+            Some(frame) => {
+                let frame = frame?;
+                if let Some(data) = frame.data_ref() {
+                    let room = limit - seen.len();
+                    seen.extend_from_slice(&data[..data.len().min(room)]);
+                    total += data.len() as u64;
+                }
+                frames.push_back(frame);
+            }
+        }
+    }
+    let truncated = !ended && !body.is_end_stream() || total > seen.len() as u64;
+    Ok((
+        seen.freeze(),
+        truncated,
+        Prefixed {
+            prefix: frames,
+            prefix_len: total,
+            rest: if ended { None } else { Some(body) },
+        },
+    ))
+}

@@ -1,0 +1,44 @@
+//! One error type for the data path that says whose fault it was, and the
+//! HTTP status the downstream client gets for it.
+use http::StatusCode;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ProxyError {
+    /// The caller sent something we cannot forward.
+    #[error("downstream: {0}")]
+    Downstream(String),
+    /// No ready endpoint in the destination service (no lane, no baseline).
+    #[error("upstream: service {service} has no ready endpoint (lane {lane})")]
+    NoEndpoint { service: String, lane: String },
+    /// The chosen endpoint failed (connect refused, reset, bad response).
+    #[error("upstream: endpoint {endpoint} of {service}: {source}")]
+    Upstream {
+        service: String,
+        endpoint: String,
+        #[source]
+        source: hyper_util::client::legacy::Error,
+    },
+    /// A bug or resource problem inside tagger.
+    #[error("internal: {0}")]
+    Internal(String),
+}
+
+impl ProxyError {
+    pub fn status(&self) -> StatusCode {
+        match self {
+            Self::Downstream(_) => StatusCode::BAD_REQUEST,
+            Self::NoEndpoint { .. } => StatusCode::SERVICE_UNAVAILABLE,
+            Self::Upstream { .. } => StatusCode::BAD_GATEWAY,
+            Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    /// Which side, for logs and metrics.
+    pub fn side(&self) -> &'static str {
+        match self {
+            Self::Downstream(_) => "downstream",
+            Self::NoEndpoint { .. } | Self::Upstream { .. } => "upstream",
+            Self::Internal(_) => "internal",
+        }
+    }
+}

@@ -1,0 +1,320 @@
+//! HTTP/1.1 per request: decide the lane, choose an endpoint of that lane
+//! (else baseline), forward over a pooled upstream connection, stream the
+//! answer back. A keep-alive connection may carry requests of many lanes.
+use std::{convert::Infallible, net::SocketAddrV4, sync::Arc, sync::atomic::Ordering};
+
+use bytes::Bytes;
+use http::{HeaderMap, HeaderValue, Request, Response, Uri, header};
+use http_body::Body as _;
+use http_body_util::BodyExt;
+use hyper::{body::Incoming, service::service_fn};
+use hyper_util::{
+    client::legacy::{Client, connect::HttpConnector},
+    rt::{TokioExecutor, TokioIo},
+};
+use tokio::net::TcpStream;
+use tracing::{debug, warn};
+
+use super::{
+    Proxy, ProxyConfig, ProxyError,
+    body::{self, ProxyBody},
+};
+use crate::{
+    flows::RequestRecord,
+    routing::{LaneDecision, LaneInputs, choose_endpoint, decide_lane},
+    rules::RequestView,
+    state::{Service, Snapshot},
+};
+
+pub type UpstreamClient = Client<HttpConnector, ProxyBody>;
+
+/// Connection-level headers that belong to one hop only (RFC 9110 7.6.1).
+const HOP_BY_HOP: [&str; 8] = [
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "proxy-authenticate",
+    "proxy-authorization",
+    "te",
+    "trailer",
+    "upgrade",
+];
+/// How many endpoints a request with no body may try when connects fail.
+const MAX_CONNECT_ATTEMPTS: usize = 3;
+
+pub fn upstream_client(config: &ProxyConfig) -> UpstreamClient {
+    let mut connector = HttpConnector::new();
+    connector.set_nodelay(true);
+    connector.set_connect_timeout(Some(config.upstream_connect_timeout));
+    Client::builder(TokioExecutor::new())
+        .pool_idle_timeout(config.pool_idle_timeout)
+        .pool_max_idle_per_host(256)
+        .build(connector)
+}
+
+/// One accepted HTTP connection from a pod to a managed service.
+pub struct Connection {
+    pub proxy: Arc<Proxy>,
+    pub source: String,
+    pub source_lane: Option<String>,
+    /// Index of the destination service in the snapshot the connection was
+    /// accepted with; requests look it up by name in the current one.
+    pub service: usize,
+}
+
+impl Connection {
+    pub async fn serve(self, stream: TcpStream) {
+        let service_name = self.proxy.state.load().services[self.service].name.clone();
+        let conn = Arc::new(RequestContext {
+            proxy: self.proxy,
+            source: self.source,
+            source_lane: self.source_lane,
+            service: service_name,
+        });
+        let service = service_fn(move |request| {
+            let conn = conn.clone();
+            async move { Ok::<_, Infallible>(conn.handle(request).await) }
+        });
+        let result = hyper::server::conn::http1::Builder::new()
+            .keep_alive(true)
+            .serve_connection(TokioIo::new(stream), service)
+            .await;
+        if let Err(error) = result {
+            // Malformed requests get hyper's 400/431 before this; this is the
+            // connection-level reason, for the operator.
+            debug!(%error, "downstream connection ended with error");
+        }
+    }
+}
+
+struct RequestContext {
+    proxy: Arc<Proxy>,
+    source: String,
+    source_lane: Option<String>,
+    service: String,
+}
+
+impl RequestContext {
+    async fn handle(&self, request: Request<Incoming>) -> Response<ProxyBody> {
+        match self.forward(request).await {
+            Ok(response) => response,
+            Err(error) => {
+                warn!(source = %self.source, service = %self.service, side = error.side(), %error, "request failed");
+                let mut response = Response::new(body::full(format!("tagger: {error}\n")));
+                *response.status_mut() = error.status();
+                response
+                    .headers_mut()
+                    .insert("x-tagger-error", HeaderValue::from_static(error.side()));
+                response
+            }
+        }
+    }
+
+    async fn forward(&self, request: Request<Incoming>) -> Result<Response<ProxyBody>, ProxyError> {
+        let snapshot = self.proxy.state.load_full();
+        let service =
+            snapshot
+                .service_by_name(&self.service)
+                .ok_or_else(|| ProxyError::NoEndpoint {
+                    service: self.service.clone(),
+                    lane: "any".into(),
+                })?;
+        let (mut parts, incoming) = request.into_parts();
+        let decision;
+        let body: ProxyBody;
+        {
+            let header_lane = snapshot.settings.lane_from_headers(&parts.headers);
+            let rules = &snapshot.rules;
+            // Rules come after an explicit header; reading the body is only
+            // worth it when a rule of this service looks at it.
+            let (prefix, truncated, forwarded) =
+                if header_lane.is_none() && rules.reads_body(&service.name) {
+                    let (prefix, truncated, rest) =
+                        body::read_prefix(incoming, snapshot.settings.body_match_limit)
+                            .await
+                            .map_err(|e| {
+                                ProxyError::Downstream(format!("reading request body: {e}"))
+                            })?;
+                    (prefix, truncated, rest.boxed_unsync())
+                } else {
+                    (Bytes::new(), false, incoming.boxed_unsync())
+                };
+            body = forwarded;
+            let rule = if header_lane.is_none() {
+                let view = RequestView {
+                    method: parts.method.as_str(),
+                    path: parts.uri.path(),
+                    query: parts.uri.query(),
+                    host: parts
+                        .headers
+                        .get(header::HOST)
+                        .and_then(|h| h.to_str().ok())
+                        .or_else(|| parts.uri.authority().map(|a| a.as_str())),
+                    headers: &parts.headers,
+                    body: &prefix,
+                    body_truncated: truncated,
+                };
+                rules.evaluate(&service.name, &view, rand::random::<f64>())
+            } else {
+                None
+            };
+            decision = decide_lane(
+                &LaneInputs {
+                    header: header_lane,
+                    inherited: None,
+                    rule: rule.map(|r| (r.lane.as_str(), r.name.as_str())),
+                    caller_lane: self.source_lane.as_deref(),
+                },
+                |lane| snapshot.is_sticky(lane),
+            );
+        }
+        prepare_headers(&mut parts.headers, &snapshot, &decision);
+        self.send(&snapshot, service, parts, body, &decision).await
+    }
+
+    /// Sends to an endpoint of the decided lane. A request without a body is
+    /// retried on another endpoint when the connect fails (nothing was sent).
+    async fn send(
+        &self,
+        snapshot: &Snapshot,
+        service: &Service,
+        parts: http::request::Parts,
+        body: ProxyBody,
+        decision: &LaneDecision,
+    ) -> Result<Response<ProxyBody>, ProxyError> {
+        let retryable = body.is_end_stream();
+        let mut body = Some(body);
+        let mut refused: Vec<SocketAddrV4> = Vec::new();
+        let lane = decision.lane.as_deref();
+        loop {
+            let turn = service.turn.fetch_add(1, Ordering::Relaxed);
+            let choice = choose_endpoint(&service.endpoints, lane, turn, |e| {
+                refused.contains(&e.addr)
+            })
+            .ok_or_else(|| ProxyError::NoEndpoint {
+                service: service.name.clone(),
+                lane: lane.unwrap_or("baseline").to_string(),
+            })?;
+            let endpoint = choice.endpoint;
+            let mut upstream = Request::from_parts(parts.clone(), ());
+            *upstream.uri_mut() = endpoint_uri(endpoint.addr, &parts.uri)?;
+            let attempt_body = if retryable {
+                body::empty()
+            } else {
+                body.take().expect("a body is sent once")
+            };
+            let upstream = upstream.map(|()| attempt_body);
+            let result = self.proxy.client.request(upstream).await;
+            let ok = matches!(&result, Ok(r) if !r.status().is_server_error());
+            match result {
+                Ok(response) => {
+                    self.record(
+                        snapshot,
+                        service,
+                        &endpoint.pod,
+                        decision,
+                        choice.fallback,
+                        ok,
+                    );
+                    let (mut parts, incoming) = response.into_parts();
+                    strip_hop_by_hop(&mut parts.headers);
+                    return Ok(Response::from_parts(parts, incoming.boxed_unsync()));
+                }
+                Err(error) if error.is_connect() => {
+                    // The endpoint is gone: stop choosing it until the health
+                    // check sees it again.
+                    endpoint.ready.store(false, Ordering::Relaxed);
+                    refused.push(endpoint.addr);
+                    if retryable && refused.len() < MAX_CONNECT_ATTEMPTS {
+                        debug!(endpoint = %endpoint.pod, %error, "connect failed; trying another endpoint");
+                        continue;
+                    }
+                    self.record(
+                        snapshot,
+                        service,
+                        &endpoint.pod,
+                        decision,
+                        choice.fallback,
+                        false,
+                    );
+                    return Err(ProxyError::Upstream {
+                        service: service.name.clone(),
+                        endpoint: endpoint.pod.clone(),
+                        source: error,
+                    });
+                }
+                Err(error) => {
+                    self.record(
+                        snapshot,
+                        service,
+                        &endpoint.pod,
+                        decision,
+                        choice.fallback,
+                        false,
+                    );
+                    return Err(ProxyError::Upstream {
+                        service: service.name.clone(),
+                        endpoint: endpoint.pod.clone(),
+                        source: error,
+                    });
+                }
+            }
+        }
+    }
+
+    fn record(
+        &self,
+        _snapshot: &Snapshot,
+        service: &Service,
+        endpoint: &str,
+        decision: &LaneDecision,
+        fallback: bool,
+        ok: bool,
+    ) {
+        self.proxy.flows.record(RequestRecord {
+            source: &self.source,
+            service: &service.name,
+            endpoint,
+            lane: decision.lane.as_deref(),
+            reason: &decision.reason,
+            fallback,
+            ok,
+        });
+    }
+}
+
+fn endpoint_uri(addr: SocketAddrV4, original: &Uri) -> Result<Uri, ProxyError> {
+    let path = original.path_and_query().map_or("/", |p| p.as_str());
+    format!("http://{addr}{path}")
+        .parse()
+        .map_err(|e| ProxyError::Downstream(format!("request target {path:?}: {e}")))
+}
+
+fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    // Names listed in Connection are hop-by-hop too.
+    let listed: Vec<String> = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(|name| name.trim().to_ascii_lowercase())
+        .filter(|name| !name.is_empty())
+        .collect();
+    for name in HOP_BY_HOP
+        .iter()
+        .copied()
+        .chain(listed.iter().map(String::as_str))
+    {
+        headers.remove(name);
+    }
+}
+
+/// Hop-by-hop headers out; the lane header in when the lane travels on.
+fn prepare_headers(headers: &mut HeaderMap, snapshot: &Snapshot, decision: &LaneDecision) {
+    strip_hop_by_hop(headers);
+    if let (true, Some(lane)) = (decision.carry_header, decision.lane.as_deref())
+        && let Ok(value) = HeaderValue::from_str(lane)
+    {
+        headers.insert(snapshot.settings.lane_header.clone(), value);
+    }
+}

@@ -1,0 +1,158 @@
+//! The node proxy: every connection the connect hook redirected lands here.
+//!
+//! Per connection: find who connected and where it meant to go (the kernel's
+//! flow map), sniff whether it speaks HTTP/1, then either serve it request by
+//! request ([`http`]) or splice the bytes to the original destination
+//! untouched ([`passthrough`]).
+mod body;
+mod error;
+mod http;
+mod passthrough;
+
+use std::{
+    net::{SocketAddr, SocketAddrV4},
+    sync::Arc,
+    time::Duration,
+};
+
+use tokio::net::{TcpListener, TcpStream};
+use tracing::{debug, info, warn};
+
+pub use error::ProxyError;
+
+use crate::{flows::FlowTable, state::StateHandle};
+
+/// Where a redirected connection came from and meant to go.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Origin {
+    pub original_destination: SocketAddrV4,
+    pub cgroup_id: u64,
+}
+
+/// Resolves an accepted connection's peer address to its origin. The kernel
+/// flow map in production; a table in in-process tests.
+pub trait OriginLookup: Send + Sync + 'static {
+    fn take(&self, peer: SocketAddrV4) -> Option<Origin>;
+}
+
+impl OriginLookup for crate::ebpf::Datapath {
+    fn take(&self, peer: SocketAddrV4) -> Option<Origin> {
+        self.take_flow(peer).map(|o| Origin {
+            original_destination: crate::ebpf::original_destination(&o),
+            cgroup_id: o.cgroup_id,
+        })
+    }
+}
+
+/// Tunables of the data path.
+#[derive(Debug, Clone)]
+pub struct ProxyConfig {
+    /// How long to wait for a client's first bytes before treating the
+    /// connection as opaque (server-speaks-first protocols).
+    pub detect_timeout: Duration,
+    pub upstream_connect_timeout: Duration,
+    pub pool_idle_timeout: Duration,
+}
+
+impl Default for ProxyConfig {
+    fn default() -> Self {
+        Self {
+            detect_timeout: Duration::from_millis(300),
+            upstream_connect_timeout: Duration::from_secs(2),
+            pool_idle_timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+pub struct Proxy {
+    state: StateHandle,
+    origins: Arc<dyn OriginLookup>,
+    flows: Arc<FlowTable>,
+    config: ProxyConfig,
+    client: http::UpstreamClient,
+}
+
+impl Proxy {
+    pub fn new(
+        state: StateHandle,
+        origins: Arc<dyn OriginLookup>,
+        flows: Arc<FlowTable>,
+        config: ProxyConfig,
+    ) -> Arc<Self> {
+        let client = http::upstream_client(&config);
+        Arc::new(Self {
+            state,
+            origins,
+            flows,
+            config,
+            client,
+        })
+    }
+
+    /// Accepts until the listener fails. Each connection runs on its own task.
+    pub async fn serve(self: Arc<Self>, listener: TcpListener) {
+        info!(addr = ?listener.local_addr().ok(), "proxy listening");
+        loop {
+            let (stream, peer) = match listener.accept().await {
+                Ok(accepted) => accepted,
+                Err(error) => {
+                    // EMFILE and friends: back off instead of spinning.
+                    warn!(%error, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            };
+            let proxy = self.clone();
+            tokio::spawn(async move { proxy.handle_connection(stream, peer).await });
+        }
+    }
+
+    async fn handle_connection(self: Arc<Self>, stream: TcpStream, peer: SocketAddr) {
+        let _ = stream.set_nodelay(true);
+        let SocketAddr::V4(peer) = peer else {
+            debug!(%peer, "IPv6 peer: not a redirected flow");
+            return;
+        };
+        let Some(origin) = self.origins.take(peer) else {
+            // Not redirected by our hook (someone dialled the proxy port
+            // directly): we do not know where it meant to go.
+            warn!(%peer, "connection without a recorded origin; closing");
+            return;
+        };
+        let snapshot = self.state.load_full();
+        let source = snapshot
+            .source_pod(origin.cgroup_id, *peer.ip())
+            .map(|p| (p.name.clone(), p.lane.clone()));
+        let destination = snapshot.destination(origin.original_destination);
+        debug!(%peer, dest = %origin.original_destination, ?source, "accepted redirected flow");
+
+        let Some(destination) = destination else {
+            passthrough::splice(stream, origin.original_destination, &self.config).await;
+            return;
+        };
+        match passthrough::sniff_http(&stream, self.config.detect_timeout).await {
+            passthrough::Sniffed::Http => {
+                let (source_name, source_lane) =
+                    source.unwrap_or_else(|| (format!("{}", peer.ip()), None));
+                let conn = http::Connection {
+                    proxy: self.clone(),
+                    source: source_name,
+                    source_lane,
+                    service: destination.service(),
+                };
+                conn.serve(stream).await;
+            }
+            passthrough::Sniffed::Opaque => {
+                let target =
+                    passthrough::opaque_target(&snapshot, origin.original_destination, destination);
+                match target {
+                    Some(target) => passthrough::splice(stream, target, &self.config).await,
+                    None => {
+                        warn!(dest = %origin.original_destination, "no endpoint for opaque flow")
+                    }
+                }
+            }
+            passthrough::Sniffed::Closed => {}
+        }
+    }
+}

@@ -1,0 +1,160 @@
+//! Protocol sniffing and opaque TCP forwarding.
+use std::{net::SocketAddrV4, time::Duration};
+
+use tokio::{
+    io::copy_bidirectional,
+    net::TcpStream,
+    time::{Instant, timeout},
+};
+use tracing::{debug, warn};
+
+use super::ProxyConfig;
+use crate::state::{Destination, Snapshot};
+
+const METHODS: [&[u8]; 9] = [
+    b"GET ",
+    b"POST ",
+    b"PUT ",
+    b"DELETE ",
+    b"HEAD ",
+    b"OPTIONS ",
+    b"PATCH ",
+    b"TRACE ",
+    b"CONNECT ",
+];
+
+#[derive(Debug, PartialEq, Eq)]
+pub enum Sniffed {
+    Http,
+    Opaque,
+    Closed,
+}
+
+/// Classifies what the first bytes say: HTTP/1, not HTTP, or not known yet
+/// (a strict prefix of a method).
+pub fn classify(first: &[u8]) -> Option<Sniffed> {
+    if first.is_empty() {
+        return None;
+    }
+    for method in METHODS {
+        if first.starts_with(method) {
+            return Some(Sniffed::Http);
+        }
+        if method.starts_with(first) {
+            return None;
+        }
+    }
+    Some(Sniffed::Opaque)
+}
+
+/// Peeks (without consuming) until the first bytes tell whether the client
+/// speaks HTTP/1. A client that says nothing within `wait` is opaque: it may
+/// be waiting for a server greeting.
+pub async fn sniff_http(stream: &TcpStream, wait: Duration) -> Sniffed {
+    let deadline = Instant::now() + wait;
+    let mut buf = [0u8; 8];
+    loop {
+        let peeked = match timeout(
+            deadline.saturating_duration_since(Instant::now()),
+            stream.peek(&mut buf),
+        )
+        .await
+        {
+            Err(_) => return Sniffed::Opaque,
+            Ok(Err(_)) | Ok(Ok(0)) => return Sniffed::Closed,
+            Ok(Ok(n)) => n,
+        };
+        if let Some(verdict) = classify(&buf[..peeked]) {
+            return verdict;
+        }
+        // A method split across segments: wait a moment for the rest.
+        if Instant::now() >= deadline {
+            return Sniffed::Opaque;
+        }
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+}
+
+/// Where opaque bytes go: the original destination when it is an endpoint;
+/// for a service address (not routable from the node) a ready endpoint,
+/// baseline first, as kube-proxy would pick.
+pub fn opaque_target(
+    snapshot: &Snapshot,
+    original: SocketAddrV4,
+    destination: Destination,
+) -> Option<SocketAddrV4> {
+    match destination {
+        Destination::Endpoint { .. } => Some(original),
+        Destination::ServiceAddress { service } => {
+            let service = &snapshot.services[service];
+            let turn = service
+                .turn
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            crate::routing::choose_endpoint(&service.endpoints, None, turn, |_| false)
+                .or_else(|| {
+                    service
+                        .endpoints
+                        .iter()
+                        .find(|e| crate::routing::Candidate::is_ready(*e))
+                        .map(|endpoint| crate::routing::Choice {
+                            endpoint,
+                            fallback: true,
+                        })
+                })
+                .map(|c| c.endpoint.addr)
+        }
+    }
+}
+
+/// Copies bytes both ways until both sides are done.
+pub async fn splice(mut client: TcpStream, target: SocketAddrV4, config: &ProxyConfig) {
+    let mut upstream =
+        match timeout(config.upstream_connect_timeout, TcpStream::connect(target)).await {
+            Ok(Ok(stream)) => stream,
+            Ok(Err(error)) => {
+                warn!(%target, %error, "opaque flow: upstream connect failed");
+                return;
+            }
+            Err(_) => {
+                warn!(%target, "opaque flow: upstream connect timed out");
+                return;
+            }
+        };
+    let _ = upstream.set_nodelay(true);
+    match copy_bidirectional(&mut client, &mut upstream).await {
+        Ok((up, down)) => debug!(%target, up, down, "opaque flow done"),
+        Err(error) => debug!(%target, %error, "opaque flow ended with error"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn classify_first_bytes() {
+        let cases: &[(&[u8], Option<Sniffed>)] = &[
+            (b"", None),
+            (b"G", None),
+            (b"GE", None),
+            (b"GET", None),
+            (b"GET ", Some(Sniffed::Http)),
+            (b"GET /x HTTP/1.1", Some(Sniffed::Http)),
+            (b"POST /", Some(Sniffed::Http)),
+            (b"OPTIONS", None),
+            (b"GETX", Some(Sniffed::Opaque)),
+            (b"get /", Some(Sniffed::Opaque)),
+            (b"\x16\x03\x01", Some(Sniffed::Opaque)), // TLS hello
+            (b"PRI * HTTP/2.0", Some(Sniffed::Opaque)), // h2 prior knowledge: spliced
+            (b"hello\n", Some(Sniffed::Opaque)),
+        ];
+        for (input, want) in cases {
+            assert_eq!(
+                &classify(input),
+                want,
+                "input {:?}",
+                String::from_utf8_lossy(input)
+            );
+        }
+    }
+}

@@ -1,0 +1,137 @@
+//! Per-request routing decisions, as pure functions: which lane a request is
+//! in (and why), and which endpoint of the destination serves it.
+use std::fmt;
+
+use serde::Serialize;
+
+/// Why a request is in its lane. Shown in `tagger flows`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, PartialOrd, Ord)]
+#[serde(rename_all = "kebab-case", tag = "kind", content = "rule")]
+pub enum Reason {
+    /// The request carried a lane header.
+    Header,
+    /// The lane of the inbound request that caused this call.
+    Inherited,
+    /// A routing rule of the destination service matched.
+    Rule(String),
+    /// The caller pod's own lane, which is sticky.
+    PodLane,
+    /// Nothing put the request in a lane: baseline.
+    Default,
+}
+
+impl fmt::Display for Reason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Header => f.write_str("header"),
+            Self::Inherited => f.write_str("inherited"),
+            Self::Rule(name) => write!(f, "rule:{name}"),
+            Self::PodLane => f.write_str("pod-lane"),
+            Self::Default => f.write_str("default"),
+        }
+    }
+}
+
+/// Everything the lane decision depends on, already extracted from the
+/// request, the caller and the rules. `None` everywhere means baseline.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct LaneInputs<'a> {
+    /// Lane header on the request itself.
+    pub header: Option<&'a str>,
+    /// Lane of the inbound request that caused this one.
+    pub inherited: Option<&'a str>,
+    /// (lane, rule name) of the first matching rule of the destination.
+    pub rule: Option<(&'a str, &'a str)>,
+    /// The caller pod's lane.
+    pub caller_lane: Option<&'a str>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LaneDecision {
+    /// `None` is baseline.
+    pub lane: Option<String>,
+    pub reason: Reason,
+    /// Send the lane header downstream with this request, so later hops stay
+    /// in the lane (sticky lanes and explicit headers) .
+    pub carry_header: bool,
+}
+
+/// The decision order of SPEC.md: header > inherited > rule > sticky pod lane
+/// > baseline. `is_sticky` tells whether a lane holds for later hops.
+pub fn decide_lane(inputs: &LaneInputs<'_>, is_sticky: impl Fn(&str) -> bool) -> LaneDecision {
+    let decided = |lane: &str, reason: Reason, carry_header: bool| LaneDecision {
+        lane: Some(lane.to_string()),
+        reason,
+        carry_header,
+    };
+    if let Some(lane) = inputs.header.filter(|l| !l.is_empty()) {
+        return decided(lane, Reason::Header, true);
+    }
+    if let Some(lane) = inputs.inherited.filter(|l| !l.is_empty()) {
+        return decided(lane, Reason::Inherited, is_sticky(lane));
+    }
+    if let Some((lane, rule)) = inputs.rule {
+        return decided(lane, Reason::Rule(rule.to_string()), is_sticky(lane));
+    }
+    if let Some(lane) = inputs.caller_lane.filter(|l| is_sticky(l)) {
+        return decided(lane, Reason::PodLane, true);
+    }
+    LaneDecision {
+        lane: None,
+        reason: Reason::Default,
+        carry_header: false,
+    }
+}
+
+/// The part of an endpoint the choice looks at.
+pub trait Candidate {
+    fn lane(&self) -> Option<&str>;
+    fn is_ready(&self) -> bool;
+}
+
+/// A chosen endpoint, and whether it is a baseline fallback for a lane that
+/// has no ready endpoint in this service.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Choice<'a, E> {
+    pub endpoint: &'a E,
+    pub fallback: bool,
+}
+
+/// Round-robin over the ready endpoints of `lane`; when there are none, over
+/// the ready baseline endpoints. `turn` is a per-service counter. `skip` lets
+/// a retry avoid an endpoint that just refused the connection.
+pub fn choose_endpoint<'a, E: Candidate>(
+    endpoints: &'a [E],
+    lane: Option<&str>,
+    turn: usize,
+    skip: impl Fn(&E) -> bool,
+) -> Option<Choice<'a, E>> {
+    let pick = |want: Option<&str>| -> Option<&'a E> {
+        let ready = || {
+            endpoints
+                .iter()
+                .filter(|e| e.is_ready() && e.lane() == want && !skip(e))
+        };
+        let count = ready().count();
+        if count == 0 {
+            return None;
+        }
+        ready().nth(turn % count)
+    };
+    if let Some(endpoint) = pick(lane) {
+        return Some(Choice {
+            endpoint,
+            fallback: false,
+        });
+    }
+    if lane.is_some() {
+        return pick(None).map(|endpoint| Choice {
+            endpoint,
+            fallback: true,
+        });
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests;
