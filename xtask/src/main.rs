@@ -1,1 +1,204 @@
-fn main() {}
+//! `cargo xtask`: set-up, tests, the demo and the local cluster.
+//!
+//! Every command first makes sure the machine has what it needs (Debian
+//! packages, bpf-linker) and installs only what is missing, so each one works
+//! on a fresh Debian/Ubuntu VM as root.
+mod setup;
+
+use std::{
+    path::{Path, PathBuf},
+    process::{Command, ExitCode},
+};
+
+use anyhow::{Context, Result, bail};
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "cargo xtask")]
+struct Cli {
+    #[command(subcommand)]
+    command: Task,
+}
+
+#[derive(Subcommand)]
+enum Task {
+    /// Install what building and testing need (idempotent).
+    Setup,
+    /// Build the workspace (the eBPF programs come with it).
+    Build,
+    /// Every test: format and lint checks, unit tests, privileged end-to-end tests.
+    Test {
+        /// Only run tests whose name contains this.
+        filter: Option<String>,
+    },
+    /// Scenario A of the spec end to end: build, start, send, show, clean up.
+    Demo,
+    /// Start a local cluster from FILE and the node daemon; return when ready.
+    Up { file: PathBuf },
+    /// Run a command inside a pod of the local cluster.
+    Exec {
+        pod: String,
+        #[arg(last = true, required = true)]
+        command: Vec<String>,
+    },
+    /// Remove everything `up` made.
+    Down,
+}
+
+fn main() -> Result<ExitCode> {
+    let cli = Cli::parse();
+    let root = workspace_root();
+    match cli.command {
+        Task::Setup => setup::ensure()?,
+        Task::Build => {
+            setup::ensure()?;
+            build(&root)?;
+        }
+        Task::Test { filter } => {
+            require_root("the end-to-end tests create network namespaces, cgroups and load eBPF")?;
+            setup::ensure()?;
+            test(&root, filter.as_deref())?;
+        }
+        Task::Demo => {
+            require_root("the demo creates network namespaces, cgroups and loads eBPF")?;
+            setup::ensure()?;
+            build(&root)?;
+            return demo(&root);
+        }
+        Task::Up { file } => {
+            require_root("a local cluster needs network namespaces, cgroups and eBPF")?;
+            setup::ensure()?;
+            build(&root)?;
+            let file = std::fs::canonicalize(&file)
+                .with_context(|| format!("cluster file {}", file.display()))?;
+            return tagger(
+                &root,
+                &["cluster".as_ref(), "up".as_ref(), file.as_os_str()],
+            );
+        }
+        Task::Exec { pod, command } => {
+            let mut args: Vec<&std::ffi::OsStr> = vec![
+                "cluster".as_ref(),
+                "exec".as_ref(),
+                pod.as_ref(),
+                "--".as_ref(),
+            ];
+            args.extend(command.iter().map(|c| std::ffi::OsStr::new(c.as_str())));
+            return tagger(&root, &args);
+        }
+        Task::Down => return tagger(&root, &["cluster".as_ref(), "down".as_ref()]),
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("xtask lives in the workspace")
+        .to_path_buf()
+}
+
+fn require_root(why: &str) -> Result<()> {
+    // SAFETY: geteuid has no preconditions.
+    let euid = unsafe { libc_geteuid() };
+    if euid != 0 {
+        bail!("this must run as root: {why}. Not being root is a failure, not a skip.");
+    }
+    Ok(())
+}
+
+unsafe extern "C" {
+    #[link_name = "geteuid"]
+    fn libc_geteuid() -> u32;
+}
+
+/// Runs a command, failing with its name when it fails.
+pub fn run(cmd: &mut Command) -> Result<()> {
+    let shown = format!("{cmd:?}");
+    let status = cmd.status().with_context(|| format!("starting {shown}"))?;
+    if !status.success() {
+        bail!("{shown} failed with {status}");
+    }
+    Ok(())
+}
+
+fn cargo(root: &Path) -> Command {
+    let mut cmd = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
+    cmd.current_dir(root);
+    cmd
+}
+
+fn build(root: &Path) -> Result<()> {
+    run(cargo(root).args(["build", "--workspace", "--bins"]))
+}
+
+fn tagger_bin(root: &Path) -> PathBuf {
+    root.join("target/debug/tagger")
+}
+
+fn tagger(root: &Path, args: &[&std::ffi::OsStr]) -> Result<ExitCode> {
+    let bin = tagger_bin(root);
+    if !bin.exists() {
+        bail!(
+            "{} is not built; run `cargo xtask build` or `cargo xtask up FILE`",
+            bin.display()
+        );
+    }
+    let status = Command::new(&bin)
+        .args(args)
+        .status()
+        .with_context(|| format!("running {}", bin.display()))?;
+    Ok(ExitCode::from(status.code().unwrap_or(1) as u8))
+}
+
+fn test(root: &Path, filter: Option<&str>) -> Result<()> {
+    if filter.is_none() {
+        println!("== format and lint");
+        run(cargo(root).args(["fmt", "--all", "--check"]))?;
+        run(cargo(root).args([
+            "clippy",
+            "--workspace",
+            "--all-targets",
+            "--",
+            "-D",
+            "warnings",
+        ]))?;
+    }
+    println!("== build");
+    build(root)?;
+    println!("== unit and in-process tests");
+    let mut unit = cargo(root);
+    unit.args(["test", "--workspace", "--exclude", "tagger-e2e"]);
+    if let Some(f) = filter {
+        unit.arg(f);
+    }
+    run(&mut unit)?;
+    println!("== privileged end-to-end tests");
+    let mut e2e = cargo(root);
+    e2e.args(["test", "-p", "tagger-e2e"])
+        .env("TAGGER_BIN", tagger_bin(root))
+        .arg("--")
+        // One local cluster at a time: they share the bridge and name space.
+        .arg("--test-threads=1");
+    if let Some(f) = filter {
+        e2e.arg(f);
+    }
+    run(&mut e2e)
+}
+
+fn demo(root: &Path) -> Result<ExitCode> {
+    let bin = tagger_bin(root);
+    let status = Command::new("python3")
+        .arg(root.join("demo/run_demo.py"))
+        .arg("--tagger")
+        .arg(&bin)
+        .arg("--cluster")
+        .arg(root.join("demo/scenario-a.yaml"))
+        .status()
+        .context("running demo/run_demo.py")?;
+    Ok(if status.success() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}

@@ -10,8 +10,10 @@ mod net;
 mod pods;
 
 use std::{
+    collections::HashMap,
     net::SocketAddrV4,
     path::{Path, PathBuf},
+    process::Child,
     time::Duration,
 };
 
@@ -250,15 +252,18 @@ async fn create(
     write_json(&run_dir.placement(), &placement)?;
 
     let base_dir = file.parent().unwrap_or(Path::new("/"));
+    let mut children = HashMap::new();
     for service in &config.services {
         for pod in &service.pods {
             let pod_record = record.pod(&pod.name)?;
-            pods::spawn(pod, pod_record, base_dir, &run_dir.pod_log(&pod.name))?;
+            let child = pods::spawn(pod, pod_record, base_dir, &run_dir.pod_log(&pod.name))?;
+            children.insert(pod.name.clone(), child);
         }
     }
+    // Pods first: the daemon's first health check then finds them ready.
+    wait_for_endpoints(config, &record, run_dir, &mut children).await?;
     record.daemon_pid = Some(start_daemon(&record, run_dir, tagger_exe).await?);
     record.save(run_dir)?;
-    wait_for_endpoints(config, &record, run_dir).await?;
     info!(pods = record.pods.len(), "local cluster is up");
     Ok(record)
 }
@@ -325,6 +330,7 @@ async fn wait_for_endpoints(
     config: &ClusterFile,
     record: &ClusterRecord,
     run_dir: &RunDir,
+    children: &mut HashMap<String, Child>,
 ) -> Result<(), ClusterError> {
     let deadline = tokio::time::Instant::now() + READY_TIMEOUT;
     for service in &config.services {
@@ -336,10 +342,10 @@ async fn wait_for_endpoints(
                 if tokio::net::TcpStream::connect(addr).await.is_ok() {
                     break;
                 }
-                if crate::cgroup::pids(&pod_record.cgroup)
-                    .map(|p| p.is_empty())
-                    .unwrap_or(true)
-                {
+                let exited = children
+                    .get_mut(&pod.name)
+                    .is_some_and(|child| matches!(child.try_wait(), Ok(Some(_))));
+                if exited {
                     return Err(ClusterError::PodExited {
                         pod: pod.name.clone(),
                         log: log_tail(&run_dir.pod_log(&pod.name)),

@@ -45,7 +45,7 @@ pub fn spawn(
     pod: &PodRecord,
     base_dir: &Path,
     log: &Path,
-) -> Result<(), ClusterError> {
+) -> Result<Child, ClusterError> {
     let out = log_file(log)?;
     let err = out
         .try_clone()
@@ -67,8 +67,7 @@ pub fn spawn(
     cmd.spawn().map_err(|source| ClusterError::Spawn {
         what: format!("pod {}: {}", pod.name, spec.command.join(" ")),
         source,
-    })?;
-    Ok(())
+    })
 }
 
 pub fn spawn_daemon(

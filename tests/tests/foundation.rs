@@ -1,0 +1,322 @@
+//! The foundation end to end: real pods (network namespaces + cgroups), the
+//! real daemon with its eBPF programs, Python http.server apps and curl.
+use std::time::{Duration, Instant};
+
+use tagger_e2e::{Cluster, cluster_file, eventually, host_leftovers, tagger_bin, text};
+
+const GRAY_CHAIN: &str = "a-gray -> b-gray -> c-gray";
+const BASE_CHAIN: &str = "a-base -> b-base -> c-base";
+
+#[test]
+fn b1_pod_dyeing_keeps_a_request_in_the_lane_of_the_pod_it_entered() {
+    let cluster = Cluster::up("abc.yaml");
+    let a_gray = cluster.pod_ip("a-gray");
+    let a_base = cluster.pod_ip("a-base");
+    for _ in 0..5 {
+        assert_eq!(
+            cluster.curl_from_node(&format!("http://{a_gray}:8080/"), &[]),
+            GRAY_CHAIN
+        );
+        assert_eq!(
+            cluster.curl_from_node(&format!("http://{a_base}:8080/"), &[]),
+            BASE_CHAIN
+        );
+    }
+    let dyed = cluster.flow("a-gray", "b", "b-gray");
+    assert_eq!(dyed["lane"], "gray");
+    assert_eq!(dyed["reason"], "pod-lane");
+    assert_eq!(dyed["requests"], 5);
+    let base = cluster.flow("a-base", "b", "b-base");
+    assert_eq!(base["lane"], serde_json::Value::Null);
+    assert_eq!(base["reason"], "default");
+    // b-gray copied the lane header tagger put on its inbound request.
+    assert_eq!(cluster.flow("b-gray", "c", "c-gray")["lane"], "gray");
+    let table = text(&cluster.tagger(&["flows"]).stdout);
+    assert!(
+        table.lines().next().unwrap().starts_with("SOURCE"),
+        "{table}"
+    );
+    assert!(table.contains("pod-lane"), "{table}");
+}
+
+#[test]
+fn b4_fallback_to_baseline_where_the_lane_has_no_pod_and_back() {
+    let cluster = Cluster::up("abc-no-b-gray.yaml");
+    let a_gray = cluster.pod_ip("a-gray");
+    let answer = cluster.curl_from_node(&format!("http://{a_gray}:8080/"), &[]);
+    assert_eq!(answer, "a-gray -> b-base -> c-gray");
+    let fallback = cluster.flow("a-gray", "b", "b-base");
+    assert_eq!(fallback["lane"], "gray");
+    assert_eq!(fallback["fallback"], true);
+    let table = text(&cluster.tagger(&["flows"]).stdout);
+    assert!(table.contains("(fallback)"), "{table}");
+    // The lane header travelled on through the baseline pod, so c is gray again.
+    assert_eq!(cluster.flow("b-base", "c", "c-gray")["reason"], "header");
+}
+
+#[test]
+fn lane_header_from_the_client_is_honoured_and_its_alias_too() {
+    let cluster = Cluster::up("abc.yaml");
+    assert_eq!(
+        cluster.curl("client", "http://a:8080/", &["x-lane: gray"]),
+        GRAY_CHAIN
+    );
+    assert_eq!(cluster.curl("client", "http://a:8080/", &[]), BASE_CHAIN);
+    // x-mse-tag (the reference product's header) picks a-gray; a-gray's own
+    // sticky lane then dyes the rest of the chain.
+    assert_eq!(
+        cluster.curl("client", "http://a:8080/", &["x-mse-tag: gray"]),
+        GRAY_CHAIN
+    );
+    assert_eq!(cluster.flow("client", "a", "a-gray")["reason"], "header");
+    assert_eq!(cluster.flow("client", "a", "a-base")["reason"], "default");
+}
+
+#[test]
+fn registry_style_call_to_a_pod_address_is_routed_by_lane() {
+    let cluster = Cluster::up("abc.yaml");
+    let a_base = cluster.pod_ip("a-base");
+    // As a Eureka/Nacos client would: straight to an instance's address.
+    let url = format!("http://{a_base}:8080/");
+    assert_eq!(cluster.curl("client", &url, &["x-lane: gray"]), GRAY_CHAIN);
+    assert_eq!(cluster.curl("client", &url, &[]), BASE_CHAIN);
+    assert_eq!(cluster.flow("client", "a", "a-gray")["lane"], "gray");
+}
+
+#[test]
+fn one_keep_alive_connection_carries_requests_of_two_lanes() {
+    let cluster = Cluster::up("abc.yaml");
+    let script = tagger_e2e::workspace().join("tests/apps/keepalive.py");
+    let out = cluster.exec(
+        "client",
+        &[
+            "python3",
+            script.to_str().unwrap(),
+            "a",
+            "8080",
+            "gray",
+            "-",
+            "gray",
+            "-",
+        ],
+    );
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let answers: Vec<String> = text(&out.stdout).lines().map(str::to_string).collect();
+    assert_eq!(
+        answers,
+        vec![GRAY_CHAIN, BASE_CHAIN, GRAY_CHAIN, BASE_CHAIN]
+    );
+    assert_eq!(cluster.flow("client", "a", "a-gray")["requests"], 2);
+    assert_eq!(cluster.flow("client", "a", "a-base")["requests"], 2);
+}
+
+#[test]
+fn non_http_bytes_on_a_managed_port_pass_through_untouched() {
+    let cluster = Cluster::up("abc.yaml");
+    let script = tagger_e2e::workspace().join("tests/apps/tcp_client.py");
+    let before = cluster.config_dump()["kernel"]["connect_redirected"]
+        .as_u64()
+        .unwrap();
+    let payload = "\u{1}\u{2}binary-ish payload, not HTTP\n";
+    for target in ["echo", &cluster.pod_ip("echo")] {
+        let out = cluster.exec(
+            "client",
+            &["python3", script.to_str().unwrap(), target, "9000", payload],
+        );
+        assert!(out.status.success(), "{}", text(&out.stderr));
+        assert_eq!(text(&out.stdout), payload.trim());
+    }
+    // Both connections went through the proxy, which spliced them.
+    let after = cluster.config_dump()["kernel"]["connect_redirected"]
+        .as_u64()
+        .unwrap();
+    assert!(
+        after >= before + 2,
+        "redirected before {before}, after {after}"
+    );
+}
+
+#[test]
+fn malformed_http_gets_an_error_and_the_service_keeps_working() {
+    let cluster = Cluster::up("abc.yaml");
+    let script = tagger_e2e::workspace().join("tests/apps/raw_http.py");
+    let script = script.to_str().unwrap();
+    let bad_header = "GET / HTTP/1.1\\r\\nHost: a\\r\\nno colon here\\r\\n\\r\\n";
+    let out = cluster.exec("client", &["python3", script, "a", "8080", bad_header]);
+    assert_eq!(
+        text(&out.stdout),
+        "HTTP/1.1 400 Bad Request",
+        "{}",
+        text(&out.stderr)
+    );
+    let huge = std::env::temp_dir().join(format!("tagger-huge-{}", std::process::id()));
+    let request = format!(
+        "GET / HTTP/1.1\r\nHost: a\r\nx-big: {}\r\n\r\n",
+        "y".repeat(600 * 1024)
+    );
+    std::fs::write(&huge, request).unwrap();
+    let out = cluster.exec(
+        "client",
+        &[
+            "python3",
+            script,
+            "a",
+            "8080",
+            &format!("@{}", huge.display()),
+        ],
+    );
+    std::fs::remove_file(&huge).unwrap();
+    assert!(
+        text(&out.stdout).starts_with("HTTP/1.1 431"),
+        "{}",
+        text(&out.stdout)
+    );
+    assert_eq!(cluster.curl("client", "http://a:8080/", &[]), BASE_CHAIN);
+}
+
+#[test]
+fn daemon_killed_fails_open_within_a_second_and_resumes_on_restart() {
+    let cluster = Cluster::up("abc.yaml");
+    let a_gray = cluster.pod_ip("a-gray");
+    assert_eq!(
+        cluster.curl_from_node(&format!("http://{a_gray}:8080/"), &[]),
+        GRAY_CHAIN
+    );
+
+    let pid = cluster.daemon_pid();
+    // SAFETY: the pid is the daemon this test's cluster started.
+    assert_eq!(unsafe { libc_kill(pid, 9) }, 0);
+    let killed = Instant::now();
+    // New connections go straight to their destination: the service name
+    // (answered by the kube-proxy stand-in) and pod addresses.
+    let answer = eventually(Duration::from_secs(1), || {
+        let out = cluster.exec("client", &["curl", "-sS", "-m", "1", "http://a:8080/"]);
+        out.status.success().then(|| text(&out.stdout))
+    });
+    assert_eq!(
+        answer.as_deref(),
+        Some(BASE_CHAIN),
+        "no answer within 1 s of kill -9"
+    );
+    assert!(killed.elapsed() < Duration::from_secs(2));
+    // Without the daemon there is no lane routing: gray enters, baseline follows.
+    assert_eq!(
+        cluster.curl_from_node(&format!("http://{a_gray}:8080/"), &[]),
+        "a-gray -> b-base -> c-base"
+    );
+
+    let out = cluster.tagger(&["cluster", "restart-daemon"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    // The same app processes, not restarted, are lane-routed again.
+    assert_eq!(
+        cluster.curl_from_node(&format!("http://{a_gray}:8080/"), &[]),
+        GRAY_CHAIN
+    );
+    assert_eq!(cluster.flow("a-gray", "b", "b-gray")["reason"], "pod-lane");
+}
+
+unsafe extern "C" {
+    #[link_name = "kill"]
+    fn libc_kill(pid: i32, signal: i32) -> i32;
+}
+
+#[test]
+fn bad_cluster_files_are_refused_naming_the_place_and_leave_nothing_behind() {
+    let dir = std::env::temp_dir().join(format!("tagger-bad-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    // The copies live elsewhere: make the apps' paths absolute.
+    let apps = tagger_e2e::workspace().join("tests/apps/");
+    let valid = std::fs::read_to_string(cluster_file("abc.yaml")).unwrap();
+    let cases = [
+        (
+            "unknown-field",
+            valid.replace(
+                "    port: 8080\n    pods:\n      - name: a-base",
+                "    port: 8080\n    colour: red\n    pods:\n      - name: a-base",
+            ),
+            "unknown field `colour`",
+        ),
+        (
+            "duplicate-pod",
+            valid.replace("name: b-base", "name: a-base"),
+            "services[1].pods[0].name: pod name \"a-base\" is already used at services[0].pods[0]",
+        ),
+        (
+            "missing-command",
+            valid.replace(
+                "        command: [python3, ../apps/echo.py, --port, \"9000\"]\n",
+                "",
+            ),
+            "services[3].pods[0].command",
+        ),
+        (
+            "lane-without-pods",
+            valid.replace(
+                "lanes:\n  - name: gray\n    sticky: true\n",
+                "lanes:\n  - name: gray\n    sticky: true\n  - name: blue\n",
+            ),
+            "lanes[1]: no pod is in lane \"blue\"",
+        ),
+        (
+            "undeclared-lane",
+            valid.replace("lane: gray\n        command", "lane: grey\n        command"),
+            "services[0].pods[1].lane: lane \"grey\" is not declared",
+        ),
+    ];
+    for (name, content, expected) in cases {
+        let path = dir.join(format!("{name}.yaml"));
+        std::fs::write(&path, content.replace("../apps/", apps.to_str().unwrap())).unwrap();
+        let out = std::process::Command::new(tagger_bin())
+            .arg("--run-dir")
+            .arg(dir.join("run"))
+            .args(["cluster", "up"])
+            .arg(&path)
+            .output()
+            .unwrap();
+        if out.status.success() {
+            let _ = std::process::Command::new(tagger_bin())
+                .arg("--run-dir")
+                .arg(dir.join("run"))
+                .args(["cluster", "down"])
+                .output();
+            panic!("{name}: accepted");
+        }
+        let stderr = text(&out.stderr);
+        assert!(
+            stderr.contains(expected),
+            "{name}: error does not say {expected:?}:\n{stderr}"
+        );
+        assert_eq!(
+            host_leftovers(),
+            Vec::<String>::new(),
+            "{name}: left things behind"
+        );
+    }
+    // A pod whose command dies at start: up fails, shows its log, and cleans up.
+    let dying = valid
+        .replace(
+            "command: [sleep, infinity]",
+            "command: [sh, -c, \"echo about to fail; exit 3\"]",
+        )
+        .replace(
+            "  - name: client\n    pods:",
+            "  - name: client\n    port: 7000\n    pods:",
+        );
+    let path = dir.join("dying.yaml");
+    std::fs::write(&path, dying.replace("../apps/", apps.to_str().unwrap())).unwrap();
+    let out = std::process::Command::new(tagger_bin())
+        .arg("--run-dir")
+        .arg(dir.join("run"))
+        .args(["cluster", "up"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = text(&out.stderr);
+    assert!(
+        stderr.contains("pod client exited during start-up") && stderr.contains("about to fail"),
+        "{stderr}"
+    );
+    assert_eq!(host_leftovers(), Vec::<String>::new());
+    std::fs::remove_dir_all(&dir).unwrap();
+}

@@ -1,0 +1,118 @@
+//! Installs what tagger needs to build and test, from Debian's packages and
+//! crates.io only, skipping what is already there.
+use std::process::Command;
+
+use anyhow::{Context, Result, bail};
+
+use crate::run;
+
+/// Debian packages: Debian's rustc with its std source (to build the eBPF
+/// crate with `-Z build-std=core`), LLVM 22 for bpf-linker, and the tools the
+/// local cluster and the tests drive.
+const PACKAGES: &[&str] = &[
+    "rustc-web",
+    "rust-web-src",
+    "llvm-22-dev",
+    "iproute2",
+    "iptables",
+    "curl",
+    "python3",
+];
+const BPF_LINKER_VERSION: &str = "0.13.0";
+/// aya-ebpf 0.2.1 needs at least this rustc for the kernel crate.
+const MIN_BPF_RUSTC: (u32, u32) = (1, 87);
+
+pub fn ensure() -> Result<()> {
+    ensure_packages()?;
+    ensure_bpf_rustc()?;
+    ensure_bpf_linker()?;
+    Ok(())
+}
+
+fn installed(package: &str) -> bool {
+    Command::new("dpkg-query")
+        .args(["-W", "-f=${Status}", package])
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).contains("install ok installed"))
+        .unwrap_or(false)
+}
+
+fn ensure_packages() -> Result<()> {
+    let missing: Vec<&str> = PACKAGES.iter().copied().filter(|p| !installed(p)).collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    println!("xtask: installing Debian packages: {}", missing.join(" "));
+    run(Command::new("apt-get").args(["update", "-q"]))?;
+    run(Command::new("apt-get")
+        .args(["install", "-y", "-q", "--no-install-recommends"])
+        .args(&missing)
+        .env("DEBIAN_FRONTEND", "noninteractive"))
+}
+
+fn rustc_version(rustc: &str) -> Option<(u32, u32)> {
+    let out = Command::new(rustc).arg("--version").output().ok()?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    let version = text.split_whitespace().nth(1)?;
+    let mut parts = version.split('.');
+    Some((parts.next()?.parse().ok()?, parts.next()?.parse().ok()?))
+}
+
+fn ensure_bpf_rustc() -> Result<()> {
+    match rustc_version("/usr/bin/rustc") {
+        Some(v) if v >= MIN_BPF_RUSTC => Ok(()),
+        Some(v) => {
+            // An old package from a stale index: refresh and upgrade it.
+            println!(
+                "xtask: /usr/bin/rustc is {}.{}; upgrading rustc-web",
+                v.0, v.1
+            );
+            run(Command::new("apt-get").args(["update", "-q"]))?;
+            run(Command::new("apt-get")
+                .args([
+                    "install",
+                    "-y",
+                    "-q",
+                    "--only-upgrade",
+                    "rustc-web",
+                    "rust-web-src",
+                ])
+                .env("DEBIAN_FRONTEND", "noninteractive"))?;
+            match rustc_version("/usr/bin/rustc") {
+                Some(v) if v >= MIN_BPF_RUSTC => Ok(()),
+                _ => bail!(
+                    "Debian's rustc-web is older than {}.{}; the eBPF crate cannot build",
+                    MIN_BPF_RUSTC.0,
+                    MIN_BPF_RUSTC.1
+                ),
+            }
+        }
+        None => bail!("/usr/bin/rustc is missing although rustc-web is installed"),
+    }
+}
+
+fn ensure_bpf_linker() -> Result<()> {
+    let current = Command::new("bpf-linker")
+        .arg("--version")
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+        .unwrap_or_default();
+    if current.contains(BPF_LINKER_VERSION) {
+        return Ok(());
+    }
+    println!("xtask: installing bpf-linker {BPF_LINKER_VERSION} from crates.io (about 2 minutes)");
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    run(Command::new(cargo)
+        .args([
+            "install",
+            &format!("bpf-linker@{BPF_LINKER_VERSION}"),
+            "--locked",
+            "--no-default-features",
+            "--features",
+            "llvm-22",
+        ])
+        // Without it the build finds LLVM 14 and fails.
+        .env("LLVM_PREFIX", "/usr/lib/llvm-22"))
+    .context("installing bpf-linker")?;
+    Ok(())
+}
