@@ -61,7 +61,11 @@ services:
     let file = parse(text).unwrap();
     assert_eq!(file.lane_header, DEFAULT_LANE_HEADER);
     assert!(!file.lanes[0].sticky);
-    let lanes: Vec<_> = file.services[0].pods.iter().map(|p| p.effective_lane()).collect();
+    let lanes: Vec<_> = file.services[0]
+        .pods
+        .iter()
+        .map(|p| p.effective_lane())
+        .collect();
     assert_eq!(lanes, vec![Some("gray"), Some("gray"), None]);
 }
 
@@ -69,31 +73,92 @@ services:
 fn errors_name_the_place() {
     // (what is changed, replacement, text the error must contain)
     let cases: &[(&str, &str, &str)] = &[
-        ("    port: 8080\n", "    port: 8080\n    colour: red\n", "unknown field `colour`"),
-        ("name: charge-v2", "name: charge-v1", "services[0].pods[1].name: pod name \"charge-v1\" is already used at services[0].pods[0]"),
-        ("        command: [sleep, infinity]\n", "", "services[1].pods[0].command: pod \"client\" has no command"),
-        ("lane: gray\n        command", "lane: grey\n        command", "services[0].pods[1].lane: lane \"grey\" is not declared"),
-        ("  - name: gray\n    sticky: true\n", "  - name: gray\n    sticky: true\n  - name: blue\n", "lanes[1]: no pod is in lane \"blue\""),
-        ("  - name: client\n    pods:", "  - name: charge\n    pods:", "services[1].name: service \"charge\" is declared twice"),
-        ("name: charge-v1", "name: Charge_V1", "services[0].pods[0].name"),
-        ("name: charge-v1", "name: a-very-long-pod-name", "longer than 12 characters"),
+        (
+            "    port: 8080\n",
+            "    port: 8080\n    colour: red\n",
+            "unknown field `colour`",
+        ),
+        (
+            "name: charge-v2",
+            "name: charge-v1",
+            "services[0].pods[1].name: pod name \"charge-v1\" is already used at services[0].pods[0]",
+        ),
+        (
+            "        command: [sleep, infinity]\n",
+            "",
+            "services[1].pods[0].command: pod \"client\" has no command",
+        ),
+        (
+            "lane: gray\n        command",
+            "lane: grey\n        command",
+            "services[0].pods[1].lane: lane \"grey\" is not declared",
+        ),
+        (
+            "  - name: gray\n    sticky: true\n",
+            "  - name: gray\n    sticky: true\n  - name: blue\n",
+            "lanes[1]: no pod is in lane \"blue\"",
+        ),
+        (
+            "  - name: client\n    pods:",
+            "  - name: charge\n    pods:",
+            "services[1].name: service \"charge\" is declared twice",
+        ),
+        (
+            "name: charge-v1",
+            "name: Charge_V1",
+            "services[0].pods[0].name",
+        ),
+        (
+            "name: charge-v1",
+            "name: a-very-long-pod-name",
+            "longer than 12 characters",
+        ),
         ("port: 8080", "port: 0", "services[0].port: port 0"),
         ("port: 8080", "port: 70000", "port"),
-        ("lane_header: x-lane", "lane_header: \"bad header\"", "lane_header"),
-        ("op: in,", "op: within,", "rules[0]: rule \"charge-gray\", conditions[0].op: \"within\" is not an operator"),
+        (
+            "lane_header: x-lane",
+            "lane_header: \"bad header\"",
+            "lane_header",
+        ),
+        (
+            "op: in,",
+            "op: within,",
+            "rules[0]: rule \"charge-gray\", conditions[0].op: \"within\" is not an operator",
+        ),
         ("cmp: \"=\"", "cmp: \"~\"", "conditions[1].cmp"),
-        ("value: 1}", "value: 100}", "mod100 compares with a whole number 0..99"),
-        ("service: charge\n", "service: nowhere\n", "rules[0].service: rule \"charge-gray\" guards unknown service \"nowhere\""),
-        ("    lane: gray\n    mode", "    lane: blue\n    mode", "rules[0].lane"),
+        (
+            "value: 1}",
+            "value: 100}",
+            "mod100 compares with a whole number 0..99",
+        ),
+        (
+            "service: charge\n",
+            "service: nowhere\n",
+            "rules[0].service: rule \"charge-gray\" guards unknown service \"nowhere\"",
+        ),
+        (
+            "    lane: gray\n    mode",
+            "    lane: blue\n    mode",
+            "rules[0].lane",
+        ),
         ("mode: any", "mode: some", "mode"),
     ];
     for (from, to, expected) in cases {
-        assert!(VALID.contains(from), "case text {from:?} not in the base file");
+        assert!(
+            VALID.contains(from),
+            "case text {from:?} not in the base file"
+        );
         let text = VALID.replacen(from, to, 1);
         let err = parse(&text).expect_err(&format!("{from:?} -> {to:?} was accepted"));
         let message = err.to_string();
-        assert!(message.contains(expected), "{from:?} -> {to:?}: {message:?} lacks {expected:?}");
-        assert!(message.contains("cluster.yaml"), "{message} does not name the file");
+        assert!(
+            message.contains(expected),
+            "{from:?} -> {to:?}: {message:?} lacks {expected:?}"
+        );
+        assert!(
+            message.contains("cluster.yaml"),
+            "{message} does not name the file"
+        );
     }
 }
 
@@ -102,5 +167,8 @@ fn not_yaml_at_all() {
     let err = parse("services: [").unwrap_err();
     assert!(matches!(err, ConfigError::Parse { .. }), "{err}");
     let err = ClusterFile::load(Path::new("/nonexistent/tagger.yaml")).unwrap_err();
-    assert!(err.to_string().contains("cannot read cluster file /nonexistent/tagger.yaml"));
+    assert!(
+        err.to_string()
+            .contains("cannot read cluster file /nonexistent/tagger.yaml")
+    );
 }

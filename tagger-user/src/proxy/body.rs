@@ -58,17 +58,17 @@ impl Body for Prefixed {
     }
 
     fn size_hint(&self) -> SizeHint {
-        let mut hint = self
+        let rest = self
             .rest
             .as_ref()
             .map(Body::size_hint)
             .unwrap_or_else(|| SizeHint::with_exact(0));
-        let lower = hint.lower() + self.prefix_len;
-        let upper = hint.upper().map(|u| u + self.prefix_len);
-        hint.set_lower(lower);
-        if let Some(upper) = upper {
-            hint.set_upper(upper);
+        // Upper first: SizeHint asserts lower <= upper on every set.
+        let mut hint = SizeHint::new();
+        if let Some(upper) = rest.upper() {
+            hint.set_upper(upper + self.prefix_len);
         }
+        hint.set_lower(rest.lower() + self.prefix_len);
         hint
     }
 }

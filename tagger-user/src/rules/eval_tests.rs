@@ -42,7 +42,10 @@ impl Req {
     fn check(&self, condition: &Condition, random: f64) -> bool {
         let mut headers = HeaderMap::new();
         for (name, value) in &self.headers {
-            headers.append(HeaderName::from_static(name), HeaderValue::from_static(value));
+            headers.append(
+                HeaderName::from_static(name),
+                HeaderValue::from_static(value),
+            );
         }
         let (path, query) = match self.target.split_once('?') {
             Some((p, q)) => (p, Some(q)),
@@ -72,131 +75,439 @@ fn condition(yaml: &str) -> Condition {
         enabled: true,
         conditions: vec![spec],
     };
-    rule.compile().unwrap_or_else(|e| panic!("{yaml}: {e}")).conditions.remove(0)
+    rule.compile()
+        .unwrap_or_else(|e| panic!("{yaml}: {e}"))
+        .conditions
+        .remove(0)
 }
 
 /// (condition, request, expected) rows, evaluated with random = 0.5.
 fn table(rows: Vec<(&str, Req, bool)>) {
     for (yaml, request, want) in rows {
         let got = request.check(&condition(yaml), 0.5);
-        assert_eq!(got, want, "{yaml} on {} {:?} body {:?}", request.target, request.headers, String::from_utf8_lossy(&request.body));
+        assert_eq!(
+            got,
+            want,
+            "{yaml} on {} {:?} body {:?}",
+            request.target,
+            request.headers,
+            String::from_utf8_lossy(&request.body)
+        );
     }
 }
 
 #[test]
 fn comparison_operators() {
     table(vec![
-        ("{source: query, name: userId, op: '=', value: 111}", get("/?userId=111"), true),
-        ("{source: query, name: userId, op: '=', value: '111'}", get("/?userId=0111"), true), // numeric equality
-        ("{source: query, name: userId, op: '=', value: 111}", get("/?userId=112"), false),
-        ("{source: query, name: userId, op: '!=', value: 111}", get("/?userId=112"), true),
-        ("{source: query, name: userId, op: '!=', value: 111}", get("/?userId=111"), false),
-        ("{source: query, name: userId, op: '>', value: 100}", get("/?userId=101"), true),
-        ("{source: query, name: userId, op: '>', value: 100}", get("/?userId=100"), false),
-        ("{source: query, name: userId, op: '>=', value: 100}", get("/?userId=100"), true),
-        ("{source: query, name: userId, op: '<', value: 100}", get("/?userId=99"), true),
-        ("{source: query, name: userId, op: '<', value: 100}", get("/?userId=-5"), true),
-        ("{source: query, name: userId, op: '<=', value: -5}", get("/?userId=-5"), true),
-        ("{source: query, name: userId, op: '<=', value: -5}", get("/?userId=-4"), false),
+        (
+            "{source: query, name: userId, op: '=', value: 111}",
+            get("/?userId=111"),
+            true,
+        ),
+        (
+            "{source: query, name: userId, op: '=', value: '111'}",
+            get("/?userId=0111"),
+            true,
+        ), // numeric equality
+        (
+            "{source: query, name: userId, op: '=', value: 111}",
+            get("/?userId=112"),
+            false,
+        ),
+        (
+            "{source: query, name: userId, op: '!=', value: 111}",
+            get("/?userId=112"),
+            true,
+        ),
+        (
+            "{source: query, name: userId, op: '!=', value: 111}",
+            get("/?userId=111"),
+            false,
+        ),
+        (
+            "{source: query, name: userId, op: '>', value: 100}",
+            get("/?userId=101"),
+            true,
+        ),
+        (
+            "{source: query, name: userId, op: '>', value: 100}",
+            get("/?userId=100"),
+            false,
+        ),
+        (
+            "{source: query, name: userId, op: '>=', value: 100}",
+            get("/?userId=100"),
+            true,
+        ),
+        (
+            "{source: query, name: userId, op: '<', value: 100}",
+            get("/?userId=99"),
+            true,
+        ),
+        (
+            "{source: query, name: userId, op: '<', value: 100}",
+            get("/?userId=-5"),
+            true,
+        ),
+        (
+            "{source: query, name: userId, op: '<=', value: -5}",
+            get("/?userId=-5"),
+            true,
+        ),
+        (
+            "{source: query, name: userId, op: '<=', value: -5}",
+            get("/?userId=-4"),
+            false,
+        ),
         // 9 < 10 numerically, though "9" > "10" as strings.
-        ("{source: query, name: n, op: '<', value: 10}", get("/?n=9"), true),
+        (
+            "{source: query, name: n, op: '<', value: 10}",
+            get("/?n=9"),
+            true,
+        ),
         // Decimals compare as numbers too.
-        ("{source: query, name: n, op: '>', value: 1.5}", get("/?n=1.75"), true),
+        (
+            "{source: query, name: n, op: '>', value: 1.5}",
+            get("/?n=1.75"),
+            true,
+        ),
         // Integers larger than any machine word still compare exactly.
-        ("{source: query, name: n, op: '>', value: '123456789012345678901234567890'}", get("/?n=123456789012345678901234567891"), true),
-        ("{source: query, name: n, op: '=', value: '123456789012345678901234567890'}", get("/?n=123456789012345678901234567891"), false),
-        ("{source: query, name: n, op: '<', value: '-99999999999999999999'}", get("/?n=-100000000000000000000"), true),
+        (
+            "{source: query, name: n, op: '>', value: '123456789012345678901234567890'}",
+            get("/?n=123456789012345678901234567891"),
+            true,
+        ),
+        (
+            "{source: query, name: n, op: '=', value: '123456789012345678901234567890'}",
+            get("/?n=123456789012345678901234567891"),
+            false,
+        ),
+        (
+            "{source: query, name: n, op: '<', value: '-99999999999999999999'}",
+            get("/?n=-100000000000000000000"),
+            true,
+        ),
         // A non-number against a number: string order, documented.
-        ("{source: query, name: n, op: '>', value: 100}", get("/?n=abc"), true),
-        ("{source: query, name: n, op: '=', value: 100}", get("/?n=abc"), false),
+        (
+            "{source: query, name: n, op: '>', value: 100}",
+            get("/?n=abc"),
+            true,
+        ),
+        (
+            "{source: query, name: n, op: '=', value: 100}",
+            get("/?n=abc"),
+            false,
+        ),
         // Strings.
-        ("{source: header, name: x-env, op: '=', value: Staging}", get("/").header("x-env", "Staging"), true),
-        ("{source: header, name: x-env, op: '=', value: staging}", get("/").header("x-env", "Staging"), false),
+        (
+            "{source: header, name: x-env, op: '=', value: Staging}",
+            get("/").header("x-env", "Staging"),
+            true,
+        ),
+        (
+            "{source: header, name: x-env, op: '=', value: staging}",
+            get("/").header("x-env", "Staging"),
+            false,
+        ),
         // Empty value is a value, not a missing key.
-        ("{source: query, name: userId, op: '=', value: ''}", get("/?userId="), true),
-        ("{source: query, name: userId, op: '!=', value: ''}", get("/?userId="), false),
+        (
+            "{source: query, name: userId, op: '=', value: ''}",
+            get("/?userId="),
+            true,
+        ),
+        (
+            "{source: query, name: userId, op: '!=', value: ''}",
+            get("/?userId="),
+            false,
+        ),
     ]);
 }
 
 #[test]
 fn missing_keys_match_only_negations() {
     table(vec![
-        ("{source: query, name: userId, op: '=', value: 1}", get("/"), false),
-        ("{source: query, name: userId, op: '>', value: 1}", get("/"), false),
-        ("{source: query, name: userId, op: in, values: [1]}", get("/"), false),
-        ("{source: query, name: userId, op: mod100, cmp: '=', value: 1}", get("/"), false),
-        ("{source: query, name: userId, op: regex, value: '.*'}", get("/"), false),
-        ("{source: query, name: userId, op: prefix, value: ''}", get("/"), false),
-        ("{source: query, name: userId, op: percentage, value: 100}", get("/"), false),
-        ("{source: query, name: userId, op: '!=', value: 1}", get("/"), true),
-        ("{source: query, name: userId, op: not_in, values: [1]}", get("/"), true),
+        (
+            "{source: query, name: userId, op: '=', value: 1}",
+            get("/"),
+            false,
+        ),
+        (
+            "{source: query, name: userId, op: '>', value: 1}",
+            get("/"),
+            false,
+        ),
+        (
+            "{source: query, name: userId, op: in, values: [1]}",
+            get("/"),
+            false,
+        ),
+        (
+            "{source: query, name: userId, op: mod100, cmp: '=', value: 1}",
+            get("/"),
+            false,
+        ),
+        (
+            "{source: query, name: userId, op: regex, value: '.*'}",
+            get("/"),
+            false,
+        ),
+        (
+            "{source: query, name: userId, op: prefix, value: ''}",
+            get("/"),
+            false,
+        ),
+        (
+            "{source: query, name: userId, op: percentage, value: 100}",
+            get("/"),
+            false,
+        ),
+        (
+            "{source: query, name: userId, op: '!=', value: 1}",
+            get("/"),
+            true,
+        ),
+        (
+            "{source: query, name: userId, op: not_in, values: [1]}",
+            get("/"),
+            true,
+        ),
         ("{source: query, name: userId, op: exists}", get("/"), false),
-        ("{source: query, name: userId, op: exists, value: false}", get("/"), true),
-        ("{source: query, name: userId, op: exists}", get("/?userId"), true),
-        ("{source: query, name: userId, op: exists, value: false}", get("/?userId=1"), false),
+        (
+            "{source: query, name: userId, op: exists, value: false}",
+            get("/"),
+            true,
+        ),
+        (
+            "{source: query, name: userId, op: exists}",
+            get("/?userId"),
+            true,
+        ),
+        (
+            "{source: query, name: userId, op: exists, value: false}",
+            get("/?userId=1"),
+            false,
+        ),
     ]);
 }
 
 #[test]
 fn lists_prefix_regex() {
     table(vec![
-        ("{source: query, name: userId, op: in, values: [111, 222, 333]}", get("/?userId=222"), true),
-        ("{source: query, name: userId, op: in, values: [111, 222, 333]}", get("/?userId=444"), false),
-        ("{source: header, name: mse-username, op: in, values: [msd01, msd02, msd03]}", get("/").header("mse-username", "msd02"), true),
-        ("{source: header, name: mse-username, op: in, values: [msd01, msd02, msd03]}", get("/").header("mse-username", "msd04"), false),
-        ("{source: header, name: mse-username, op: not_in, values: [msd01]}", get("/").header("mse-username", "msd04"), true),
-        ("{source: header, name: mse-username, op: not_in, values: [msd01]}", get("/").header("mse-username", "msd01"), false),
-        ("{source: path, op: prefix, value: /api/v2}", get("/api/v2/orders"), true),
-        ("{source: path, op: prefix, value: /api/v2}", get("/api/v1/orders"), false),
-        ("{source: header, name: user-agent, op: regex, value: '^Mozilla/.*Android'}", get("/").header("user-agent", "Mozilla/5.0 (Linux; Android 14)"), true),
-        ("{source: header, name: user-agent, op: regex, value: '^Mozilla/.*Android'}", get("/").header("user-agent", "curl/8"), false),
+        (
+            "{source: query, name: userId, op: in, values: [111, 222, 333]}",
+            get("/?userId=222"),
+            true,
+        ),
+        (
+            "{source: query, name: userId, op: in, values: [111, 222, 333]}",
+            get("/?userId=444"),
+            false,
+        ),
+        (
+            "{source: header, name: mse-username, op: in, values: [msd01, msd02, msd03]}",
+            get("/").header("mse-username", "msd02"),
+            true,
+        ),
+        (
+            "{source: header, name: mse-username, op: in, values: [msd01, msd02, msd03]}",
+            get("/").header("mse-username", "msd04"),
+            false,
+        ),
+        (
+            "{source: header, name: mse-username, op: not_in, values: [msd01]}",
+            get("/").header("mse-username", "msd04"),
+            true,
+        ),
+        (
+            "{source: header, name: mse-username, op: not_in, values: [msd01]}",
+            get("/").header("mse-username", "msd01"),
+            false,
+        ),
+        (
+            "{source: path, op: prefix, value: /api/v2}",
+            get("/api/v2/orders"),
+            true,
+        ),
+        (
+            "{source: path, op: prefix, value: /api/v2}",
+            get("/api/v1/orders"),
+            false,
+        ),
+        (
+            "{source: header, name: user-agent, op: regex, value: '^Mozilla/.*Android'}",
+            get("/").header("user-agent", "Mozilla/5.0 (Linux; Android 14)"),
+            true,
+        ),
+        (
+            "{source: header, name: user-agent, op: regex, value: '^Mozilla/.*Android'}",
+            get("/").header("user-agent", "curl/8"),
+            false,
+        ),
     ]);
 }
 
 #[test]
 fn mod100_takes_the_integer_modulo_100() {
     table(vec![
-        ("{source: query, name: userId, op: mod100, cmp: '=', value: 1}", get("/?userId=101"), true),
-        ("{source: query, name: userId, op: mod100, cmp: '=', value: 1}", get("/?userId=1001"), true),
-        ("{source: query, name: userId, op: mod100, cmp: '=', value: 1}", get("/?userId=1002"), false),
-        ("{source: query, name: userId, op: mod100, value: 1}", get("/?userId=1"), true), // cmp defaults to =
-        ("{source: query, name: userId, op: mod100, cmp: '<', value: 10}", get("/?userId=205"), true),
-        ("{source: query, name: userId, op: mod100, cmp: '>=', value: 50}", get("/?userId=149"), false),
-        ("{source: query, name: userId, op: mod100, cmp: '!=', value: 0}", get("/?userId=300"), false),
-        ("{source: query, name: userId, op: mod100, cmp: '<=', value: 0}", get("/?userId=0"), true),
+        (
+            "{source: query, name: userId, op: mod100, cmp: '=', value: 1}",
+            get("/?userId=101"),
+            true,
+        ),
+        (
+            "{source: query, name: userId, op: mod100, cmp: '=', value: 1}",
+            get("/?userId=1001"),
+            true,
+        ),
+        (
+            "{source: query, name: userId, op: mod100, cmp: '=', value: 1}",
+            get("/?userId=1002"),
+            false,
+        ),
+        (
+            "{source: query, name: userId, op: mod100, value: 1}",
+            get("/?userId=1"),
+            true,
+        ), // cmp defaults to =
+        (
+            "{source: query, name: userId, op: mod100, cmp: '<', value: 10}",
+            get("/?userId=205"),
+            true,
+        ),
+        (
+            "{source: query, name: userId, op: mod100, cmp: '>=', value: 50}",
+            get("/?userId=149"),
+            false,
+        ),
+        (
+            "{source: query, name: userId, op: mod100, cmp: '!=', value: 0}",
+            get("/?userId=300"),
+            false,
+        ),
+        (
+            "{source: query, name: userId, op: mod100, cmp: '<=', value: 0}",
+            get("/?userId=0"),
+            true,
+        ),
         // Negative numbers: the mathematical modulo, -1 mod 100 = 99.
-        ("{source: query, name: userId, op: mod100, cmp: '=', value: 99}", get("/?userId=-1"), true),
-        ("{source: query, name: userId, op: mod100, cmp: '=', value: 0}", get("/?userId=-100"), true),
+        (
+            "{source: query, name: userId, op: mod100, cmp: '=', value: 99}",
+            get("/?userId=-1"),
+            true,
+        ),
+        (
+            "{source: query, name: userId, op: mod100, cmp: '=', value: 0}",
+            get("/?userId=-100"),
+            true,
+        ),
         // Very large integers work digit-wise.
-        ("{source: query, name: userId, op: mod100, cmp: '=', value: 1}", get("/?userId=98765432109876543210987654321001"), true),
+        (
+            "{source: query, name: userId, op: mod100, cmp: '=', value: 1}",
+            get("/?userId=98765432109876543210987654321001"),
+            true,
+        ),
         // Not an integer: no match.
-        ("{source: query, name: userId, op: mod100, cmp: '=', value: 1}", get("/?userId=1.01"), false),
-        ("{source: query, name: userId, op: mod100, cmp: '!=', value: 1}", get("/?userId=abc"), false),
-        ("{source: query, name: userId, op: mod100, cmp: '=', value: 1}", get("/?userId="), false),
+        (
+            "{source: query, name: userId, op: mod100, cmp: '=', value: 1}",
+            get("/?userId=1.01"),
+            false,
+        ),
+        (
+            "{source: query, name: userId, op: mod100, cmp: '!=', value: 1}",
+            get("/?userId=abc"),
+            false,
+        ),
+        (
+            "{source: query, name: userId, op: mod100, cmp: '=', value: 1}",
+            get("/?userId="),
+            false,
+        ),
     ]);
 }
 
 #[test]
 fn sources() {
     table(vec![
-        ("{source: cookie, name: uid, op: '=', value: 7}", get("/").header("cookie", "a=1; uid=7"), true),
-        ("{source: cookie, name: uid, op: '=', value: 7}", get("/").header("cookie", "a=1;uid = 7 ;b=2"), true),
-        ("{source: cookie, name: uid, op: '=', value: 7}", get("/").header("cookie", "a=1").header("cookie", "uid=\"7\""), true),
-        ("{source: cookie, name: uid, op: '=', value: 7}", get("/").header("cookie", "xuid=7"), false),
-        ("{source: host, op: '=', value: shop.example}", get("/").header("host", "shop.example:8080"), true),
-        ("{source: host, op: '=', value: shop.example}", get("/").header("host", "other.example"), false),
-        ("{source: method, op: in, values: [POST, PUT]}", get("/").body("text/plain", "x"), true),
+        (
+            "{source: cookie, name: uid, op: '=', value: 7}",
+            get("/").header("cookie", "a=1; uid=7"),
+            true,
+        ),
+        (
+            "{source: cookie, name: uid, op: '=', value: 7}",
+            get("/").header("cookie", "a=1;uid = 7 ;b=2"),
+            true,
+        ),
+        (
+            "{source: cookie, name: uid, op: '=', value: 7}",
+            get("/")
+                .header("cookie", "a=1")
+                .header("cookie", "uid=\"7\""),
+            true,
+        ),
+        (
+            "{source: cookie, name: uid, op: '=', value: 7}",
+            get("/").header("cookie", "xuid=7"),
+            false,
+        ),
+        (
+            "{source: host, op: '=', value: shop.example}",
+            get("/").header("host", "shop.example:8080"),
+            true,
+        ),
+        (
+            "{source: host, op: '=', value: shop.example}",
+            get("/").header("host", "other.example"),
+            false,
+        ),
+        (
+            "{source: method, op: in, values: [POST, PUT]}",
+            get("/").body("text/plain", "x"),
+            true,
+        ),
         ("{source: method, op: '=', value: POST}", get("/"), false),
-        ("{source: path, op: '=', value: /device}", get("/device?userId=1"), true),
-        ("{source: query, name: name, op: '=', value: 'a b'}", get("/?name=a%20b"), true),
-        ("{source: query, name: name, op: '=', value: 'a b'}", get("/?name=a+b"), true),
+        (
+            "{source: path, op: '=', value: /device}",
+            get("/device?userId=1"),
+            true,
+        ),
+        (
+            "{source: query, name: name, op: '=', value: 'a b'}",
+            get("/?name=a%20b"),
+            true,
+        ),
+        (
+            "{source: query, name: name, op: '=', value: 'a b'}",
+            get("/?name=a+b"),
+            true,
+        ),
         // Repeated keys: a positive operator wants any value, a negation all.
-        ("{source: query, name: k, op: '=', value: 2}", get("/?k=1&k=2"), true),
-        ("{source: query, name: k, op: '!=', value: 2}", get("/?k=1&k=2"), false),
-        ("{source: header, name: x-k, op: '=', value: 2}", get("/").header("x-k", "1").header("x-k", "2"), true),
-        ("{source: header, name: x-k, op: not_in, values: [2]}", get("/").header("x-k", "1").header("x-k", "2"), false),
+        (
+            "{source: query, name: k, op: '=', value: 2}",
+            get("/?k=1&k=2"),
+            true,
+        ),
+        (
+            "{source: query, name: k, op: '!=', value: 2}",
+            get("/?k=1&k=2"),
+            false,
+        ),
+        (
+            "{source: header, name: x-k, op: '=', value: 2}",
+            get("/").header("x-k", "1").header("x-k", "2"),
+            true,
+        ),
+        (
+            "{source: header, name: x-k, op: not_in, values: [2]}",
+            get("/").header("x-k", "1").header("x-k", "2"),
+            false,
+        ),
         // Header names are case-insensitive.
-        ("{source: header, name: X-User-Id, op: '=', value: 100}", get("/").header("x-user-id", "100"), true),
+        (
+            "{source: header, name: X-User-Id, op: '=', value: 100}",
+            get("/").header("x-user-id", "100"),
+            true,
+        ),
     ]);
 }
 
@@ -204,23 +515,85 @@ fn sources() {
 fn body_sources() {
     let json = "application/json";
     table(vec![
-        ("{source: body, name: user.id, op: '=', value: 42}", get("/").body(json, r#"{"user": {"id": 42}}"#), true),
-        ("{source: body, name: user.id, op: '=', value: 42}", get("/").body(json, r#"{"user": {"id": "42"}}"#), true),
-        ("{source: body, name: user.vip, op: '=', value: 'true'}", get("/").body(json, r#"{"user": {"vip": true}}"#), true),
-        ("{source: body, name: items.1.sku, op: '=', value: B}", get("/").body(json, r#"{"items": [{"sku": "A"}, {"sku": "B"}]}"#), true),
-        ("{source: body, name: tags, op: in, values: [beta]}", get("/").body(json, r#"{"tags": ["x", "beta"]}"#), true),
-        ("{source: body, name: user.id, op: '=', value: 42}", get("/").body(json, r#"{"user": 42}"#), false),
-        ("{source: body, name: user.id, op: exists}", get("/").body(json, r#"{"user": {"id": null}}"#), false),
+        (
+            "{source: body, name: user.id, op: '=', value: 42}",
+            get("/").body(json, r#"{"user": {"id": 42}}"#),
+            true,
+        ),
+        (
+            "{source: body, name: user.id, op: '=', value: 42}",
+            get("/").body(json, r#"{"user": {"id": "42"}}"#),
+            true,
+        ),
+        (
+            "{source: body, name: user.vip, op: '=', value: 'true'}",
+            get("/").body(json, r#"{"user": {"vip": true}}"#),
+            true,
+        ),
+        (
+            "{source: body, name: items.1.sku, op: '=', value: B}",
+            get("/").body(json, r#"{"items": [{"sku": "A"}, {"sku": "B"}]}"#),
+            true,
+        ),
+        (
+            "{source: body, name: tags, op: in, values: [beta]}",
+            get("/").body(json, r#"{"tags": ["x", "beta"]}"#),
+            true,
+        ),
+        (
+            "{source: body, name: user.id, op: '=', value: 42}",
+            get("/").body(json, r#"{"user": 42}"#),
+            false,
+        ),
+        (
+            "{source: body, name: user.id, op: exists}",
+            get("/").body(json, r#"{"user": {"id": null}}"#),
+            false,
+        ),
         // Invalid JSON: the key is missing.
-        ("{source: body, name: user.id, op: '=', value: 42}", get("/").body(json, r#"{"user": {"id": 42"#), false),
-        ("{source: body, name: user.id, op: '!=', value: 42}", get("/").body(json, "not json"), true),
+        (
+            "{source: body, name: user.id, op: '=', value: 42}",
+            get("/").body(json, r#"{"user": {"id": 42"#),
+            false,
+        ),
+        (
+            "{source: body, name: user.id, op: '!=', value: 42}",
+            get("/").body(json, "not json"),
+            true,
+        ),
         // Cut at the bound: JSON does not parse, so no match.
-        ("{source: body, name: user.id, op: '=', value: 42}", get("/").body(json, r#"{"user": {"id": 42, "pad": "xxxx"#).truncated(), false),
+        (
+            "{source: body, name: user.id, op: '=', value: 42}",
+            get("/")
+                .body(json, r#"{"user": {"id": 42, "pad": "xxxx"#)
+                .truncated(),
+            false,
+        ),
         // Forms, and a truncated form drops its cut last field only.
-        ("{source: body, name: uid, op: '=', value: 7}", get("/").body("application/x-www-form-urlencoded", "a=1&uid=7"), true),
-        ("{source: body, name: uid, op: '=', value: 7}", get("/").body("application/x-www-form-urlencoded", "uid=7&pad=xx").truncated(), true),
-        ("{source: body, name: pad, op: exists}", get("/").body("application/x-www-form-urlencoded", "uid=7&pad=xx").truncated(), false),
-        ("{source: body, name: uid, op: '=', value: 7}", get("/"), false),
+        (
+            "{source: body, name: uid, op: '=', value: 7}",
+            get("/").body("application/x-www-form-urlencoded", "a=1&uid=7"),
+            true,
+        ),
+        (
+            "{source: body, name: uid, op: '=', value: 7}",
+            get("/")
+                .body("application/x-www-form-urlencoded", "uid=7&pad=xx")
+                .truncated(),
+            true,
+        ),
+        (
+            "{source: body, name: pad, op: exists}",
+            get("/")
+                .body("application/x-www-form-urlencoded", "uid=7&pad=xx")
+                .truncated(),
+            false,
+        ),
+        (
+            "{source: body, name: uid, op: '=', value: 7}",
+            get("/"),
+            false,
+        ),
     ]);
 }
 
@@ -243,11 +616,18 @@ fn stable_percentage_is_stable_per_key_and_near_the_share() {
         let request = get("/").header("x-user-id", id);
         let first = request.check(&c, 0.0);
         // The random draw does not matter: the key decides, every time.
-        assert_eq!(first, request.check(&c, 0.99), "user {id} changed its answer");
+        assert_eq!(
+            first,
+            request.check(&c, 0.99),
+            "user {id} changed its answer"
+        );
         hits += usize::from(first);
     }
     let share = hits as f64 / total as f64;
-    assert!((0.18..0.22).contains(&share), "share {share} is not near 0.20");
+    assert!(
+        (0.18..0.22).contains(&share),
+        "share {share} is not near 0.20"
+    );
 }
 
 #[test]
@@ -295,7 +675,9 @@ fn rule_modes_and_priority() {
         for (n, v) in &request.headers {
             headers.append(HeaderName::from_static(n), HeaderValue::from_static(v));
         }
-        let (path, query) = target.split_once('?').map_or((*target, None), |(p, q)| (p, Some(q)));
+        let (path, query) = target
+            .split_once('?')
+            .map_or((*target, None), |(p, q)| (p, Some(q)));
         let view = RequestView {
             method: "GET",
             path,
@@ -309,29 +691,74 @@ fn rule_modes_and_priority() {
         assert_eq!(got, *want, "{target} beta {beta:?}");
     }
     let hits: Vec<(String, u64)> = set.iter().map(|(r, h)| (r.name.clone(), h)).collect();
-    assert!(hits.contains(&("both".into(), 1)) && hits.contains(&("late".into(), 1)), "{hits:?}");
+    assert!(
+        hits.contains(&("both".into(), 1)) && hits.contains(&("late".into(), 1)),
+        "{hits:?}"
+    );
     // Hit counts survive a reload of the same rule names.
-    let reloaded = RuleSet::new(specs.iter().map(|s| s.compile().unwrap()).collect(), Some(&set));
-    assert_eq!(reloaded.iter().find(|(r, _)| r.name == "both").unwrap().1, 1);
+    let reloaded = RuleSet::new(
+        specs.iter().map(|s| s.compile().unwrap()).collect(),
+        Some(&set),
+    );
+    assert_eq!(
+        reloaded.iter().find(|(r, _)| r.name == "both").unwrap().1,
+        1
+    );
 }
 
 #[test]
 fn bad_conditions_are_refused_with_the_field_and_reason() {
     let cases: &[(&str, &str)] = &[
-        ("{source: query, name: u, op: like, value: 1}", "conditions[0].op"),
-        ("{source: form, name: u, op: '=', value: 1}", "conditions[0].source: \"form\" is not a source"),
+        (
+            "{source: query, name: u, op: like, value: 1}",
+            "conditions[0].op",
+        ),
+        (
+            "{source: form, name: u, op: '=', value: 1}",
+            "conditions[0].source: \"form\" is not a source",
+        ),
         ("{source: query, op: '=', value: 1}", "conditions[0].name"),
-        ("{source: query, name: u, op: '='}", "conditions[0].value: operator = needs a value"),
-        ("{source: query, name: u, op: in, value: 1}", "conditions[0].values"),
-        ("{source: query, name: u, op: regex, value: '('}", "regex does not compile"),
-        ("{source: query, name: u, op: percentage, value: 101}", "within 0..100"),
-        ("{source: query, name: u, op: percentage, value: abc}", "is not a number"),
-        ("{source: query, name: u, op: mod100, cmp: '=', value: 1.5}", "whole number"),
-        ("{source: path, name: u, op: '=', value: /}", "host, path and method take no name"),
+        (
+            "{source: query, name: u, op: '='}",
+            "conditions[0].value: operator = needs a value",
+        ),
+        (
+            "{source: query, name: u, op: in, value: 1}",
+            "conditions[0].values",
+        ),
+        (
+            "{source: query, name: u, op: regex, value: '('}",
+            "regex does not compile",
+        ),
+        (
+            "{source: query, name: u, op: percentage, value: 101}",
+            "within 0..100",
+        ),
+        (
+            "{source: query, name: u, op: percentage, value: abc}",
+            "is not a number",
+        ),
+        (
+            "{source: query, name: u, op: mod100, cmp: '=', value: 1.5}",
+            "whole number",
+        ),
+        (
+            "{source: path, name: u, op: '=', value: /}",
+            "host, path and method take no name",
+        ),
         ("{op: '=', value: 1}", "conditions[0].source: missing"),
-        ("{source: header, name: 'bad name', op: exists}", "not a valid header name"),
-        ("{source: query, name: u, op: exists, value: maybe}", "exists takes true or false"),
-        ("{source: query, name: u, op: in, values: [[1]]}", "expected strings or numbers"),
+        (
+            "{source: header, name: 'bad name', op: exists}",
+            "not a valid header name",
+        ),
+        (
+            "{source: query, name: u, op: exists, value: maybe}",
+            "exists takes true or false",
+        ),
+        (
+            "{source: query, name: u, op: in, values: [[1]]}",
+            "expected strings or numbers",
+        ),
     ];
     for (yaml, expected) in cases {
         let spec: ConditionSpec = serde_yaml::from_str(yaml).unwrap();
@@ -357,5 +784,11 @@ fn bad_conditions_are_refused_with_the_field_and_reason() {
         enabled: true,
         conditions: vec![],
     };
-    assert!(empty.compile().unwrap_err().to_string().contains("at least one condition"));
+    assert!(
+        empty
+            .compile()
+            .unwrap_err()
+            .to_string()
+            .contains("at least one condition")
+    );
 }
