@@ -3,6 +3,7 @@
 //! Every command first makes sure the machine has what it needs (Debian
 //! packages, bpf-linker) and installs only what is missing, so each one works
 //! on a fresh Debian/Ubuntu VM as root.
+mod demo;
 mod setup;
 
 use std::{
@@ -187,18 +188,5 @@ fn test(root: &Path, filter: Option<&str>) -> Result<()> {
 }
 
 fn demo(root: &Path) -> Result<ExitCode> {
-    let bin = tagger_bin(root);
-    let status = Command::new("python3")
-        .arg(root.join("demo/run_demo.py"))
-        .arg("--tagger")
-        .arg(&bin)
-        .arg("--cluster")
-        .arg(root.join("demo/scenario-a.yaml"))
-        .status()
-        .context("running demo/run_demo.py")?;
-    Ok(if status.success() {
-        ExitCode::SUCCESS
-    } else {
-        ExitCode::FAILURE
-    })
+    demo::run(root, &tagger_bin(root))
 }
