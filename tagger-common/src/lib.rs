@@ -17,6 +17,25 @@ pub mod names {
     pub const MAP_PENDING: &str = "TAGGER_PENDING";
     pub const MAP_FLOWS: &str = "TAGGER_FLOWS";
     pub const MAP_STATS: &str = "TAGGER_STATS";
+
+    // Propagation through unmodified apps (syscall tracepoints).
+    pub const MAP_POD_CGROUPS: &str = "TAGGER_POD_CGROUPS";
+    pub const MAP_REQUEST_TAGS: &str = "TAGGER_REQUEST_TAGS";
+    pub const MAP_EVENTS: &str = "TAGGER_EVENTS";
+    /// (tracepoint program, category, event): every syscall tracepoint the
+    /// daemon attaches.
+    pub const TRACEPOINTS: [(&str, &str, &str); 10] = [
+        ("tagger_enter_read", "syscalls", "sys_enter_read"),
+        ("tagger_exit_read", "syscalls", "sys_exit_read"),
+        ("tagger_enter_recvfrom", "syscalls", "sys_enter_recvfrom"),
+        ("tagger_exit_recvfrom", "syscalls", "sys_exit_recvfrom"),
+        ("tagger_enter_write", "syscalls", "sys_enter_write"),
+        ("tagger_enter_writev", "syscalls", "sys_enter_writev"),
+        ("tagger_enter_sendto", "syscalls", "sys_enter_sendto"),
+        ("tagger_enter_connect", "syscalls", "sys_enter_connect"),
+        ("tagger_exit_connect", "syscalls", "sys_exit_connect"),
+        ("tagger_enter_close", "syscalls", "sys_enter_close"),
+    ];
 }
 
 /// Capacity of the flow maps. They are LRU maps: a flow the proxy never
@@ -94,6 +113,56 @@ pub struct FlowKey {
     pub _pad: u16,
 }
 
+/// Bytes of one inbound read copied to userspace per event. Header blocks
+/// larger than this arrive as several events (see `MAX_CAPTURE_PER_REQUEST`).
+pub const CAPTURE_BYTES: usize = 4096;
+/// Bytes of one inbound request captured at most (headers beyond are not
+/// seen; bodies are never needed).
+pub const MAX_CAPTURE_PER_REQUEST: u32 = 16 * 1024;
+/// Capacity of the inbound-event ring buffer (bytes, a power of two).
+pub const EVENTS_RING_BYTES: u32 = 4 * 1024 * 1024;
+
+/// The first bytes of one read by a pod's thread that starts (or continues)
+/// an HTTP request: userspace parses the lane and pass-through headers.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct InboundEvent {
+    /// `bpf_get_current_pid_tgid()`: tgid << 32 | tid.
+    pub pid_tgid: u64,
+    /// Identifies the inbound request on this thread (a kernel timestamp).
+    pub seq: u64,
+    pub fd: u32,
+    /// Valid bytes in `data`.
+    pub len: u32,
+    /// `EVENT_*` flags.
+    pub flags: u32,
+    pub _pad: u32,
+    pub data: [u8; CAPTURE_BYTES],
+}
+
+/// The event starts a request (else it continues the thread's current one).
+pub const EVENT_FIRST: u32 = 1;
+
+/// What the kernel saw when an app wrote the start of an HTTP request on a
+/// redirected socket: which thread, and which inbound request that thread
+/// was serving. The proxy consumes it (once) for the request it receives.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RequestTag {
+    pub pid_tgid: u64,
+    /// `seq` of the thread's open inbound request; 0 when it had none.
+    pub seq: u64,
+    /// Kernel time of the write (ns, CLOCK_MONOTONIC).
+    pub written_ns: u64,
+    /// `TAG_*` flags.
+    pub flags: u32,
+    pub _pad: u32,
+}
+
+/// The thread had more than one inbound request open (an event loop): the
+/// correlation cannot be trusted.
+pub const TAG_CONCURRENT: u32 = 1;
+
 /// Counters kept by the kernel programs (per-CPU array indices).
 pub mod stat {
     /// connect() calls seen on managed cgroups.
@@ -104,7 +173,13 @@ pub mod stat {
     pub const FLOW_LINKED: u32 = 2;
     /// Map updates that failed (map full or similar).
     pub const MAP_ERRORS: u32 = 3;
-    pub const COUNT: u32 = 4;
+    /// Inbound HTTP request starts seen in pods.
+    pub const INBOUND_REQUESTS: u32 = 4;
+    /// Outbound HTTP request starts tagged on redirected sockets.
+    pub const OUTBOUND_TAGGED: u32 = 5;
+    /// Inbound events dropped because the ring buffer was full.
+    pub const EVENTS_DROPPED: u32 = 6;
+    pub const COUNT: u32 = 7;
 }
 
 #[cfg(feature = "user")]
@@ -117,6 +192,7 @@ mod pod_impls {
     unsafe impl aya::Pod for DestInfo {}
     unsafe impl aya::Pod for FlowOrigin {}
     unsafe impl aya::Pod for FlowKey {}
+    unsafe impl aya::Pod for RequestTag {}
 }
 
 #[cfg(test)]
@@ -131,5 +207,7 @@ mod tests {
         assert_eq!(size_of::<DestInfo>(), 8);
         assert_eq!(size_of::<FlowOrigin>(), 24);
         assert_eq!(size_of::<FlowKey>(), 8);
+        assert_eq!(size_of::<RequestTag>(), 32);
+        assert_eq!(size_of::<InboundEvent>(), 32 + CAPTURE_BYTES);
     }
 }

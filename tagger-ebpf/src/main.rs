@@ -9,14 +9,19 @@
 //!   from "by cookie" to "by source address", which is what the proxy sees
 //!   as the peer of the accepted connection.
 //!
+//! The tracepoints that carry lanes through unmodified apps are in
+//! `propagation.rs`.
+//!
 //! Each program is a thin entry that calls a `try_` function and always lets
 //! the connection proceed: a failure here must never break an app's connect.
 #![no_std]
 #![no_main]
 
+mod propagation;
+
 use aya_ebpf::{
     bindings::{BPF_SOCK_OPS_TCP_CONNECT_CB, bpf_sock_addr},
-    helpers::{bpf_get_current_cgroup_id, bpf_get_socket_cookie},
+    helpers::{bpf_get_current_cgroup_id, bpf_get_current_pid_tgid, bpf_get_socket_cookie},
     macros::{cgroup_sock_addr, map, sock_ops},
     maps::{Array, HashMap, LruHashMap, PerCpuArray},
     programs::{SockAddrContext, SockOpsContext},
@@ -48,7 +53,7 @@ static TAGGER_FLOWS: LruHashMap<FlowKey, FlowOrigin> = LruHashMap::with_max_entr
 static TAGGER_STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(stat::COUNT, 0);
 
 #[inline(always)]
-fn bump(index: u32) {
+pub(crate) fn bump(index: u32) {
     if let Some(counter) = TAGGER_STATS.get_ptr_mut(index) {
         // SAFETY: per-CPU slot, no concurrent writer on this CPU.
         unsafe { *counter += 1 };
@@ -114,6 +119,13 @@ fn try_connect4(ctx: &SockAddrContext) -> Result<(), i64> {
         core::ptr::write_volatile(&mut (*addr).user_port, u32::from(config.proxy_port));
     }
     bump(stat::CONNECT_REDIRECTED);
+    // Remember which fd of the process this socket is, so that the write
+    // tracepoints can tell a redirected socket (see propagation.rs).
+    let pid_tgid = bpf_get_current_pid_tgid();
+    // SAFETY: read of a plain value.
+    if let Some(fd) = unsafe { propagation::TAGGER_CONNECTING.get(&pid_tgid) }.copied() {
+        let _ = propagation::TAGGER_SOCKFD.insert(&propagation::sockfd_key(pid_tgid, fd), &cookie, 0);
+    }
     Ok(())
 }
 

@@ -16,6 +16,7 @@ use crate::{
     config::{ClusterFile, ConfigError},
     ebpf::{Datapath, EbpfError, KernelStats},
     flows::FlowTable,
+    propagation::{ContextStore, InboundBytes},
     proxy::{Proxy, ProxyConfig},
     rules::{RuleSet, RuleSpec},
     state::{Placement, Snapshot, StateError, StateHandle},
@@ -74,6 +75,7 @@ struct Sources {
 pub struct Controller {
     pub state: StateHandle,
     pub flows: Arc<FlowTable>,
+    pub contexts: Arc<ContextStore>,
     datapath: Mutex<Option<Arc<Datapath>>>,
     sources: Mutex<Sources>,
 }
@@ -85,6 +87,14 @@ pub struct ConfigDump<'a> {
     pub state: &'a Snapshot,
     pub rules: Vec<RuleRow>,
     pub kernel: Option<KernelStats>,
+    /// Threads with an inbound context, and learnt request ids.
+    pub propagation: PropagationDump,
+}
+
+#[derive(Serialize)]
+pub struct PropagationDump {
+    pub threads: usize,
+    pub ids: usize,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -126,6 +136,7 @@ impl Controller {
         Ok(Self {
             state: Arc::new(ArcSwap::from_pointee(snapshot)),
             flows: Arc::new(FlowTable::default()),
+            contexts: Arc::new(ContextStore::default()),
             datapath: Mutex::new(None),
             sources: Mutex::new(Sources {
                 config_path: config_path.to_path_buf(),
@@ -144,7 +155,9 @@ impl Controller {
     }
 
     pub fn set_datapath(&self, datapath: Arc<Datapath>) -> Result<(), EbpfError> {
-        datapath.sync_managed(self.state.load().destinations())?;
+        let snapshot = self.state.load();
+        datapath.sync_managed(snapshot.destinations())?;
+        datapath.sync_pod_cgroups(&snapshot.pods.iter().map(|p| p.cgroup_id).collect())?;
         *self.datapath.lock().expect("datapath lock") = Some(datapath);
         Ok(())
     }
@@ -167,6 +180,7 @@ impl Controller {
         // proxy can choose it; removals after, for the same reason reversed.
         if let Some(datapath) = self.datapath() {
             datapath.sync_managed(snapshot.destinations())?;
+            datapath.sync_pod_cgroups(&snapshot.pods.iter().map(|p| p.cgroup_id).collect())?;
         }
         self.state.store(snapshot);
         Ok(())
@@ -324,6 +338,10 @@ impl Controller {
             state: &snapshot,
             rules,
             kernel: self.datapath().map(|d| d.stats()),
+            propagation: {
+                let (threads, ids) = self.contexts.sizes();
+                PropagationDump { threads, ids }
+            },
         };
         serde_json::to_value(&dump)
             .unwrap_or_else(|e| serde_json::json!({ "error": e.to_string() }))
@@ -370,10 +388,18 @@ pub async fn run(args: DaemonArgs) -> Result<(), DaemonError> {
     let datapath = Arc::new(Datapath::attach(&args.cgroup)?);
     controller.set_datapath(datapath.clone())?;
 
+    if let Some(events) = datapath.take_events() {
+        tokio::spawn(consume_inbound_events(
+            events,
+            controller.contexts.clone(),
+            controller.state.clone(),
+        ));
+    }
     let proxy = Proxy::new(
         controller.state.clone(),
         datapath.clone(),
         controller.flows.clone(),
+        controller.contexts.clone(),
         ProxyConfig::default(),
     );
     tokio::spawn(proxy.serve(listener));
@@ -415,4 +441,61 @@ async fn wait_for_shutdown() {
         _ = term.recv() => {}
         _ = int.recv() => {}
     }
+}
+
+/// Feeds the kernel's inbound-request events to the context store.
+async fn consume_inbound_events(
+    events: aya::maps::RingBuf<aya::maps::MapData>,
+    contexts: Arc<ContextStore>,
+    state: StateHandle,
+) {
+    // SAFETY: the ring buffer owns its map fd for as long as the AsyncFd
+    // owns the ring buffer, and never swaps it.
+    let mut events = match unsafe {
+        tokio::io::unix::AsyncFd::register_with_interest(events, tokio::io::Interest::READABLE)
+    } {
+        Ok(fd) => fd,
+        Err(e) => {
+            error!(error = %e, "cannot poll the inbound-event ring buffer; propagation is off");
+            return;
+        }
+    };
+    loop {
+        let mut ready = match events.readable_mut().await {
+            Ok(ready) => ready,
+            Err(e) => {
+                error!(error = %e, "polling the inbound-event ring buffer failed; propagation is off");
+                return;
+            }
+        };
+        let snapshot = state.load();
+        let ring = ready.get_inner_mut();
+        while let Some(item) = ring.next() {
+            if let Some(event) = decode_event(&item) {
+                contexts.on_inbound(event, &snapshot.settings);
+            }
+        }
+        ready.clear_ready();
+    }
+}
+
+/// An `InboundEvent` from its bytes (layout in tagger-common).
+fn decode_event(bytes: &[u8]) -> Option<InboundBytes<'_>> {
+    let u64_at = |at: usize| {
+        bytes
+            .get(at..at + 8)
+            .map(|b| u64::from_ne_bytes(b.try_into().expect("8 bytes")))
+    };
+    let u32_at = |at: usize| {
+        bytes
+            .get(at..at + 4)
+            .map(|b| u32::from_ne_bytes(b.try_into().expect("4 bytes")))
+    };
+    let len = u32_at(20)? as usize;
+    Some(InboundBytes {
+        pid_tgid: u64_at(0)?,
+        seq: u64_at(8)?,
+        flags: u32_at(24)?,
+        data: bytes.get(32..32 + len.min(tagger_common::CAPTURE_BYTES))?,
+    })
 }

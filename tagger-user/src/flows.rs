@@ -8,7 +8,7 @@ use std::{
 
 use serde::{Deserialize, Serialize};
 
-use crate::routing::Reason;
+use crate::{propagation::Correlation, routing::Reason};
 
 /// Flows not seen for this long leave the map.
 const FLOW_RETENTION: Duration = Duration::from_secs(600);
@@ -24,6 +24,7 @@ struct FlowId {
     lane: Option<String>,
     reason: Reason,
     fallback: bool,
+    correlation: Correlation,
 }
 
 #[derive(Debug, Clone)]
@@ -45,6 +46,8 @@ pub struct FlowRow {
     pub reason: String,
     /// The lane had no ready endpoint here; a baseline one served it.
     pub fallback: bool,
+    /// Whether the inbound request that caused these was known for sure.
+    pub correlation: Correlation,
     pub requests: u64,
     pub errors: u64,
     pub last_seen_ms: u64,
@@ -68,6 +71,7 @@ pub struct RequestRecord<'a> {
     pub lane: Option<&'a str>,
     pub reason: &'a Reason,
     pub fallback: bool,
+    pub correlation: Correlation,
     pub ok: bool,
 }
 
@@ -101,6 +105,7 @@ impl FlowTable {
             lane: r.lane.map(str::to_string),
             reason: r.reason.clone(),
             fallback: r.fallback,
+            correlation: r.correlation,
         };
         {
             let mut flows = self.flows.lock().expect("flow table lock");
@@ -140,6 +145,7 @@ impl FlowTable {
                 lane: id.lane.clone(),
                 reason: id.reason.to_string(),
                 fallback: id.fallback,
+                correlation: id.correlation,
                 requests: s.requests,
                 errors: s.errors,
                 last_seen_ms: now.duration_since(s.last_seen).as_millis() as u64,
@@ -205,6 +211,7 @@ mod tests {
                 lane: Some("gray"),
                 reason: &gray,
                 fallback: false,
+                correlation: Correlation::None,
                 ok: true,
             });
         }
@@ -215,6 +222,7 @@ mod tests {
             lane: None,
             reason: &default,
             fallback: false,
+            correlation: Correlation::None,
             ok: false,
         });
         let rows = table.rows();

@@ -14,6 +14,7 @@ pub mod daemon;
 pub mod ebpf;
 pub mod flows;
 pub mod localcluster;
+pub mod propagation;
 pub mod proxy;
 pub mod routing;
 pub mod rules;

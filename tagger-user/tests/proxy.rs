@@ -14,7 +14,7 @@ use hyper_util::rt::TokioIo;
 use tagger::{
     config::ClusterFile,
     flows::FlowTable,
-    proxy::{Origin, OriginLookup, Proxy, ProxyConfig},
+    proxy::{FlowLookup, Origin, Proxy, ProxyConfig},
     state::{PlacedPod, PlacedService, Placement, Snapshot, StateHandle},
 };
 use tokio::{
@@ -28,11 +28,12 @@ struct FixedOrigin {
     caller_cgroup: u64,
 }
 
-impl OriginLookup for FixedOrigin {
-    fn take(&self, _peer: SocketAddrV4) -> Option<Origin> {
+impl FlowLookup for FixedOrigin {
+    fn take_origin(&self, _peer: SocketAddrV4) -> Option<Origin> {
         Some(Origin {
             original_destination: self.dest,
             cgroup_id: self.caller_cgroup,
+            cookie: 0,
         })
     }
 }
@@ -151,6 +152,7 @@ async fn setup(caller_pod: &str, gray_up: bool) -> Setup {
         state.clone(),
         origins,
         flows.clone(),
+        Arc::default(),
         ProxyConfig::default(),
     );
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -382,7 +384,13 @@ async fn opaque_proxy(dest: SocketAddrV4) -> SocketAddr {
         dest,
         caller_cgroup: 4,
     });
-    let proxy = Proxy::new(state, origins, Arc::default(), ProxyConfig::default());
+    let proxy = Proxy::new(
+        state,
+        origins,
+        Arc::default(),
+        Arc::default(),
+        ProxyConfig::default(),
+    );
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     tokio::spawn(proxy.serve(listener));

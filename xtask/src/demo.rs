@@ -23,20 +23,68 @@ struct Case {
 }
 
 const CASES: &[Case] = &[
-    Case { query: Some("111"), header: None, gray: true },
-    Case { query: Some("222"), header: None, gray: true },
-    Case { query: Some("333"), header: None, gray: true },
-    Case { query: Some("101"), header: None, gray: true },
-    Case { query: Some("201"), header: None, gray: true },
-    Case { query: Some("1001"), header: None, gray: true },
-    Case { query: Some("444"), header: None, gray: false },
-    Case { query: Some("1002"), header: None, gray: false },
-    Case { query: None, header: None, gray: false },
+    Case {
+        query: Some("111"),
+        header: None,
+        gray: true,
+    },
+    Case {
+        query: Some("222"),
+        header: None,
+        gray: true,
+    },
+    Case {
+        query: Some("333"),
+        header: None,
+        gray: true,
+    },
+    Case {
+        query: Some("101"),
+        header: None,
+        gray: true,
+    },
+    Case {
+        query: Some("201"),
+        header: None,
+        gray: true,
+    },
+    Case {
+        query: Some("1001"),
+        header: None,
+        gray: true,
+    },
+    Case {
+        query: Some("444"),
+        header: None,
+        gray: false,
+    },
+    Case {
+        query: Some("1002"),
+        header: None,
+        gray: false,
+    },
+    Case {
+        query: None,
+        header: None,
+        gray: false,
+    },
     // device does not copy mse-username: these reach charge's rule only
     // through tagger's pass-through of the header.
-    Case { query: None, header: Some("mse-username:msd01"), gray: true },
-    Case { query: None, header: Some("mse-username:msd02"), gray: true },
-    Case { query: None, header: Some("mse-username:msd04"), gray: false },
+    Case {
+        query: None,
+        header: Some("mse-username:msd01"),
+        gray: true,
+    },
+    Case {
+        query: None,
+        header: Some("mse-username:msd02"),
+        gray: true,
+    },
+    Case {
+        query: None,
+        header: Some("mse-username:msd04"),
+        gray: false,
+    },
 ];
 
 /// Removes the cluster however the demo ends.
@@ -64,17 +112,24 @@ fn tagger_cmd(tagger: &Path, run_dir: &Path) -> Command {
 pub fn run(root: &Path, tagger: &Path) -> Result<ExitCode> {
     let run_dir = PathBuf::from("/run/tagger-demo");
     let cluster = root.join("demo/scenario-a.yaml");
-    println!("== starting scenario A: device -> charge -> order -> base (charge, order: v1111 + gray v2222)");
+    println!(
+        "== starting scenario A: device -> charge -> order -> base (charge, order: v1111 + gray v2222)"
+    );
     let up = tagger_cmd(tagger, &run_dir)
         .args(["cluster", "up"])
         .arg(&cluster)
         .status()
         .context("starting the demo cluster")?;
-    let _guard = ClusterGuard { tagger, run_dir: &run_dir };
+    let _guard = ClusterGuard {
+        tagger,
+        run_dir: &run_dir,
+    };
     if !up.success() {
         bail!("the demo cluster did not start (see the messages above)");
     }
-    println!("== rule on charge, lane gray (sticky), mode any: userId in (111,222,333); userId mod100 = 1; header mse-username in (msd01,msd02,msd03)");
+    println!(
+        "== rule on charge, lane gray (sticky), mode any: userId in (111,222,333); userId mod100 = 1; header mse-username in (msd01,msd02,msd03)"
+    );
 
     let mut wrong = 0;
     for case in CASES {
@@ -88,14 +143,20 @@ pub fn run(root: &Path, tagger: &Path) -> Result<ExitCode> {
         }
         println!("\n[client]# {shown} {url}; echo; done");
         let shown_id = case.query.unwrap_or("null");
-        let expected = format!("{} (userId: {shown_id})", if case.gray { GRAY } else { BASE });
+        let expected = format!(
+            "{} (userId: {shown_id})",
+            if case.gray { GRAY } else { BASE }
+        );
         for _ in 0..REPEAT {
             let mut curl = tagger_cmd(tagger, &run_dir);
             curl.args(["cluster", "exec", "client", "--", "curl", "-s", "-m", "10"]);
             if let Some(h) = case.header {
                 curl.args(["-H", h]);
             }
-            let out = curl.arg(&url).output().context("running curl in the client pod")?;
+            let out = curl
+                .arg(&url)
+                .output()
+                .context("running curl in the client pod")?;
             let answer = String::from_utf8_lossy(&out.stdout).trim().to_string();
             if answer == expected {
                 println!("{answer}");
@@ -111,7 +172,9 @@ pub fn run(root: &Path, tagger: &Path) -> Result<ExitCode> {
     println!("\n== per-lane traffic (tagger lanes)");
     let _ = tagger_cmd(tagger, &run_dir).arg("lanes").status();
     println!("\n== rules in force (tagger rules list)");
-    let _ = tagger_cmd(tagger, &run_dir).args(["rules", "list"]).status();
+    let _ = tagger_cmd(tagger, &run_dir)
+        .args(["rules", "list"])
+        .status();
 
     let total = CASES.len() * REPEAT;
     if wrong == 0 {

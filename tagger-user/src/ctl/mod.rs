@@ -62,7 +62,15 @@ pub async fn flows(socket: &Path, options: ViewOptions) -> Result<(), AdminError
 
 pub fn render_flows(rows: &[FlowRow]) -> String {
     let mut table = Table::new([
-        "SOURCE", "SERVICE", "ENDPOINT", "LANE", "REASON", "REQUESTS", "ERRORS", "LAST",
+        "SOURCE",
+        "SERVICE",
+        "ENDPOINT",
+        "LANE",
+        "REASON",
+        "CORRELATION",
+        "REQUESTS",
+        "ERRORS",
+        "LAST",
     ]);
     for row in rows {
         let reason = if row.fallback {
@@ -76,6 +84,7 @@ pub fn render_flows(rows: &[FlowRow]) -> String {
             row.endpoint.clone(),
             row.lane.clone().unwrap_or_else(|| "baseline".into()),
             reason,
+            row.correlation.to_string(),
             row.requests.to_string(),
             row.errors.to_string(),
             format_age(row.last_seen_ms),

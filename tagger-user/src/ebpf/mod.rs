@@ -13,10 +13,10 @@ use std::{
 
 use aya::{
     Ebpf,
-    maps::{Array, HashMap as BpfHashMap, MapData, PerCpuArray},
-    programs::{CgroupAttachMode, CgroupSockAddr, SockOps},
+    maps::{Array, HashMap as BpfHashMap, MapData, PerCpuArray, RingBuf},
+    programs::{CgroupAttachMode, CgroupSockAddr, SockOps, TracePoint},
 };
-use tagger_common::{DestInfo, DestKey, FlowKey, FlowOrigin, ProxyConfig, names, stat};
+use tagger_common::{DestInfo, DestKey, FlowKey, FlowOrigin, ProxyConfig, RequestTag, names, stat};
 
 use crate::state::Destination;
 
@@ -40,6 +40,13 @@ pub enum EbpfError {
         map: &'static str,
         source: aya::maps::MapError,
     },
+    #[error("tracepoint {name}: {source} (is tracefs available at /sys/kernel/tracing?)")]
+    Tracepoint {
+        name: &'static str,
+        source: aya::programs::ProgramError,
+    },
+    #[error("cannot mount tracefs at /sys/kernel/tracing: {0}")]
+    Tracefs(std::io::Error),
     #[error("cannot open cgroup {path}: {source} (is cgroup v2 mounted?)")]
     Cgroup {
         path: PathBuf,
@@ -54,6 +61,9 @@ pub struct KernelStats {
     pub connect_redirected: u64,
     pub flow_linked: u64,
     pub map_errors: u64,
+    pub inbound_requests: u64,
+    pub outbound_tagged: u64,
+    pub events_dropped: u64,
 }
 
 pub struct Datapath {
@@ -64,6 +74,9 @@ pub struct Datapath {
     flows: Mutex<BpfHashMap<MapData, FlowKey, FlowOrigin>>,
     stats: PerCpuArray<MapData, u64>,
     installed: Mutex<HashSet<DestKey>>,
+    pod_cgroups: Mutex<BpfHashMap<MapData, u64, u32>>,
+    request_tags: Mutex<BpfHashMap<MapData, u64, RequestTag>>,
+    events: Mutex<Option<RingBuf<MapData>>>,
 }
 
 fn dest_key(addr: SocketAddrV4) -> DestKey {
@@ -118,6 +131,8 @@ impl Datapath {
             .attach(&cgroup_file, CgroupAttachMode::Single)
             .map_err(program_error(names::PROG_SOCK_OPS))?;
 
+        attach_tracepoints(&mut ebpf)?;
+
         let map_error = |map: &'static str| move |source| EbpfError::Map { map, source };
         let config = Array::try_from(take_map(&mut ebpf, names::MAP_CONFIG)?)
             .map_err(map_error(names::MAP_CONFIG))?;
@@ -127,6 +142,12 @@ impl Datapath {
             .map_err(map_error(names::MAP_FLOWS))?;
         let stats = PerCpuArray::try_from(take_map(&mut ebpf, names::MAP_STATS)?)
             .map_err(map_error(names::MAP_STATS))?;
+        let pod_cgroups = BpfHashMap::try_from(take_map(&mut ebpf, names::MAP_POD_CGROUPS)?)
+            .map_err(map_error(names::MAP_POD_CGROUPS))?;
+        let request_tags = BpfHashMap::try_from(take_map(&mut ebpf, names::MAP_REQUEST_TAGS)?)
+            .map_err(map_error(names::MAP_REQUEST_TAGS))?;
+        let events = RingBuf::try_from(take_map(&mut ebpf, names::MAP_EVENTS)?)
+            .map_err(map_error(names::MAP_EVENTS))?;
         Ok(Self {
             _ebpf: ebpf,
             config: Mutex::new(config),
@@ -134,6 +155,9 @@ impl Datapath {
             flows: Mutex::new(flows),
             stats,
             installed: Mutex::new(HashSet::new()),
+            pod_cgroups: Mutex::new(pod_cgroups),
+            request_tags: Mutex::new(request_tags),
+            events: Mutex::new(Some(events)),
         })
     }
 
@@ -210,6 +234,38 @@ impl Datapath {
         Some(origin)
     }
 
+    /// Makes the kernel's set of pod cgroups (whose syscalls the
+    /// propagation tracepoints look at) equal to `wanted`.
+    pub fn sync_pod_cgroups(&self, wanted: &HashSet<u64>) -> Result<(), EbpfError> {
+        let mut map = self.pod_cgroups.lock().expect("pod cgroups lock");
+        let present: Vec<u64> = map.keys().filter_map(Result::ok).collect();
+        for id in present.iter().filter(|id| !wanted.contains(id)) {
+            let _ = map.remove(id);
+        }
+        for id in wanted {
+            map.insert(id, 1, 0).map_err(|source| EbpfError::Map {
+                map: names::MAP_POD_CGROUPS,
+                source,
+            })?;
+        }
+        Ok(())
+    }
+
+    /// What the kernel saw when the app wrote its newest request on the
+    /// socket with this cookie. Consumed: each tag serves one request.
+    pub fn take_request_tag(&self, cookie: u64) -> Option<RequestTag> {
+        let mut tags = self.request_tags.lock().expect("request tags lock");
+        let tag = tags.get(&cookie, 0).ok()?;
+        let _ = tags.remove(&cookie);
+        Some(tag)
+    }
+
+    /// The inbound-bytes ring buffer; there is one reader, so it is handed
+    /// out once.
+    pub fn take_events(&self) -> Option<RingBuf<MapData>> {
+        self.events.lock().expect("events lock").take()
+    }
+
     pub fn stats(&self) -> KernelStats {
         let sum = |index: u32| -> u64 {
             self.stats
@@ -222,6 +278,9 @@ impl Datapath {
             connect_redirected: sum(stat::CONNECT_REDIRECTED),
             flow_linked: sum(stat::FLOW_LINKED),
             map_errors: sum(stat::MAP_ERRORS),
+            inbound_requests: sum(stat::INBOUND_REQUESTS),
+            outbound_tagged: sum(stat::OUTBOUND_TAGGED),
+            events_dropped: sum(stat::EVENTS_DROPPED),
         }
     }
 }
@@ -232,4 +291,58 @@ pub fn original_destination(origin: &FlowOrigin) -> SocketAddrV4 {
         Ipv4Addr::from(u32::from_be(origin.orig_ip)),
         u16::from_be(origin.orig_port),
     )
+}
+
+const TRACEFS: &str = "/sys/kernel/tracing";
+
+/// Attaches the propagation tracepoints. tracefs is only needed while
+/// attaching (to look up event ids); if it was not mounted, it is mounted for
+/// that moment and unmounted again, so the daemon leaves no mount behind.
+fn attach_tracepoints(ebpf: &mut Ebpf) -> Result<(), EbpfError> {
+    let mounted_here = mount_tracefs_if_needed()?;
+    let result = (|| {
+        for (program, category, event) in names::TRACEPOINTS {
+            let error = |source| EbpfError::Tracepoint {
+                name: program,
+                source,
+            };
+            let tracepoint: &mut TracePoint = ebpf
+                .program_mut(program)
+                .ok_or(EbpfError::Missing(program))?
+                .try_into()
+                .map_err(error)?;
+            tracepoint.load().map_err(error)?;
+            tracepoint.attach(category, event).map_err(error)?;
+        }
+        Ok(())
+    })();
+    if mounted_here {
+        let path = std::ffi::CString::new(TRACEFS).expect("static path");
+        // SAFETY: plain umount(2) of the mount we made above.
+        unsafe { libc::umount(path.as_ptr()) };
+    }
+    result
+}
+
+fn mount_tracefs_if_needed() -> Result<bool, EbpfError> {
+    let has_events = Path::new(TRACEFS).join("events").exists();
+    if has_events {
+        return Ok(false);
+    }
+    let target = std::ffi::CString::new(TRACEFS).expect("static path");
+    let fstype = std::ffi::CString::new("tracefs").expect("static name");
+    // SAFETY: mount(2) with valid C strings; no data argument.
+    let rc = unsafe {
+        libc::mount(
+            fstype.as_ptr(),
+            target.as_ptr(),
+            fstype.as_ptr(),
+            0,
+            std::ptr::null(),
+        )
+    };
+    if rc != 0 {
+        return Err(EbpfError::Tracefs(std::io::Error::last_os_error()));
+    }
+    Ok(true)
 }

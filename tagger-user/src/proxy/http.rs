@@ -21,6 +21,7 @@ use super::{
 };
 use crate::{
     flows::RequestRecord,
+    propagation::{Correlation, InheritSource},
     routing::{LaneDecision, LaneInputs, choose_endpoint, decide_lane},
     rules::RequestView,
     state::{Service, Snapshot},
@@ -60,6 +61,8 @@ pub struct Connection {
     /// Index of the destination service in the snapshot the connection was
     /// accepted with; requests look it up by name in the current one.
     pub service: usize,
+    /// The client socket's cookie, for the kernel's request tags.
+    pub cookie: u64,
 }
 
 impl Connection {
@@ -70,6 +73,7 @@ impl Connection {
             source: self.source,
             source_lane: self.source_lane,
             service: service_name,
+            cookie: self.cookie,
         });
         let service = service_fn(move |request| {
             let conn = conn.clone();
@@ -92,6 +96,7 @@ struct RequestContext {
     source: String,
     source_lane: Option<String>,
     service: String,
+    cookie: u64,
 }
 
 impl RequestContext {
@@ -120,6 +125,27 @@ impl RequestContext {
                     lane: "any".into(),
                 })?;
         let (mut parts, incoming) = request.into_parts();
+        // What the app's inbound request carried, when the kernel could tie
+        // this request to it: its pass-through headers join this request
+        // (so the destination's rules see them) and its lane is inherited.
+        let tag = self.proxy.kernel.take_request_tag(self.cookie);
+        let inherited = self
+            .proxy
+            .contexts
+            .inherit(tag, &parts.headers, monotonic_ns())
+            .await;
+        if let Some(context) = &inherited.context {
+            for (name, value) in &context.passthrough {
+                if !parts.headers.contains_key(name) {
+                    parts.headers.insert(name.clone(), value.clone());
+                }
+            }
+        }
+        let inherited_lane = inherited
+            .context
+            .as_ref()
+            .and_then(|c| c.lane.as_deref())
+            .map(|lane| (lane, inherited.source == InheritSource::Id));
         let decision;
         let body: ProxyBody;
         {
@@ -161,7 +187,7 @@ impl RequestContext {
             decision = decide_lane(
                 &LaneInputs {
                     header: header_lane,
-                    inherited: None,
+                    inherited: inherited_lane,
                     rule: rule.map(|r| (r.lane.as_str(), r.name.as_str())),
                     caller_lane: self.source_lane.as_deref(),
                 },
@@ -169,19 +195,32 @@ impl RequestContext {
             );
         }
         prepare_headers(&mut parts.headers, &snapshot, &decision);
-        self.send(&snapshot, service, parts, body, &decision).await
+        self.send(service, parts, body, &decision, inherited.correlation)
+            .await
     }
 
     /// Sends to an endpoint of the decided lane. A request without a body is
     /// retried on another endpoint when the connect fails (nothing was sent).
     async fn send(
         &self,
-        snapshot: &Snapshot,
         service: &Service,
         parts: http::request::Parts,
         body: ProxyBody,
         decision: &LaneDecision,
+        correlation: Correlation,
     ) -> Result<Response<ProxyBody>, ProxyError> {
+        let record = |endpoint: &str, fallback: bool, ok: bool| {
+            self.proxy.flows.record(RequestRecord {
+                source: &self.source,
+                service: &service.name,
+                endpoint,
+                lane: decision.lane.as_deref(),
+                reason: &decision.reason,
+                fallback,
+                correlation,
+                ok,
+            })
+        };
         let retryable = body.is_end_stream();
         let mut body = Some(body);
         let mut refused: Vec<SocketAddrV4> = Vec::new();
@@ -208,14 +247,7 @@ impl RequestContext {
             let ok = matches!(&result, Ok(r) if !r.status().is_server_error());
             match result {
                 Ok(response) => {
-                    self.record(
-                        snapshot,
-                        service,
-                        &endpoint.pod,
-                        decision,
-                        choice.fallback,
-                        ok,
-                    );
+                    record(&endpoint.pod, choice.fallback, ok);
                     let (mut parts, incoming) = response.into_parts();
                     strip_hop_by_hop(&mut parts.headers);
                     return Ok(Response::from_parts(parts, incoming.boxed_unsync()));
@@ -229,14 +261,7 @@ impl RequestContext {
                         debug!(endpoint = %endpoint.pod, %error, "connect failed; trying another endpoint");
                         continue;
                     }
-                    self.record(
-                        snapshot,
-                        service,
-                        &endpoint.pod,
-                        decision,
-                        choice.fallback,
-                        false,
-                    );
+                    record(&endpoint.pod, choice.fallback, false);
                     return Err(ProxyError::Upstream {
                         service: service.name.clone(),
                         endpoint: endpoint.pod.clone(),
@@ -244,14 +269,7 @@ impl RequestContext {
                     });
                 }
                 Err(error) => {
-                    self.record(
-                        snapshot,
-                        service,
-                        &endpoint.pod,
-                        decision,
-                        choice.fallback,
-                        false,
-                    );
+                    record(&endpoint.pod, choice.fallback, false);
                     return Err(ProxyError::Upstream {
                         service: service.name.clone(),
                         endpoint: endpoint.pod.clone(),
@@ -260,26 +278,6 @@ impl RequestContext {
                 }
             }
         }
-    }
-
-    fn record(
-        &self,
-        _snapshot: &Snapshot,
-        service: &Service,
-        endpoint: &str,
-        decision: &LaneDecision,
-        fallback: bool,
-        ok: bool,
-    ) {
-        self.proxy.flows.record(RequestRecord {
-            source: &self.source,
-            service: &service.name,
-            endpoint,
-            lane: decision.lane.as_deref(),
-            reason: &decision.reason,
-            fallback,
-            ok,
-        });
     }
 }
 
@@ -317,4 +315,15 @@ fn prepare_headers(headers: &mut HeaderMap, snapshot: &Snapshot, decision: &Lane
     {
         headers.insert(snapshot.settings.lane_header.clone(), value);
     }
+}
+
+/// CLOCK_MONOTONIC in ns: the clock of the kernel's `bpf_ktime_get_ns`.
+fn monotonic_ns() -> u64 {
+    let mut now = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime writes into the struct we own.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut now) };
+    now.tv_sec as u64 * 1_000_000_000 + now.tv_nsec as u64
 }

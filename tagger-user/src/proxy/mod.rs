@@ -15,32 +15,48 @@ use std::{
     time::Duration,
 };
 
+use tagger_common::RequestTag;
 use tokio::net::{TcpListener, TcpStream};
 use tracing::{debug, info, warn};
 
 pub use error::ProxyError;
 
-use crate::{flows::FlowTable, state::StateHandle};
+use crate::{flows::FlowTable, propagation::ContextStore, state::StateHandle};
 
 /// Where a redirected connection came from and meant to go.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Origin {
     pub original_destination: SocketAddrV4,
     pub cgroup_id: u64,
+    /// The client socket's cookie: names the connection in the kernel maps.
+    pub cookie: u64,
 }
 
-/// Resolves an accepted connection's peer address to its origin. The kernel
-/// flow map in production; a table in in-process tests.
-pub trait OriginLookup: Send + Sync + 'static {
-    fn take(&self, peer: SocketAddrV4) -> Option<Origin>;
+/// What the proxy asks the kernel: the kernel maps in production, a table
+/// in in-process tests.
+pub trait FlowLookup: Send + Sync + 'static {
+    /// Where an accepted connection came from and meant to go, by its peer
+    /// address. Each connection is claimed once.
+    fn take_origin(&self, peer: SocketAddrV4) -> Option<Origin>;
+
+    /// What the kernel saw when the app wrote its newest request on the
+    /// connection with this cookie (see `propagation`).
+    fn take_request_tag(&self, _cookie: u64) -> Option<RequestTag> {
+        None
+    }
 }
 
-impl OriginLookup for crate::ebpf::Datapath {
-    fn take(&self, peer: SocketAddrV4) -> Option<Origin> {
+impl FlowLookup for crate::ebpf::Datapath {
+    fn take_origin(&self, peer: SocketAddrV4) -> Option<Origin> {
         self.take_flow(peer).map(|o| Origin {
             original_destination: crate::ebpf::original_destination(&o),
             cgroup_id: o.cgroup_id,
+            cookie: o.cookie,
         })
+    }
+
+    fn take_request_tag(&self, cookie: u64) -> Option<RequestTag> {
+        crate::ebpf::Datapath::take_request_tag(self, cookie)
     }
 }
 
@@ -66,8 +82,9 @@ impl Default for ProxyConfig {
 
 pub struct Proxy {
     state: StateHandle,
-    origins: Arc<dyn OriginLookup>,
+    kernel: Arc<dyn FlowLookup>,
     flows: Arc<FlowTable>,
+    contexts: Arc<ContextStore>,
     config: ProxyConfig,
     client: http::UpstreamClient,
 }
@@ -75,15 +92,17 @@ pub struct Proxy {
 impl Proxy {
     pub fn new(
         state: StateHandle,
-        origins: Arc<dyn OriginLookup>,
+        kernel: Arc<dyn FlowLookup>,
         flows: Arc<FlowTable>,
+        contexts: Arc<ContextStore>,
         config: ProxyConfig,
     ) -> Arc<Self> {
         let client = http::upstream_client(&config);
         Arc::new(Self {
             state,
-            origins,
+            kernel,
             flows,
+            contexts,
             config,
             client,
         })
@@ -113,7 +132,7 @@ impl Proxy {
             debug!(%peer, "IPv6 peer: not a redirected flow");
             return;
         };
-        let Some(origin) = self.origins.take(peer) else {
+        let Some(origin) = self.kernel.take_origin(peer) else {
             // Not redirected by our hook (someone dialled the proxy port
             // directly): we do not know where it meant to go.
             warn!(%peer, "connection without a recorded origin; closing");
@@ -139,6 +158,7 @@ impl Proxy {
                     source: source_name,
                     source_lane,
                     service: destination.service(),
+                    cookie: origin.cookie,
                 };
                 conn.serve(stream).await;
             }

@@ -10,8 +10,11 @@ use serde::Serialize;
 pub enum Reason {
     /// The request carried a lane header.
     Header,
-    /// The lane of the inbound request that caused this call.
-    Inherited,
+    /// The lane of the inbound request that caused this call, found by the
+    /// thread that read it and wrote this one.
+    InheritedThread,
+    /// The same, found by a request id the app forwarded.
+    InheritedId,
     /// A routing rule of the destination service matched.
     Rule(String),
     /// The caller pod's own lane, which is sticky.
@@ -24,7 +27,8 @@ impl fmt::Display for Reason {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Self::Header => f.write_str("header"),
-            Self::Inherited => f.write_str("inherited"),
+            Self::InheritedThread => f.write_str("inherited-thread"),
+            Self::InheritedId => f.write_str("inherited-id"),
             Self::Rule(name) => write!(f, "rule:{name}"),
             Self::PodLane => f.write_str("pod-lane"),
             Self::Default => f.write_str("default"),
@@ -38,8 +42,9 @@ impl fmt::Display for Reason {
 pub struct LaneInputs<'a> {
     /// Lane header on the request itself.
     pub header: Option<&'a str>,
-    /// Lane of the inbound request that caused this one.
-    pub inherited: Option<&'a str>,
+    /// Lane of the inbound request that caused this one, and whether it was
+    /// found by a forwarded id (else by the thread).
+    pub inherited: Option<(&'a str, bool)>,
     /// (lane, rule name) of the first matching rule of the destination.
     pub rule: Option<(&'a str, &'a str)>,
     /// The caller pod's lane.
@@ -67,8 +72,15 @@ pub fn decide_lane(inputs: &LaneInputs<'_>, is_sticky: impl Fn(&str) -> bool) ->
     if let Some(lane) = inputs.header.filter(|l| !l.is_empty()) {
         return decided(lane, Reason::Header, true);
     }
-    if let Some(lane) = inputs.inherited.filter(|l| !l.is_empty()) {
-        return decided(lane, Reason::Inherited, is_sticky(lane));
+    if let Some((lane, by_id)) = inputs.inherited.filter(|(l, _)| !l.is_empty()) {
+        let reason = if by_id {
+            Reason::InheritedId
+        } else {
+            Reason::InheritedThread
+        };
+        // A lane that reached this pod in a header keeps travelling: it was
+        // sticky or explicit where it started.
+        return decided(lane, reason, true);
     }
     if let Some((lane, rule)) = inputs.rule {
         return decided(lane, Reason::Rule(rule.to_string()), is_sticky(lane));

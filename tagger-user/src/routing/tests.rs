@@ -25,7 +25,7 @@ fn lane_decision_order() {
             name: "header beats everything",
             inputs: LaneInputs {
                 header: Some("blue"),
-                inherited: Some("gray"),
+                inherited: Some(("gray", false)),
                 rule: Some(("gray", "r1")),
                 caller_lane: Some("gray"),
             },
@@ -46,12 +46,23 @@ fn lane_decision_order() {
         Case {
             name: "inherited beats rule",
             inputs: LaneInputs {
-                inherited: Some("gray"),
+                inherited: Some(("gray", false)),
                 rule: Some(("blue", "r1")),
                 ..LaneInputs::default()
             },
             lane: Some("gray"),
-            reason: Reason::Inherited,
+            reason: Reason::InheritedThread,
+            carry: true,
+        },
+        Case {
+            name: "inherited by id, even a non-sticky lane that came in a header",
+            inputs: LaneInputs {
+                inherited: Some(("blue", true)),
+                caller_lane: Some("gray"),
+                ..LaneInputs::default()
+            },
+            lane: Some("blue"),
+            reason: Reason::InheritedId,
             carry: true,
         },
         Case {
@@ -134,7 +145,14 @@ fn endpoint_choice() {
         ep("x1", Some("blue"), false),
     ];
     // (lane, turn, skip, expected endpoint, fallback)
-    let cases: &[(Option<&str>, usize, Option<&str>, Option<&str>, bool)] = &[
+    type Row<'a> = (
+        Option<&'a str>,
+        usize,
+        Option<&'a str>,
+        Option<&'a str>,
+        bool,
+    );
+    let cases: &[Row] = &[
         (None, 0, None, Some("b1"), false),
         (None, 1, None, Some("b2"), false),
         (None, 2, None, Some("b1"), false),

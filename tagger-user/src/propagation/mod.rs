@@ -1,0 +1,253 @@
+//! Propagation through unmodified apps: which inbound request caused an
+//! outbound one, and what it carried (lane, pass-through headers).
+//!
+//! Two sources, as DESIGN.md lays out:
+//! * **thread**: the kernel saw a pod thread read an inbound request and then
+//!   write this outbound request on a redirected socket (a [`RequestTag`]);
+//!   its bytes reach [`ContextStore::on_inbound`] through a ring buffer.
+//! * **id**: the outbound request carries an id the app forwarded
+//!   (traceparent, x-request-id, b3) that an inbound request carried with a
+//!   lane. Because the lane header travels on the wire to every hop, each
+//!   node learns id -> lane from the inbound requests of its own pods; no
+//!   node-to-node state is needed.
+//!
+//! Where correlation cannot be trusted (several requests open on one thread,
+//! as in event loops; a context that never arrived) the answer says so and
+//! the caller falls back to the safe default.
+pub mod scan;
+
+use std::{
+    collections::HashMap,
+    sync::{Arc, Mutex},
+    time::{Duration, Instant},
+};
+
+use http::HeaderMap;
+use serde::{Deserialize, Serialize};
+use tagger_common::{EVENT_FIRST, MAX_CAPTURE_PER_REQUEST, RequestTag, TAG_CONCURRENT};
+use tokio::sync::Notify;
+
+pub use scan::InboundContext;
+use scan::{Scan, Wanted};
+
+use crate::{config::LANE_HEADER_ALIAS, state::Settings};
+
+/// Contexts and ids older than this are not applied.
+const CONTEXT_TTL: Duration = Duration::from_secs(30);
+/// How long the proxy waits for the ring buffer to deliver the context of a
+/// request that the kernel tagged (delivery normally takes microseconds).
+const DELIVERY_WAIT: Duration = Duration::from_millis(20);
+const MAX_THREADS: usize = 65_536;
+const MAX_IDS: usize = 65_536;
+
+/// How far a decision could trust what it inherited. Shown in `tagger flows`.
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, PartialOrd, Ord, Default,
+)]
+#[serde(rename_all = "kebab-case")]
+pub enum Correlation {
+    /// Nothing to correlate: the request was not caused by an inbound one.
+    #[default]
+    None,
+    /// The inbound request is known for sure.
+    Trusted,
+    /// An inbound request may have caused this one but which one is not
+    /// certain; nothing was inherited.
+    Untrusted,
+}
+
+impl std::fmt::Display for Correlation {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::None => "-",
+            Self::Trusted => "trusted",
+            Self::Untrusted => "untrusted",
+        })
+    }
+}
+
+/// What an outbound request inherits.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Inherited {
+    pub context: Option<Arc<InboundContext>>,
+    pub source: InheritSource,
+    pub correlation: Correlation,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum InheritSource {
+    #[default]
+    None,
+    Thread,
+    Id,
+}
+
+/// One event from the kernel, borrowed from the ring buffer.
+#[derive(Debug, Clone, Copy)]
+pub struct InboundBytes<'a> {
+    pub pid_tgid: u64,
+    pub seq: u64,
+    pub flags: u32,
+    pub data: &'a [u8],
+}
+
+#[derive(Debug)]
+struct ThreadEntry {
+    seq: u64,
+    bytes: Vec<u8>,
+    /// `Some` once the header block is complete (or known not to be HTTP).
+    context: Option<Option<Arc<InboundContext>>>,
+    updated: Instant,
+}
+
+#[derive(Debug, Default)]
+pub struct ContextStore {
+    threads: Mutex<HashMap<u64, ThreadEntry>>,
+    ids: Mutex<HashMap<String, (Arc<InboundContext>, Instant)>>,
+    delivered: Notify,
+}
+
+impl ContextStore {
+    /// Takes one kernel event: the start or a continuation of an inbound
+    /// request read by a pod thread.
+    pub fn on_inbound(&self, event: InboundBytes<'_>, settings: &Settings) {
+        let now = Instant::now();
+        let completed = {
+            let mut threads = self.threads.lock().expect("threads lock");
+            if threads.len() >= MAX_THREADS {
+                threads.retain(|_, e| now.duration_since(e.updated) < CONTEXT_TTL);
+            }
+            if event.flags & EVENT_FIRST != 0 {
+                threads.insert(
+                    event.pid_tgid,
+                    ThreadEntry {
+                        seq: event.seq,
+                        bytes: Vec::new(),
+                        context: None,
+                        updated: now,
+                    },
+                );
+            }
+            let Some(entry) = threads.get_mut(&event.pid_tgid) else {
+                return;
+            };
+            if entry.seq != event.seq || entry.context.is_some() {
+                return; // a stale continuation, or the headers are done
+            }
+            entry.bytes.extend_from_slice(event.data);
+            entry.updated = now;
+            let wanted = Wanted {
+                lane_header: &settings.lane_header,
+                lane_alias: LANE_HEADER_ALIAS,
+                passthrough: &settings.passthrough_headers,
+            };
+            match scan::scan(&entry.bytes, &wanted) {
+                Scan::Partial if entry.bytes.len() < MAX_CAPTURE_PER_REQUEST as usize => return,
+                // Headers longer than the capture: we cannot know them all.
+                Scan::Partial | Scan::NotHttp => entry.context = Some(None),
+                Scan::Complete(context) => entry.context = Some(Some(Arc::new(context))),
+            }
+            entry.bytes = Vec::new();
+            entry.context.clone().flatten()
+        };
+        if let Some(context) = completed
+            && !context.is_empty()
+            && !context.ids.is_empty()
+        {
+            let mut ids = self.ids.lock().expect("ids lock");
+            if ids.len() >= MAX_IDS {
+                ids.retain(|_, (_, at)| now.duration_since(*at) < CONTEXT_TTL);
+            }
+            for id in &context.ids {
+                ids.insert(id.clone(), (context.clone(), now));
+            }
+        }
+        self.delivered.notify_waiters();
+    }
+
+    /// The context of the inbound request a thread was serving, waiting a
+    /// little for the ring buffer if the kernel is ahead of it.
+    async fn thread_context(&self, pid_tgid: u64, seq: u64) -> Option<Option<Arc<InboundContext>>> {
+        let deadline = tokio::time::Instant::now() + DELIVERY_WAIT;
+        loop {
+            let notified = self.delivered.notified();
+            {
+                let threads = self.threads.lock().expect("threads lock");
+                if let Some(entry) = threads.get(&pid_tgid)
+                    && entry.seq == seq
+                    && let Some(context) = &entry.context
+                {
+                    return Some(context.clone());
+                }
+            }
+            if tokio::time::timeout_at(deadline, notified).await.is_err() {
+                return None;
+            }
+        }
+    }
+
+    fn id_context(&self, headers: &HeaderMap) -> Option<Arc<InboundContext>> {
+        let ids = self.ids.lock().expect("ids lock");
+        headers.iter().find_map(|(name, value)| {
+            let id = scan::request_id(name, value.to_str().ok()?)?;
+            let (context, at) = ids.get(&id)?;
+            (at.elapsed() < CONTEXT_TTL).then(|| context.clone())
+        })
+    }
+
+    /// What an outbound request inherits: `tag` is what the kernel recorded
+    /// when the app wrote it, `headers` are the request's own.
+    pub async fn inherit(
+        &self,
+        tag: Option<RequestTag>,
+        headers: &HeaderMap,
+        now_ns: u64,
+    ) -> Inherited {
+        let fresh =
+            |t: &RequestTag| now_ns.saturating_sub(t.written_ns) < CONTEXT_TTL.as_nanos() as u64;
+        let tag = tag.filter(|t| t.seq != 0 && fresh(t));
+        let by_id = || {
+            self.id_context(headers).map(|context| Inherited {
+                context: Some(context),
+                source: InheritSource::Id,
+                correlation: Correlation::Trusted,
+            })
+        };
+        let Some(tag) = tag else {
+            return by_id().unwrap_or_default();
+        };
+        if tag.flags & TAG_CONCURRENT != 0 {
+            // Several requests open on the writing thread: only a forwarded
+            // id can say which one caused this.
+            return by_id().unwrap_or(Inherited {
+                context: None,
+                source: InheritSource::None,
+                correlation: Correlation::Untrusted,
+            });
+        }
+        match self.thread_context(tag.pid_tgid, tag.seq).await {
+            Some(context) => Inherited {
+                context: context.filter(|c| !c.is_empty()),
+                source: InheritSource::Thread,
+                correlation: Correlation::Trusted,
+            },
+            // The kernel tagged it but the bytes never came (ring buffer full).
+            None => by_id().unwrap_or(Inherited {
+                context: None,
+                source: InheritSource::None,
+                correlation: Correlation::Untrusted,
+            }),
+        }
+    }
+
+    /// Threads and ids held, for the config dump.
+    pub fn sizes(&self) -> (usize, usize) {
+        (
+            self.threads.lock().expect("threads lock").len(),
+            self.ids.lock().expect("ids lock").len(),
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests;

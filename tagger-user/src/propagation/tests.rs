@@ -1,0 +1,148 @@
+use http::{HeaderName, HeaderValue};
+
+use super::*;
+
+fn settings() -> Settings {
+    Settings {
+        lane_header: HeaderName::from_static("x-lane"),
+        passthrough_headers: vec![HeaderName::from_static("x-user-id")],
+        body_match_limit: 1024,
+    }
+}
+
+fn event(pid_tgid: u64, seq: u64, first: bool, data: &[u8]) -> InboundBytes<'_> {
+    InboundBytes {
+        pid_tgid,
+        seq,
+        flags: if first { EVENT_FIRST } else { 0 },
+        data,
+    }
+}
+
+fn tag(pid_tgid: u64, seq: u64, flags: u32) -> RequestTag {
+    RequestTag {
+        pid_tgid,
+        seq,
+        written_ns: 1_000,
+        flags,
+        _pad: 0,
+    }
+}
+
+#[tokio::test]
+async fn a_thread_inherits_the_request_it_is_serving() {
+    let store = ContextStore::default();
+    store.on_inbound(
+        event(
+            7,
+            1,
+            true,
+            b"GET / HTTP/1.1\r\nx-lane: gray\r\nx-user-id: 100\r\n\r\n",
+        ),
+        &settings(),
+    );
+    let got = store
+        .inherit(Some(tag(7, 1, 0)), &HeaderMap::new(), 2_000)
+        .await;
+    assert_eq!(got.correlation, Correlation::Trusted);
+    assert_eq!(got.source, InheritSource::Thread);
+    let context = got.context.unwrap();
+    assert_eq!(context.lane.as_deref(), Some("gray"));
+    assert_eq!(context.passthrough[0].1, "100");
+}
+
+#[tokio::test]
+async fn split_reads_are_joined() {
+    let store = ContextStore::default();
+    store.on_inbound(event(7, 5, true, b"GET / HTTP/1.1\r\nx-la"), &settings());
+    store.on_inbound(event(7, 5, false, b"ne: gray\r\n\r\n"), &settings());
+    let got = store
+        .inherit(Some(tag(7, 5, 0)), &HeaderMap::new(), 2_000)
+        .await;
+    assert_eq!(got.context.unwrap().lane.as_deref(), Some("gray"));
+}
+
+#[tokio::test]
+async fn a_newer_request_on_the_thread_replaces_the_old_one() {
+    let store = ContextStore::default();
+    store.on_inbound(
+        event(7, 1, true, b"GET / HTTP/1.1\r\nx-lane: gray\r\n\r\n"),
+        &settings(),
+    );
+    store.on_inbound(event(7, 2, true, b"GET / HTTP/1.1\r\n\r\n"), &settings());
+    // A tag for the newer request gets nothing (baseline), never the old lane.
+    let got = store
+        .inherit(Some(tag(7, 2, 0)), &HeaderMap::new(), 2_000)
+        .await;
+    assert_eq!((got.context, got.correlation), (None, Correlation::Trusted));
+    // A tag for the older one cannot be served any more: untrusted.
+    let got = store
+        .inherit(Some(tag(7, 1, 0)), &HeaderMap::new(), 2_000)
+        .await;
+    assert_eq!(got.correlation, Correlation::Untrusted);
+}
+
+#[tokio::test]
+async fn concurrent_requests_on_a_thread_are_untrusted_unless_an_id_says_more() {
+    let store = ContextStore::default();
+    store.on_inbound(
+        event(
+            7,
+            3,
+            true,
+            b"GET / HTTP/1.1\r\nx-lane: gray\r\nx-request-id: r-1\r\n\r\n",
+        ),
+        &settings(),
+    );
+    let got = store
+        .inherit(Some(tag(7, 3, TAG_CONCURRENT)), &HeaderMap::new(), 2_000)
+        .await;
+    assert_eq!(
+        (got.context, got.correlation),
+        (None, Correlation::Untrusted)
+    );
+    let mut headers = HeaderMap::new();
+    headers.insert("x-request-id", HeaderValue::from_static("r-1"));
+    let got = store
+        .inherit(Some(tag(7, 3, TAG_CONCURRENT)), &headers, 2_000)
+        .await;
+    assert_eq!(got.source, InheritSource::Id);
+    assert_eq!(got.context.unwrap().lane.as_deref(), Some("gray"));
+}
+
+#[tokio::test]
+async fn no_tag_no_open_request_or_stale_tag_inherit_nothing() {
+    let store = ContextStore::default();
+    store.on_inbound(
+        event(7, 1, true, b"GET / HTTP/1.1\r\nx-lane: gray\r\n\r\n"),
+        &settings(),
+    );
+    for (tag, now) in [
+        (None, 2_000),
+        (Some(tag(7, 0, 0)), 2_000),
+        (Some(tag(7, 1, 0)), 31_000_000_000),
+    ] {
+        let got = store.inherit(tag, &HeaderMap::new(), now).await;
+        assert_eq!(got, Inherited::default(), "{tag:?} at {now}");
+    }
+}
+
+#[tokio::test]
+async fn a_tag_ahead_of_its_bytes_waits_for_them() {
+    let store = Arc::new(ContextStore::default());
+    let waiter = {
+        let store = store.clone();
+        tokio::spawn(async move {
+            store
+                .inherit(Some(tag(9, 4, 0)), &HeaderMap::new(), 2_000)
+                .await
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(2)).await;
+    store.on_inbound(
+        event(9, 4, true, b"GET / HTTP/1.1\r\nx-lane: gray\r\n\r\n"),
+        &settings(),
+    );
+    let got = waiter.await.unwrap();
+    assert_eq!(got.context.unwrap().lane.as_deref(), Some("gray"));
+}
