@@ -11,6 +11,7 @@
 /// kernel crate names its items after them.
 pub mod names {
     pub const PROG_CONNECT4: &str = "tagger_connect4";
+    pub const PROG_CONNECT6: &str = "tagger_connect6";
     pub const PROG_SOCK_OPS: &str = "tagger_sock_ops";
     pub const MAP_CONFIG: &str = "TAGGER_CONFIG";
     pub const MAP_MANAGED: &str = "TAGGER_MANAGED";

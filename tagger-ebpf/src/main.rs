@@ -1,6 +1,7 @@
 //! tagger's kernel programs.
 //!
-//! * `tagger_connect4` (cgroup/connect4 on the pods' cgroups): a TCP
+//! * `tagger_connect4` (cgroup/connect4 on the pods' cgroups; `connect6`
+//!   for v4-mapped addresses): a TCP
 //!   `connect()` to a managed destination is rewritten to the node proxy, and
 //!   the original destination plus the caller's cgroup are recorded under the
 //!   socket cookie.
@@ -33,6 +34,7 @@ use tagger_common::{
 /// Verdict of a cgroup_sock_addr program that lets the syscall go on.
 const ALLOW: i32 = 1;
 const AF_INET: u32 = 2;
+const AF_INET6: u32 = 10;
 const SOCK_STREAM: u32 = 1;
 
 #[map]
@@ -66,6 +68,45 @@ pub fn tagger_connect4(ctx: SockAddrContext) -> i32 {
     ALLOW
 }
 
+/// IPv6 sockets reach IPv4 services through v4-mapped addresses
+/// (`::ffff:a.b.c.d`), as the JVM does by default: same redirect.
+#[cgroup_sock_addr(connect6)]
+pub fn tagger_connect6(ctx: SockAddrContext) -> i32 {
+    let _ = try_connect6(&ctx);
+    ALLOW
+}
+
+/// `::ffff:0:0/96` as the kernel stores it: the third 32-bit word in
+/// network byte order.
+const V4_MAPPED_PREFIX: u32 = 0x0000_ffffu32.to_be();
+
+fn try_connect6(ctx: &SockAddrContext) -> Result<(), i64> {
+    let addr: *mut bpf_sock_addr = ctx.sock_addr;
+    // SAFETY: valid context, as in connect4.
+    let (sock_type, w0, w1, w2, ip, port) = unsafe {
+        (
+            (*addr).type_,
+            (*addr).user_ip6[0],
+            (*addr).user_ip6[1],
+            (*addr).user_ip6[2],
+            (*addr).user_ip6[3],
+            (*addr).user_port,
+        )
+    };
+    if sock_type != SOCK_STREAM || w0 != 0 || w1 != 0 || w2 != V4_MAPPED_PREFIX {
+        return Ok(());
+    }
+    let Some(proxy) = redirect_target(ctx, ip, port)? else {
+        return Ok(());
+    };
+    // SAFETY: as in connect4; only the v4 part of the mapped address changes.
+    unsafe {
+        core::ptr::write_volatile(&mut (*addr).user_ip6[3], proxy.proxy_ip);
+        core::ptr::write_volatile(&mut (*addr).user_port, u32::from(proxy.proxy_port));
+    }
+    Ok(())
+}
+
 fn try_connect4(ctx: &SockAddrContext) -> Result<(), i64> {
     let addr: *mut bpf_sock_addr = ctx.sock_addr;
     // SAFETY: the kernel hands us a valid context for the program's lifetime.
@@ -80,14 +121,30 @@ fn try_connect4(ctx: &SockAddrContext) -> Result<(), i64> {
     if family != AF_INET || sock_type != SOCK_STREAM {
         return Ok(());
     }
+    let Some(proxy) = redirect_target(ctx, ip, port)? else {
+        return Ok(());
+    };
+    // SAFETY: writing the destination is what connect4 programs are for. The
+    // writes are volatile so LLVM cannot merge them into one wide store the
+    // verifier rejects.
+    unsafe {
+        core::ptr::write_volatile(&mut (*addr).user_ip4, proxy.proxy_ip);
+        core::ptr::write_volatile(&mut (*addr).user_port, u32::from(proxy.proxy_port));
+    }
+    Ok(())
+}
+
+/// Decides whether a TCP connect to `ip:port` (network order) goes to the
+/// proxy, and if so records the flow; returns where to send it.
+fn redirect_target(ctx: &SockAddrContext, ip: u32, port: u32) -> Result<Option<ProxyConfig>, i64> {
     bump(stat::CONNECT_SEEN);
     let config = TAGGER_CONFIG.get(0).ok_or(-1i64)?;
     if config.proxy_port == 0 {
-        return Ok(()); // no live proxy: fail open
+        return Ok(None); // no live proxy: fail open
     }
     let cgroup_id = unsafe { bpf_get_current_cgroup_id() };
     if cgroup_id == config.daemon_cgroup_id {
-        return Ok(());
+        return Ok(None);
     }
     let dest = DestKey {
         ip,
@@ -96,7 +153,7 @@ fn try_connect4(ctx: &SockAddrContext) -> Result<(), i64> {
     };
     // SAFETY: read-only lookup of a plain-old-data value.
     if unsafe { TAGGER_MANAGED.get(&dest) }.is_none() {
-        return Ok(());
+        return Ok(None);
     }
     let cookie = unsafe { bpf_get_socket_cookie(ctx.sock_addr.cast()) };
     let origin = FlowOrigin {
@@ -109,14 +166,7 @@ fn try_connect4(ctx: &SockAddrContext) -> Result<(), i64> {
     if TAGGER_PENDING.insert(&cookie, &origin, 0).is_err() {
         // Without a record the proxy could not tell where to go: do not redirect.
         bump(stat::MAP_ERRORS);
-        return Ok(());
-    }
-    // SAFETY: writing the destination is what connect4 programs are for. The
-    // writes are volatile so LLVM cannot merge them into one wide store the
-    // verifier rejects.
-    unsafe {
-        core::ptr::write_volatile(&mut (*addr).user_ip4, config.proxy_ip);
-        core::ptr::write_volatile(&mut (*addr).user_port, u32::from(config.proxy_port));
+        return Ok(None);
     }
     bump(stat::CONNECT_REDIRECTED);
     // Remember which fd of the process this socket is, so that the write
@@ -126,7 +176,7 @@ fn try_connect4(ctx: &SockAddrContext) -> Result<(), i64> {
     if let Some(fd) = unsafe { propagation::TAGGER_CONNECTING.get(&pid_tgid) }.copied() {
         let _ = propagation::TAGGER_SOCKFD.insert(&propagation::sockfd_key(pid_tgid, fd), &cookie, 0);
     }
-    Ok(())
+    Ok(Some(*config))
 }
 
 #[sock_ops]
@@ -136,7 +186,9 @@ pub fn tagger_sock_ops(ctx: SockOpsContext) -> u32 {
 }
 
 fn try_sock_ops(ctx: &SockOpsContext) -> Result<(), i64> {
-    if ctx.op() != BPF_SOCK_OPS_TCP_CONNECT_CB || ctx.family() != AF_INET {
+    // AF_INET6 too: a v4-mapped connect (see connect6) keeps its IPv4
+    // address in local_ip4.
+    if ctx.op() != BPF_SOCK_OPS_TCP_CONNECT_CB || (ctx.family() != AF_INET && ctx.family() != AF_INET6) {
         return Ok(());
     }
     let cookie = unsafe { bpf_get_socket_cookie(ctx.ops.cast()) };

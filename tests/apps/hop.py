@@ -1,21 +1,52 @@
 """One hop of a test call chain, written on the standard library only.
 
 GET /anything -> "<pod>" or "<pod> -> <answer of --next>". The pod name comes
-from TAGGER_POD (set by the local cluster). With --copy-header NAME the hop
-copies that request header onto its downstream call, as an app instrumented
-for lanes would; without it the app copies nothing.
+from TAGGER_POD (set by the local cluster); with --echo-query it is followed
+by "(<query>)". With --copy-header NAME the hop copies that request header
+onto its downstream call, as an app instrumented for lanes would; without it
+the app copies nothing. With --keep-alive each server thread keeps one
+persistent connection (http.client) to the next hop, else urllib opens one
+per call.
 """
 import argparse
+import http.client
 import http.server
 import os
+import threading
+import urllib.parse
 import urllib.request
 
 parser = argparse.ArgumentParser()
 parser.add_argument("--port", type=int, default=8080)
 parser.add_argument("--next", default=None, help="URL of the next hop")
 parser.add_argument("--copy-header", action="append", default=[])
+parser.add_argument("--echo-query", action="store_true")
+parser.add_argument("--keep-alive", action="store_true")
 args = parser.parse_args()
 NAME = os.environ.get("TAGGER_POD", "hop")
+LOCAL = threading.local()
+
+
+def call_next(path, headers):
+    """GET the next hop; returns its body as text."""
+    if not args.keep_alive:
+        request = urllib.request.Request(args.next + path.lstrip("/"), headers=headers)
+        with urllib.request.urlopen(request, timeout=10) as response:
+            return response.read().decode()
+    target = urllib.parse.urlsplit(args.next)
+    connection = getattr(LOCAL, "connection", None)
+    for attempt in range(2):
+        if connection is None:
+            connection = http.client.HTTPConnection(target.hostname, target.port, timeout=10)
+            LOCAL.connection = connection
+        try:
+            connection.request("GET", target.path + path.lstrip("/"), headers=headers)
+            return connection.getresponse().read().decode()
+        except (http.client.HTTPException, OSError):
+            connection.close()
+            connection = LOCAL.connection = None
+            if attempt:
+                raise
 
 
 class Handler(http.server.BaseHTTPRequestHandler):
@@ -23,15 +54,16 @@ class Handler(http.server.BaseHTTPRequestHandler):
 
     def do_GET(self):
         answer = NAME
+        if args.echo_query:
+            answer += "(" + urllib.parse.urlsplit(self.path).query + ")"
         if args.next:
-            request = urllib.request.Request(args.next + self.path.lstrip("/"))
+            headers = {}
             for name in args.copy_header:
                 value = self.headers.get(name)
                 if value is not None:
-                    request.add_header(name, value)
+                    headers[name] = value
             try:
-                with urllib.request.urlopen(request, timeout=10) as response:
-                    answer += " -> " + response.read().decode()
+                answer += " -> " + call_next(self.path, headers)
             except Exception as error:  # show the failure in the answer
                 answer += f" -> ERROR({error})"
         body = answer.encode()

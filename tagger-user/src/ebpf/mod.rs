@@ -108,17 +108,17 @@ impl Datapath {
                 source,
             }
         };
-        let connect: &mut CgroupSockAddr = ebpf
-            .program_mut(names::PROG_CONNECT4)
-            .ok_or(EbpfError::Missing(names::PROG_CONNECT4))?
-            .try_into()
-            .map_err(program_error(names::PROG_CONNECT4))?;
-        connect
-            .load()
-            .map_err(program_error(names::PROG_CONNECT4))?;
-        connect
-            .attach(&cgroup_file, CgroupAttachMode::Single)
-            .map_err(program_error(names::PROG_CONNECT4))?;
+        for name in [names::PROG_CONNECT4, names::PROG_CONNECT6] {
+            let connect: &mut CgroupSockAddr = ebpf
+                .program_mut(name)
+                .ok_or(EbpfError::Missing(name))?
+                .try_into()
+                .map_err(program_error(name))?;
+            connect.load().map_err(program_error(name))?;
+            connect
+                .attach(&cgroup_file, CgroupAttachMode::Single)
+                .map_err(program_error(name))?;
+        }
         let sock_ops: &mut SockOps = ebpf
             .program_mut(names::PROG_SOCK_OPS)
             .ok_or(EbpfError::Missing(names::PROG_SOCK_OPS))?

@@ -1,0 +1,44 @@
+"""Lane-correctness load: N requests at concurrency C to URL, alternating
+gray (x-lane: gray) and baseline, each with a unique marker m=<i> in the
+query. Prints one JSON line per request: {"i", "gray", "answer"}. Each worker
+thread keeps one keep-alive connection (http.client)."""
+import http.client
+import json
+import sys
+import threading
+import urllib.parse
+
+url, total, concurrency = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+target = urllib.parse.urlsplit(url)
+lock = threading.Lock()
+results = []
+counter = iter(range(total))
+
+
+def worker():
+    connection = http.client.HTTPConnection(target.hostname, target.port, timeout=30)
+    while True:
+        with lock:
+            i = next(counter, None)
+        if i is None:
+            return
+        gray = i % 2 == 0
+        headers = {"x-lane": "gray"} if gray else {}
+        try:
+            connection.request("GET", f"{target.path}?m={i}", headers=headers)
+            answer = connection.getresponse().read().decode()
+        except (http.client.HTTPException, OSError) as error:
+            connection.close()
+            connection = http.client.HTTPConnection(target.hostname, target.port, timeout=30)
+            answer = f"ERROR({error})"
+        with lock:
+            results.append({"i": i, "gray": gray, "answer": answer})
+
+
+threads = [threading.Thread(target=worker) for _ in range(concurrency)]
+for t in threads:
+    t.start()
+for t in threads:
+    t.join()
+for r in sorted(results, key=lambda r: r["i"]):
+    print(json.dumps(r))

@@ -1,0 +1,254 @@
+//! Lanes and pass-through headers through apps that copy nothing, in three
+//! runtimes written by others: Python (ThreadingHTTPServer + http.client
+//! keep-alive), Java (JDK HttpServer with a thread pool +
+//! HttpURLConnection), Node (http server + keep-alive agent).
+//! SPEC scenarios B2, B3, B4, and the lane-correctness burst.
+use std::{collections::HashMap, path::PathBuf};
+
+use serde_json::Value;
+use tagger_e2e::{Cluster, text, workspace};
+
+#[derive(Clone, Copy, Debug)]
+enum Runtime {
+    Python,
+    Java,
+    Node,
+}
+
+impl Runtime {
+    /// The command of one hop; `next` is the service it calls.
+    fn command(self, next: Option<&str>, echo_query: bool) -> String {
+        let apps = workspace().join("tests/apps");
+        let mut parts: Vec<String> = match self {
+            Runtime::Python => vec![
+                "python3".into(),
+                apps.join("hop.py").display().to_string(),
+                "--keep-alive".into(),
+            ],
+            Runtime::Java => vec![
+                "java".into(),
+                "-XX:+UseSerialGC".into(),
+                "-Xmx96m".into(),
+                apps.join("Hop.java").display().to_string(),
+            ],
+            Runtime::Node => vec!["node".into(), apps.join("hop.js").display().to_string()],
+        };
+        if let Some(next) = next {
+            parts.extend(["--next".into(), format!("http://{next}:8080/")]);
+        }
+        if echo_query {
+            parts.push("--echo-query".into());
+        }
+        format!(
+            "[{}]",
+            parts
+                .iter()
+                .map(|p| format!("\"{p}\""))
+                .collect::<Vec<_>>()
+                .join(", ")
+        )
+    }
+}
+
+/// A chain a -> b -> c (each with base and gray pods, b's gray optional),
+/// a client pod, lane gray (sticky or not), and optionally B3's rule on b.
+fn chain(runtime: Runtime, sticky: bool, b_gray: bool, rule_on_b: bool) -> PathBuf {
+    let mut yaml = format!(
+        "passthrough_headers: [x-user-id]\nlanes:\n  - {{name: gray, sticky: {sticky}}}\nservices:\n"
+    );
+    for (service, next) in [("a", Some("b")), ("b", Some("c")), ("c", None)] {
+        let command = runtime.command(next, next.is_none());
+        yaml.push_str(&format!("  - name: {service}\n    port: 8080\n    pods:\n"));
+        yaml.push_str(&format!(
+            "      - {{name: {service}-base, command: {command}}}\n"
+        ));
+        if service != "b" || b_gray {
+            yaml.push_str(&format!(
+                "      - {{name: {service}-gray, lane: gray, command: {command}}}\n"
+            ));
+        }
+    }
+    yaml.push_str(
+        "  - name: client\n    pods:\n      - {name: client, command: [sleep, infinity]}\n",
+    );
+    if rule_on_b {
+        yaml.push_str(
+            "rules:\n  - name: b-user-100\n    service: b\n    lane: gray\n    conditions:\n      - {source: header, name: x-user-id, op: '=', value: 100}\n",
+        );
+    }
+    let path = std::env::temp_dir().join(format!(
+        "tagger-prop-{runtime:?}-{sticky}-{b_gray}-{rule_on_b}-{}.yaml",
+        std::process::id()
+    ));
+    std::fs::write(&path, yaml).unwrap();
+    path
+}
+
+fn up(path: &PathBuf) -> Cluster {
+    let cluster = Cluster::up(path.to_str().unwrap());
+    std::fs::remove_file(path).unwrap();
+    cluster
+}
+
+fn entry(cluster: &Cluster, pod: &str, headers: &[&str]) -> String {
+    cluster.curl_from_node(&format!("http://{}:8080/", cluster.pod_ip(pod)), headers)
+}
+
+/// B2 and B4, and the flow map's source and confidence.
+fn lane_header_and_fallback(runtime: Runtime) {
+    let cluster = up(&chain(runtime, true, true, false));
+    // B2: the header reaches a's base pod; a copies nothing.
+    for _ in 0..3 {
+        assert_eq!(
+            entry(&cluster, "a-base", &["x-mse-tag: gray"]),
+            "a-base -> b-gray -> c-gray()"
+        );
+        assert_eq!(
+            entry(&cluster, "a-base", &[]),
+            "a-base -> b-base -> c-base()"
+        );
+    }
+    let inherited = cluster.flow("a-base", "b", "b-gray");
+    assert_eq!(inherited["reason"], "inherited-thread", "{inherited}");
+    assert_eq!(inherited["correlation"], "trusted");
+    assert_eq!(cluster.flow("a-base", "b", "b-base")["reason"], "default");
+    drop(cluster);
+
+    // B4: b has no gray pod; the lane comes back at c.
+    let cluster = up(&chain(runtime, true, false, false));
+    assert_eq!(
+        entry(&cluster, "a-gray", &[]),
+        "a-gray -> b-base -> c-gray()"
+    );
+    assert_eq!(
+        entry(&cluster, "a-base", &["x-lane: gray"]),
+        "a-base -> b-base -> c-gray()"
+    );
+    let returned = cluster.flow("b-base", "c", "c-gray");
+    assert_eq!(returned["reason"], "inherited-thread");
+    assert_eq!(cluster.flow("a-gray", "b", "b-base")["fallback"], true);
+}
+
+/// B3: a non-sticky lane decided per hop by b's rule on a passed-through header.
+fn per_hop_rule(runtime: Runtime) {
+    let cluster = up(&chain(runtime, false, true, true));
+    for _ in 0..3 {
+        assert_eq!(
+            entry(&cluster, "a-base", &["x-user-id: 100"]),
+            "a-base -> b-gray -> c-base()"
+        );
+        assert_eq!(
+            entry(&cluster, "a-base", &["x-user-id: 101"]),
+            "a-base -> b-base -> c-base()"
+        );
+    }
+    assert_eq!(
+        cluster.flow("a-base", "b", "b-gray")["reason"],
+        "rule:b-user-100"
+    );
+    // b-gray passed x-user-id on, but the lane is not sticky: c decides
+    // again, and has no rule.
+    assert_eq!(cluster.flow("b-gray", "c", "c-base")["reason"], "default");
+}
+
+/// >= 2000 requests at concurrency 32, half gray, each with a marker the
+/// last hop echoes; the middle hops copy nothing. Returns the table row.
+fn lane_correctness(runtime: Runtime) -> (usize, usize, u64, u64) {
+    let cluster = up(&chain(runtime, true, true, false));
+    let load = workspace().join("tests/apps/load.py");
+    let out = cluster.exec(
+        "client",
+        &[
+            "python3",
+            load.to_str().unwrap(),
+            "http://a:8080/",
+            "2000",
+            "32",
+        ],
+    );
+    assert!(out.status.success(), "load failed: {}", text(&out.stderr));
+    let mut wrong = Vec::new();
+    let mut total = 0;
+    for line in text(&out.stdout).lines() {
+        let row: Value = serde_json::from_str(line).unwrap();
+        total += 1;
+        let i = row["i"].as_u64().unwrap();
+        let lane = if row["gray"].as_bool().unwrap() {
+            "gray"
+        } else {
+            "base"
+        };
+        let expected = format!("a-{lane} -> b-{lane} -> c-{lane}(m={i})");
+        if row["answer"] != expected.as_str() {
+            wrong.push(format!("{i}: {} (expected {expected})", row["answer"]));
+        }
+    }
+    let mut by_correlation: HashMap<String, u64> = HashMap::new();
+    for flow in cluster.flows() {
+        if flow["source"] != "client" {
+            *by_correlation
+                .entry(flow["correlation"].as_str().unwrap().to_string())
+                .or_default() += flow["requests"].as_u64().unwrap();
+        }
+    }
+    assert_eq!(total, 2000);
+    let trusted = by_correlation.get("trusted").copied().unwrap_or(0);
+    let untrusted = by_correlation.get("untrusted").copied().unwrap_or(0);
+    assert!(
+        wrong.is_empty(),
+        "{runtime:?}: {} of {total} in the wrong lane, e.g. {:?}",
+        wrong.len(),
+        &wrong[..wrong.len().min(5)]
+    );
+    (total, wrong.len(), trusted, untrusted)
+}
+
+fn print_row(runtime: Runtime, (total, wrong, trusted, untrusted): (usize, usize, u64, u64)) {
+    println!("| {runtime:?} | {total} | {wrong} | {trusted} | {untrusted} |");
+}
+
+#[test]
+fn python_b2_b4() {
+    lane_header_and_fallback(Runtime::Python);
+}
+
+#[test]
+fn python_b3() {
+    per_hop_rule(Runtime::Python);
+}
+
+#[test]
+fn java_b2_b4() {
+    lane_header_and_fallback(Runtime::Java);
+}
+
+#[test]
+fn java_b3() {
+    per_hop_rule(Runtime::Java);
+}
+
+#[test]
+fn node_b2_b4() {
+    lane_header_and_fallback(Runtime::Node);
+}
+
+#[test]
+fn node_b3() {
+    per_hop_rule(Runtime::Node);
+}
+
+#[test]
+fn lane_correctness_under_concurrency() {
+    println!(
+        "| runtime | requests | wrong lane | hop decisions trusted | untrusted (safe default) |"
+    );
+    println!("|---|---|---|---|---|");
+    for runtime in [Runtime::Python, Runtime::Java, Runtime::Node] {
+        let row = lane_correctness(runtime);
+        print_row(runtime, row);
+        // Thread-per-request runtimes must have trusted every decision.
+        if !matches!(runtime, Runtime::Node) {
+            assert_eq!(row.3, 0, "{runtime:?} had untrusted decisions");
+        }
+    }
+}
