@@ -151,7 +151,7 @@ fn per_hop_rule(runtime: Runtime) {
     assert_eq!(cluster.flow("b-gray", "c", "c-base")["reason"], "default");
 }
 
-/// >= 2000 requests at concurrency 32, half gray, each with a marker the
+/// At least 2000 requests at concurrency 32, half gray, each with a marker the
 /// last hop echoes; the middle hops copy nothing. Returns the table row.
 fn lane_correctness(runtime: Runtime) -> (usize, usize, u64, u64) {
     let cluster = up(&chain(runtime, true, true, false));
