@@ -72,6 +72,11 @@ impl Cluster {
         cluster
     }
 
+    /// `--run-dir DIR` for a tagger command run by hand (e.g. spawned).
+    pub fn run_dir_args(&self) -> [&std::ffi::OsStr; 2] {
+        ["--run-dir".as_ref(), self.run_dir.as_os_str()]
+    }
+
     pub fn tagger(&self, args: &[&str]) -> Output {
         Command::new(tagger_bin())
             .arg("--run-dir")

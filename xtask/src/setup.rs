@@ -18,6 +18,9 @@ const PACKAGES: &[&str] = &[
     "curl",
     "python3",
 ];
+/// Runtimes the end-to-end tests run apps in: (command, Debian package).
+/// A machine that already has the command (from elsewhere) keeps its own.
+const RUNTIMES: &[(&str, &str)] = &[("java", "default-jdk-headless"), ("node", "nodejs")];
 const BPF_LINKER_VERSION: &str = "0.13.0";
 /// aya-ebpf 0.2.1 needs at least this rustc for the kernel crate.
 const MIN_BPF_RUSTC: (u32, u32) = (1, 87);
@@ -37,8 +40,17 @@ fn installed(package: &str) -> bool {
         .unwrap_or(false)
 }
 
+fn on_path(command: &str) -> bool {
+    Command::new("sh")
+        .args(["-c", &format!("command -v {command}")])
+        .output()
+        .map(|o| o.status.success())
+        .unwrap_or(false)
+}
+
 fn ensure_packages() -> Result<()> {
-    let missing: Vec<&str> = PACKAGES.iter().copied().filter(|p| !installed(p)).collect();
+    let mut missing: Vec<&str> = PACKAGES.iter().copied().filter(|p| !installed(p)).collect();
+    missing.extend(RUNTIMES.iter().filter(|(cmd, _)| !on_path(cmd)).map(|(_, package)| *package));
     if missing.is_empty() {
         return Ok(());
     }
