@@ -29,19 +29,33 @@ fn scenario_a_query_and_header_cases() {
     ];
     for (query, headers, chain, user) in cases {
         for _ in 0..3 {
-            let answer = cluster.curl("client", &format!("http://device:8080/device{query}"), headers);
-            assert_eq!(answer, format!("{chain} (userId: {user})"), "{query} {headers:?}");
+            let answer = cluster.curl(
+                "client",
+                &format!("http://device:8080/device{query}"),
+                headers,
+            );
+            assert_eq!(
+                answer,
+                format!("{chain} (userId: {user})"),
+                "{query} {headers:?}"
+            );
         }
     }
     let by_rule = cluster.flow("device-v1", "charge", "charge-v2");
     assert_eq!(by_rule["reason"], "rule:charge-gray");
     // order-v2's call to base: inherited gray, no gray base, so baseline.
     let fallback = cluster.flow("order-v2", "base", "base-v1");
-    assert_eq!((&fallback["lane"], &fallback["fallback"]), (&"gray".into(), &true.into()));
+    assert_eq!(
+        (&fallback["lane"], &fallback["fallback"]),
+        (&"gray".into(), &true.into())
+    );
 }
 
 fn now() -> f64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs_f64()
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs_f64()
 }
 
 #[test]
@@ -87,7 +101,12 @@ fn live_rule_changes_apply_within_a_second_and_lose_nothing() {
     let out = cluster.tagger(&["rules", "apply", "-f", bad.to_str().unwrap()]);
     assert!(!out.status.success());
     let stderr = text(&out.stderr);
-    assert!(stderr.contains("a-user") && stderr.contains("conditions[0].op") && stderr.contains("within"), "{stderr}");
+    assert!(
+        stderr.contains("a-user")
+            && stderr.contains("conditions[0].op")
+            && stderr.contains("within"),
+        "{stderr}"
+    );
     pause();
 
     // 4. Apply a replacement that no longer matches userId 7, then delete it.
@@ -134,16 +153,30 @@ fn live_rule_changes_apply_within_a_second_and_lose_nothing() {
         } else {
             Some("a-base")
         };
-        for (i, (start, old)) in [(t_disable, "a-gray"), (t_edit, "a-base"), (t_apply, "a-gray")].iter().enumerate() {
+        for (i, (start, old)) in [
+            (t_disable, "a-gray"),
+            (t_edit, "a-base"),
+            (t_apply, "a-gray"),
+        ]
+        .iter()
+        .enumerate()
+        {
             if t >= *start && t < start + 1.0 && body == *old {
                 last_old[i] = last_old[i].max(t - start);
             }
         }
         if let Some(expected) = expected {
-            assert_eq!(body, expected, "at {t:.3} (disable {t_disable:.3}, edit {t_edit:.3}, apply {t_apply:.3})");
+            assert_eq!(
+                body, expected,
+                "at {t:.3} (disable {t_disable:.3}, edit {t_edit:.3}, apply {t_apply:.3})"
+            );
         }
     }
-    assert!(count > 300, "only {count} requests: {}", text(&output.stderr));
+    assert!(
+        count > 300,
+        "only {count} requests: {}",
+        text(&output.stderr)
+    );
     println!(
         "{count} requests, 0 failed; old lane last seen after: disable {:.0} ms, file edit {:.0} ms, apply {:.0} ms",
         last_old[0] * 1000.0,

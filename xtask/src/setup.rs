@@ -50,7 +50,12 @@ fn on_path(command: &str) -> bool {
 
 fn ensure_packages() -> Result<()> {
     let mut missing: Vec<&str> = PACKAGES.iter().copied().filter(|p| !installed(p)).collect();
-    missing.extend(RUNTIMES.iter().filter(|(cmd, _)| !on_path(cmd)).map(|(_, package)| *package));
+    missing.extend(
+        RUNTIMES
+            .iter()
+            .filter(|(cmd, _)| !on_path(cmd))
+            .map(|(_, package)| *package),
+    );
     if missing.is_empty() {
         return Ok(());
     }
