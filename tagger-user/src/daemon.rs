@@ -87,6 +87,8 @@ pub struct ConfigDump<'a> {
     pub state: &'a Snapshot,
     pub rules: Vec<RuleRow>,
     pub kernel: Option<KernelStats>,
+    /// Per-program run counts and times (while kernel.bpf_stats_enabled=1).
+    pub programs: Vec<crate::ebpf::ProgramStat>,
     /// Threads with an inbound context, and learnt request ids.
     pub propagation: PropagationDump,
 }
@@ -338,6 +340,7 @@ impl Controller {
             state: &snapshot,
             rules,
             kernel: self.datapath().map(|d| d.stats()),
+            programs: crate::ebpf::program_stats(),
             propagation: {
                 let (threads, ids) = self.contexts.sizes();
                 PropagationDump { threads, ids }

@@ -3,6 +3,7 @@
 //! Every command first makes sure the machine has what it needs (Debian
 //! packages, bpf-linker) and installs only what is missing, so each one works
 //! on a fresh Debian/Ubuntu VM as root.
+mod bench;
 mod demo;
 mod setup;
 
@@ -44,6 +45,11 @@ enum Task {
     },
     /// Remove everything `up` made.
     Down,
+    /// Measure a tagger hop against direct, Envoy and HAProxy; writes target/bench/.
+    Bench {
+        #[arg(long, value_enum, default_value = "full")]
+        mode: bench::Mode,
+    },
 }
 
 fn main() -> Result<ExitCode> {
@@ -88,6 +94,12 @@ fn main() -> Result<ExitCode> {
             return tagger(&root, &args);
         }
         Task::Down => return tagger(&root, &["cluster".as_ref(), "down".as_ref()]),
+        Task::Bench { mode } => {
+            require_root("the bench creates network namespaces, cgroups and loads eBPF")?;
+            setup::ensure()?;
+            build_release(&root)?;
+            bench::run_bench(&root, &root.join("target/release/tagger"), mode)?;
+        }
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -131,6 +143,10 @@ fn cargo(root: &Path) -> Command {
 
 fn build(root: &Path) -> Result<()> {
     run(cargo(root).args(["build", "--workspace", "--bins"]))
+}
+
+fn build_release(root: &Path) -> Result<()> {
+    run(cargo(root).args(["build", "--release", "-p", "tagger-user", "--bin", "tagger"]))
 }
 
 fn tagger_bin(root: &Path) -> PathBuf {

