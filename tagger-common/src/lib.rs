@@ -121,7 +121,7 @@ pub const CAPTURE_BYTES: usize = 4096;
 /// seen; bodies are never needed).
 pub const MAX_CAPTURE_PER_REQUEST: u32 = 16 * 1024;
 /// Capacity of the inbound-event ring buffer (bytes, a power of two).
-pub const EVENTS_RING_BYTES: u32 = 4 * 1024 * 1024;
+pub const EVENTS_RING_BYTES: u32 = 1024 * 1024;
 
 /// The first bytes of one read by a pod's thread that starts (or continues)
 /// an HTTP request: userspace parses the lane and pass-through headers.
@@ -163,6 +163,13 @@ pub struct RequestTag {
 /// The thread had more than one inbound request open (an event loop): the
 /// correlation cannot be trusted.
 pub const TAG_CONCURRENT: u32 = 1;
+/// The process had stopped capturing inbound requests (it had only ever
+/// served, never called a managed service) and just started calling: the
+/// request that caused this one was not seen, so nothing can be trusted.
+pub const TAG_UNSEEN: u32 = 2;
+/// Inbound requests a process serves without calling any managed service
+/// before the kernel stops capturing its reads (a leaf service).
+pub const LEAF_AFTER_REQUESTS: u32 = 64;
 
 /// Counters kept by the kernel programs (per-CPU array indices).
 pub mod stat {

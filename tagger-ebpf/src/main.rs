@@ -172,6 +172,7 @@ fn redirect_target(ctx: &SockAddrContext, ip: u32, port: u32) -> Result<Option<P
     // Remember which fd of the process this socket is, so that the write
     // tracepoints can tell a redirected socket (see propagation.rs).
     let pid_tgid = bpf_get_current_pid_tgid();
+    propagation::note_call_out(pid_tgid);
     // SAFETY: read of a plain value.
     if let Some(fd) = unsafe { propagation::TAGGER_CONNECTING.get(&pid_tgid) }.copied() {
         let _ = propagation::TAGGER_SOCKFD.insert(&propagation::sockfd_key(pid_tgid, fd), &cookie, 0);

@@ -13,15 +13,17 @@
 //! a helper call, a map lookup and an 8-byte read.
 use aya_ebpf::{
     helpers::{
-        bpf_get_current_cgroup_id, bpf_get_current_pid_tgid, bpf_ktime_get_ns, generated::bpf_probe_read_user,
+        bpf_get_current_cgroup_id, bpf_get_current_pid_tgid, bpf_ktime_get_ns,
+        generated::{bpf_probe_read_user, bpf_ringbuf_output},
     },
     macros::{map, tracepoint},
-    maps::{HashMap, LruHashMap, RingBuf},
+    maps::{HashMap, LruHashMap, PerCpuArray, RingBuf},
+    EbpfContext,
     programs::TracePointContext,
 };
 use tagger_common::{
-    CAPTURE_BYTES, EVENT_FIRST, EVENTS_RING_BYTES, InboundEvent, MAX_CAPTURE_PER_REQUEST, MAX_FLOWS, RequestTag,
-    TAG_CONCURRENT, stat,
+    CAPTURE_BYTES, EVENT_FIRST, EVENTS_RING_BYTES, InboundEvent, LEAF_AFTER_REQUESTS, MAX_CAPTURE_PER_REQUEST,
+    MAX_FLOWS, RequestTag, TAG_CONCURRENT, TAG_UNSEEN, stat,
 };
 
 use crate::bump;
@@ -45,9 +47,11 @@ struct ReadArgs {
     buf: u64,
 }
 
-/// read()/recvfrom() arguments between entry and exit, by thread.
+/// read()/recvfrom() arguments between entry and exit, by thread. A plain
+/// (preallocated) hash: every pod read passes here, and each entry lives
+/// only for one syscall.
 #[map]
-static TAGGER_READ_ARGS: LruHashMap<u64, ReadArgs> = LruHashMap::with_max_entries(MAX_THREADS, 0);
+static TAGGER_READ_ARGS: HashMap<u64, ReadArgs> = HashMap::with_max_entries(MAX_THREADS, 0);
 
 #[repr(C)]
 #[derive(Clone, Copy)]
@@ -67,6 +71,80 @@ struct ThreadState {
 #[map]
 static TAGGER_THREADS: LruHashMap<u64, ThreadState> = LruHashMap::with_max_entries(MAX_THREADS, 0);
 
+/// Per process (tgid): a leaf service (one that has served many requests
+/// and never called a managed service) needs no inbound context, so its
+/// reads are not captured, which keeps the per-read cost of the most common
+/// pods low. Its first managed call ends leaf mode.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub(crate) struct ProcessState {
+    inbound_requests: u32,
+    /// 1 once the process made a redirected connect.
+    calls_out: u32,
+    /// 1 while reads are not captured.
+    leaf: u32,
+    _pad: u32,
+    /// When leaf mode ended (ns); requests written soon after are marked
+    /// `TAG_UNSEEN`.
+    woke_ns: u64,
+}
+
+#[map]
+pub(crate) static TAGGER_PROCESSES: LruHashMap<u32, ProcessState> = LruHashMap::with_max_entries(16_384, 0);
+
+/// How long after leaving leaf mode outbound requests may lack their cause.
+const WAKE_GRACE_NS: u64 = 2_000_000_000;
+
+/// Called by the connect hook when a process's connect is redirected.
+#[inline(always)]
+pub(crate) fn note_call_out(pid_tgid: u64) {
+    let tgid = (pid_tgid >> 32) as u32;
+    if let Some(process) = TAGGER_PROCESSES.get_ptr_mut(&tgid) {
+        // SAFETY: map value, valid while this program runs.
+        let process = unsafe { &mut *process };
+        if process.leaf != 0 {
+            process.leaf = 0;
+            process.woke_ns = unsafe { bpf_ktime_get_ns() };
+        }
+        process.calls_out = 1;
+    } else {
+        let fresh = ProcessState { inbound_requests: 0, calls_out: 1, leaf: 0, _pad: 0, woke_ns: 0 };
+        let _ = TAGGER_PROCESSES.insert(&tgid, &fresh, 0);
+    }
+}
+
+#[inline(always)]
+fn is_leaf(pid_tgid: u64) -> bool {
+    let tgid = (pid_tgid >> 32) as u32;
+    // SAFETY: plain value read.
+    unsafe { TAGGER_PROCESSES.get(&tgid) }.is_some_and(|p| p.leaf != 0)
+}
+
+/// Counts an inbound request; a process that only serves becomes a leaf.
+#[inline(always)]
+fn count_inbound(pid_tgid: u64) {
+    let tgid = (pid_tgid >> 32) as u32;
+    if let Some(process) = TAGGER_PROCESSES.get_ptr_mut(&tgid) {
+        // SAFETY: as above.
+        let process = unsafe { &mut *process };
+        process.inbound_requests = process.inbound_requests.saturating_add(1);
+        if process.calls_out == 0 && process.inbound_requests >= LEAF_AFTER_REQUESTS {
+            process.leaf = 1;
+        }
+    } else {
+        let fresh = ProcessState { inbound_requests: 1, calls_out: 0, leaf: 0, _pad: 0, woke_ns: 0 };
+        let _ = TAGGER_PROCESSES.insert(&tgid, &fresh, 0);
+    }
+}
+
+/// Did the process leave leaf mode a moment ago?
+#[inline(always)]
+fn just_woke(pid_tgid: u64, now: u64) -> bool {
+    let tgid = (pid_tgid >> 32) as u32;
+    // SAFETY: plain value read.
+    unsafe { TAGGER_PROCESSES.get(&tgid) }.is_some_and(|p| p.woke_ns != 0 && now.saturating_sub(p.woke_ns) < WAKE_GRACE_NS)
+}
+
 /// connect() in progress, by thread: the fd, for the connect hook.
 #[map]
 pub(crate) static TAGGER_CONNECTING: LruHashMap<u64, u32> = LruHashMap::with_max_entries(MAX_THREADS, 0);
@@ -81,6 +159,13 @@ static TAGGER_REQUEST_TAGS: LruHashMap<u64, RequestTag> = LruHashMap::with_max_e
 
 #[map]
 static TAGGER_EVENTS: RingBuf = RingBuf::with_byte_size(EVENTS_RING_BYTES, 0);
+
+/// Where an event is assembled before it goes into the ring (one per CPU).
+#[map]
+static TAGGER_SCRATCH: PerCpuArray<InboundEvent> = PerCpuArray::with_max_entries(1, 0);
+
+/// Bytes of an `InboundEvent` before `data`.
+const EVENT_HEADER_BYTES: u64 = 32;
 
 #[inline(always)]
 fn in_pod() -> bool {
@@ -127,14 +212,42 @@ fn is_response_start(head: u64) -> bool {
     head as u32 == word(b"HTTP") && (head >> 32) as u8 == b'/'
 }
 
+/// Do not wake the reader on submit: waking costs microseconds per event.
+/// Userspace drains the ring every few milliseconds, and at once when the
+/// proxy needs a context that has not arrived yet.
+const BPF_RB_NO_WAKEUP: u64 = 1;
+/// Chunks of one read sent at most (CAPTURE_BYTES each).
+const MAX_CHUNKS: u64 = 4;
+
+/// Sends up to MAX_CHUNKS chunks of a read to userspace; returns the bytes sent.
+/// Inlined: BPF functions take at most five arguments.
+#[inline(always)]
+fn emit_read(pid_tgid: u64, seq: u64, fd: u32, buf: u64, len: u64, mut flags: u32, budget: u32) -> u32 {
+    let mut sent: u32 = 0;
+    for chunk in 0..MAX_CHUNKS {
+        let offset = chunk * CAPTURE_BYTES as u64;
+        if offset >= len || sent >= budget {
+            break;
+        }
+        let n = emit(pid_tgid, seq, fd, buf + offset, len - offset, flags);
+        if n == 0 {
+            break;
+        }
+        sent += n;
+        flags &= !EVENT_FIRST;
+    }
+    sent
+}
+
+#[inline(always)]
 fn emit(pid_tgid: u64, seq: u64, fd: u32, buf: u64, len: u64, flags: u32) -> u32 {
-    let Some(mut entry) = TAGGER_EVENTS.reserve::<InboundEvent>(0) else {
-        bump(stat::EVENTS_DROPPED);
+    // Built in a per-CPU scratch slot, then copied into the ring at its real
+    // size: a 100-byte request takes 136 bytes of ring, not 4 KiB.
+    let Some(event) = TAGGER_SCRATCH.get_ptr_mut(0) else {
         return 0;
     };
     let n: u32 = if len > CAPTURE_BYTES as u64 { CAPTURE_BYTES as u32 } else { len as u32 };
-    let event = entry.as_mut_ptr();
-    // SAFETY: `event` points at a reserved ring-buffer slot of our size.
+    // SAFETY: `event` is this CPU's scratch slot, valid during the program.
     let copied = unsafe {
         (*event).pid_tgid = pid_tgid;
         (*event).seq = seq;
@@ -145,10 +258,23 @@ fn emit(pid_tgid: u64, seq: u64, fd: u32, buf: u64, len: u64, flags: u32) -> u32
         bpf_probe_read_user((*event).data.as_mut_ptr().cast(), n, buf as *const _)
     };
     if copied != 0 {
-        entry.discard(0);
         return 0;
     }
-    entry.submit(0);
+    let size = EVENT_HEADER_BYTES + u64::from(n);
+    // SAFETY: the map pointer is our ring buffer's definition; `size` is at
+    // most the scratch slot's size.
+    let rc = unsafe {
+        bpf_ringbuf_output(
+            (&raw const TAGGER_EVENTS).cast_mut().cast(),
+            event.cast(),
+            size,
+            BPF_RB_NO_WAKEUP,
+        )
+    };
+    if rc < 0 {
+        bump(stat::EVENTS_DROPPED);
+        return 0;
+    }
     n
 }
 
@@ -157,13 +283,14 @@ fn on_read(pid_tgid: u64, fd: u32, buf: u64, len: u64) {
     let Some(first) = head(buf) else { return };
     if is_request_start(first) {
         bump(stat::INBOUND_REQUESTS);
+        count_inbound(pid_tgid);
         let seq = unsafe { bpf_ktime_get_ns() };
         // SAFETY: plain value copied out at once.
         let open = match unsafe { TAGGER_THREADS.get(&pid_tgid) } {
             Some(previous) => previous.open + 1,
             None => 1,
         };
-        let captured = emit(pid_tgid, seq, fd, buf, len, EVENT_FIRST);
+        let captured = emit_read(pid_tgid, seq, fd, buf, len, EVENT_FIRST, MAX_CAPTURE_PER_REQUEST);
         let state = ThreadState {
             seq,
             fd,
@@ -179,7 +306,8 @@ fn on_read(pid_tgid: u64, fd: u32, buf: u64, len: u64) {
         // SAFETY: the map value lives while we hold the pointer in this program.
         let state = unsafe { &mut *state };
         if state.open > 0 && state.fd == fd && state.captured < MAX_CAPTURE_PER_REQUEST {
-            state.captured += emit(pid_tgid, state.seq, fd, buf, len, 0);
+            let budget = MAX_CAPTURE_PER_REQUEST - state.captured;
+            state.captured += emit_read(pid_tgid, state.seq, fd, buf, len, 0, budget);
         }
     }
 }
@@ -193,14 +321,16 @@ fn on_write(pid_tgid: u64, fd: u32, buf: u64) {
         if !is_request_start(first) {
             return;
         }
+        let now = unsafe { bpf_ktime_get_ns() };
         let (seq, flags) = match unsafe { TAGGER_THREADS.get(&pid_tgid) } {
             Some(state) if state.open > 0 => (state.seq, if state.concurrent != 0 { TAG_CONCURRENT } else { 0 }),
-            _ => (0, 0),
+            // No open request seen: either none, or unseen in leaf mode.
+            _ => (0, if just_woke(pid_tgid, now) { TAG_UNSEEN } else { 0 }),
         };
         let tag = RequestTag {
             pid_tgid,
             seq,
-            written_ns: unsafe { bpf_ktime_get_ns() },
+            written_ns: now,
             flags,
             _pad: 0,
         };
@@ -223,20 +353,27 @@ fn on_write(pid_tgid: u64, fd: u32, buf: u64) {
     }
 }
 
+/// A syscall argument from the tracepoint record. The record is program
+/// context, so a plain load does (no helper call); the verifier checks the
+/// offset against the record's size.
 #[inline(always)]
 fn arg(ctx: &TracePointContext, offset: usize) -> Option<u64> {
-    // SAFETY: offsets come from the tracepoints' format files.
-    unsafe { ctx.read_at::<u64>(offset) }.ok()
+    // SAFETY: offsets come from the tracepoints' format files; all are
+    // 8-byte fields inside the record.
+    Some(unsafe { core::ptr::read_volatile(ctx.as_ptr().cast::<u8>().add(offset).cast::<u64>()) })
 }
 
 fn stash_read(ctx: &TracePointContext) {
     if !in_pod() {
         return;
     }
+    let pid_tgid = bpf_get_current_pid_tgid();
+    if is_leaf(pid_tgid) {
+        return;
+    }
     let (Some(fd), Some(buf)) = (arg(ctx, ARG_FD), arg(ctx, ARG_BUF)) else {
         return;
     };
-    let pid_tgid = bpf_get_current_pid_tgid();
     let _ = TAGGER_READ_ARGS.insert(&pid_tgid, &ReadArgs { fd, buf }, 0);
 }
 

@@ -16,7 +16,7 @@ use crate::{
     config::{ClusterFile, ConfigError},
     ebpf::{Datapath, EbpfError, KernelStats},
     flows::FlowTable,
-    propagation::{ContextStore, InboundBytes},
+    propagation::{ContextStore, events::EventPump},
     proxy::{Proxy, ProxyConfig},
     rules::{RuleSet, RuleSpec},
     state::{Placement, Snapshot, StateError, StateHandle},
@@ -389,14 +389,20 @@ pub async fn run(args: DaemonArgs) -> Result<(), DaemonError> {
         source,
     })?;
     let datapath = Arc::new(Datapath::attach(&args.cgroup)?);
+    // Loading parsed the kernel's BTF and the object (megabytes, now
+    // freed): give those pages back rather than keep them resident.
+    // SAFETY: malloc_trim only releases free heap memory.
+    unsafe { libc::malloc_trim(0) };
     controller.set_datapath(datapath.clone())?;
 
     if let Some(events) = datapath.take_events() {
-        tokio::spawn(consume_inbound_events(
+        let pump = Arc::new(EventPump::new(
             events,
             controller.contexts.clone(),
             controller.state.clone(),
         ));
+        controller.contexts.set_pump(pump.clone());
+        tokio::spawn(pump.run());
     }
     let proxy = Proxy::new(
         controller.state.clone(),
@@ -444,61 +450,4 @@ async fn wait_for_shutdown() {
         _ = term.recv() => {}
         _ = int.recv() => {}
     }
-}
-
-/// Feeds the kernel's inbound-request events to the context store.
-async fn consume_inbound_events(
-    events: aya::maps::RingBuf<aya::maps::MapData>,
-    contexts: Arc<ContextStore>,
-    state: StateHandle,
-) {
-    // SAFETY: the ring buffer owns its map fd for as long as the AsyncFd
-    // owns the ring buffer, and never swaps it.
-    let mut events = match unsafe {
-        tokio::io::unix::AsyncFd::register_with_interest(events, tokio::io::Interest::READABLE)
-    } {
-        Ok(fd) => fd,
-        Err(e) => {
-            error!(error = %e, "cannot poll the inbound-event ring buffer; propagation is off");
-            return;
-        }
-    };
-    loop {
-        let mut ready = match events.readable_mut().await {
-            Ok(ready) => ready,
-            Err(e) => {
-                error!(error = %e, "polling the inbound-event ring buffer failed; propagation is off");
-                return;
-            }
-        };
-        let snapshot = state.load();
-        let ring = ready.get_inner_mut();
-        while let Some(item) = ring.next() {
-            if let Some(event) = decode_event(&item) {
-                contexts.on_inbound(event, &snapshot.settings);
-            }
-        }
-        ready.clear_ready();
-    }
-}
-
-/// An `InboundEvent` from its bytes (layout in tagger-common).
-fn decode_event(bytes: &[u8]) -> Option<InboundBytes<'_>> {
-    let u64_at = |at: usize| {
-        bytes
-            .get(at..at + 8)
-            .map(|b| u64::from_ne_bytes(b.try_into().expect("8 bytes")))
-    };
-    let u32_at = |at: usize| {
-        bytes
-            .get(at..at + 4)
-            .map(|b| u32::from_ne_bytes(b.try_into().expect("4 bytes")))
-    };
-    let len = u32_at(20)? as usize;
-    Some(InboundBytes {
-        pid_tgid: u64_at(0)?,
-        seq: u64_at(8)?,
-        flags: u32_at(24)?,
-        data: bytes.get(32..32 + len.min(tagger_common::CAPTURE_BYTES))?,
-    })
 }

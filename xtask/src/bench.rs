@@ -43,9 +43,27 @@ struct Plan {
 impl Mode {
     fn plan(self) -> Plan {
         match self {
-            Mode::Full => Plan { runs: 3, fixed: 10, saturation: 5, warmup: true, header_sizes: &[512, 4096, 16384] },
-            Mode::Short => Plan { runs: 1, fixed: 3, saturation: 2, warmup: true, header_sizes: &[512, 4096, 16384] },
-            Mode::Smoke => Plan { runs: 1, fixed: 1, saturation: 1, warmup: false, header_sizes: &[512] },
+            Mode::Full => Plan {
+                runs: 3,
+                fixed: 10,
+                saturation: 5,
+                warmup: true,
+                header_sizes: &[512, 4096, 16384],
+            },
+            Mode::Short => Plan {
+                runs: 1,
+                fixed: 3,
+                saturation: 2,
+                warmup: true,
+                header_sizes: &[512, 4096, 16384],
+            },
+            Mode::Smoke => Plan {
+                runs: 1,
+                fixed: 1,
+                saturation: 1,
+                warmup: false,
+                header_sizes: &[512],
+            },
         }
     }
 }
@@ -68,7 +86,9 @@ impl Drop for Cleanup<'_> {
             let _ = child.kill();
             let _ = child.wait();
         }
-        let _ = Command::new(self.tagger).args(["--run-dir", RUN_DIR, "cluster", "down"]).status();
+        let _ = Command::new(self.tagger)
+            .args(["--run-dir", RUN_DIR, "cluster", "down"])
+            .status();
         if let Some(before) = &self.bpf_stats_before {
             let _ = std::fs::write("/proc/sys/kernel/bpf_stats_enabled", before);
         }
@@ -77,17 +97,28 @@ impl Drop for Cleanup<'_> {
 
 fn ensure_tools() -> Result<()> {
     let have = |cmd: &str| {
-        Command::new("sh").args(["-c", &format!("command -v {cmd}")]).output().map(|o| o.status.success()).unwrap_or(false)
+        Command::new("sh")
+            .args(["-c", &format!("command -v {cmd}")])
+            .output()
+            .map(|o| o.status.success())
+            .unwrap_or(false)
     };
-    let packages: Vec<&str> = [("haproxy", "haproxy"), ("nginx", "nginx-light"), ("taskset", "util-linux")]
-        .iter()
-        .filter(|(cmd, _)| !have(cmd))
-        .map(|(_, package)| *package)
-        .collect();
+    let packages: Vec<&str> = [
+        ("haproxy", "haproxy"),
+        ("nginx", "nginx-light"),
+        ("taskset", "util-linux"),
+    ]
+    .iter()
+    .filter(|(cmd, _)| !have(cmd))
+    .map(|(_, package)| *package)
+    .collect();
     if !packages.is_empty() {
         println!("bench: installing {}", packages.join(" "));
         run(Command::new("apt-get").args(["update", "-q"]))?;
-        run(Command::new("apt-get").args(["install", "-y", "-q"]).args(&packages).env("DEBIAN_FRONTEND", "noninteractive"))?;
+        run(Command::new("apt-get")
+            .args(["install", "-y", "-q"])
+            .args(&packages)
+            .env("DEBIAN_FRONTEND", "noninteractive"))?;
     }
     if !have("oha") {
         println!("bench: installing oha from crates.io");
@@ -120,7 +151,7 @@ fn write_configs(dir: &Path) -> Result<PathBuf> {
         &cluster,
         format!(
             "services:\n  - name: web\n    port: 8080\n    pods:\n      - name: web\n        command: [taskset, -c, \"1\", nginx, -c, {d}/nginx.conf]\n\
-             \x20 - name: load\n    pods:\n      - name: load\n        command: [sleep, infinity]\n"
+             \x20 - name: load\n    pods:\n      - name: load\n        command: [taskset, -c, \"1\", sleep, infinity]\n"
         ),
     )?;
     Ok(cluster)
@@ -197,7 +228,21 @@ struct Bench<'a> {
 impl Bench<'_> {
     fn oha(&self, url: &str, args: &[String]) -> Result<Sample> {
         let out = Command::new(self.tagger)
-            .args(["--run-dir", RUN_DIR, "cluster", "exec", "load", "--", "taskset", "-c", "1", "oha", "--no-tui", "--output-format", "json"])
+            .args([
+                "--run-dir",
+                RUN_DIR,
+                "cluster",
+                "exec",
+                "load",
+                "--",
+                "taskset",
+                "-c",
+                "1",
+                "oha",
+                "--no-tui",
+                "--output-format",
+                "json",
+            ])
             .args(args)
             .arg(url)
             .output()
@@ -220,7 +265,10 @@ impl Bench<'_> {
     /// Two seconds of closed-loop load: connections open, caches warm.
     fn warm_up(&self, plan: &Plan, path: &str) -> Result<()> {
         if plan.warmup {
-            self.oha(&self.urls[path], &["-z".into(), "2s".into(), "-c".into(), "16".into()])?;
+            self.oha(
+                &self.urls[path],
+                &["-z".into(), "2s".into(), "-c".into(), "16".into()],
+            )?;
         }
         Ok(())
     }
@@ -234,7 +282,9 @@ impl Bench<'_> {
 
     fn runs(&self, plan: &Plan, path: &str, args: &[String]) -> Result<Sample> {
         let url = &self.urls[path];
-        let samples: Vec<Sample> = (0..plan.runs).map(|_| self.oha(url, args)).collect::<Result<_>>()?;
+        let samples: Vec<Sample> = (0..plan.runs)
+            .map(|_| self.oha(url, args))
+            .collect::<Result<_>>()?;
         let median = |f: fn(&Sample) -> f64| {
             let mut values: Vec<f64> = samples.iter().map(f).collect();
             values.sort_by(|a, b| a.partial_cmp(b).unwrap_or(std::cmp::Ordering::Equal));
@@ -254,7 +304,10 @@ impl Bench<'_> {
 /// CPU time (ms) and RSS (KiB) of a process.
 fn cpu_ms(pid: u32) -> f64 {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    let fields: Vec<&str> = stat.rsplit_once(')').map(|(_, r)| r.split_whitespace().collect()).unwrap_or_default();
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .map(|(_, r)| r.split_whitespace().collect())
+        .unwrap_or_default();
     // utime and stime are fields 14 and 15 (1-based), 12 and 13 after ')'.
     let ticks: f64 = fields.get(11).and_then(|u| u.parse().ok()).unwrap_or(0.0)
         + fields.get(12).and_then(|s| s.parse().ok()).unwrap_or(0.0);
@@ -271,12 +324,15 @@ fn rss_kib(pid: u32) -> f64 {
 }
 
 fn record() -> Result<Value> {
-    let text = std::fs::read_to_string(Path::new(RUN_DIR).join("cluster.json")).context("bench cluster record")?;
+    let text = std::fs::read_to_string(Path::new(RUN_DIR).join("cluster.json"))
+        .context("bench cluster record")?;
     Ok(serde_json::from_str(&text)?)
 }
 
 fn pin(pid: u32, cpu: &str) -> Result<()> {
-    run(Command::new("taskset").args(["-a", "-p", "-c", cpu, &pid.to_string()]).stdout(Stdio::null()))
+    run(Command::new("taskset")
+        .args(["-a", "-p", "-c", cpu, &pid.to_string()])
+        .stdout(Stdio::null()))
 }
 
 fn wait_port(addr: &str) -> Result<()> {
@@ -295,24 +351,48 @@ pub fn run_bench(root: &Path, tagger: &Path, mode: Mode) -> Result<()> {
     let plan = mode.plan();
     let dir = root.join("target/bench");
     let cluster = write_configs(&dir)?;
-    let _ = Command::new(tagger).args(["--run-dir", RUN_DIR, "cluster", "down"]).output();
+    let _ = Command::new(tagger)
+        .args(["--run-dir", RUN_DIR, "cluster", "down"])
+        .output();
     let mut cleanup = Cleanup {
         tagger,
         children: Vec::new(),
         bpf_stats_before: std::fs::read_to_string("/proc/sys/kernel/bpf_stats_enabled").ok(),
     };
-    run(Command::new(tagger).args(["--run-dir", RUN_DIR, "cluster", "up"]).arg(&cluster).stdout(Stdio::null()))?;
+    // Started on CPU 0 so that the daemon sizes its runtime to the one core
+    // it gets (pods pin themselves to CPU 1).
+    run(Command::new("taskset")
+        .args(["-c", "0"])
+        .arg(tagger)
+        .args(["--run-dir", RUN_DIR, "cluster", "up"])
+        .arg(&cluster)
+        .stdout(Stdio::null()))?;
     let rec = record()?;
-    let web = rec["pods"].as_array().unwrap().iter().find(|p| p["name"] == "web").unwrap()["ip"]
+    let web = rec["pods"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["name"] == "web")
+        .unwrap()["ip"]
         .as_str()
         .unwrap()
         .to_string();
     let daemon = rec["daemon_pid"].as_u64().context("daemon pid")? as u32;
     pin(daemon, "0")?;
-    std::fs::write("/proc/sys/kernel/bpf_stats_enabled", "1").context("enabling BPF run-time stats")?;
+    std::fs::write("/proc/sys/kernel/bpf_stats_enabled", "1")
+        .context("enabling BPF run-time stats")?;
 
     let envoy = Command::new("taskset")
-        .args(["-c", "0", "envoy", "--concurrency", "1", "--log-level", "error", "-c"])
+        .args([
+            "-c",
+            "0",
+            "envoy",
+            "--concurrency",
+            "1",
+            "--log-level",
+            "error",
+            "-c",
+        ])
         .arg(envoy_config(&dir, &web)?)
         .stdout(Stdio::null())
         .stderr(Stdio::null())
@@ -349,13 +429,36 @@ pub fn run_bench(root: &Path, tagger: &Path, mode: Mode) -> Result<()> {
     };
 
     let fixed_args = |secs: u32| -> Vec<String> {
-        ["-z", &format!("{secs}s"), "-c", "16", "-q", "1000", "--latency-correction"].map(String::from).to_vec()
+        [
+            "-z",
+            &format!("{secs}s"),
+            "-c",
+            "16",
+            "-q",
+            "1000",
+            "--latency-correction",
+        ]
+        .map(String::from)
+        .to_vec()
     };
-    let saturation_args = |secs: u32| -> Vec<String> { ["-z", &format!("{secs}s"), "-c", "16"].map(String::from).to_vec() };
-    let churn_args = |secs: u32| -> Vec<String> {
-        ["-z", &format!("{secs}s"), "-c", "16", "-q", "500", "--latency-correction", "--disable-keepalive"]
+    let saturation_args = |secs: u32| -> Vec<String> {
+        ["-z", &format!("{secs}s"), "-c", "16"]
             .map(String::from)
             .to_vec()
+    };
+    let churn_args = |secs: u32| -> Vec<String> {
+        [
+            "-z",
+            &format!("{secs}s"),
+            "-c",
+            "16",
+            "-q",
+            "500",
+            "--latency-correction",
+            "--disable-keepalive",
+        ]
+        .map(String::from)
+        .to_vec()
     };
 
     let mut results = serde_json::Map::new();
@@ -382,7 +485,10 @@ pub fn run_bench(root: &Path, tagger: &Path, mode: Mode) -> Result<()> {
             let mut args = saturation_args(plan.saturation);
             args.extend(["-H".to_string(), format!("x-pad: {}", "p".repeat(*size))]);
             let sample = bench.measure(&plan, path, &args)?;
-            headers.insert(size.to_string(), json!({"rps": sample.rps, "success": sample.success}));
+            headers.insert(
+                size.to_string(),
+                json!({"rps": sample.rps, "success": sample.success}),
+            );
         }
         results.insert(
             path.to_string(),
@@ -402,8 +508,12 @@ pub fn run_bench(root: &Path, tagger: &Path, mode: Mode) -> Result<()> {
     // no programs at all (daemon stopped: its links close).
     println!("bench: eBPF loaded vs not, unmanaged destination");
     let with_programs = bench.measure(&plan, "direct", &saturation_args(plan.saturation))?;
-    let dump = Command::new(tagger).args(["--run-dir", RUN_DIR, "config-dump"]).output()?;
-    let programs: Value = serde_json::from_slice::<Value>(&dump.stdout).map(|v| v["programs"].clone()).unwrap_or(Value::Null);
+    let dump = Command::new(tagger)
+        .args(["--run-dir", RUN_DIR, "config-dump"])
+        .output()?;
+    let programs: Value = serde_json::from_slice::<Value>(&dump.stdout)
+        .map(|v| v["programs"].clone())
+        .unwrap_or(Value::Null);
     // The daemon this bench's cluster started, by its recorded pid.
     run(Command::new("kill").arg("-TERM").arg(daemon.to_string()))?;
     let deadline = Instant::now() + Duration::from_secs(5);
@@ -411,7 +521,11 @@ pub fn run_bench(root: &Path, tagger: &Path, mode: Mode) -> Result<()> {
         std::thread::sleep(Duration::from_millis(20));
     }
     let without_programs = bench.measure(&plan, "direct", &saturation_args(plan.saturation))?;
-    run(Command::new(tagger).args(["--run-dir", RUN_DIR, "cluster", "restart-daemon"]).stdout(Stdio::null()))?;
+    run(Command::new("taskset")
+        .args(["-c", "0"])
+        .arg(tagger)
+        .args(["--run-dir", RUN_DIR, "cluster", "restart-daemon"])
+        .stdout(Stdio::null()))?;
     results.insert(
         "ebpf_unmanaged".into(),
         json!({"rps_with_programs": with_programs.rps, "rps_without_programs": without_programs.rps}),
@@ -424,51 +538,85 @@ pub fn run_bench(root: &Path, tagger: &Path, mode: Mode) -> Result<()> {
         "machine": machine(),
         "results": results,
     });
-    std::fs::write(dir.join("results.json"), serde_json::to_string_pretty(&report)?)?;
+    std::fs::write(
+        dir.join("results.json"),
+        serde_json::to_string_pretty(&report)?,
+    )?;
     let table = render(&report);
     std::fs::write(dir.join("results.md"), &table)?;
     println!("{table}");
-    println!("written: {} and results.md", dir.join("results.json").display());
+    println!(
+        "written: {} and results.md",
+        dir.join("results.json").display()
+    );
     drop(cleanup);
     Ok(())
 }
 
 fn chrono_like_now() -> String {
-    let out = Command::new("date").args(["-u", "+%Y-%m-%dT%H:%M:%SZ"]).output();
-    out.map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string()).unwrap_or_default()
+    let out = Command::new("date")
+        .args(["-u", "+%Y-%m-%dT%H:%M:%SZ"])
+        .output();
+    out.map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+        .unwrap_or_default()
 }
 
 fn machine() -> String {
     let cpu = std::fs::read_to_string("/proc/cpuinfo")
         .unwrap_or_default()
         .lines()
-        .find_map(|l| l.strip_prefix("model name").map(|v| v.trim_start_matches([' ', '\t', ':']).to_string()))
+        .find_map(|l| {
+            l.strip_prefix("model name")
+                .map(|v| v.trim_start_matches([' ', '\t', ':']).to_string())
+        })
         .unwrap_or_default();
     let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
-    format!("{cpu}, {} CPUs, kernel {}", std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0), kernel.trim())
+    format!(
+        "{cpu}, {} CPUs, kernel {}",
+        std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(0),
+        kernel.trim()
+    )
 }
 
 fn render(report: &Value) -> String {
     let r = &report["results"];
     let direct = &r["direct"];
     let mut out = String::new();
-    let _ = writeln!(out, "Machine: {}; date: {}; mode: {}\n", report["machine"].as_str().unwrap_or(""), report["date"].as_str().unwrap_or(""), report["mode"].as_str().unwrap_or(""));
-    let _ = writeln!(out, "| path | p50 µs @1000rps | added p50 | added p99 | added p99.9 | saturation rps | vs direct | churn p50 / p99 µs | CPU ms / 1000 req | RSS idle / loaded MiB |");
+    let _ = writeln!(
+        out,
+        "Machine: {}; date: {}; mode: {}\n",
+        report["machine"].as_str().unwrap_or(""),
+        report["date"].as_str().unwrap_or(""),
+        report["mode"].as_str().unwrap_or("")
+    );
+    let _ = writeln!(
+        out,
+        "| path | p50 µs @1000rps | added p50 | added p99 | added p99.9 | saturation rps | vs direct | churn p50 / p99 µs | CPU ms / 1000 req | RSS idle / loaded MiB |"
+    );
     let _ = writeln!(out, "|---|---|---|---|---|---|---|---|---|---|");
     let f = |v: &Value| v.as_f64().map_or("-".to_string(), |x| format!("{x:.0}"));
     for path in PATHS {
         let p = &r[path];
-        let added = |k: &str| {
-            match (p["fixed_1000rps"][k].as_f64(), direct["fixed_1000rps"][k].as_f64()) {
-                (Some(a), Some(b)) if path != "direct" => format!("{:+.0}", a - b),
-                _ => "-".into(),
-            }
+        let added = |k: &str| match (
+            p["fixed_1000rps"][k].as_f64(),
+            direct["fixed_1000rps"][k].as_f64(),
+        ) {
+            (Some(a), Some(b)) if path != "direct" => format!("{:+.0}", a - b),
+            _ => "-".into(),
         };
-        let ratio = match (p["saturation"]["rps"].as_f64(), direct["saturation"]["rps"].as_f64()) {
+        let ratio = match (
+            p["saturation"]["rps"].as_f64(),
+            direct["saturation"]["rps"].as_f64(),
+        ) {
             (Some(a), Some(b)) if b > 0.0 => format!("{:.2}", a / b),
             _ => "-".into(),
         };
-        let mib = |v: &Value| v.as_f64().map_or("-".to_string(), |k| format!("{:.1}", k / 1024.0));
+        let mib = |v: &Value| {
+            v.as_f64()
+                .map_or("-".to_string(), |k| format!("{:.1}", k / 1024.0))
+        };
         let _ = writeln!(
             out,
             "| {path} | {} | {} | {} | {} | {} | {ratio} | {} / {} | {} | {} / {} |",
@@ -479,21 +627,40 @@ fn render(report: &Value) -> String {
             f(&p["saturation"]["rps"]),
             f(&p["churn_500rps"]["p50_us"]),
             f(&p["churn_500rps"]["p99_us"]),
-            p["cpu_ms_per_1000_requests"].as_f64().map_or("-".into(), |x| format!("{x:.1}")),
+            p["cpu_ms_per_1000_requests"]
+                .as_f64()
+                .map_or("-".into(), |x| format!("{x:.1}")),
             mib(&p["rss_kib_idle"]),
             mib(&p["rss_kib_loaded"]),
         );
     }
     let _ = writeln!(out, "\nSaturation rps by request header size:\n");
-    let sizes: Vec<String> = direct["headers"].as_object().map(|m| m.keys().cloned().collect()).unwrap_or_default();
-    let _ = writeln!(out, "| path | {} |", sizes.iter().map(|s| format!("{s} B")).collect::<Vec<_>>().join(" | "));
+    let sizes: Vec<String> = direct["headers"]
+        .as_object()
+        .map(|m| m.keys().cloned().collect())
+        .unwrap_or_default();
+    let _ = writeln!(
+        out,
+        "| path | {} |",
+        sizes
+            .iter()
+            .map(|s| format!("{s} B"))
+            .collect::<Vec<_>>()
+            .join(" | ")
+    );
     let _ = writeln!(out, "|---|{}", "---|".repeat(sizes.len()));
     for path in PATHS {
-        let cells: Vec<String> = sizes.iter().map(|s| f(&r[path]["headers"][s]["rps"])).collect();
+        let cells: Vec<String> = sizes
+            .iter()
+            .map(|s| f(&r[path]["headers"][s]["rps"]))
+            .collect();
         let _ = writeln!(out, "| {path} | {} |", cells.join(" | "));
     }
     let e = &r["ebpf_unmanaged"];
-    if let (Some(with), Some(without)) = (e["rps_with_programs"].as_f64(), e["rps_without_programs"].as_f64()) {
+    if let (Some(with), Some(without)) = (
+        e["rps_with_programs"].as_f64(),
+        e["rps_without_programs"].as_f64(),
+    ) {
         let _ = writeln!(
             out,
             "\neBPF loaded, destination not managed: {with:.0} rps vs {without:.0} rps without programs ({:+.1}%)",
@@ -505,8 +672,16 @@ fn render(report: &Value) -> String {
         for p in programs {
             let runs = p["run_count"].as_f64().unwrap_or(0.0);
             let ns = p["run_time_ns"].as_f64().unwrap_or(0.0);
-            let per = if runs > 0.0 { format!("{:.0}", ns / runs) } else { "-".into() };
-            let _ = writeln!(out, "| {} | {runs:.0} | {per} |", p["name"].as_str().unwrap_or(""));
+            let per = if runs > 0.0 {
+                format!("{:.0}", ns / runs)
+            } else {
+                "-".into()
+            };
+            let _ = writeln!(
+                out,
+                "| {} | {runs:.0} | {per} |",
+                p["name"].as_str().unwrap_or("")
+            );
         }
     }
     out

@@ -14,17 +14,18 @@
 //! Where correlation cannot be trusted (several requests open on one thread,
 //! as in event loops; a context that never arrived) the answer says so and
 //! the caller falls back to the safe default.
+pub mod events;
 pub mod scan;
 
 use std::{
     collections::HashMap,
-    sync::{Arc, Mutex},
+    sync::{Arc, Mutex, OnceLock},
     time::{Duration, Instant},
 };
 
 use http::HeaderMap;
 use serde::{Deserialize, Serialize};
-use tagger_common::{EVENT_FIRST, MAX_CAPTURE_PER_REQUEST, RequestTag, TAG_CONCURRENT};
+use tagger_common::{EVENT_FIRST, MAX_CAPTURE_PER_REQUEST, RequestTag, TAG_CONCURRENT, TAG_UNSEEN};
 use tokio::sync::Notify;
 
 pub use scan::InboundContext;
@@ -34,8 +35,9 @@ use crate::{config::LANE_HEADER_ALIAS, state::Settings};
 
 /// Contexts and ids older than this are not applied.
 const CONTEXT_TTL: Duration = Duration::from_secs(30);
-/// How long the proxy waits for the ring buffer to deliver the context of a
-/// request that the kernel tagged (delivery normally takes microseconds).
+/// How long the proxy waits for the context of a request that the kernel
+/// tagged. The ring buffer is drained on demand, so this is only reached
+/// when the event was lost.
 const DELIVERY_WAIT: Duration = Duration::from_millis(20);
 const MAX_THREADS: usize = 65_536;
 const MAX_IDS: usize = 65_536;
@@ -100,14 +102,46 @@ struct ThreadEntry {
     updated: Instant,
 }
 
-#[derive(Debug, Default)]
+/// Delivers pending kernel events to the store when asked.
+pub trait Pump: Send + Sync {
+    fn pump(&self);
+}
+
+#[derive(Default)]
 pub struct ContextStore {
     threads: Mutex<HashMap<u64, ThreadEntry>>,
     ids: Mutex<HashMap<String, (Arc<InboundContext>, Instant)>>,
     delivered: Notify,
+    pump: OnceLock<Arc<dyn Pump>>,
+}
+
+impl std::fmt::Debug for ContextStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let (threads, ids) = self.sizes();
+        f.debug_struct("ContextStore")
+            .field("threads", &threads)
+            .field("ids", &ids)
+            .finish()
+    }
 }
 
 impl ContextStore {
+    /// Lets the store pull kernel events itself when a context it needs has
+    /// not been delivered yet.
+    pub fn set_pump(&self, pump: Arc<dyn Pump>) {
+        let _ = self.pump.set(pump);
+    }
+
+    fn lookup(&self, pid_tgid: u64, seq: u64) -> Option<Option<Arc<InboundContext>>> {
+        let threads = self.threads.lock().expect("threads lock");
+        let entry = threads.get(&pid_tgid)?;
+        if entry.seq == seq {
+            entry.context.clone()
+        } else {
+            None
+        }
+    }
+
     /// Takes one kernel event: the start or a continuation of an inbound
     /// request read by a pod thread.
     pub fn on_inbound(&self, event: InboundBytes<'_>, settings: &Settings) {
@@ -171,17 +205,20 @@ impl ContextStore {
         let deadline = tokio::time::Instant::now() + DELIVERY_WAIT;
         loop {
             let notified = self.delivered.notified();
-            {
-                let threads = self.threads.lock().expect("threads lock");
-                if let Some(entry) = threads.get(&pid_tgid)
-                    && entry.seq == seq
-                    && let Some(context) = &entry.context
-                {
-                    return Some(context.clone());
+            if let Some(context) = self.lookup(pid_tgid, seq) {
+                return Some(context);
+            }
+            if let Some(pump) = self.pump.get() {
+                pump.pump();
+                if let Some(context) = self.lookup(pid_tgid, seq) {
+                    return Some(context);
                 }
             }
-            if tokio::time::timeout_at(deadline, notified).await.is_err() {
-                return None;
+            // Another task may be draining: wait for it, or poll again soon.
+            let tick = (tokio::time::Instant::now() + Duration::from_millis(1)).min(deadline);
+            let _ = tokio::time::timeout_at(tick, notified).await;
+            if tokio::time::Instant::now() >= deadline {
+                return self.lookup(pid_tgid, seq);
             }
         }
     }
@@ -205,6 +242,7 @@ impl ContextStore {
     ) -> Inherited {
         let fresh =
             |t: &RequestTag| now_ns.saturating_sub(t.written_ns) < CONTEXT_TTL.as_nanos() as u64;
+        let unseen = tag.is_some_and(|t| t.flags & TAG_UNSEEN != 0 && fresh(&t));
         let tag = tag.filter(|t| t.seq != 0 && fresh(t));
         let by_id = || {
             self.id_context(headers).map(|context| Inherited {
@@ -213,17 +251,23 @@ impl ContextStore {
                 correlation: Correlation::Trusted,
             })
         };
+        let untrusted = Inherited {
+            context: None,
+            source: InheritSource::None,
+            correlation: Correlation::Untrusted,
+        };
+        if unseen {
+            // The process had just left leaf mode: the request that caused
+            // this one was not captured.
+            return by_id().unwrap_or(untrusted);
+        }
         let Some(tag) = tag else {
             return by_id().unwrap_or_default();
         };
         if tag.flags & TAG_CONCURRENT != 0 {
             // Several requests open on the writing thread: only a forwarded
             // id can say which one caused this.
-            return by_id().unwrap_or(Inherited {
-                context: None,
-                source: InheritSource::None,
-                correlation: Correlation::Untrusted,
-            });
+            return by_id().unwrap_or(untrusted);
         }
         match self.thread_context(tag.pid_tgid, tag.seq).await {
             Some(context) => Inherited {
@@ -232,11 +276,7 @@ impl ContextStore {
                 correlation: Correlation::Trusted,
             },
             // The kernel tagged it but the bytes never came (ring buffer full).
-            None => by_id().unwrap_or(Inherited {
-                context: None,
-                source: InheritSource::None,
-                correlation: Correlation::Untrusted,
-            }),
+            None => by_id().unwrap_or(untrusted),
         }
     }
 

@@ -146,3 +146,19 @@ async fn a_tag_ahead_of_its_bytes_waits_for_them() {
     let got = waiter.await.unwrap();
     assert_eq!(got.context.unwrap().lane.as_deref(), Some("gray"));
 }
+
+#[tokio::test]
+async fn a_request_right_after_leaf_mode_ends_is_untrusted() {
+    let store = ContextStore::default();
+    let got = store
+        .inherit(
+            Some(tag(7, 0, tagger_common::TAG_UNSEEN)),
+            &HeaderMap::new(),
+            2_000,
+        )
+        .await;
+    assert_eq!(
+        (got.context, got.correlation),
+        (None, Correlation::Untrusted)
+    );
+}

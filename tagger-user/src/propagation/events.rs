@@ -1,0 +1,101 @@
+//! Moving the kernel's inbound-request events into the [`ContextStore`].
+//!
+//! The kernel submits events without waking a reader (a wake-up per event
+//! costs more than the event). They are drained every few milliseconds, and
+//! at once by the proxy when it needs a context that is not there yet.
+use std::{
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+
+use aya::maps::{MapData, RingBuf};
+
+use super::{ContextStore, InboundBytes, Pump};
+use crate::state::StateHandle;
+
+const DRAIN_EVERY: Duration = Duration::from_millis(5);
+
+pub struct EventPump {
+    ring: Mutex<RingBuf<MapData>>,
+    contexts: Arc<ContextStore>,
+    state: StateHandle,
+}
+
+impl EventPump {
+    pub fn new(ring: RingBuf<MapData>, contexts: Arc<ContextStore>, state: StateHandle) -> Self {
+        Self {
+            ring: Mutex::new(ring),
+            contexts,
+            state,
+        }
+    }
+
+    /// Drains forever, every few milliseconds.
+    pub async fn run(self: Arc<Self>) {
+        let mut tick = tokio::time::interval(DRAIN_EVERY);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            self.pump();
+        }
+    }
+}
+
+impl Pump for EventPump {
+    fn pump(&self) {
+        // One drainer at a time; others wait for its delivery notice.
+        let Ok(mut ring) = self.ring.try_lock() else {
+            return;
+        };
+        let snapshot = self.state.load();
+        while let Some(item) = ring.next() {
+            if let Some(event) = decode(&item) {
+                self.contexts.on_inbound(event, &snapshot.settings);
+            }
+        }
+    }
+}
+
+/// An `InboundEvent` from its bytes (layout in tagger-common).
+pub fn decode(bytes: &[u8]) -> Option<InboundBytes<'_>> {
+    let u64_at = |at: usize| {
+        bytes
+            .get(at..at + 8)
+            .map(|b| u64::from_ne_bytes(b.try_into().expect("8 bytes")))
+    };
+    let u32_at = |at: usize| {
+        bytes
+            .get(at..at + 4)
+            .map(|b| u32::from_ne_bytes(b.try_into().expect("4 bytes")))
+    };
+    let len = u32_at(20)? as usize;
+    Some(InboundBytes {
+        pid_tgid: u64_at(0)?,
+        seq: u64_at(8)?,
+        flags: u32_at(24)?,
+        data: bytes.get(32..32 + len.min(tagger_common::CAPTURE_BYTES))?,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn decodes_the_common_layout() {
+        let mut bytes = vec![0u8; 32 + tagger_common::CAPTURE_BYTES];
+        bytes[0..8].copy_from_slice(&42u64.to_ne_bytes());
+        bytes[8..16].copy_from_slice(&7u64.to_ne_bytes());
+        bytes[20..24].copy_from_slice(&3u32.to_ne_bytes());
+        bytes[24..28].copy_from_slice(&tagger_common::EVENT_FIRST.to_ne_bytes());
+        bytes[32..35].copy_from_slice(b"GET");
+        let event = decode(&bytes).unwrap();
+        assert_eq!(
+            (event.pid_tgid, event.seq, event.flags, event.data),
+            (42, 7, 1, &b"GET"[..])
+        );
+        assert!(decode(&bytes[..20]).is_none());
+        assert_eq!(std::mem::offset_of!(tagger_common::InboundEvent, data), 32);
+        assert_eq!(std::mem::offset_of!(tagger_common::InboundEvent, len), 20);
+    }
+}
