@@ -686,3 +686,26 @@ fn render(report: &Value) -> String {
     }
     out
 }
+
+/// The smoke test's check: every path answered, and the table was written.
+pub fn check_report(dir: &Path) -> Result<()> {
+    let report: Value = serde_json::from_str(&std::fs::read_to_string(dir.join("results.json"))?)?;
+    for path in PATHS {
+        let result = &report["results"][path];
+        let rps = result["saturation"]["rps"].as_f64().unwrap_or(0.0);
+        let success = result["saturation"]["success"].as_f64().unwrap_or(0.0);
+        if rps <= 0.0 || success < 0.99 {
+            bail!("bench path {path}: {rps} rps, success rate {success}: the path does not work");
+        }
+    }
+    let table = std::fs::read_to_string(dir.join("results.md"))?;
+    for path in PATHS {
+        if !table.contains(&format!("| {path} |")) {
+            bail!("results.md has no row for {path}");
+        }
+    }
+    if report["results"]["programs"].as_array().is_none_or(|p| p.is_empty()) {
+        bail!("no eBPF program stats in the report");
+    }
+    Ok(())
+}

@@ -200,7 +200,13 @@ fn test(root: &Path, filter: Option<&str>) -> Result<()> {
     if let Some(f) = filter {
         e2e.arg(f);
     }
-    run(&mut e2e)
+    run(&mut e2e)?;
+    if filter.is_none() {
+        println!("== bench harness smoke run (checks it produces a table, not timings)");
+        bench::run_bench(root, &tagger_bin(root), bench::Mode::Smoke)?;
+        bench::check_report(&root.join("target/bench"))?;
+    }
+    Ok(())
 }
 
 fn demo(root: &Path) -> Result<ExitCode> {
