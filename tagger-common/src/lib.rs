@@ -25,7 +25,7 @@ pub mod names {
     pub const MAP_EVENTS: &str = "TAGGER_EVENTS";
     /// (tracepoint program, category, event): every syscall tracepoint the
     /// daemon attaches.
-    pub const TRACEPOINTS: [(&str, &str, &str); 10] = [
+    pub const TRACEPOINTS: [(&str, &str, &str); 11] = [
         ("tagger_enter_read", "syscalls", "sys_enter_read"),
         ("tagger_exit_read", "syscalls", "sys_exit_read"),
         ("tagger_enter_recvfrom", "syscalls", "sys_enter_recvfrom"),
@@ -36,6 +36,7 @@ pub mod names {
         ("tagger_enter_connect", "syscalls", "sys_enter_connect"),
         ("tagger_exit_connect", "syscalls", "sys_exit_connect"),
         ("tagger_enter_close", "syscalls", "sys_enter_close"),
+        ("tagger_task_exit", "sched", "sched_process_exit"),
     ];
 }
 

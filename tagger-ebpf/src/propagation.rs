@@ -484,7 +484,28 @@ pub fn tagger_enter_close(ctx: TracePointContext) -> u32 {
     if in_pod()
         && let Some(fd) = arg(&ctx, ARG_FD)
     {
-        let _ = TAGGER_SOCKFD.remove(&sockfd_key(bpf_get_current_pid_tgid(), fd as u32));
+        let key = sockfd_key(bpf_get_current_pid_tgid(), fd as u32);
+        // SAFETY: plain value copied out.
+        if let Some(cookie) = unsafe { TAGGER_SOCKFD.get(&key) }.copied() {
+            let _ = TAGGER_REQUEST_TAGS.remove(&cookie);
+            let _ = TAGGER_SOCKFD.remove(&key);
+        }
+    }
+    0
+}
+
+/// A thread exits: its state goes; when it is the process's main thread,
+/// the process's too (so a new process that reuses the pid starts afresh).
+#[tracepoint]
+pub fn tagger_task_exit(_ctx: TracePointContext) -> u32 {
+    let pid_tgid = bpf_get_current_pid_tgid();
+    // SAFETY: lookups of plain values.
+    if unsafe { TAGGER_THREADS.get(&pid_tgid) }.is_some() {
+        let _ = TAGGER_THREADS.remove(&pid_tgid);
+    }
+    let tgid = (pid_tgid >> 32) as u32;
+    if pid_tgid as u32 == tgid && unsafe { TAGGER_PROCESSES.get(&tgid) }.is_some() {
+        let _ = TAGGER_PROCESSES.remove(&tgid);
     }
     0
 }

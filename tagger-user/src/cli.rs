@@ -75,6 +75,10 @@ pub enum ClusterCommand {
     },
     /// Start the daemon again for the running cluster (after a stop or a crash).
     RestartDaemon,
+    /// Stop a pod's processes (as if it crashed or was scaled down).
+    StopPod { pod: String },
+    /// Start a stopped pod's command again; return when it accepts connections.
+    StartPod { pod: String },
     /// Print the cluster record (pods, addresses, cgroups, daemon pid) as JSON.
     Status,
 }
@@ -235,6 +239,14 @@ async fn cluster(command: ClusterCommand, run_dir: &RunDir) -> anyhow::Result<Ex
         ClusterCommand::RestartDaemon => {
             let pid = localcluster::restart_daemon(run_dir, &exe).await?;
             println!("tagger daemon running, pid {pid}");
+        }
+        ClusterCommand::StopPod { pod } => {
+            localcluster::stop_pod(run_dir, &pod)?;
+            println!("pod {pod} stopped");
+        }
+        ClusterCommand::StartPod { pod } => {
+            localcluster::start_pod(run_dir, &pod).await?;
+            println!("pod {pod} running");
         }
         ClusterCommand::Status => {
             let record = localcluster::ClusterRecord::load(run_dir)?;

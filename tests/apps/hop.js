@@ -1,18 +1,21 @@
 // One hop of a test call chain on Node's http module alone: an event-loop
 // server and http.request with a keep-alive agent for the next hop.
 // GET /x?q -> "<pod>" or "<pod> -> <answer of --next>"; with --echo-query
-// the pod name is followed by "(<query>)". It copies no header.
+// the pod name is followed by "(<query>)". It copies no header, except
+// x-request-id with --forward-id, as apps with tracing middleware do.
 'use strict';
 const http = require('http');
 
 let port = 8080;
 let next = null;
 let echo = false;
+let forwardId = false;
 const args = process.argv.slice(2);
 for (let i = 0; i < args.length; i++) {
   if (args[i] === '--port') port = Number(args[++i]);
   else if (args[i] === '--next') next = args[++i];
   else if (args[i] === '--echo-query') echo = true;
+  else if (args[i] === '--forward-id') forwardId = true;
   else throw new Error(`unknown argument ${args[i]}`);
 }
 const name = process.env.TAGGER_POD || 'hop';
@@ -26,7 +29,8 @@ http.createServer((req, res) => {
     res.end(text);
   };
   if (!next) return reply(self);
-  http.get(next + req.url.slice(1), { agent }, (upstream) => {
+  const headers = forwardId && req.headers['x-request-id'] ? { 'x-request-id': req.headers['x-request-id'] } : {};
+  http.get(next + req.url.slice(1), { agent, headers }, (upstream) => {
     let body = '';
     upstream.setEncoding('utf8');
     upstream.on('data', (chunk) => { body += chunk; });

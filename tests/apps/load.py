@@ -1,6 +1,6 @@
 """Lane-correctness load: N requests at concurrency C to URL, alternating
 gray (x-lane: gray) and baseline, each with a unique marker m=<i> in the
-query. Prints one JSON line per request: {"i", "gray", "answer"}. Each worker
+query and a unique x-request-id. Prints one JSON line per request: {"i", "gray", "answer"}. Each worker
 thread keeps one keep-alive connection (http.client)."""
 import http.client
 import json
@@ -24,6 +24,7 @@ def worker():
             return
         gray = i % 2 == 0
         headers = {"x-lane": "gray"} if gray else {}
+        headers["x-request-id"] = f"req-{i}"
         try:
             connection.request("GET", f"{target.path}?m={i}", headers=headers)
             answer = connection.getresponse().read().decode()

@@ -220,6 +220,17 @@ unsafe extern "C" {
     fn libc_kill(pid: i32, signal: i32) -> i32;
 }
 
+/// `tagger cluster up FILE` with its own run directory.
+fn cluster_up(run_dir: &std::path::Path, file: &std::path::Path) -> std::process::Output {
+    std::process::Command::new(tagger_bin())
+        .arg("--run-dir")
+        .arg(run_dir)
+        .args(["cluster", "up"])
+        .arg(file)
+        .output()
+        .unwrap()
+}
+
 #[test]
 fn bad_cluster_files_are_refused_naming_the_place_and_leave_nothing_behind() {
     let dir = std::env::temp_dir().join(format!("tagger-bad-{}", std::process::id()));
@@ -266,13 +277,7 @@ fn bad_cluster_files_are_refused_naming_the_place_and_leave_nothing_behind() {
     for (name, content, expected) in cases {
         let path = dir.join(format!("{name}.yaml"));
         std::fs::write(&path, content.replace("../apps/", apps.to_str().unwrap())).unwrap();
-        let out = std::process::Command::new(tagger_bin())
-            .arg("--run-dir")
-            .arg(dir.join("run"))
-            .args(["cluster", "up"])
-            .arg(&path)
-            .output()
-            .unwrap();
+        let out = cluster_up(&dir.join("run"), &path);
         if out.status.success() {
             let _ = std::process::Command::new(tagger_bin())
                 .arg("--run-dir")
@@ -304,13 +309,7 @@ fn bad_cluster_files_are_refused_naming_the_place_and_leave_nothing_behind() {
         );
     let path = dir.join("dying.yaml");
     std::fs::write(&path, dying.replace("../apps/", apps.to_str().unwrap())).unwrap();
-    let out = std::process::Command::new(tagger_bin())
-        .arg("--run-dir")
-        .arg(dir.join("run"))
-        .args(["cluster", "up"])
-        .arg(&path)
-        .output()
-        .unwrap();
+    let out = cluster_up(&dir.join("run"), &path);
     assert!(!out.status.success());
     let stderr = text(&out.stderr);
     assert!(

@@ -16,8 +16,9 @@ enum Runtime {
 }
 
 impl Runtime {
-    /// The command of one hop; `next` is the service it calls.
-    fn command(self, next: Option<&str>, echo_query: bool) -> String {
+    /// The command of one hop; `next` is the service it calls, `extra`
+    /// more arguments.
+    fn command_with(self, next: Option<&str>, echo_query: bool, extra: &[&str]) -> String {
         let apps = workspace().join("tests/apps");
         let mut parts: Vec<String> = match self {
             Runtime::Python => vec![
@@ -39,6 +40,7 @@ impl Runtime {
         if echo_query {
             parts.push("--echo-query".into());
         }
+        parts.extend(extra.iter().map(|e| e.to_string()));
         format!(
             "[{}]",
             parts
@@ -53,11 +55,21 @@ impl Runtime {
 /// A chain a -> b -> c (each with base and gray pods, b's gray optional),
 /// a client pod, lane gray (sticky or not), and optionally B3's rule on b.
 fn chain(runtime: Runtime, sticky: bool, b_gray: bool, rule_on_b: bool) -> PathBuf {
+    chain_with(runtime, sticky, b_gray, rule_on_b, &[])
+}
+
+fn chain_with(
+    runtime: Runtime,
+    sticky: bool,
+    b_gray: bool,
+    rule_on_b: bool,
+    extra: &[&str],
+) -> PathBuf {
     let mut yaml = format!(
         "passthrough_headers: [x-user-id]\nlanes:\n  - {{name: gray, sticky: {sticky}}}\nservices:\n"
     );
     for (service, next) in [("a", Some("b")), ("b", Some("c")), ("c", None)] {
-        let command = runtime.command(next, next.is_none());
+        let command = runtime.command_with(next, next.is_none(), extra);
         yaml.push_str(&format!("  - name: {service}\n    port: 8080\n    pods:\n"));
         yaml.push_str(&format!(
             "      - {{name: {service}-base, command: {command}}}\n"
@@ -154,7 +166,12 @@ fn per_hop_rule(runtime: Runtime) {
 /// At least 2000 requests at concurrency 32, half gray, each with a marker the
 /// last hop echoes; the middle hops copy nothing. Returns the table row.
 fn lane_correctness(runtime: Runtime) -> (usize, usize, u64, u64) {
-    let cluster = up(&chain(runtime, true, true, false));
+    lane_correctness_in(runtime, &chain(runtime, true, true, false)).0
+}
+
+/// The burst against a given cluster file; also returns the flows.
+fn lane_correctness_in(runtime: Runtime, file: &PathBuf) -> ((usize, usize, u64, u64), Vec<Value>) {
+    let cluster = up(file);
     let load = workspace().join("tests/apps/load.py");
     let out = cluster.exec(
         "client",
@@ -200,7 +217,7 @@ fn lane_correctness(runtime: Runtime) -> (usize, usize, u64, u64) {
         wrong.len(),
         &wrong[..wrong.len().min(5)]
     );
-    (total, wrong.len(), trusted, untrusted)
+    ((total, wrong.len(), trusted, untrusted), cluster.flows())
 }
 
 fn print_row(runtime: Runtime, (total, wrong, trusted, untrusted): (usize, usize, u64, u64)) {
@@ -251,4 +268,23 @@ fn lane_correctness_under_concurrency() {
             assert_eq!(row.3, 0, "{runtime:?} had untrusted decisions");
         }
     }
+}
+
+/// An event loop that forwards the request id it received: where thread
+/// correlation cannot be trusted, the id (learnt from the inbound request
+/// on this node) carries the lane, and the decision is trusted again.
+#[test]
+fn node_forwarding_request_ids_is_correlated_by_id() {
+    let file = chain_with(Runtime::Node, false, true, false, &["--forward-id"]);
+    let ((total, wrong, _, _), flows) = lane_correctness_in(Runtime::Node, &file);
+    assert_eq!((total, wrong), (2000, 0));
+    // The lane is not sticky here: b-gray and c-gray are reached only by
+    // inheriting the lane, so the ids did the work.
+    let by_id: u64 = flows
+        .iter()
+        .filter(|f| f["reason"] == "inherited-id")
+        .map(|f| f["requests"].as_u64().unwrap())
+        .sum();
+    println!("node with forwarded ids: {by_id} hop decisions inherited by id");
+    assert!(by_id > 0, "{flows:#?}");
 }

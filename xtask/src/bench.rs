@@ -635,10 +635,11 @@ fn render(report: &Value) -> String {
         );
     }
     let _ = writeln!(out, "\nSaturation rps by request header size:\n");
-    let sizes: Vec<String> = direct["headers"]
+    let mut sizes: Vec<String> = direct["headers"]
         .as_object()
         .map(|m| m.keys().cloned().collect())
         .unwrap_or_default();
+    sizes.sort_by_key(|s| s.parse::<usize>().unwrap_or(0));
     let _ = writeln!(
         out,
         "| path | {} |",
@@ -704,7 +705,10 @@ pub fn check_report(dir: &Path) -> Result<()> {
             bail!("results.md has no row for {path}");
         }
     }
-    if report["results"]["programs"].as_array().is_none_or(|p| p.is_empty()) {
+    if report["results"]["programs"]
+        .as_array()
+        .is_none_or(|p| p.is_empty())
+    {
         bail!("no eBPF program stats in the report");
     }
     Ok(())

@@ -252,12 +252,15 @@ impl Datapath {
     }
 
     /// What the kernel saw when the app wrote its newest request on the
-    /// socket with this cookie. Consumed: each tag serves one request.
-    pub fn take_request_tag(&self, cookie: u64) -> Option<RequestTag> {
-        let mut tags = self.request_tags.lock().expect("request tags lock");
-        let tag = tags.get(&cookie, 0).ok()?;
-        let _ = tags.remove(&cookie);
-        Some(tag)
+    /// socket with this cookie. One lookup, no delete: the caller tells a
+    /// tag it already used by its write time (see `proxy/http.rs`), and the
+    /// entry goes when the socket closes or ages out of the LRU map.
+    pub fn request_tag(&self, cookie: u64) -> Option<RequestTag> {
+        self.request_tags
+            .lock()
+            .expect("request tags lock")
+            .get(&cookie, 0)
+            .ok()
     }
 
     /// The inbound-bytes ring buffer; there is one reader, so it is handed

@@ -58,6 +58,8 @@ pub enum ClusterError {
     NotReady { what: String, log: String },
     #[error("pod {pod} exited during start-up{log}")]
     PodExited { pod: String, log: String },
+    #[error("pod {0} is already running; stop it first")]
+    PodRunning(String),
     #[error("interrupted")]
     Interrupted,
 }
@@ -456,4 +458,46 @@ pub async fn restart_daemon(run_dir: &RunDir, tagger_exe: &Path) -> Result<u32, 
     record.daemon_pid = Some(pid);
     record.save(run_dir)?;
     Ok(pid)
+}
+
+/// Stops a pod's processes (as a crash or a scale-down would); its network
+/// and cgroup stay, so it can be started again.
+pub fn stop_pod(run_dir: &RunDir, name: &str) -> Result<(), ClusterError> {
+    let record = ClusterRecord::load(run_dir)?;
+    pods::kill_cgroup(&record.pod(name)?.cgroup)
+}
+
+/// Starts a stopped pod's command again and waits until it accepts
+/// connections on its service port.
+pub async fn start_pod(run_dir: &RunDir, name: &str) -> Result<(), ClusterError> {
+    let record = ClusterRecord::load(run_dir)?;
+    let pod = record.pod(name)?;
+    if !crate::cgroup::pids(&pod.cgroup)
+        .unwrap_or_default()
+        .is_empty()
+    {
+        return Err(ClusterError::PodRunning(name.to_string()));
+    }
+    let config = ClusterFile::load(&record.config)?;
+    let (service, spec) = config
+        .services
+        .iter()
+        .flat_map(|s| s.pods.iter().map(move |p| (s, p)))
+        .find(|(_, p)| p.name == name)
+        .ok_or_else(|| ClusterError::NoSuchPod {
+            pod: name.to_string(),
+            known: "(not in the cluster file any more)".into(),
+        })?;
+    let base_dir = record.config.parent().unwrap_or(Path::new("/"));
+    let child = pods::spawn(spec, pod, base_dir, &run_dir.pod_log(name))?;
+    let single = ClusterFile {
+        services: vec![crate::config::ServiceSpec {
+            name: service.name.clone(),
+            port: service.port,
+            pods: vec![spec.clone()],
+        }],
+        ..config.clone()
+    };
+    let mut children = HashMap::from([(name.to_string(), child)]);
+    wait_for_endpoints(&single, &record, run_dir, &mut children).await
 }

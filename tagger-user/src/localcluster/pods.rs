@@ -197,7 +197,8 @@ pub fn remove_cgroup_tree(root: &Path) -> Result<(), ClusterError> {
     std::fs::remove_dir(root).map_err(io_error(format!("removing cgroup {}", root.display())))
 }
 
-fn kill_cgroup(path: &Path) -> Result<(), ClusterError> {
+/// Kills every process in one cgroup (only ours: the pod's).
+pub fn kill_cgroup(path: &Path) -> Result<(), ClusterError> {
     let deadline = Instant::now() + Duration::from_secs(5);
     loop {
         let pids = crate::cgroup::pids(path).unwrap_or_default();

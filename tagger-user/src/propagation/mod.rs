@@ -223,11 +223,10 @@ impl ContextStore {
         }
     }
 
-    fn id_context(&self, headers: &HeaderMap) -> Option<Arc<InboundContext>> {
-        let ids = self.ids.lock().expect("ids lock");
-        headers.iter().find_map(|(name, value)| {
-            let id = scan::request_id(name, value.to_str().ok()?)?;
-            let (context, at) = ids.get(&id)?;
+    fn id_context(&self, ids: &[String]) -> Option<Arc<InboundContext>> {
+        let known = self.ids.lock().expect("ids lock");
+        ids.iter().find_map(|id| {
+            let (context, at) = known.get(id)?;
             (at.elapsed() < CONTEXT_TTL).then(|| context.clone())
         })
     }
@@ -244,8 +243,21 @@ impl ContextStore {
             |t: &RequestTag| now_ns.saturating_sub(t.written_ns) < CONTEXT_TTL.as_nanos() as u64;
         let unseen = tag.is_some_and(|t| t.flags & TAG_UNSEEN != 0 && fresh(&t));
         let tag = tag.filter(|t| t.seq != 0 && fresh(t));
+        let ids: Vec<String> = headers
+            .iter()
+            .filter_map(|(name, value)| scan::request_id(name, value.to_str().ok()?))
+            .collect();
         let by_id = || {
-            self.id_context(headers).map(|context| Inherited {
+            if ids.is_empty() {
+                return None;
+            }
+            // The id may have come in a moment ago: deliver pending events
+            // before concluding it is unknown.
+            let context = self.id_context(&ids).or_else(|| {
+                self.pump.get()?.pump();
+                self.id_context(&ids)
+            });
+            context.map(|context| Inherited {
                 context: Some(context),
                 source: InheritSource::Id,
                 correlation: Correlation::Trusted,

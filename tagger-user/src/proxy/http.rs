@@ -40,7 +40,7 @@ const HOP_BY_HOP: [&str; 8] = [
     "trailer",
     "upgrade",
 ];
-/// How many endpoints a request with no body may try when connects fail.
+/// How many endpoints a request with no body may try when upstreams fail.
 const MAX_CONNECT_ATTEMPTS: usize = 3;
 
 pub fn upstream_client(config: &ProxyConfig) -> UpstreamClient {
@@ -74,6 +74,7 @@ impl Connection {
             source_lane: self.source_lane,
             service: service_name,
             cookie: self.cookie,
+            last_tag_ns: std::sync::atomic::AtomicU64::new(0),
         });
         let service = service_fn(move |request| {
             let conn = conn.clone();
@@ -97,9 +98,20 @@ struct RequestContext {
     source_lane: Option<String>,
     service: String,
     cookie: u64,
+    /// Write time of the newest kernel tag used on this connection: a tag
+    /// serves one request, never a later one on the same connection.
+    last_tag_ns: std::sync::atomic::AtomicU64,
 }
 
 impl RequestContext {
+    /// The kernel's tag for the request being handled, if the app wrote one
+    /// since the last request on this connection.
+    fn fresh_tag(&self) -> Option<tagger_common::RequestTag> {
+        let tag = self.proxy.kernel.request_tag(self.cookie)?;
+        let previous = self.last_tag_ns.swap(tag.written_ns, Ordering::Relaxed);
+        (tag.written_ns != previous).then_some(tag)
+    }
+
     async fn handle(&self, request: Request<Incoming>) -> Response<ProxyBody> {
         match self.forward(request).await {
             Ok(response) => response,
@@ -128,7 +140,7 @@ impl RequestContext {
         // What the app's inbound request carried, when the kernel could tie
         // this request to it: its pass-through headers join this request
         // (so the destination's rules see them) and its lane is inherited.
-        let tag = self.proxy.kernel.take_request_tag(self.cookie);
+        let tag = self.fresh_tag();
         let inherited = self
             .proxy
             .contexts
@@ -252,23 +264,23 @@ impl RequestContext {
                     strip_hop_by_hop(&mut parts.headers);
                     return Ok(Response::from_parts(parts, incoming.boxed_unsync()));
                 }
-                Err(error) if error.is_connect() => {
-                    // The endpoint is gone: stop choosing it until the health
-                    // check sees it again.
-                    endpoint.ready.store(false, Ordering::Relaxed);
+                Err(error) => {
+                    // Connect refused: the endpoint is gone; stop choosing it
+                    // until the health check sees it again.
+                    if error.is_connect() {
+                        endpoint.ready.store(false, Ordering::Relaxed);
+                    }
                     refused.push(endpoint.addr);
-                    if retryable && refused.len() < MAX_CONNECT_ATTEMPTS {
-                        debug!(endpoint = %endpoint.pod, %error, "connect failed; trying another endpoint");
+                    // A body-less request is retried elsewhere when nothing
+                    // was sent (connect failed), or when it is idempotent
+                    // (RFC 9110 9.2.2) and its pooled connection broke, as
+                    // happens when an endpoint dies.
+                    let safe_to_retry =
+                        retryable && (error.is_connect() || parts.method.is_idempotent());
+                    if safe_to_retry && refused.len() < MAX_CONNECT_ATTEMPTS {
+                        debug!(endpoint = %endpoint.pod, %error, "upstream failed; trying another endpoint");
                         continue;
                     }
-                    record(&endpoint.pod, choice.fallback, false);
-                    return Err(ProxyError::Upstream {
-                        service: service.name.clone(),
-                        endpoint: endpoint.pod.clone(),
-                        source: error,
-                    });
-                }
-                Err(error) => {
                     record(&endpoint.pod, choice.fallback, false);
                     return Err(ProxyError::Upstream {
                         service: service.name.clone(),

@@ -41,7 +41,7 @@ pub trait FlowLookup: Send + Sync + 'static {
 
     /// What the kernel saw when the app wrote its newest request on the
     /// connection with this cookie (see `propagation`).
-    fn take_request_tag(&self, _cookie: u64) -> Option<RequestTag> {
+    fn request_tag(&self, _cookie: u64) -> Option<RequestTag> {
         None
     }
 }
@@ -55,8 +55,8 @@ impl FlowLookup for crate::ebpf::Datapath {
         })
     }
 
-    fn take_request_tag(&self, cookie: u64) -> Option<RequestTag> {
-        crate::ebpf::Datapath::take_request_tag(self, cookie)
+    fn request_tag(&self, cookie: u64) -> Option<RequestTag> {
+        crate::ebpf::Datapath::request_tag(self, cookie)
     }
 }
 

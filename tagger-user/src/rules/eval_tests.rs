@@ -64,17 +64,22 @@ impl Req {
     }
 }
 
-fn condition(yaml: &str) -> Condition {
-    let spec: ConditionSpec = serde_yaml::from_str(yaml).unwrap_or_else(|e| panic!("{yaml}: {e}"));
-    let rule = RuleSpec {
-        name: "t".into(),
+/// A rule of service `s`, lane gray, with these conditions.
+fn rule_of(name: &str, conditions: Vec<ConditionSpec>) -> RuleSpec {
+    RuleSpec {
+        name: name.into(),
         service: "s".into(),
         lane: "gray".into(),
         mode: Mode::Any,
         priority: 0,
         enabled: true,
-        conditions: vec![spec],
-    };
+        conditions,
+    }
+}
+
+fn condition(yaml: &str) -> Condition {
+    let spec: ConditionSpec = serde_yaml::from_str(yaml).unwrap_or_else(|e| panic!("{yaml}: {e}"));
+    let rule = rule_of("t", vec![spec]);
     rule.compile()
         .unwrap_or_else(|e| panic!("{yaml}: {e}"))
         .conditions
@@ -762,28 +767,12 @@ fn bad_conditions_are_refused_with_the_field_and_reason() {
     ];
     for (yaml, expected) in cases {
         let spec: ConditionSpec = serde_yaml::from_str(yaml).unwrap();
-        let rule = RuleSpec {
-            name: "r1".into(),
-            service: "s".into(),
-            lane: "gray".into(),
-            mode: Mode::Any,
-            priority: 0,
-            enabled: true,
-            conditions: vec![spec],
-        };
+        let rule = rule_of("r1", vec![spec]);
         let err = rule.compile().expect_err(yaml).to_string();
         assert!(err.contains(expected), "{yaml}: {err:?} lacks {expected:?}");
         assert!(err.starts_with("rule \"r1\""), "{err}");
     }
-    let empty = RuleSpec {
-        name: "r2".into(),
-        service: "s".into(),
-        lane: "gray".into(),
-        mode: Mode::Any,
-        priority: 0,
-        enabled: true,
-        conditions: vec![],
-    };
+    let empty = rule_of("r2", vec![]);
     assert!(
         empty
             .compile()

@@ -1,0 +1,88 @@
+//! SPEC scenario C: under steady load, a lane's pod goes away and comes
+//! back, and no request is lost; routing follows within about a second.
+use std::{
+    process::{Command, Stdio},
+    time::{Duration, SystemTime, UNIX_EPOCH},
+};
+
+use tagger_e2e::{Cluster, tagger_bin, text, workspace};
+
+fn now() -> f64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs_f64()
+}
+
+#[test]
+fn a_lane_pod_leaving_and_returning_loses_no_request() {
+    let cluster = Cluster::up("abc.yaml");
+    let load = Command::new(tagger_bin())
+        .args(cluster.run_dir_args())
+        .args(["cluster", "exec", "client", "--", "python3"])
+        .arg(workspace().join("tests/apps/steady.py"))
+        .args(["http://a:8080/", "8", "x-lane: gray"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(1500));
+    let t_stop = now();
+    let out = cluster.tagger(&["cluster", "stop-pod", "b-gray"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    std::thread::sleep(Duration::from_millis(2500));
+    let t_start = now();
+    let out = cluster.tagger(&["cluster", "start-pod", "b-gray"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let t_started = now();
+
+    let output = load.wait_with_output().unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+    let (gray, fallback) = ("a-gray -> b-gray -> c-gray", "a-gray -> b-base -> c-gray");
+    let mut count = 0;
+    let mut back_after = None;
+    for line in stdout.lines() {
+        let mut parts = line.splitn(3, ' ');
+        let (t, status, body) = (
+            parts.next().unwrap().parse::<f64>().unwrap(),
+            parts.next().unwrap(),
+            parts.next().unwrap_or(""),
+        );
+        count += 1;
+        assert_eq!(
+            status, "200",
+            "request lost at {t:.3} (stop {t_stop:.3}, start {t_start:.3}): {line}"
+        );
+        if t < t_stop {
+            assert_eq!(body, gray, "before the stop");
+        } else if t < t_start {
+            // The pod is gone: its lane falls back to baseline for b, and
+            // comes back at c. Right after the stop either may answer.
+            assert!(
+                body == fallback || (t < t_stop + 1.0 && body == gray),
+                "at {t:.3}: {body}"
+            );
+        } else if body == gray && back_after.is_none() {
+            back_after = Some(t - t_started);
+        } else {
+            assert!(body == gray || body == fallback, "at {t:.3}: {body}");
+        }
+    }
+    assert!(
+        count > 300,
+        "only {count} requests: {}",
+        text(&output.stderr)
+    );
+    let back_after = back_after.expect("the gray pod never served again");
+    // The health check runs every second.
+    assert!(
+        back_after < 1.5,
+        "gray back {back_after:.2} s after the pod listened"
+    );
+    println!(
+        "{count} requests, 0 lost; gray served again {:.0} ms after the pod listened",
+        back_after * 1000.0
+    );
+    let table = text(&cluster.tagger(&["flows"]).stdout);
+    assert!(table.contains("(fallback)"), "{table}");
+}
