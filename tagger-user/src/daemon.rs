@@ -340,7 +340,10 @@ impl Controller {
             state: &snapshot,
             rules,
             kernel: self.datapath().map(|d| d.stats()),
-            programs: crate::ebpf::program_stats(),
+            programs: self
+                .datapath()
+                .map(|d| d.program_stats())
+                .unwrap_or_default(),
             propagation: {
                 let (threads, ids) = self.contexts.sizes();
                 PropagationDump { threads, ids }

@@ -16,6 +16,11 @@ pub enum AdminError {
         path: PathBuf,
         source: std::io::Error,
     },
+    #[error("cannot read {path}: {source}")]
+    ReadFile {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("admin request failed: {0}")]
     Http(#[from] hyper::Error),
     #[error("the daemon answered {status}: {body}")]

@@ -177,7 +177,7 @@ pub async fn rules_list(socket: &Path, json: bool) -> Result<(), AdminError> {
 }
 
 pub async fn rules_apply(socket: &Path, file: &Path) -> Result<String, AdminError> {
-    let text = std::fs::read(file).map_err(|source| AdminError::Connect {
+    let text = std::fs::read(file).map_err(|source| AdminError::ReadFile {
         path: file.to_path_buf(),
         source,
     })?;

@@ -68,7 +68,7 @@ pub struct KernelStats {
 
 pub struct Datapath {
     // Owns the programs and their links: dropping it detaches everything.
-    _ebpf: Ebpf,
+    ebpf: Ebpf,
     config: Mutex<Array<MapData, ProxyConfig>>,
     managed: Mutex<BpfHashMap<MapData, DestKey, DestInfo>>,
     flows: Mutex<BpfHashMap<MapData, FlowKey, FlowOrigin>>,
@@ -149,7 +149,7 @@ impl Datapath {
         let events = RingBuf::try_from(take_map(&mut ebpf, names::MAP_EVENTS)?)
             .map_err(map_error(names::MAP_EVENTS))?;
         Ok(Self {
-            _ebpf: ebpf,
+            ebpf,
             config: Mutex::new(config),
             managed: Mutex::new(managed),
             flows: Mutex::new(flows),
@@ -263,6 +263,24 @@ impl Datapath {
             .ok()
     }
 
+    /// Run counts and times of this daemon's programs, by their full names.
+    pub fn program_stats(&self) -> Vec<ProgramStat> {
+        let mut stats: Vec<ProgramStat> = self
+            .ebpf
+            .programs()
+            .filter_map(|(name, program)| {
+                let info = program.info().ok()?;
+                Some(ProgramStat {
+                    name: name.to_string(),
+                    run_count: info.run_count(),
+                    run_time_ns: info.run_time().as_nanos() as u64,
+                })
+            })
+            .collect();
+        stats.sort_by(|a, b| a.name.cmp(&b.name));
+        stats
+    }
+
     /// The inbound-bytes ring buffer; there is one reader, so it is handed
     /// out once.
     pub fn take_events(&self) -> Option<RingBuf<MapData>> {
@@ -292,25 +310,9 @@ impl Datapath {
 /// only while `kernel.bpf_stats_enabled` is 1).
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct ProgramStat {
-    /// As the kernel keeps it (names are cut at 15 bytes).
     pub name: String,
     pub run_count: u64,
     pub run_time_ns: u64,
-}
-
-/// Stats of every loaded tagger program.
-pub fn program_stats() -> Vec<ProgramStat> {
-    aya::programs::loaded_programs()
-        .filter_map(Result::ok)
-        .filter_map(|info| {
-            let name = info.name_as_str()?.to_string();
-            name.starts_with("tagger_").then(|| ProgramStat {
-                name,
-                run_count: info.run_count(),
-                run_time_ns: info.run_time().as_nanos() as u64,
-            })
-        })
-        .collect()
 }
 
 /// The original destination recorded by the connect hook.

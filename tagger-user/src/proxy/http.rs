@@ -58,21 +58,20 @@ pub struct Connection {
     pub proxy: Arc<Proxy>,
     pub source: String,
     pub source_lane: Option<String>,
-    /// Index of the destination service in the snapshot the connection was
-    /// accepted with; requests look it up by name in the current one.
-    pub service: usize,
+    /// The destination service; each request looks it up in the snapshot
+    /// current at that moment (rules and endpoints change live).
+    pub service: String,
     /// The client socket's cookie, for the kernel's request tags.
     pub cookie: u64,
 }
 
 impl Connection {
     pub async fn serve(self, stream: TcpStream) {
-        let service_name = self.proxy.state.load().services[self.service].name.clone();
         let conn = Arc::new(RequestContext {
             proxy: self.proxy,
             source: self.source,
             source_lane: self.source_lane,
-            service: service_name,
+            service: self.service,
             cookie: self.cookie,
             last_tag_ns: std::sync::atomic::AtomicU64::new(0),
         });

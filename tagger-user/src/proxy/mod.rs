@@ -157,7 +157,7 @@ impl Proxy {
                     proxy: self.clone(),
                     source: source_name,
                     source_lane,
-                    service: destination.service(),
+                    service: snapshot.services[destination.service()].name.clone(),
                     cookie: origin.cookie,
                 };
                 conn.serve(stream).await;
