@@ -197,9 +197,14 @@ async fn cluster(command: ClusterCommand, run_dir: &RunDir) -> anyhow::Result<Ex
     let exe = std::env::current_exe().context("finding the tagger binary")?;
     match command {
         ClusterCommand::Up { file } => {
+            // Registered before anything starts, so that a Ctrl-C during the
+            // synchronous set-up is held until `up` yields, not fatal.
+            let mut interrupt =
+                tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())
+                    .context("installing the SIGINT handler")?;
             let result = tokio::select! {
                 result = localcluster::up(&file, run_dir, &exe) => result,
-                _ = tokio::signal::ctrl_c() => Err(localcluster::ClusterError::Interrupted),
+                _ = interrupt.recv() => Err(localcluster::ClusterError::Interrupted),
             };
             match result {
                 Ok(record) => {
@@ -213,10 +218,12 @@ async fn cluster(command: ClusterCommand, run_dir: &RunDir) -> anyhow::Result<Ex
                     }
                 }
                 Err(e) => {
-                    // Interrupted or failed part-way: leave nothing behind.
-                    let problems = localcluster::down(run_dir);
-                    for p in problems {
-                        eprintln!("cleanup: {p}");
+                    // A failed `up` cleaned up after itself; an interrupted
+                    // one was stopped part-way and cleans up here.
+                    if matches!(e, localcluster::ClusterError::Interrupted) {
+                        for p in localcluster::down(run_dir) {
+                            eprintln!("cleanup: {p}");
+                        }
                     }
                     return Err(e.into());
                 }

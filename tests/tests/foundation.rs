@@ -319,3 +319,52 @@ fn bad_cluster_files_are_refused_naming_the_place_and_leave_nothing_behind() {
     assert_eq!(host_leftovers(), Vec::<String>::new());
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+#[test]
+fn ctrl_c_during_up_leaves_nothing_behind() {
+    let run_dir = std::env::temp_dir().join(format!("tagger-int-{}", std::process::id()));
+    for delay_ms in [150, 600] {
+        let child = std::process::Command::new(tagger_bin())
+            .arg("--run-dir")
+            .arg(&run_dir)
+            .args(["cluster", "up"])
+            .arg(cluster_file("abc.yaml"))
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        std::thread::sleep(Duration::from_millis(delay_ms));
+        // SAFETY: the pid is the child this test just spawned.
+        assert_eq!(unsafe { libc_kill(child.id() as i32, 2) }, 0);
+        let out = child.wait_with_output().unwrap();
+        assert!(
+            !out.status.success(),
+            "up finished before the interrupt ({delay_ms} ms)"
+        );
+        assert_eq!(
+            host_leftovers(),
+            Vec::<String>::new(),
+            "after Ctrl-C at {delay_ms} ms: {}",
+            text(&out.stderr)
+        );
+    }
+    let _ = std::fs::remove_dir_all(&run_dir);
+}
+
+#[test]
+fn a_second_cluster_is_refused_and_the_first_keeps_working() {
+    let cluster = Cluster::up("abc.yaml");
+    let other = std::env::temp_dir().join(format!("tagger-other-{}", std::process::id()));
+    let out = cluster_up(&other, &cluster_file("abc.yaml"));
+    assert!(!out.status.success());
+    assert!(
+        text(&out.stderr).contains("another local cluster is up"),
+        "{}",
+        text(&out.stderr)
+    );
+    assert_eq!(
+        cluster.curl("client", "http://a:8080/", &["x-lane: gray"]),
+        GRAY_CHAIN
+    );
+    let _ = std::fs::remove_dir_all(&other);
+}

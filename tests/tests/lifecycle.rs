@@ -68,8 +68,9 @@ fn a_lane_pod_leaving_and_returning_loses_no_request() {
             assert!(body == gray || body == fallback, "at {t:.3}: {body}");
         }
     }
+    // About 40 requests/s through three Python hops for 8 s.
     assert!(
-        count > 300,
+        count > 150,
         "only {count} requests: {}",
         text(&output.stderr)
     );

@@ -38,6 +38,12 @@ pub enum ClusterError {
     Config(#[from] ConfigError),
     #[error("a local cluster is already up (record {0}); run `cargo xtask down` first")]
     AlreadyUp(PathBuf),
+    #[error(
+        "another local cluster is up on this host (bridge {} or namespaces {}* exist); run `cargo xtask down` (or `tagger --run-dir DIR cluster down` for its run directory)",
+        net::BRIDGE,
+        net::NETNS_PREFIX
+    )]
+    OtherClusterUp,
     #[error("no local cluster is up (no {0}); run `cargo xtask up FILE`")]
     NotUp(PathBuf),
     #[error("no pod named {pod:?} in the cluster (pods: {known})")]
@@ -166,6 +172,11 @@ pub async fn up(
     let config = ClusterFile::load(&file)?;
     if run_dir.record().exists() {
         return Err(ClusterError::AlreadyUp(run_dir.record()));
+    }
+    // One local cluster per host: they share the bridge and the names. A
+    // cluster of another run directory must not be swept by our clean-up.
+    if !net::leftover_netns().is_empty() || net::leftover_links().iter().any(|l| l == net::BRIDGE) {
+        return Err(ClusterError::OtherClusterUp);
     }
     match create(&file, &config, run_dir, tagger_exe).await {
         Ok(record) => Ok(record),

@@ -189,12 +189,31 @@ pub fn remove_cgroup_tree(root: &Path) -> Result<(), ClusterError> {
     for entry in entries.flatten() {
         let path = entry.path();
         if path.is_dir() {
-            kill_cgroup(&path)?;
-            std::fs::remove_dir(&path)
-                .map_err(io_error(format!("removing cgroup {}", path.display())))?;
+            remove_pod_cgroup(&path)?;
         }
     }
     std::fs::remove_dir(root).map_err(io_error(format!("removing cgroup {}", root.display())))
+}
+
+/// Empties and removes one pod cgroup. A pod process started a moment ago
+/// may join it between the kill and the removal (EBUSY): kill again.
+fn remove_pod_cgroup(path: &Path) -> Result<(), ClusterError> {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        kill_cgroup(path)?;
+        match std::fs::remove_dir(path) {
+            Ok(()) => return Ok(()),
+            Err(e) if e.raw_os_error() == Some(libc::EBUSY) && Instant::now() < deadline => {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            Err(e) => {
+                return Err(ClusterError::Io {
+                    what: format!("removing cgroup {}", path.display()),
+                    source: e,
+                });
+            }
+        }
+    }
 }
 
 /// Kills every process in one cgroup (only ours: the pod's).
