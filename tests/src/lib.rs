@@ -6,8 +6,8 @@
 //! test` is the way to run them.
 use std::{
     path::{Path, PathBuf},
-    process::{Command, Output},
-    time::{Duration, Instant},
+    process::{Child, Command, Output, Stdio},
+    time::{Duration, Instant, SystemTime, UNIX_EPOCH},
 };
 
 use serde_json::Value;
@@ -198,6 +198,67 @@ impl Drop for Cluster {
             eprintln!("cluster down reported problems: {}", text(&out.stderr));
         }
         let _ = std::fs::remove_dir_all(&self.run_dir);
+    }
+}
+
+/// Unix time in seconds, the clock `steady.py` stamps its lines with.
+pub fn now() -> f64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs_f64()
+}
+
+/// One request of a steady load: when it ended, its status (0 for a
+/// transport error) and its body.
+pub struct Answer {
+    pub at: f64,
+    pub status: u16,
+    pub body: String,
+}
+
+/// A steady load (tests/apps/steady.py) running in a pod.
+pub struct SteadyLoad(Child);
+
+impl Cluster {
+    /// Starts `steady.py URL SECS HEADERS...` in `pod`, in the background.
+    pub fn steady_load(&self, pod: &str, url: &str, secs: u32, headers: &[&str]) -> SteadyLoad {
+        let child = Command::new(tagger_bin())
+            .args(self.run_dir_args())
+            .args(["cluster", "exec", pod, "--", "python3"])
+            .arg(workspace().join("tests/apps/steady.py"))
+            .arg(url)
+            .arg(secs.to_string())
+            .args(headers)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("starting the steady load");
+        SteadyLoad(child)
+    }
+}
+
+impl SteadyLoad {
+    /// Waits for the load to end; returns every answer in order.
+    pub fn answers(self) -> Vec<Answer> {
+        let output = self.0.wait_with_output().expect("steady load");
+        let answers: Vec<Answer> = String::from_utf8_lossy(&output.stdout)
+            .lines()
+            .map(|line| {
+                let mut parts = line.splitn(3, ' ');
+                Answer {
+                    at: parts.next().unwrap().parse().unwrap(),
+                    status: parts.next().unwrap().parse().unwrap(),
+                    body: parts.next().unwrap_or("").to_string(),
+                }
+            })
+            .collect();
+        assert!(
+            !answers.is_empty(),
+            "the steady load answered nothing: {}",
+            text(&output.stderr)
+        );
+        answers
     }
 }
 

@@ -1,31 +1,13 @@
 //! SPEC scenario C: under steady load, a lane's pod goes away and comes
 //! back, and no request is lost; routing follows within about a second.
-use std::{
-    process::{Command, Stdio},
-    time::{Duration, SystemTime, UNIX_EPOCH},
-};
+use std::time::Duration;
 
-use tagger_e2e::{Cluster, tagger_bin, text, workspace};
-
-fn now() -> f64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_secs_f64()
-}
+use tagger_e2e::{Cluster, now, text};
 
 #[test]
 fn a_lane_pod_leaving_and_returning_loses_no_request() {
     let cluster = Cluster::up("abc.yaml");
-    let load = Command::new(tagger_bin())
-        .args(cluster.run_dir_args())
-        .args(["cluster", "exec", "client", "--", "python3"])
-        .arg(workspace().join("tests/apps/steady.py"))
-        .args(["http://a:8080/", "8", "x-lane: gray"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let load = cluster.steady_load("client", "http://a:8080/", 8, &["x-lane: gray"]);
     std::thread::sleep(Duration::from_millis(1500));
     let t_stop = now();
     let out = cluster.tagger(&["cluster", "stop-pod", "b-gray"]);
@@ -36,22 +18,16 @@ fn a_lane_pod_leaving_and_returning_loses_no_request() {
     assert!(out.status.success(), "{}", text(&out.stderr));
     let t_started = now();
 
-    let output = load.wait_with_output().unwrap();
-    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+    let answers = load.answers();
     let (gray, fallback) = ("a-gray -> b-gray -> c-gray", "a-gray -> b-base -> c-gray");
     let mut count = 0;
     let mut back_after = None;
-    for line in stdout.lines() {
-        let mut parts = line.splitn(3, ' ');
-        let (t, status, body) = (
-            parts.next().unwrap().parse::<f64>().unwrap(),
-            parts.next().unwrap(),
-            parts.next().unwrap_or(""),
-        );
+    for answer in &answers {
+        let (t, status, body) = (answer.at, answer.status, answer.body.as_str());
         count += 1;
         assert_eq!(
-            status, "200",
-            "request lost at {t:.3} (stop {t_stop:.3}, start {t_start:.3}): {line}"
+            status, 200,
+            "request lost at {t:.3} (stop {t_stop:.3}, start {t_start:.3}): {body}"
         );
         if t < t_stop {
             assert_eq!(body, gray, "before the stop");
@@ -69,11 +45,7 @@ fn a_lane_pod_leaving_and_returning_loses_no_request() {
         }
     }
     // About 40 requests/s through three Python hops for 8 s.
-    assert!(
-        count > 150,
-        "only {count} requests: {}",
-        text(&output.stderr)
-    );
+    assert!(count > 150, "only {count} requests");
     let back_after = back_after.expect("the gray pod never served again");
     // The health check runs every second.
     assert!(

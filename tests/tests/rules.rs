@@ -1,11 +1,8 @@
 //! Rules end to end: scenario A's cases through real services, and live rule
 //! changes under steady load (effective within 1 s, no request lost).
-use std::{
-    process::{Command, Stdio},
-    time::{Duration, SystemTime, UNIX_EPOCH},
-};
+use std::time::Duration;
 
-use tagger_e2e::{Cluster, tagger_bin, text, workspace};
+use tagger_e2e::{Cluster, now, text, workspace};
 
 const GRAY: &str = "device.v1111 -> charge.v2222 --> order.v2222 --> base.v1111";
 const BASE: &str = "device.v1111 -> charge.v1111 --> order.v1111 --> base.v1111";
@@ -51,13 +48,6 @@ fn scenario_a_query_and_header_cases() {
     );
 }
 
-fn now() -> f64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_secs_f64()
-}
-
 #[test]
 fn live_rule_changes_apply_within_a_second_and_lose_nothing() {
     // The test edits the file: work on a copy with absolute app paths.
@@ -71,15 +61,7 @@ fn live_rule_changes_apply_within_a_second_and_lose_nothing() {
     std::fs::write(&file, &original).unwrap();
     let cluster = Cluster::up(file.to_str().unwrap());
 
-    let load = Command::new(tagger_bin())
-        .args(cluster.run_dir_args())
-        .args(["cluster", "exec", "client", "--", "python3"])
-        .arg(workspace().join("tests/apps/steady.py"))
-        .args(["http://a:8080/?userId=7", "9"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let load = cluster.steady_load("client", "http://a:8080/?userId=7", 9, &[]);
     let pause = || std::thread::sleep(Duration::from_millis(1500));
     pause();
 
@@ -123,20 +105,14 @@ fn live_rule_changes_apply_within_a_second_and_lose_nothing() {
     assert!(out.status.success(), "{}", text(&out.stderr));
     assert!(text(&cluster.tagger(&["rules", "list"]).stdout).starts_with("no rules"));
 
-    let output = load.wait_with_output().unwrap();
-    let lines = String::from_utf8_lossy(&output.stdout).into_owned();
+    let answers = load.answers();
     let mut count = 0;
     // Last request still in the old lane after each change: the switch time.
     let mut last_old = [0.0f64; 3];
-    for line in lines.lines() {
-        let mut parts = line.splitn(3, ' ');
-        let (t, status, body) = (
-            parts.next().unwrap().parse::<f64>().unwrap(),
-            parts.next().unwrap(),
-            parts.next().unwrap_or(""),
-        );
+    for answer in &answers {
+        let (t, status, body) = (answer.at, answer.status, answer.body.as_str());
         count += 1;
-        assert_eq!(status, "200", "request failed at {t}: {line}");
+        assert_eq!(status, 200, "request failed at {t}: {body}");
         // Expected lane in each phase, leaving each change 1 s to apply.
         let expected = if t < t_disable {
             Some("a-gray")
@@ -172,11 +148,7 @@ fn live_rule_changes_apply_within_a_second_and_lose_nothing() {
             );
         }
     }
-    assert!(
-        count > 300,
-        "only {count} requests: {}",
-        text(&output.stderr)
-    );
+    assert!(count > 300, "only {count} requests");
     println!(
         "{count} requests, 0 failed; old lane last seen after: disable {:.0} ms, file edit {:.0} ms, apply {:.0} ms",
         last_old[0] * 1000.0,
