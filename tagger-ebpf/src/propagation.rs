@@ -390,12 +390,22 @@ fn finish_read(ctx: &TracePointContext) {
     }
 }
 
-fn write_common(ctx: &TracePointContext) {
+/// The pod thread to trace, unless its process is a leaf: a leaf has no
+/// redirected sockets and no captured requests, so its writes and closes
+/// need nothing either.
+#[inline(always)]
+fn traced_thread() -> Option<u64> {
     if !in_pod() {
-        return;
+        return None;
     }
+    let pid_tgid = bpf_get_current_pid_tgid();
+    (!is_leaf(pid_tgid)).then_some(pid_tgid)
+}
+
+fn write_common(ctx: &TracePointContext) {
+    let Some(pid_tgid) = traced_thread() else { return };
     if let (Some(fd), Some(buf)) = (arg(ctx, ARG_FD), arg(ctx, ARG_BUF)) {
-        on_write(bpf_get_current_pid_tgid(), fd as u32, buf);
+        on_write(pid_tgid, fd as u32, buf);
     }
 }
 
@@ -444,9 +454,7 @@ struct IoVec {
 
 #[tracepoint]
 pub fn tagger_enter_writev(ctx: TracePointContext) -> u32 {
-    if !in_pod() {
-        return 0;
-    }
+    let Some(pid_tgid) = traced_thread() else { return 0 };
     let (Some(fd), Some(vec)) = (arg(&ctx, ARG_FD), arg(&ctx, ARG_BUF)) else {
         return 0;
     };
@@ -454,7 +462,7 @@ pub fn tagger_enter_writev(ctx: TracePointContext) -> u32 {
     // SAFETY: the helper checks the user address.
     let rc = unsafe { bpf_probe_read_user((&mut first as *mut IoVec).cast(), 16, vec as *const _) };
     if rc == 0 && first.len >= 8 {
-        on_write(bpf_get_current_pid_tgid(), fd as u32, first.base);
+        on_write(pid_tgid, fd as u32, first.base);
     }
     0
 }
@@ -481,10 +489,10 @@ pub fn tagger_exit_connect(_ctx: TracePointContext) -> u32 {
 
 #[tracepoint]
 pub fn tagger_enter_close(ctx: TracePointContext) -> u32 {
-    if in_pod()
+    if let Some(pid_tgid) = traced_thread()
         && let Some(fd) = arg(&ctx, ARG_FD)
     {
-        let key = sockfd_key(bpf_get_current_pid_tgid(), fd as u32);
+        let key = sockfd_key(pid_tgid, fd as u32);
         // SAFETY: plain value copied out.
         if let Some(cookie) = unsafe { TAGGER_SOCKFD.get(&key) }.copied() {
             let _ = TAGGER_REQUEST_TAGS.remove(&cookie);
