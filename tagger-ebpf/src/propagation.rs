@@ -285,10 +285,13 @@ fn on_read(pid_tgid: u64, fd: u32, buf: u64, len: u64) {
         bump(stat::INBOUND_REQUESTS);
         count_inbound(pid_tgid);
         let seq = unsafe { bpf_ktime_get_ns() };
-        // SAFETY: plain value copied out at once.
+        // SAFETY: plain values copied out at once.
+        let woke_ns = unsafe { TAGGER_PROCESSES.get(&((pid_tgid >> 32) as u32)) }.map_or(0, |p| p.woke_ns);
         let open = match unsafe { TAGGER_THREADS.get(&pid_tgid) } {
-            Some(previous) => previous.open + 1,
-            None => 1,
+            // State from before leaf mode is stale: responses written while
+            // a leaf were not seen.
+            Some(previous) if previous.seq > woke_ns => previous.open + 1,
+            _ => 1,
         };
         let captured = emit_read(pid_tgid, seq, fd, buf, len, EVENT_FIRST, MAX_CAPTURE_PER_REQUEST);
         let state = ThreadState {

@@ -22,9 +22,13 @@ parser.add_argument("--next", default=None, help="URL of the next hop")
 parser.add_argument("--copy-header", action="append", default=[])
 parser.add_argument("--echo-query", action="store_true")
 parser.add_argument("--keep-alive", action="store_true")
+parser.add_argument("--call-after", type=int, default=0,
+                    help="answer the first N requests without calling --next")
 args = parser.parse_args()
 NAME = os.environ.get("TAGGER_POD", "hop")
 LOCAL = threading.local()
+SERVED = iter(range(1 << 62))
+SERVED_LOCK = threading.Lock()
 
 
 def call_next(path, headers):
@@ -56,7 +60,9 @@ class Handler(http.server.BaseHTTPRequestHandler):
         answer = NAME
         if args.echo_query:
             answer += "(" + urllib.parse.urlsplit(self.path).query + ")"
-        if args.next:
+        with SERVED_LOCK:
+            served = next(SERVED)
+        if args.next and served >= args.call_after:
             headers = {}
             for name in args.copy_header:
                 value = self.headers.get(name)

@@ -305,3 +305,62 @@ fn node_forwarding_request_ids_is_correlated_by_id() {
     println!("node with forwarded ids: {by_id} hop decisions inherited by id");
     assert!(by_id > 0, "{flows:#?}");
 }
+
+/// A process that served many requests without calling out stops being
+/// captured (leaf mode, for cost). When it starts calling out, the first
+/// calls are marked untrusted (never guessed) and capture resumes at once.
+#[test]
+fn a_leaf_that_starts_calling_out_is_never_trusted_wrongly() {
+    let apps = workspace().join("tests/apps");
+    let hop = |extra: &str| format!("[python3, {}, {extra}]", apps.join("hop.py").display());
+    let yaml = format!(
+        "lanes:\n  - {{name: gray, sticky: true}}\nservices:\n  - name: b\n    port: 8080\n    pods:\n      - {{name: b-base, command: {}}}\n  - name: c\n    port: 8080\n    pods:\n      - {{name: c-base, command: {}}}\n      - {{name: c-gray, lane: gray, command: {}}}\n",
+        hop("--next, \"http://c:8080/\", --call-after, \"80\""),
+        hop("--port, \"8080\""),
+        hop("--port, \"8080\""),
+    );
+    let path = std::env::temp_dir().join(format!("tagger-leaf-{}.yaml", std::process::id()));
+    std::fs::write(&path, yaml).unwrap();
+    let cluster = up(&path);
+    let url = format!("http://{}:8080/", cluster.pod_ip("b-base"));
+    let mut answers = Vec::new();
+    for _ in 0..120 {
+        answers.push(cluster.curl_from_node(&url, &["x-lane: gray"]));
+    }
+    assert!(
+        answers[..80].iter().all(|a| a == "b-base"),
+        "{:?}",
+        &answers[..80]
+    );
+    let called: Vec<&String> = answers[80..].iter().collect();
+    let wrong = called
+        .iter()
+        .filter(|a| a.as_str() != "b-base -> c-gray")
+        .count();
+    let flows = cluster.flows();
+    let untrusted: u64 = flows
+        .iter()
+        .filter(|f| f["source"] == "b-base" && f["correlation"] == "untrusted")
+        .map(|f| f["requests"].as_u64().unwrap())
+        .sum();
+    let trusted_wrong: u64 = flows
+        .iter()
+        .filter(|f| {
+            f["source"] == "b-base" && f["correlation"] == "trusted" && f["endpoint"] == "c-base"
+        })
+        .map(|f| f["requests"].as_u64().unwrap())
+        .sum();
+    println!("leaf wake-up: {wrong} of 40 calls not gray, {untrusted} decisions untrusted");
+    assert_eq!(trusted_wrong, 0, "{flows:#?}");
+    assert!(
+        wrong as u64 <= untrusted,
+        "a wrong lane was not marked untrusted: {flows:#?}"
+    );
+    // Capture resumes with the next request: the tail is all gray.
+    assert!(
+        called[called.len() - 30..]
+            .iter()
+            .all(|a| a.as_str() == "b-base -> c-gray"),
+        "{called:?}"
+    );
+}
