@@ -325,16 +325,23 @@ impl Bench<'_> {
 }
 
 /// CPU time (ms) and RSS (KiB) of a process.
-fn cpu_ms(pid: u32) -> f64 {
+/// CPU time of a process in ms: (user, system).
+fn cpu_ms(pid: u32) -> (f64, f64) {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
     let fields: Vec<&str> = stat
         .rsplit_once(')')
         .map(|(_, r)| r.split_whitespace().collect())
         .unwrap_or_default();
     // utime and stime are fields 14 and 15 (1-based), 12 and 13 after ')'.
-    let ticks: f64 = fields.get(11).and_then(|u| u.parse().ok()).unwrap_or(0.0)
-        + fields.get(12).and_then(|s| s.parse().ok()).unwrap_or(0.0);
-    ticks * 1000.0 / 100.0 // USER_HZ is 100 on Linux
+    let ms = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|t| t.parse::<f64>().ok())
+            .unwrap_or(0.0)
+            * 1000.0
+            / 100.0
+    }; // USER_HZ is 100
+    (ms(11), ms(12))
 }
 
 fn rss_kib(pid: u32) -> f64 {
@@ -486,10 +493,15 @@ pub fn run_bench(root: &Path, tagger: &Path, mode: Mode) -> Result<()> {
         // CPU over the timed fixed-rate runs only, per 1000 requests served.
         let cpu_before = pid.map(cpu_ms);
         let fixed = bench.runs(&plan, path, &fixed_args(plan.fixed))?;
+        // (user, system) ms per 1000 requests.
         let cpu_per_1k = match (pid, cpu_before) {
-            (Some(pid), Some(before)) => {
-                let requests = (fixed.requests * plan.runs as f64).max(1.0);
-                Some((cpu_ms(pid) - before) / (requests / 1000.0))
+            (Some(pid), Some((user_before, sys_before))) => {
+                let thousands = (fixed.requests * plan.runs as f64).max(1.0) / 1000.0;
+                let (user, sys) = cpu_ms(pid);
+                Some((
+                    (user - user_before) / thousands,
+                    (sys - sys_before) / thousands,
+                ))
             }
             _ => None,
         };
@@ -513,7 +525,9 @@ pub fn run_bench(root: &Path, tagger: &Path, mode: Mode) -> Result<()> {
                 "saturation": {"rps": saturation.rps, "success": saturation.success},
                 "churn_500rps": {"p50_us": churn.p50, "p99_us": churn.p99, "success": churn.success},
                 "headers": headers,
-                "cpu_ms_per_1000_requests": cpu_per_1k,
+                "cpu_ms_per_1000_requests": cpu_per_1k.map(|(u, s)| u + s),
+                "cpu_user_ms_per_1000_requests": cpu_per_1k.map(|(u, _)| u),
+                "cpu_system_ms_per_1000_requests": cpu_per_1k.map(|(_, s)| s),
                 "rss_kib_idle": rss_idle,
                 "rss_kib_loaded": rss_loaded,
             }),
@@ -609,7 +623,7 @@ fn render(report: &Value) -> String {
     );
     let _ = writeln!(
         out,
-        "| path | p50 µs @1000rps | added p50 | added p99 | added p99.9 | saturation rps | vs direct | churn p50 / p99 µs | CPU ms / 1000 req | RSS idle / loaded MiB |"
+        "| path | p50 µs @1000rps | added p50 | added p99 | added p99.9 | saturation rps | vs direct | churn p50 / p99 µs | CPU ms / 1000 req (user + sys) | RSS idle / loaded MiB |"
     );
     let _ = writeln!(out, "|---|---|---|---|---|---|---|---|---|---|");
     let f = |v: &Value| v.as_f64().map_or("-".to_string(), |x| format!("{x:.0}"));
@@ -643,9 +657,13 @@ fn render(report: &Value) -> String {
             f(&p["saturation"]["rps"]),
             f(&p["churn_500rps"]["p50_us"]),
             f(&p["churn_500rps"]["p99_us"]),
-            p["cpu_ms_per_1000_requests"]
-                .as_f64()
-                .map_or("-".into(), |x| format!("{x:.1}")),
+            match (
+                p["cpu_user_ms_per_1000_requests"].as_f64(),
+                p["cpu_system_ms_per_1000_requests"].as_f64()
+            ) {
+                (Some(u), Some(s)) => format!("{:.1} ({u:.0} + {s:.0})", u + s),
+                _ => "-".into(),
+            },
             mib(&p["rss_kib_idle"]),
             mib(&p["rss_kib_loaded"]),
         );
