@@ -297,11 +297,7 @@ fn node_forwarding_request_ids_is_correlated_by_id() {
     assert_eq!((total, wrong), (2000, 0));
     // The lane is not sticky here: b-gray and c-gray are reached only by
     // inheriting the lane, so the ids did the work.
-    let by_id: u64 = flows
-        .iter()
-        .filter(|f| f["reason"] == "inherited-id")
-        .map(|f| f["requests"].as_u64().unwrap())
-        .sum();
+    let by_id = requests_where(&flows, |f| f["reason"] == "inherited-id");
     println!("node with forwarded ids: {by_id} hop decisions inherited by id");
     assert!(by_id > 0, "{flows:#?}");
 }
@@ -338,18 +334,12 @@ fn a_leaf_that_starts_calling_out_is_never_trusted_wrongly() {
         .filter(|a| a.as_str() != "b-base -> c-gray")
         .count();
     let flows = cluster.flows();
-    let untrusted: u64 = flows
-        .iter()
-        .filter(|f| f["source"] == "b-base" && f["correlation"] == "untrusted")
-        .map(|f| f["requests"].as_u64().unwrap())
-        .sum();
-    let trusted_wrong: u64 = flows
-        .iter()
-        .filter(|f| {
-            f["source"] == "b-base" && f["correlation"] == "trusted" && f["endpoint"] == "c-base"
-        })
-        .map(|f| f["requests"].as_u64().unwrap())
-        .sum();
+    let untrusted = requests_where(&flows, |f| {
+        f["source"] == "b-base" && f["correlation"] == "untrusted"
+    });
+    let trusted_wrong = requests_where(&flows, |f| {
+        f["source"] == "b-base" && f["correlation"] == "trusted" && f["endpoint"] == "c-base"
+    });
     println!("leaf wake-up: {wrong} of 40 calls not gray, {untrusted} decisions untrusted");
     assert_eq!(trusted_wrong, 0, "{flows:#?}");
     assert!(
@@ -363,4 +353,13 @@ fn a_leaf_that_starts_calling_out_is_never_trusted_wrongly() {
             .all(|a| a.as_str() == "b-base -> c-gray"),
         "{called:?}"
     );
+}
+
+/// Requests counted in the flows that satisfy `keep`.
+fn requests_where(flows: &[Value], keep: impl Fn(&Value) -> bool) -> u64 {
+    flows
+        .iter()
+        .filter(|f| keep(f))
+        .map(|f| f["requests"].as_u64().unwrap())
+        .sum()
 }

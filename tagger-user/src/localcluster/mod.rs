@@ -26,7 +26,7 @@ use crate::{
     state::{PlacedPod, PlacedService, Placement},
 };
 
-pub use net::{NODE_IP, netns_name};
+use net::NODE_IP;
 
 pub const PROXY_PORT: u16 = 15001;
 const CGROUP_NAME: &str = "tagger";

@@ -1,5 +1,5 @@
-//! One error type for the data path that says whose fault it was, and the
-//! HTTP status the downstream client gets for it.
+//! One error type for the data path that says whose fault it was
+//! (downstream or upstream), and the HTTP status the client gets for it.
 use http::StatusCode;
 
 #[derive(Debug, thiserror::Error)]
@@ -18,9 +18,6 @@ pub enum ProxyError {
         #[source]
         source: hyper_util::client::legacy::Error,
     },
-    /// A bug or resource problem inside tagger.
-    #[error("internal: {0}")]
-    Internal(String),
 }
 
 impl ProxyError {
@@ -29,7 +26,6 @@ impl ProxyError {
             Self::Downstream(_) => StatusCode::BAD_REQUEST,
             Self::NoEndpoint { .. } => StatusCode::SERVICE_UNAVAILABLE,
             Self::Upstream { .. } => StatusCode::BAD_GATEWAY,
-            Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
 
@@ -38,7 +34,6 @@ impl ProxyError {
         match self {
             Self::Downstream(_) => "downstream",
             Self::NoEndpoint { .. } | Self::Upstream { .. } => "upstream",
-            Self::Internal(_) => "internal",
         }
     }
 }

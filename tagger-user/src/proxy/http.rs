@@ -157,54 +157,25 @@ impl RequestContext {
             .as_ref()
             .and_then(|c| c.lane.as_deref())
             .map(|lane| (lane, inherited.source == InheritSource::Id));
-        let decision;
-        let body: ProxyBody;
-        {
-            let header_lane = snapshot.settings.lane_from_headers(&parts.headers);
-            let rules = &snapshot.rules;
-            // Rules come after an explicit header; reading the body is only
-            // worth it when a rule of this service looks at it.
-            let (prefix, truncated, forwarded) =
-                if header_lane.is_none() && rules.reads_body(&service.name) {
-                    let (prefix, truncated, rest) =
-                        body::read_prefix(incoming, snapshot.settings.body_match_limit)
-                            .await
-                            .map_err(|e| {
-                                ProxyError::Downstream(format!("reading request body: {e}"))
-                            })?;
-                    (prefix, truncated, rest.boxed_unsync())
-                } else {
-                    (Bytes::new(), false, incoming.boxed_unsync())
-                };
-            body = forwarded;
-            let rule = if header_lane.is_none() {
-                let view = RequestView {
-                    method: parts.method.as_str(),
-                    path: parts.uri.path(),
-                    query: parts.uri.query(),
-                    host: parts
-                        .headers
-                        .get(header::HOST)
-                        .and_then(|h| h.to_str().ok())
-                        .or_else(|| parts.uri.authority().map(|a| a.as_str())),
-                    headers: &parts.headers,
-                    body: &prefix,
-                    body_truncated: truncated,
-                };
-                rules.evaluate(&service.name, &view, rand::random::<f64>())
-            } else {
-                None
-            };
-            decision = decide_lane(
-                &LaneInputs {
-                    header: header_lane,
-                    inherited: inherited_lane,
-                    rule: rule.map(|r| (r.lane.as_str(), r.name.as_str())),
-                    caller_lane: self.source_lane.as_deref(),
-                },
-                |lane| snapshot.is_sticky(lane),
-            );
-        }
+        let header_lane = snapshot.settings.lane_from_headers(&parts.headers);
+        // Rules come after an explicit or inherited lane: evaluate them (and
+        // count their hits) only when they can decide.
+        let (rule, body) = if header_lane.is_none() && inherited_lane.is_none() {
+            matching_rule(&snapshot, service, &parts, incoming).await?
+        } else {
+            (None, incoming.boxed_unsync())
+        };
+        let decision = decide_lane(
+            &LaneInputs {
+                header: header_lane,
+                inherited: inherited_lane,
+                rule: rule
+                    .as_ref()
+                    .map(|(lane, name)| (lane.as_str(), name.as_str())),
+                caller_lane: self.source_lane.as_deref(),
+            },
+            |lane| snapshot.is_sticky(lane),
+        );
         prepare_headers(&mut parts.headers, &snapshot, &decision);
         self.send(service, parts, body, &decision, inherited.correlation)
             .await
@@ -337,4 +308,42 @@ fn monotonic_ns() -> u64 {
     // SAFETY: clock_gettime writes into the struct we own.
     unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut now) };
     now.tv_sec as u64 * 1_000_000_000 + now.tv_nsec as u64
+}
+
+/// The first rule of `service` that matches the request, as (lane, rule
+/// name), and the body to forward. The body is read (a bounded prefix, then
+/// forwarded whole) only when a rule of the service looks at it.
+async fn matching_rule(
+    snapshot: &Snapshot,
+    service: &Service,
+    parts: &http::request::Parts,
+    incoming: Incoming,
+) -> Result<(Option<(String, String)>, ProxyBody), ProxyError> {
+    let rules = &snapshot.rules;
+    let (prefix, truncated, body) = if rules.reads_body(&service.name) {
+        let (prefix, truncated, rest) =
+            body::read_prefix(incoming, snapshot.settings.body_match_limit)
+                .await
+                .map_err(|e| ProxyError::Downstream(format!("reading request body: {e}")))?;
+        (prefix, truncated, rest.boxed_unsync())
+    } else {
+        (Bytes::new(), false, incoming.boxed_unsync())
+    };
+    let view = RequestView {
+        method: parts.method.as_str(),
+        path: parts.uri.path(),
+        query: parts.uri.query(),
+        host: parts
+            .headers
+            .get(header::HOST)
+            .and_then(|h| h.to_str().ok())
+            .or_else(|| parts.uri.authority().map(|a| a.as_str())),
+        headers: &parts.headers,
+        body: &prefix,
+        body_truncated: truncated,
+    };
+    let rule = rules
+        .evaluate(&service.name, &view, rand::random::<f64>())
+        .map(|r| (r.lane.clone(), r.name.clone()));
+    Ok((rule, body))
 }

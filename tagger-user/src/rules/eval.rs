@@ -366,12 +366,6 @@ impl RuleSet {
             .any(|e| e.rule.enabled && e.rule.service == service && e.rule.reads_body())
     }
 
-    pub fn has_rules_for(&self, service: &str) -> bool {
-        self.rules
-            .iter()
-            .any(|e| e.rule.enabled && e.rule.service == service)
-    }
-
     pub fn iter(&self) -> impl Iterator<Item = (&Rule, u64)> {
         self.rules
             .iter()
