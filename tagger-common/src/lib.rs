@@ -19,24 +19,18 @@ pub mod names {
     pub const MAP_FLOWS: &str = "TAGGER_FLOWS";
     pub const MAP_STATS: &str = "TAGGER_STATS";
 
-    // Propagation through unmodified apps (syscall tracepoints).
+    // Propagation through unmodified apps (socket-level BTF tracepoints).
     pub const MAP_POD_CGROUPS: &str = "TAGGER_POD_CGROUPS";
     pub const MAP_REQUEST_TAGS: &str = "TAGGER_REQUEST_TAGS";
     pub const MAP_EVENTS: &str = "TAGGER_EVENTS";
-    /// (tracepoint program, category, event): every syscall tracepoint the
-    /// daemon attaches.
-    pub const TRACEPOINTS: [(&str, &str, &str); 11] = [
-        ("tagger_enter_read", "syscalls", "sys_enter_read"),
-        ("tagger_exit_read", "syscalls", "sys_exit_read"),
-        ("tagger_enter_recvfrom", "syscalls", "sys_enter_recvfrom"),
-        ("tagger_exit_recvfrom", "syscalls", "sys_exit_recvfrom"),
-        ("tagger_enter_write", "syscalls", "sys_enter_write"),
-        ("tagger_enter_writev", "syscalls", "sys_enter_writev"),
-        ("tagger_enter_sendto", "syscalls", "sys_enter_sendto"),
-        ("tagger_enter_connect", "syscalls", "sys_enter_connect"),
-        ("tagger_exit_connect", "syscalls", "sys_exit_connect"),
-        ("tagger_enter_close", "syscalls", "sys_enter_close"),
-        ("tagger_task_exit", "sched", "sched_process_exit"),
+    /// (program, tracepoint): every BTF tracepoint (`tp_btf`) the daemon
+    /// attaches. None is a syscall tracepoint: those would slow every
+    /// syscall of every task on the node.
+    pub const BTF_TRACEPOINTS: [(&str, &str); 4] = [
+        ("tagger_sock_recv", "sock_recv_length"),
+        ("tagger_tcp_send", "tcp_sendmsg_locked"),
+        ("tagger_sock_sent", "sock_send_length"),
+        ("tagger_task_exit", "sched_process_exit"),
     ];
 }
 

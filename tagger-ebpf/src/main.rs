@@ -10,7 +10,10 @@
 //!   from "by cookie" to "by source address", which is what the proxy sees
 //!   as the peer of the accepted connection.
 //!
-//! The tracepoints that carry lanes through unmodified apps are in
+//!   sock_ops also watches redirected sockets close, to drop what the
+//!   propagation programs kept for them.
+//!
+//! The programs that carry lanes through unmodified apps are in
 //! `propagation.rs`.
 //!
 //! Each program is a thin entry that calls a `try_` function and always lets
@@ -21,7 +24,9 @@
 mod propagation;
 
 use aya_ebpf::{
-    bindings::{BPF_SOCK_OPS_TCP_CONNECT_CB, bpf_sock_addr},
+    bindings::{
+        BPF_SOCK_OPS_STATE_CB, BPF_SOCK_OPS_STATE_CB_FLAG, BPF_SOCK_OPS_TCP_CONNECT_CB, bpf_sock_addr,
+    },
     helpers::{bpf_get_current_cgroup_id, bpf_get_current_pid_tgid, bpf_get_socket_cookie},
     macros::{cgroup_sock_addr, map, sock_ops},
     maps::{Array, HashMap, LruHashMap, PerCpuArray},
@@ -36,6 +41,8 @@ const ALLOW: i32 = 1;
 const AF_INET: u32 = 2;
 const AF_INET6: u32 = 10;
 const SOCK_STREAM: u32 = 1;
+/// `TCP_CLOSE` in the kernel's TCP state numbering.
+const TCP_CLOSE: u32 = 7;
 
 #[map]
 static TAGGER_CONFIG: Array<ProxyConfig> = Array::with_max_entries(1, 0);
@@ -169,14 +176,10 @@ fn redirect_target(ctx: &SockAddrContext, ip: u32, port: u32) -> Result<Option<P
         return Ok(None);
     }
     bump(stat::CONNECT_REDIRECTED);
-    // Remember which fd of the process this socket is, so that the write
-    // tracepoints can tell a redirected socket (see propagation.rs).
-    let pid_tgid = bpf_get_current_pid_tgid();
-    propagation::note_call_out(pid_tgid);
-    // SAFETY: read of a plain value.
-    if let Some(fd) = unsafe { propagation::TAGGER_CONNECTING.get(&pid_tgid) }.copied() {
-        let _ = propagation::TAGGER_SOCKFD.insert(&propagation::sockfd_key(pid_tgid, fd), &cookie, 0);
-    }
+    // The propagation programs tag requests written on this socket, and
+    // sock_ops forgets it when it closes (see propagation.rs).
+    let _ = propagation::TAGGER_REDIRECTED.insert(&cookie, &1, 0);
+    propagation::note_call_out(bpf_get_current_pid_tgid());
     Ok(Some(*config))
 }
 
@@ -187,9 +190,30 @@ pub fn tagger_sock_ops(ctx: SockOpsContext) -> u32 {
 }
 
 fn try_sock_ops(ctx: &SockOpsContext) -> Result<(), i64> {
+    match ctx.op() {
+        BPF_SOCK_OPS_TCP_CONNECT_CB => link_flow(ctx),
+        BPF_SOCK_OPS_STATE_CB if ctx.arg(1) == TCP_CLOSE => {
+            forget_socket(ctx);
+            Ok(())
+        }
+        _ => Ok(()),
+    }
+}
+
+/// A redirected socket closed: what the propagation programs kept for it
+/// goes (cookies are never reused, so this only frees space).
+fn forget_socket(ctx: &SockOpsContext) {
+    let cookie = unsafe { bpf_get_socket_cookie(ctx.ops.cast()) };
+    let _ = propagation::TAGGER_REQUEST_TAGS.remove(&cookie);
+    let _ = propagation::TAGGER_REDIRECTED.remove(&cookie);
+}
+
+/// The kernel is sending the SYN of a socket: if connect4 redirected it,
+/// its record moves to its source address, where the proxy looks.
+fn link_flow(ctx: &SockOpsContext) -> Result<(), i64> {
     // AF_INET6 too: a v4-mapped connect (see connect6) keeps its IPv4
     // address in local_ip4.
-    if ctx.op() != BPF_SOCK_OPS_TCP_CONNECT_CB || (ctx.family() != AF_INET && ctx.family() != AF_INET6) {
+    if ctx.family() != AF_INET && ctx.family() != AF_INET6 {
         return Ok(());
     }
     let cookie = unsafe { bpf_get_socket_cookie(ctx.ops.cast()) };
@@ -210,6 +234,8 @@ fn try_sock_ops(ctx: &SockOpsContext) -> Result<(), i64> {
         bump(stat::FLOW_LINKED);
     }
     let _ = TAGGER_PENDING.remove(&cookie);
+    // Ask for state callbacks on this socket only, to see it close.
+    let _ = ctx.set_cb_flags(BPF_SOCK_OPS_STATE_CB_FLAG as i32);
     Ok(())
 }
 

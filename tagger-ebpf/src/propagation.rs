@@ -1,25 +1,40 @@
-//! Propagation through unmodified apps, from syscall tracepoints.
+//! Propagation through unmodified apps, from socket-level BTF tracepoints.
 //!
-//! * A pod thread that **reads** bytes starting an HTTP request opens an
+//! * `sock_recv_length` (after a socket receive, in the reading thread): a
+//!   pod thread that **reads** bytes starting an HTTP request opens an
 //!   inbound context (a `seq`), and the bytes go to userspace, which parses
 //!   the lane and pass-through headers.
-//! * When a pod thread **writes** the start of an HTTP request on a socket
-//!   the connect hook redirected, the thread's open context is tagged onto
-//!   that socket (by cookie) for the proxy to apply to exactly that request.
-//! * When the thread **writes** an HTTP response, its context ends.
+//! * `tcp_sendmsg_locked` (in the sending thread, before the bytes are
+//!   queued): when a pod thread **writes** the start of an HTTP request on a
+//!   socket the connect hook redirected, the thread's open context is tagged
+//!   onto that socket (by cookie) for the proxy to apply to exactly that
+//!   request. It runs before the bytes can reach the proxy, so the tag is
+//!   always there first.
+//! * `sock_send_length` (after a socket send): when the thread wrote an HTTP
+//!   response, its context ends.
 //!
-//! Every program returns at once for threads outside pod cgroups, and for
-//! pod threads whose bytes are not the start of an HTTP message: that path is
-//! a helper call, a map lookup and an 8-byte read.
+//! Why these and not syscall tracepoints: a syscall tracepoint, once
+//! enabled, sends every syscall of every task on the node through the
+//! kernel's slow tracing entry; these fire only for socket I/O. The bytes are
+//! found through the syscall's own arguments (`bpf_task_pt_regs`), so read,
+//! recvfrom, recvmsg, readv, write, sendto, sendmsg and writev are all seen.
+//!
+//! Every program returns at once for threads outside pod cgroups and for
+//! processes in leaf mode; for other pod threads whose bytes are not the
+//! start of an HTTP message the path is a few map lookups and an 8-byte read.
+use core::ffi::c_void;
+
 use aya_ebpf::{
     helpers::{
         bpf_get_current_cgroup_id, bpf_get_current_pid_tgid, bpf_ktime_get_ns,
-        generated::{bpf_probe_read_user, bpf_ringbuf_output},
+        generated::{
+            bpf_get_current_task_btf, bpf_get_socket_cookie, bpf_probe_read_user, bpf_ringbuf_output,
+            bpf_task_pt_regs,
+        },
     },
-    macros::{map, tracepoint},
+    macros::{btf_tracepoint, map},
     maps::{HashMap, LruHashMap, PerCpuArray, RingBuf},
-    EbpfContext,
-    programs::TracePointContext,
+    programs::BtfTracePointContext,
 };
 use tagger_common::{
     CAPTURE_BYTES, EVENT_FIRST, EVENTS_RING_BYTES, InboundEvent, LEAF_AFTER_REQUESTS, MAX_CAPTURE_PER_REQUEST,
@@ -28,30 +43,22 @@ use tagger_common::{
 
 use crate::bump;
 
-/// Offsets in the syscall tracepoints' records (see their `format` files):
-/// every syscall here has fd at 16, the buffer at 24; exits have ret at 16.
-const ARG_FD: usize = 16;
-const ARG_BUF: usize = 24;
-const EXIT_RET: usize = 16;
-
 const MAX_THREADS: u32 = 65_536;
+/// `recvmsg` flag: the bytes stay queued and will be read again.
+const MSG_PEEK: u64 = 2;
 
 /// cgroup ids of pods whose traffic tagger routes.
 #[map]
 static TAGGER_POD_CGROUPS: HashMap<u64, u32> = HashMap::with_max_entries(8192, 0);
 
-#[repr(C)]
-#[derive(Clone, Copy)]
-struct ReadArgs {
-    fd: u64,
-    buf: u64,
-}
-
-/// read()/recvfrom() arguments between entry and exit, by thread. A plain
-/// (preallocated) hash: every pod read passes here, and each entry lives
-/// only for one syscall.
+/// Sockets the connect hook redirected to the proxy, by cookie. Entries go
+/// when the socket closes (sock_ops state callback) or age out.
 #[map]
-static TAGGER_READ_ARGS: HashMap<u64, ReadArgs> = HashMap::with_max_entries(MAX_THREADS, 0);
+pub(crate) static TAGGER_REDIRECTED: LruHashMap<u64, u32> = LruHashMap::with_max_entries(MAX_FLOWS, 0);
+
+/// The context of the newest request written on each redirected socket.
+#[map]
+pub(crate) static TAGGER_REQUEST_TAGS: LruHashMap<u64, RequestTag> = LruHashMap::with_max_entries(MAX_FLOWS, 0);
 
 #[repr(C)]
 #[derive(Clone, Copy)]
@@ -66,11 +73,14 @@ struct ThreadState {
     captured: u32,
     /// Set while more than one request is open on this thread.
     concurrent: u32,
+    /// Set from tagging a request until its send returns: a large send
+    /// passes `tcp_sendmsg_locked` once per chunk and is tagged once.
+    sending: u32,
+    _pad: u32,
 }
 
 #[map]
 static TAGGER_THREADS: LruHashMap<u64, ThreadState> = LruHashMap::with_max_entries(MAX_THREADS, 0);
-
 /// Per process (tgid): a leaf service (one that has served many requests
 /// and never called a managed service) needs no inbound context, so its
 /// reads are not captured, which keeps the per-read cost of the most common
@@ -145,18 +155,6 @@ fn just_woke(pid_tgid: u64, now: u64) -> bool {
     unsafe { TAGGER_PROCESSES.get(&tgid) }.is_some_and(|p| p.woke_ns != 0 && now.saturating_sub(p.woke_ns) < WAKE_GRACE_NS)
 }
 
-/// connect() in progress, by thread: the fd, for the connect hook.
-#[map]
-pub(crate) static TAGGER_CONNECTING: LruHashMap<u64, u32> = LruHashMap::with_max_entries(MAX_THREADS, 0);
-
-/// Redirected sockets by (tgid << 32 | fd), to their cookie.
-#[map]
-pub(crate) static TAGGER_SOCKFD: LruHashMap<u64, u64> = LruHashMap::with_max_entries(MAX_FLOWS, 0);
-
-/// The context of the newest request written on each redirected socket.
-#[map]
-static TAGGER_REQUEST_TAGS: LruHashMap<u64, RequestTag> = LruHashMap::with_max_entries(MAX_FLOWS, 0);
-
 #[map]
 static TAGGER_EVENTS: RingBuf = RingBuf::with_byte_size(EVENTS_RING_BYTES, 0);
 
@@ -174,11 +172,15 @@ fn in_pod() -> bool {
     unsafe { TAGGER_POD_CGROUPS.get(&cgroup) }.is_some()
 }
 
+/// The pod thread whose reads to look at, unless its process is a leaf.
 #[inline(always)]
-pub(crate) fn sockfd_key(pid_tgid: u64, fd: u32) -> u64 {
-    (pid_tgid & 0xffff_ffff_0000_0000) | u64::from(fd)
+fn traced_thread() -> Option<u64> {
+    if !in_pod() {
+        return None;
+    }
+    let pid_tgid = bpf_get_current_pid_tgid();
+    (!is_leaf(pid_tgid)).then_some(pid_tgid)
 }
-
 /// The first 8 bytes at a user address, as a little-endian integer.
 #[inline(always)]
 fn head(buf: u64) -> Option<u64> {
@@ -300,6 +302,8 @@ fn on_read(pid_tgid: u64, fd: u32, buf: u64, len: u64) {
             open,
             captured,
             concurrent: u32::from(open > 1),
+            sending: 0,
+            _pad: 0,
         };
         let _ = TAGGER_THREADS.insert(&pid_tgid, &state, 0);
         return;
@@ -315,137 +319,38 @@ fn on_read(pid_tgid: u64, fd: u32, buf: u64, len: u64) {
     }
 }
 
-/// A pod thread writes to `fd`, the first bytes at `buf`.
-fn on_write(pid_tgid: u64, fd: u32, buf: u64) {
-    let Some(first) = head(buf) else { return };
-    let key = sockfd_key(pid_tgid, fd);
-    // SAFETY: plain value copied out at once.
-    if let Some(cookie) = unsafe { TAGGER_SOCKFD.get(&key) }.copied() {
-        if !is_request_start(first) {
-            return;
-        }
-        let now = unsafe { bpf_ktime_get_ns() };
-        let (seq, flags) = match unsafe { TAGGER_THREADS.get(&pid_tgid) } {
-            Some(state) if state.open > 0 => (state.seq, if state.concurrent != 0 { TAG_CONCURRENT } else { 0 }),
-            // No open request seen: either none, or unseen in leaf mode.
-            _ => (0, if just_woke(pid_tgid, now) { TAG_UNSEEN } else { 0 }),
-        };
-        let tag = RequestTag {
-            pid_tgid,
-            seq,
-            written_ns: now,
-            flags,
-            _pad: 0,
-        };
-        if TAGGER_REQUEST_TAGS.insert(&cookie, &tag, 0).is_ok() {
-            bump(stat::OUTBOUND_TAGGED);
-        }
-        return;
-    }
-    if is_response_start(first)
-        && let Some(state) = TAGGER_THREADS.get_ptr_mut(&pid_tgid)
-    {
-        // SAFETY: as above.
-        let state = unsafe { &mut *state };
-        if state.open > 0 {
-            state.open -= 1;
-        }
-        if state.open == 0 {
-            state.concurrent = 0;
-        }
-    }
+/// How the socket I/O being traced was asked for: the syscall's number and
+/// arguments, as x86_64 saves them in `struct pt_regs` (a stable ABI).
+mod syscall {
+    pub const READ: u64 = 0;
+    pub const WRITE: u64 = 1;
+    pub const READV: u64 = 19;
+    pub const WRITEV: u64 = 20;
+    pub const SENDTO: u64 = 44;
+    pub const RECVFROM: u64 = 45;
+    pub const SENDMSG: u64 = 46;
+    pub const RECVMSG: u64 = 47;
+    /// Offsets in `struct pt_regs`: first argument, second argument, number.
+    pub const REG_DI: usize = 112;
+    pub const REG_SI: usize = 104;
+    pub const REG_ORIG_AX: usize = 120;
+    /// Offset of `msg_iov` in `struct user_msghdr`.
+    pub const MSGHDR_IOV: u64 = 16;
 }
 
-/// A syscall argument from the tracepoint record. The record is program
-/// context, so a plain load does (no helper call); the verifier checks the
-/// offset against the record's size.
-#[inline(always)]
-fn arg(ctx: &TracePointContext, offset: usize) -> Option<u64> {
-    // SAFETY: offsets come from the tracepoints' format files; all are
-    // 8-byte fields inside the record.
-    Some(unsafe { core::ptr::read_volatile(ctx.as_ptr().cast::<u8>().add(offset).cast::<u64>()) })
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Direction {
+    Receive,
+    Send,
 }
 
-fn stash_read(ctx: &TracePointContext) {
-    if !in_pod() {
-        return;
-    }
-    let pid_tgid = bpf_get_current_pid_tgid();
-    if is_leaf(pid_tgid) {
-        return;
-    }
-    let (Some(fd), Some(buf)) = (arg(ctx, ARG_FD), arg(ctx, ARG_BUF)) else {
-        return;
-    };
-    let _ = TAGGER_READ_ARGS.insert(&pid_tgid, &ReadArgs { fd, buf }, 0);
-}
-
-fn finish_read(ctx: &TracePointContext) {
-    let pid_tgid = bpf_get_current_pid_tgid();
-    // SAFETY: plain value copied out at once.
-    let Some(args) = (unsafe { TAGGER_READ_ARGS.get(&pid_tgid) }).copied() else {
-        return;
-    };
-    let _ = TAGGER_READ_ARGS.remove(&pid_tgid);
-    match arg(ctx, EXIT_RET) {
-        Some(ret) if (ret as i64) > 0 => on_read(pid_tgid, args.fd as u32, args.buf, ret),
-        _ => {}
-    }
-}
-
-/// The pod thread to trace, unless its process is a leaf: a leaf has no
-/// redirected sockets and no captured requests, so its writes and closes
-/// need nothing either.
-#[inline(always)]
-fn traced_thread() -> Option<u64> {
-    if !in_pod() {
-        return None;
-    }
-    let pid_tgid = bpf_get_current_pid_tgid();
-    (!is_leaf(pid_tgid)).then_some(pid_tgid)
-}
-
-fn write_common(ctx: &TracePointContext) {
-    let Some(pid_tgid) = traced_thread() else { return };
-    if let (Some(fd), Some(buf)) = (arg(ctx, ARG_FD), arg(ctx, ARG_BUF)) {
-        on_write(pid_tgid, fd as u32, buf);
-    }
-}
-
-#[tracepoint]
-pub fn tagger_enter_read(ctx: TracePointContext) -> u32 {
-    stash_read(&ctx);
-    0
-}
-
-#[tracepoint]
-pub fn tagger_exit_read(ctx: TracePointContext) -> u32 {
-    finish_read(&ctx);
-    0
-}
-
-#[tracepoint]
-pub fn tagger_enter_recvfrom(ctx: TracePointContext) -> u32 {
-    stash_read(&ctx);
-    0
-}
-
-#[tracepoint]
-pub fn tagger_exit_recvfrom(ctx: TracePointContext) -> u32 {
-    finish_read(&ctx);
-    0
-}
-
-#[tracepoint]
-pub fn tagger_enter_write(ctx: TracePointContext) -> u32 {
-    write_common(&ctx);
-    0
-}
-
-#[tracepoint]
-pub fn tagger_enter_sendto(ctx: TracePointContext) -> u32 {
-    write_common(&ctx);
-    0
+/// The app's first buffer of the syscall doing this socket I/O: fd, address
+/// and length (`u64::MAX` when the syscall's return value bounds it).
+#[derive(Clone, Copy)]
+struct UserBuffer {
+    fd: u32,
+    addr: u64,
+    len: u64,
 }
 
 #[repr(C)]
@@ -455,60 +360,179 @@ struct IoVec {
     len: u64,
 }
 
-#[tracepoint]
-pub fn tagger_enter_writev(ctx: TracePointContext) -> u32 {
-    let Some(pid_tgid) = traced_thread() else { return 0 };
-    let (Some(fd), Some(vec)) = (arg(&ctx, ARG_FD), arg(&ctx, ARG_BUF)) else {
-        return 0;
-    };
+/// The first `iovec` of an array in user memory.
+#[inline(always)]
+fn first_iovec(fd: u32, iov: u64) -> Option<UserBuffer> {
     let mut first = IoVec { base: 0, len: 0 };
-    // SAFETY: the helper checks the user address.
-    let rc = unsafe { bpf_probe_read_user((&mut first as *mut IoVec).cast(), 16, vec as *const _) };
-    if rc == 0 && first.len >= 8 {
-        on_write(pid_tgid, fd as u32, first.base);
-    }
-    0
+    // SAFETY: the helper checks the user address and fails cleanly.
+    let rc = unsafe { bpf_probe_read_user((&mut first as *mut IoVec).cast(), 16, iov as *const c_void) };
+    (rc == 0).then_some(UserBuffer { fd, addr: first.base, len: first.len })
 }
 
-#[tracepoint]
-pub fn tagger_enter_connect(ctx: TracePointContext) -> u32 {
-    if in_pod()
-        && let Some(fd) = arg(&ctx, ARG_FD)
-    {
-        let _ = TAGGER_CONNECTING.insert(&bpf_get_current_pid_tgid(), &(fd as u32), 0);
-    }
-    0
-}
-
-#[tracepoint]
-pub fn tagger_exit_connect(_ctx: TracePointContext) -> u32 {
-    let pid_tgid = bpf_get_current_pid_tgid();
-    // SAFETY: lookup of a plain value.
-    if unsafe { TAGGER_CONNECTING.get(&pid_tgid) }.is_some() {
-        let _ = TAGGER_CONNECTING.remove(&pid_tgid);
-    }
-    0
-}
-
-#[tracepoint]
-pub fn tagger_enter_close(ctx: TracePointContext) -> u32 {
-    if let Some(pid_tgid) = traced_thread()
-        && let Some(fd) = arg(&ctx, ARG_FD)
-    {
-        let key = sockfd_key(pid_tgid, fd as u32);
-        // SAFETY: plain value copied out.
-        if let Some(cookie) = unsafe { TAGGER_SOCKFD.get(&key) }.copied() {
-            let _ = TAGGER_REQUEST_TAGS.remove(&cookie);
-            let _ = TAGGER_SOCKFD.remove(&key);
+/// Which syscall of the current thread is doing this socket I/O, and its
+/// buffer. Sockets are also read and written by the kernel itself (splice,
+/// io_uring workers, kTLS): those are not an app's syscall and are skipped.
+#[inline(always)]
+fn syscall_buffer(direction: Direction) -> Option<UserBuffer> {
+    // SAFETY: both helpers return pointers the verifier knows by BTF; loads
+    // through them are checked against `struct pt_regs` and cannot fault.
+    let (number, fd, arg) = unsafe {
+        let regs = bpf_task_pt_regs(bpf_get_current_task_btf()) as *const u8;
+        (
+            core::ptr::read_volatile(regs.add(syscall::REG_ORIG_AX).cast::<u64>()),
+            core::ptr::read_volatile(regs.add(syscall::REG_DI).cast::<u64>()) as u32,
+            core::ptr::read_volatile(regs.add(syscall::REG_SI).cast::<u64>()),
+        )
+    };
+    match (direction, number) {
+        (Direction::Receive, syscall::READ | syscall::RECVFROM) | (Direction::Send, syscall::WRITE | syscall::SENDTO) => {
+            Some(UserBuffer { fd, addr: arg, len: u64::MAX })
         }
+        (Direction::Receive, syscall::READV) | (Direction::Send, syscall::WRITEV) => first_iovec(fd, arg),
+        (Direction::Receive, syscall::RECVMSG) | (Direction::Send, syscall::SENDMSG) => {
+            let mut iov: u64 = 0;
+            // SAFETY: as above.
+            let rc = unsafe {
+                bpf_probe_read_user(
+                    (&mut iov as *mut u64).cast(),
+                    8,
+                    (arg + syscall::MSGHDR_IOV) as *const c_void,
+                )
+            };
+            if rc != 0 {
+                return None;
+            }
+            first_iovec(fd, iov)
+        }
+        _ => None,
     }
+}
+
+/// A thread is sending on a TCP socket (before the bytes are queued). On a
+/// redirected socket, the start of an HTTP request gets the thread's
+/// context as its tag. Redirected sockets belong to pods by construction,
+/// so the socket is checked first: every other send ends after one lookup.
+fn on_tcp_send(sk: *mut c_void) {
+    // SAFETY: `sk` is the tracepoint's socket argument, typed by BTF.
+    let cookie = unsafe { bpf_get_socket_cookie(sk) };
+    // SAFETY: lookup of a plain value.
+    if unsafe { TAGGER_REDIRECTED.get(&cookie) }.is_none() {
+        return;
+    }
+    let pid_tgid = bpf_get_current_pid_tgid();
+    let state = TAGGER_THREADS.get_ptr_mut(&pid_tgid);
+    // SAFETY: map values live while this program runs.
+    if let Some(state) = state
+        && unsafe { (*state).sending } != 0
+    {
+        return;
+    }
+    let Some(buffer) = syscall_buffer(Direction::Send) else { return };
+    if buffer.len < 8 || !head(buffer.addr).is_some_and(is_request_start) {
+        return;
+    }
+    let now = unsafe { bpf_ktime_get_ns() };
+    // SAFETY: as above.
+    let (seq, flags) = match state.map(|state| unsafe { &mut *state }) {
+        Some(state) => {
+            state.sending = 1;
+            if state.open > 0 {
+                (state.seq, if state.concurrent != 0 { TAG_CONCURRENT } else { 0 })
+            } else {
+                (0, if just_woke(pid_tgid, now) { TAG_UNSEEN } else { 0 })
+            }
+        }
+        None => {
+            // No inbound request seen on this thread: either none, or unseen
+            // in leaf mode. The entry only marks the send.
+            let fresh = ThreadState { seq: 0, fd: 0, open: 0, captured: 0, concurrent: 0, sending: 1, _pad: 0 };
+            let _ = TAGGER_THREADS.insert(&pid_tgid, &fresh, 0);
+            (0, if just_woke(pid_tgid, now) { TAG_UNSEEN } else { 0 })
+        }
+    };
+    let tag = RequestTag {
+        pid_tgid,
+        seq,
+        written_ns: now,
+        flags,
+        _pad: 0,
+    };
+    if TAGGER_REQUEST_TAGS.insert(&cookie, &tag, 0).is_ok() {
+        bump(stat::OUTBOUND_TAGGED);
+    }
+}
+
+/// A socket send returned. A thread that tagged a request in it is done
+/// with that send; a thread with an open inbound request that wrote an
+/// HTTP response has answered it. Only pod threads have state here, so one
+/// lookup ends this for everything else.
+fn on_send_done(sent: i64) {
+    let pid_tgid = bpf_get_current_pid_tgid();
+    let Some(state) = TAGGER_THREADS.get_ptr_mut(&pid_tgid) else { return };
+    // SAFETY: the map value lives while this program runs.
+    let state = unsafe { &mut *state };
+    if state.sending != 0 {
+        state.sending = 0;
+        return;
+    }
+    if sent <= 0 || state.open == 0 {
+        return;
+    }
+    let Some(buffer) = syscall_buffer(Direction::Send) else { return };
+    if buffer.len < 8 || !head(buffer.addr).is_some_and(is_response_start) {
+        return;
+    }
+    state.open -= 1;
+    if state.open == 0 {
+        state.concurrent = 0;
+    }
+}
+
+/// A socket receive returned `received` bytes.
+fn on_receive(received: i64, flags: u64) {
+    if received <= 0 || flags & MSG_PEEK != 0 {
+        return;
+    }
+    let Some(pid_tgid) = traced_thread() else { return };
+    let Some(buffer) = syscall_buffer(Direction::Receive) else { return };
+    let len = if buffer.len < received as u64 { buffer.len } else { received as u64 };
+    if len >= 8 {
+        on_read(pid_tgid, buffer.fd, buffer.addr, len);
+    }
+}
+
+/// An `int` argument of a BTF tracepoint (each argument is a u64 slot).
+#[inline(always)]
+fn int_arg(ctx: &BtfTracePointContext, n: usize) -> i64 {
+    i64::from(ctx.arg::<u64>(n) as i32)
+}
+
+/// `sock_recv_length(struct sock *sk, int ret, int flags)`.
+#[btf_tracepoint(function = "sock_recv_length")]
+pub fn tagger_sock_recv(ctx: BtfTracePointContext) -> i32 {
+    on_receive(int_arg(&ctx, 1), ctx.arg::<u64>(2));
+    0
+}
+
+/// `tcp_sendmsg_locked(const struct sock *sk, const struct msghdr *msg,
+/// const struct sk_buff *skb, int size_goal)`.
+#[btf_tracepoint(function = "tcp_sendmsg_locked")]
+pub fn tagger_tcp_send(ctx: BtfTracePointContext) -> i32 {
+    on_tcp_send(ctx.arg::<*mut c_void>(0));
+    0
+}
+
+/// `sock_send_length(struct sock *sk, int ret, int flags)`.
+#[btf_tracepoint(function = "sock_send_length")]
+pub fn tagger_sock_sent(ctx: BtfTracePointContext) -> i32 {
+    on_send_done(int_arg(&ctx, 1));
     0
 }
 
 /// A thread exits: its state goes; when it is the process's main thread,
 /// the process's too (so a new process that reuses the pid starts afresh).
-#[tracepoint]
-pub fn tagger_task_exit(_ctx: TracePointContext) -> u32 {
+#[btf_tracepoint(function = "sched_process_exit")]
+pub fn tagger_task_exit(_ctx: BtfTracePointContext) -> i32 {
     let pid_tgid = bpf_get_current_pid_tgid();
     // SAFETY: lookups of plain values.
     if unsafe { TAGGER_THREADS.get(&pid_tgid) }.is_some() {

@@ -355,6 +355,57 @@ fn a_leaf_that_starts_calling_out_is_never_trusted_wrongly() {
     );
 }
 
+/// Apps on raw sockets doing scatter-gather I/O (`recvmsg`/`sendmsg`, then
+/// `readv`/`writev`), whose outbound request puts its head and a 256 KiB
+/// body in ONE syscall: the lane is inherited, and each request is tagged
+/// exactly once, although a send that large passes the kernel's TCP send
+/// loop (where the tag is written) many times.
+#[test]
+fn scatter_gather_io_and_large_sends_are_tagged_once() {
+    let app = workspace().join("tests/apps/msg_hop.py");
+    for io in ["msg", "vec"] {
+        let hop = |extra: &str| format!("[python3, {}, --io, {io}{extra}]", app.display());
+        let yaml = format!(
+            "lanes:\n  - {{name: gray, sticky: true}}\nservices:\n  - name: a\n    port: 8080\n    pods:\n      - {{name: a-base, command: {}}}\n  - name: b\n    port: 8080\n    pods:\n      - {{name: b-base, command: {}}}\n      - {{name: b-gray, lane: gray, command: {}}}\n",
+            hop(", --next, \"b:8080\", --body-kib, \"256\""),
+            hop(""),
+            hop(""),
+        );
+        let path = std::env::temp_dir().join(format!("tagger-sg-{}.yaml", std::process::id()));
+        std::fs::write(&path, yaml).unwrap();
+        let cluster = up(&path);
+        let tagged = || {
+            cluster.config_dump()["kernel"]["outbound_tagged"]
+                .as_u64()
+                .unwrap()
+        };
+        let before = tagged();
+        for _ in 0..5 {
+            assert_eq!(
+                entry(&cluster, "a-base", &["x-lane: gray"]),
+                "a-base -> b-gray",
+                "--io {io}"
+            );
+            assert_eq!(
+                entry(&cluster, "a-base", &[]),
+                "a-base -> b-base",
+                "--io {io}"
+            );
+        }
+        let inherited = cluster.flow("a-base", "b", "b-gray");
+        assert_eq!(
+            inherited["reason"], "inherited-thread",
+            "--io {io}: {inherited}"
+        );
+        assert_eq!(inherited["correlation"], "trusted");
+        assert_eq!(
+            tagged() - before,
+            10,
+            "--io {io}: one tag per outbound request"
+        );
+    }
+}
+
 /// Requests counted in the flows that satisfy `keep`.
 fn requests_where(flows: &[Value], keep: impl Fn(&Value) -> bool) -> u64 {
     flows

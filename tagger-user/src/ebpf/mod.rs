@@ -12,9 +12,9 @@ use std::{
 };
 
 use aya::{
-    Ebpf,
+    Btf, Ebpf,
     maps::{Array, HashMap as BpfHashMap, MapData, PerCpuArray, RingBuf},
-    programs::{CgroupAttachMode, CgroupSockAddr, SockOps, TracePoint},
+    programs::{BtfTracePoint, CgroupAttachMode, CgroupSockAddr, SockOps},
 };
 use tagger_common::{DestInfo, DestKey, FlowKey, FlowOrigin, ProxyConfig, RequestTag, names, stat};
 
@@ -40,13 +40,15 @@ pub enum EbpfError {
         map: &'static str,
         source: aya::maps::MapError,
     },
-    #[error("tracepoint {name}: {source} (is tracefs available at /sys/kernel/tracing?)")]
+    #[error(
+        "propagation program {name} failed to load or attach: {source} (does the kernel have BTF and tp_btf, 5.5 or later?)"
+    )]
     Tracepoint {
         name: &'static str,
         source: aya::programs::ProgramError,
     },
-    #[error("cannot mount tracefs at /sys/kernel/tracing: {0}")]
-    Tracefs(std::io::Error),
+    #[error("cannot read the kernel's BTF at /sys/kernel/btf/vmlinux (CONFIG_DEBUG_INFO_BTF): {0}")]
+    Btf(aya::BtfError),
     #[error("cannot open cgroup {path}: {source} (is cgroup v2 mounted?)")]
     Cgroup {
         path: PathBuf,
@@ -131,7 +133,7 @@ impl Datapath {
             .attach(&cgroup_file, CgroupAttachMode::Single)
             .map_err(program_error(names::PROG_SOCK_OPS))?;
 
-        attach_tracepoints(&mut ebpf)?;
+        attach_propagation(&mut ebpf)?;
 
         let map_error = |map: &'static str| move |source| EbpfError::Map { map, source };
         let config = Array::try_from(take_map(&mut ebpf, names::MAP_CONFIG)?)
@@ -234,8 +236,8 @@ impl Datapath {
         Some(origin)
     }
 
-    /// Makes the kernel's set of pod cgroups (whose syscalls the
-    /// propagation tracepoints look at) equal to `wanted`.
+    /// Makes the kernel's set of pod cgroups (whose socket I/O the
+    /// propagation programs look at) equal to `wanted`.
     pub fn sync_pod_cgroups(&self, wanted: &HashSet<u64>) -> Result<(), EbpfError> {
         let mut map = self.pod_cgroups.lock().expect("pod cgroups lock");
         let present: Vec<u64> = map.keys().filter_map(Result::ok).collect();
@@ -323,56 +325,29 @@ pub fn original_destination(origin: &FlowOrigin) -> SocketAddrV4 {
     )
 }
 
-const TRACEFS: &str = "/sys/kernel/tracing";
-
-/// Attaches the propagation tracepoints. tracefs is only needed while
-/// attaching (to look up event ids); if it was not mounted, it is mounted for
-/// that moment and unmounted again, so the daemon leaves no mount behind.
-fn attach_tracepoints(ebpf: &mut Ebpf) -> Result<(), EbpfError> {
-    let mounted_here = mount_tracefs_if_needed()?;
-    let result = (|| {
-        for (program, category, event) in names::TRACEPOINTS {
-            let error = |source| EbpfError::Tracepoint {
-                name: program,
-                source,
-            };
-            let tracepoint: &mut TracePoint = ebpf
-                .program_mut(program)
-                .ok_or(EbpfError::Missing(program))?
-                .try_into()
-                .map_err(error)?;
-            tracepoint.load().map_err(error)?;
-            tracepoint.attach(category, event).map_err(error)?;
-        }
-        Ok(())
-    })();
-    if mounted_here {
-        let path = std::ffi::CString::new(TRACEFS).expect("static path");
-        // SAFETY: plain umount(2) of the mount we made above.
-        unsafe { libc::umount(path.as_ptr()) };
+/// Attaches the propagation programs (BTF tracepoints: typed by the
+/// kernel's own BTF, no tracefs needed). Their syscall layout is x86_64's;
+/// elsewhere routing works and propagation is off.
+fn attach_propagation(ebpf: &mut Ebpf) -> Result<(), EbpfError> {
+    if !cfg!(target_arch = "x86_64") {
+        tracing::warn!(
+            "propagation through apps needs x86_64; lanes then come from headers, rules and pod lanes only"
+        );
+        return Ok(());
     }
-    result
-}
-
-fn mount_tracefs_if_needed() -> Result<bool, EbpfError> {
-    let has_events = Path::new(TRACEFS).join("events").exists();
-    if has_events {
-        return Ok(false);
+    let btf = Btf::from_sys_fs().map_err(EbpfError::Btf)?;
+    for (program, tracepoint) in names::BTF_TRACEPOINTS {
+        let error = |source| EbpfError::Tracepoint {
+            name: program,
+            source,
+        };
+        let attach: &mut BtfTracePoint = ebpf
+            .program_mut(program)
+            .ok_or(EbpfError::Missing(program))?
+            .try_into()
+            .map_err(error)?;
+        attach.load(tracepoint, &btf).map_err(error)?;
+        attach.attach().map_err(error)?;
     }
-    let target = std::ffi::CString::new(TRACEFS).expect("static path");
-    let fstype = std::ffi::CString::new("tracefs").expect("static name");
-    // SAFETY: mount(2) with valid C strings; no data argument.
-    let rc = unsafe {
-        libc::mount(
-            fstype.as_ptr(),
-            target.as_ptr(),
-            fstype.as_ptr(),
-            0,
-            std::ptr::null(),
-        )
-    };
-    if rc != 0 {
-        return Err(EbpfError::Tracefs(std::io::Error::last_os_error()));
-    }
-    Ok(true)
+    Ok(())
 }
