@@ -23,6 +23,7 @@ pub mod names {
     pub const MAP_POD_CGROUPS: &str = "TAGGER_POD_CGROUPS";
     pub const MAP_REQUEST_TAGS: &str = "TAGGER_REQUEST_TAGS";
     pub const MAP_EVENTS: &str = "TAGGER_EVENTS";
+    pub const MAP_POD_TAGGED: &str = "TAGGER_POD_TAGGED";
     /// (program, tracepoint): every BTF tracepoint (`tp_btf`) the daemon
     /// attaches. None is a syscall tracepoint: those would slow every
     /// syscall of every task on the node.
@@ -37,6 +38,11 @@ pub mod names {
 /// Capacity of the flow maps. They are LRU maps: a flow the proxy never
 /// claims (the client died between connect() and the SYN) ages out.
 pub const MAX_FLOWS: u32 = 65_536;
+/// Pods a node tracks at most: slots of `TAGGER_POD_TAGGED` (slot 0 unused).
+pub const MAX_POD_SLOTS: u32 = 8192;
+/// `BPF_F_MMAPABLE`: an array map userspace can read as memory.
+pub const BPF_F_MMAPABLE: u32 = 1 << 10;
+
 /// Capacity of the managed-destination map (service addresses + endpoints).
 pub const MAX_MANAGED: u32 = 16_384;
 

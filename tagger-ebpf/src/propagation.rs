@@ -28,16 +28,16 @@ use aya_ebpf::{
     helpers::{
         bpf_get_current_cgroup_id, bpf_get_current_pid_tgid, bpf_ktime_get_ns,
         generated::{
-            bpf_get_current_task_btf, bpf_get_socket_cookie, bpf_probe_read_user, bpf_ringbuf_output,
+            bpf_get_current_task_btf, bpf_get_socket_cookie, bpf_probe_read_user, bpf_ringbuf_output, bpf_ringbuf_query,
             bpf_task_pt_regs,
         },
     },
     macros::{btf_tracepoint, map},
-    maps::{HashMap, LruHashMap, PerCpuArray, RingBuf},
+    maps::{Array, HashMap, LruHashMap, PerCpuArray, RingBuf},
     programs::BtfTracePointContext,
 };
 use tagger_common::{
-    CAPTURE_BYTES, EVENT_FIRST, EVENTS_RING_BYTES, InboundEvent, LEAF_AFTER_REQUESTS, MAX_CAPTURE_PER_REQUEST,
+    BPF_F_MMAPABLE, CAPTURE_BYTES, MAX_POD_SLOTS, EVENT_FIRST, EVENTS_RING_BYTES, InboundEvent, LEAF_AFTER_REQUESTS, MAX_CAPTURE_PER_REQUEST,
     MAX_FLOWS, RequestTag, TAG_CONCURRENT, TAG_UNSEEN, stat,
 };
 
@@ -47,9 +47,18 @@ const MAX_THREADS: u32 = 65_536;
 /// `recvmsg` flag: the bytes stay queued and will be read again.
 const MSG_PEEK: u64 = 2;
 
-/// cgroup ids of pods whose traffic tagger routes.
+/// cgroup ids of pods whose traffic tagger routes, to the pod's slot in
+/// `TAGGER_POD_TAGGED` (assigned by the daemon, never 0).
 #[map]
-static TAGGER_POD_CGROUPS: HashMap<u64, u32> = HashMap::with_max_entries(8192, 0);
+static TAGGER_POD_CGROUPS: HashMap<u64, u32> = HashMap::with_max_entries(MAX_POD_SLOTS, 0);
+
+/// By pod slot: 1 once a thread of the pod wrote a request that carries an
+/// inbound context. The proxy reads it as memory (mmap, no syscall) and asks
+/// for request tags only on connections from such pods: a pure client pays
+/// no map lookup per request. `u64` values: array elements are 8-byte
+/// strided whatever their size, and userspace indexes the memory by value.
+#[map]
+static TAGGER_POD_TAGGED: Array<u64> = Array::with_max_entries(MAX_POD_SLOTS, BPF_F_MMAPABLE);
 
 /// Sockets the connect hook redirected to the proxy, by cookie. Entries go
 /// when the socket closes (sock_ops state callback) or age out.
@@ -215,9 +224,14 @@ fn is_response_start(head: u64) -> bool {
 }
 
 /// Do not wake the reader on submit: waking costs microseconds per event.
-/// Userspace drains the ring every few milliseconds, and at once when the
-/// proxy needs a context that has not arrived yet.
+/// Userspace drains the ring when the proxy needs a context that has not
+/// arrived yet, and every 100 ms; the ring wakes it only when it is a
+/// quarter full, long before it could overflow.
 const BPF_RB_NO_WAKEUP: u64 = 1;
+const BPF_RB_FORCE_WAKEUP: u64 = 2;
+/// `bpf_ringbuf_query`: bytes submitted and not yet consumed.
+const BPF_RB_AVAIL_DATA: u64 = 0;
+const WAKE_AT_BYTES: u64 = EVENTS_RING_BYTES as u64 / 4;
 /// Chunks of one read sent at most (CAPTURE_BYTES each).
 const MAX_CHUNKS: u64 = 4;
 
@@ -263,16 +277,12 @@ fn emit(pid_tgid: u64, seq: u64, fd: u32, buf: u64, len: u64, flags: u32) -> u32
         return 0;
     }
     let size = EVENT_HEADER_BYTES + u64::from(n);
-    // SAFETY: the map pointer is our ring buffer's definition; `size` is at
-    // most the scratch slot's size.
-    let rc = unsafe {
-        bpf_ringbuf_output(
-            (&raw const TAGGER_EVENTS).cast_mut().cast(),
-            event.cast(),
-            size,
-            BPF_RB_NO_WAKEUP,
-        )
-    };
+    let ring = (&raw const TAGGER_EVENTS).cast_mut().cast();
+    // SAFETY: the map pointer is our ring buffer's definition.
+    let pending = unsafe { bpf_ringbuf_query(ring, BPF_RB_AVAIL_DATA) };
+    let wake = if pending >= WAKE_AT_BYTES { BPF_RB_FORCE_WAKEUP } else { BPF_RB_NO_WAKEUP };
+    // SAFETY: as above; `size` is at most the scratch slot's size.
+    let rc = unsafe { bpf_ringbuf_output(ring, event.cast(), size, wake) };
     if rc < 0 {
         bump(stat::EVENTS_DROPPED);
         return 0;
@@ -450,6 +460,12 @@ fn on_tcp_send(sk: *mut c_void) {
             (0, if just_woke(pid_tgid, now) { TAG_UNSEEN } else { 0 })
         }
     };
+    if seq == 0 && flags == 0 {
+        // Nothing to carry. The proxy tells the previous request's tag,
+        // still in the map, by its write time: it serves one request only.
+        return;
+    }
+    mark_pod_tagged();
     let tag = RequestTag {
         pid_tgid,
         seq,
@@ -459,6 +475,25 @@ fn on_tcp_send(sk: *mut c_void) {
     };
     if TAGGER_REQUEST_TAGS.insert(&cookie, &tag, 0).is_ok() {
         bump(stat::OUTBOUND_TAGGED);
+    }
+}
+
+/// Sets the current pod's flag before its first tag is written: the proxy,
+/// which reads the request after this program ran, then knows to look.
+#[inline(always)]
+fn mark_pod_tagged() {
+    let cgroup = unsafe { bpf_get_current_cgroup_id() };
+    // SAFETY: plain value copied out.
+    let Some(slot) = (unsafe { TAGGER_POD_CGROUPS.get(&cgroup) }).copied() else {
+        return;
+    };
+    if let Some(flag) = TAGGER_POD_TAGGED.get_ptr_mut(slot) {
+        // SAFETY: array value, valid while this program runs.
+        unsafe {
+            if core::ptr::read_volatile(flag) == 0 {
+                core::ptr::write_volatile(flag, 1);
+            }
+        }
     }
 }
 

@@ -91,6 +91,9 @@ pub struct ConfigDump<'a> {
     pub programs: Vec<crate::ebpf::ProgramStat>,
     /// Threads with an inbound context, and learnt request ids.
     pub propagation: PropagationDump,
+    /// Each pod cgroup's slot in the kernel's pod flags, and whether the pod
+    /// has carried a context into a call (its requests' tags are looked up).
+    pub pod_flags: Vec<crate::ebpf::PodFlagRow>,
 }
 
 #[derive(Serialize)]
@@ -348,6 +351,10 @@ impl Controller {
                 let (threads, ids) = self.contexts.sizes();
                 PropagationDump { threads, ids }
             },
+            pod_flags: self
+                .datapath()
+                .map(|d| d.pod_flag_rows())
+                .unwrap_or_default(),
         };
         serde_json::to_value(&dump)
             .unwrap_or_else(|e| serde_json::json!({ "error": e.to_string() }))

@@ -8,7 +8,7 @@ use std::{
     fs::File,
     net::{Ipv4Addr, SocketAddrV4},
     path::{Path, PathBuf},
-    sync::Mutex,
+    sync::{Arc, Mutex},
 };
 
 use aya::{
@@ -19,6 +19,11 @@ use aya::{
 use tagger_common::{DestInfo, DestKey, FlowKey, FlowOrigin, ProxyConfig, RequestTag, names, stat};
 
 use crate::state::Destination;
+
+mod pod_flags;
+
+pub use pod_flags::PodFlags;
+use pod_flags::PodSlots;
 
 /// The kernel object built by build.rs, aligned as the ELF parser wants.
 static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/tagger-ebpf.o"));
@@ -49,6 +54,15 @@ pub enum EbpfError {
     },
     #[error("cannot read the kernel's BTF at /sys/kernel/btf/vmlinux (CONFIG_DEBUG_INFO_BTF): {0}")]
     Btf(aya::BtfError),
+    #[error(
+        "cannot map {map} into memory: {source} (does the kernel support BPF_F_MMAPABLE, 5.5 or later?)"
+    )]
+    Mmap {
+        map: &'static str,
+        source: std::io::Error,
+    },
+    #[error("no slot left for pod cgroup {0}: this node tracks at most 8191 pods")]
+    TooManyPods(u64),
     #[error("cannot open cgroup {path}: {source} (is cgroup v2 mounted?)")]
     Cgroup {
         path: PathBuf,
@@ -77,6 +91,8 @@ pub struct Datapath {
     stats: PerCpuArray<MapData, u64>,
     installed: Mutex<HashSet<DestKey>>,
     pod_cgroups: Mutex<BpfHashMap<MapData, u64, u32>>,
+    pod_slots: Mutex<PodSlots>,
+    pod_flags: Arc<PodFlags>,
     request_tags: Mutex<BpfHashMap<MapData, u64, RequestTag>>,
     events: Mutex<Option<RingBuf<MapData>>>,
 }
@@ -150,6 +166,15 @@ impl Datapath {
             .map_err(map_error(names::MAP_REQUEST_TAGS))?;
         let events = RingBuf::try_from(take_map(&mut ebpf, names::MAP_EVENTS)?)
             .map_err(map_error(names::MAP_EVENTS))?;
+        let pod_flags = match take_map(&mut ebpf, names::MAP_POD_TAGGED)? {
+            aya::maps::Map::Array(data) => {
+                PodFlags::map(data).map_err(|source| EbpfError::Mmap {
+                    map: names::MAP_POD_TAGGED,
+                    source,
+                })?
+            }
+            _ => return Err(EbpfError::Missing(names::MAP_POD_TAGGED)),
+        };
         Ok(Self {
             ebpf,
             config: Mutex::new(config),
@@ -158,6 +183,8 @@ impl Datapath {
             stats,
             installed: Mutex::new(HashSet::new()),
             pod_cgroups: Mutex::new(pod_cgroups),
+            pod_slots: Mutex::new(PodSlots::default()),
+            pod_flags: Arc::new(pod_flags),
             request_tags: Mutex::new(request_tags),
             events: Mutex::new(Some(events)),
         })
@@ -237,20 +264,56 @@ impl Datapath {
     }
 
     /// Makes the kernel's set of pod cgroups (whose socket I/O the
-    /// propagation programs look at) equal to `wanted`.
+    /// propagation programs look at) equal to `wanted`, each with its slot
+    /// in the pod flags.
     pub fn sync_pod_cgroups(&self, wanted: &HashSet<u64>) -> Result<(), EbpfError> {
         let mut map = self.pod_cgroups.lock().expect("pod cgroups lock");
-        let present: Vec<u64> = map.keys().filter_map(Result::ok).collect();
-        for id in present.iter().filter(|id| !wanted.contains(id)) {
-            let _ = map.remove(id);
+        let mut slots = self.pod_slots.lock().expect("pod slots lock");
+        let gone: Vec<u64> = slots.cgroups().filter(|id| !wanted.contains(id)).collect();
+        for id in gone {
+            let _ = map.remove(&id);
+            slots.release(id);
         }
-        for id in wanted {
-            map.insert(id, 1, 0).map_err(|source| EbpfError::Map {
-                map: names::MAP_POD_CGROUPS,
-                source,
-            })?;
+        for &id in wanted {
+            let (slot, new) = slots.assign(id).ok_or(EbpfError::TooManyPods(id))?;
+            if new {
+                // Cleared before the kernel can find the pod by it.
+                self.pod_flags.clear(slot);
+                map.insert(id, slot, 0).map_err(|source| EbpfError::Map {
+                    map: names::MAP_POD_CGROUPS,
+                    source,
+                })?;
+            }
         }
         Ok(())
+    }
+
+    /// Every pod cgroup's slot and flag, for the config dump.
+    pub fn pod_flag_rows(&self) -> Vec<PodFlagRow> {
+        let slots = self.pod_slots.lock().expect("pod slots lock");
+        let mut rows: Vec<PodFlagRow> = slots
+            .cgroups()
+            .filter_map(|cgroup_id| {
+                let slot = slots.get(cgroup_id)?;
+                Some(PodFlagRow {
+                    cgroup_id,
+                    slot,
+                    carried_context: self.pod_flags.is_set(slot),
+                })
+            })
+            .collect();
+        rows.sort_by_key(|row| row.slot);
+        rows
+    }
+
+    /// The pod flags and the slot of the pod with this cgroup, if it has one.
+    pub fn pod_flag(&self, cgroup_id: u64) -> Option<(Arc<PodFlags>, u32)> {
+        let slot = self
+            .pod_slots
+            .lock()
+            .expect("pod slots lock")
+            .get(cgroup_id)?;
+        Some((self.pod_flags.clone(), slot))
     }
 
     /// What the kernel saw when the app wrote its newest request on the
@@ -306,6 +369,14 @@ impl Datapath {
             events_dropped: sum(stat::EVENTS_DROPPED),
         }
     }
+}
+
+/// One pod cgroup's slot in the kernel's pod flags.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct PodFlagRow {
+    pub cgroup_id: u64,
+    pub slot: u32,
+    pub carried_context: bool,
 }
 
 /// Run time of one loaded program, from the kernel's BPF stats (counted

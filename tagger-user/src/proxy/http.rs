@@ -16,7 +16,7 @@ use tokio::net::TcpStream;
 use tracing::{debug, warn};
 
 use super::{
-    Proxy, ProxyConfig, ProxyError,
+    Proxy, ProxyConfig, ProxyError, TagWatch,
     body::{self, ProxyBody},
 };
 use crate::{
@@ -63,6 +63,7 @@ pub struct Connection {
     pub service: String,
     /// The client socket's cookie, for the kernel's request tags.
     pub cookie: u64,
+    pub tag_watch: TagWatch,
 }
 
 impl Connection {
@@ -73,6 +74,7 @@ impl Connection {
             source_lane: self.source_lane,
             service: self.service,
             cookie: self.cookie,
+            tag_watch: self.tag_watch,
             last_tag_ns: std::sync::atomic::AtomicU64::new(0),
         });
         let service = service_fn(move |request| {
@@ -97,6 +99,7 @@ struct RequestContext {
     source_lane: Option<String>,
     service: String,
     cookie: u64,
+    tag_watch: TagWatch,
     /// Write time of the newest kernel tag used on this connection: a tag
     /// serves one request, never a later one on the same connection.
     last_tag_ns: std::sync::atomic::AtomicU64,
@@ -106,6 +109,9 @@ impl RequestContext {
     /// The kernel's tag for the request being handled, if the app wrote one
     /// since the last request on this connection.
     fn fresh_tag(&self) -> Option<tagger_common::RequestTag> {
+        if !self.tag_watch.may_have_tags() {
+            return None;
+        }
         let tag = self.proxy.kernel.request_tag(self.cookie)?;
         let previous = self.last_tag_ns.swap(tag.written_ns, Ordering::Relaxed);
         (tag.written_ns != previous).then_some(tag)

@@ -44,6 +44,33 @@ pub trait FlowLookup: Send + Sync + 'static {
     fn request_tag(&self, _cookie: u64) -> Option<RequestTag> {
         None
     }
+
+    /// When requests from the pod with this cgroup are worth a tag lookup.
+    fn tag_watch(&self, _cgroup_id: u64) -> TagWatch {
+        TagWatch::Always
+    }
+}
+
+/// Whether a connection's requests may carry a kernel tag, so that a
+/// connection from a pod that never carried a context costs no lookup.
+#[derive(Clone)]
+pub enum TagWatch {
+    /// Look for every request (pods the kernel does not track, tests).
+    Always,
+    /// Look once the pod's kernel flag says it wrote a tag.
+    PodFlag {
+        flags: Arc<crate::ebpf::PodFlags>,
+        slot: u32,
+    },
+}
+
+impl TagWatch {
+    pub fn may_have_tags(&self) -> bool {
+        match self {
+            TagWatch::Always => true,
+            TagWatch::PodFlag { flags, slot } => flags.is_set(*slot),
+        }
+    }
 }
 
 impl FlowLookup for crate::ebpf::Datapath {
@@ -57,6 +84,13 @@ impl FlowLookup for crate::ebpf::Datapath {
 
     fn request_tag(&self, cookie: u64) -> Option<RequestTag> {
         crate::ebpf::Datapath::request_tag(self, cookie)
+    }
+
+    fn tag_watch(&self, cgroup_id: u64) -> TagWatch {
+        match self.pod_flag(cgroup_id) {
+            Some((flags, slot)) => TagWatch::PodFlag { flags, slot },
+            None => TagWatch::Always,
+        }
     }
 }
 
@@ -159,6 +193,7 @@ impl Proxy {
                     source_lane,
                     service: snapshot.services[destination.service()].name.clone(),
                     cookie: origin.cookie,
+                    tag_watch: self.kernel.tag_watch(origin.cgroup_id),
                 };
                 conn.serve(stream).await;
             }
