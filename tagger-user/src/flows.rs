@@ -1,11 +1,12 @@
 //! The flow-to-lane map: which pod called which service, where each request
 //! went, in which lane and why; and requests per second per lane per service.
 use std::{
-    collections::HashMap,
+    hash::{Hash, Hasher},
     sync::Mutex,
     time::{Duration, Instant, SystemTime, UNIX_EPOCH},
 };
 
+use hashbrown::{Equivalent, HashMap};
 use serde::{Deserialize, Serialize};
 
 use crate::{propagation::Correlation, routing::Reason};
@@ -16,7 +17,9 @@ const FLOW_RETENTION: Duration = Duration::from_secs(600);
 pub const RATE_WINDOW_SECS: u64 = 5;
 const RATE_SLOTS: usize = 16;
 
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+/// A flow's identity, owned: made only when a flow is first seen. Every
+/// request looks its flow up through [`FlowIdRef`], without allocating.
+#[derive(Debug, Clone, PartialEq, Eq)]
 struct FlowId {
     source: String,
     service: String,
@@ -25,6 +28,77 @@ struct FlowId {
     reason: Reason,
     fallback: bool,
     correlation: Correlation,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+struct FlowIdRef<'a> {
+    source: &'a str,
+    service: &'a str,
+    endpoint: &'a str,
+    lane: Option<&'a str>,
+    reason: &'a Reason,
+    fallback: bool,
+    correlation: Correlation,
+}
+
+impl FlowId {
+    fn as_ref(&self) -> FlowIdRef<'_> {
+        FlowIdRef {
+            source: &self.source,
+            service: &self.service,
+            endpoint: &self.endpoint,
+            lane: self.lane.as_deref(),
+            reason: &self.reason,
+            fallback: self.fallback,
+            correlation: self.correlation,
+        }
+    }
+}
+
+impl FlowIdRef<'_> {
+    fn to_owned(self) -> FlowId {
+        FlowId {
+            source: self.source.to_string(),
+            service: self.service.to_string(),
+            endpoint: self.endpoint.to_string(),
+            lane: self.lane.map(str::to_string),
+            reason: self.reason.clone(),
+            fallback: self.fallback,
+            correlation: self.correlation,
+        }
+    }
+}
+
+// Hashed as its borrowed form, so that a `FlowIdRef` finds it.
+impl Hash for FlowId {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        self.as_ref().hash(state);
+    }
+}
+
+impl Equivalent<FlowId> for FlowIdRef<'_> {
+    fn equivalent(&self, key: &FlowId) -> bool {
+        *self == key.as_ref()
+    }
+}
+
+/// (service, lane) of the per-lane rates, owned and borrowed as above.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct LaneKey(String, Option<String>);
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+struct LaneKeyRef<'a>(&'a str, Option<&'a str>);
+
+impl Hash for LaneKey {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        LaneKeyRef(&self.0, self.1.as_deref()).hash(state);
+    }
+}
+
+impl Equivalent<LaneKey> for LaneKeyRef<'_> {
+    fn equivalent(&self, key: &LaneKey) -> bool {
+        *self == LaneKeyRef(&key.0, key.1.as_deref())
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -85,7 +159,7 @@ struct LaneCounter {
 #[derive(Debug, Default)]
 pub struct FlowTable {
     flows: Mutex<HashMap<FlowId, FlowStats>>,
-    lanes: Mutex<HashMap<(String, Option<String>), LaneCounter>>,
+    lanes: Mutex<HashMap<LaneKey, LaneCounter>>,
 }
 
 fn unix_second() -> u64 {
@@ -98,31 +172,46 @@ fn unix_second() -> u64 {
 impl FlowTable {
     pub fn record(&self, r: RequestRecord<'_>) {
         let now = Instant::now();
-        let id = FlowId {
-            source: r.source.to_string(),
-            service: r.service.to_string(),
-            endpoint: r.endpoint.to_string(),
-            lane: r.lane.map(str::to_string),
-            reason: r.reason.clone(),
+        let id = FlowIdRef {
+            source: r.source,
+            service: r.service,
+            endpoint: r.endpoint,
+            lane: r.lane,
+            reason: r.reason,
             fallback: r.fallback,
             correlation: r.correlation,
         };
         {
             let mut flows = self.flows.lock().expect("flow table lock");
-            let stats = flows.entry(id).or_insert(FlowStats {
-                requests: 0,
-                errors: 0,
-                last_seen: now,
-            });
-            stats.requests += 1;
-            stats.errors += u64::from(!r.ok);
-            stats.last_seen = now;
+            let count = |stats: &mut FlowStats| {
+                stats.requests += 1;
+                stats.errors += u64::from(!r.ok);
+                stats.last_seen = now;
+            };
+            match flows.get_mut(&id) {
+                Some(stats) => count(stats),
+                None => {
+                    let mut fresh = FlowStats {
+                        requests: 0,
+                        errors: 0,
+                        last_seen: now,
+                    };
+                    count(&mut fresh);
+                    flows.insert(id.to_owned(), fresh);
+                }
+            }
         }
         let second = unix_second();
         let mut lanes = self.lanes.lock().expect("lane counter lock");
-        let counter = lanes
-            .entry((r.service.to_string(), r.lane.map(str::to_string)))
-            .or_default();
+        let key = LaneKeyRef(r.service, r.lane);
+        if !lanes.contains_key(&key) {
+            // First request of this lane to this service.
+            lanes.insert(
+                LaneKey(key.0.to_string(), key.1.map(str::to_string)),
+                LaneCounter::default(),
+            );
+        }
+        let counter = lanes.get_mut(&key).expect("inserted above");
         let slot = &mut counter.slots[(second % RATE_SLOTS as u64) as usize];
         if slot.0 != second {
             *slot = (second, 0);
@@ -174,7 +263,7 @@ impl FlowTable {
         let lanes = self.lanes.lock().expect("lane counter lock");
         let mut rates: Vec<LaneRate> = lanes
             .iter()
-            .map(|((service, lane), counter)| {
+            .map(|(LaneKey(service, lane), counter)| {
                 let recent: u64 = counter
                     .slots
                     .iter()
@@ -238,5 +327,63 @@ mod tests {
             .map(|r| (r.lane, r.total))
             .collect();
         assert_eq!(totals, vec![(None, 1), (Some("gray".into()), 3)]);
+    }
+
+    /// Flows are found by their borrowed form: every field tells flows
+    /// apart, and a flow seen again is counted, not duplicated.
+    #[test]
+    fn every_field_tells_flows_apart() {
+        let table = FlowTable::default();
+        let rule_a = Reason::Rule("a".into());
+        let rule_b = Reason::Rule("b".into());
+        let base = RequestRecord {
+            source: "a",
+            service: "b",
+            endpoint: "b-1",
+            lane: Some("gray"),
+            reason: &rule_a,
+            fallback: false,
+            correlation: Correlation::None,
+            ok: true,
+        };
+        let variants = [
+            base,
+            RequestRecord {
+                source: "a2",
+                ..base
+            },
+            RequestRecord {
+                service: "c",
+                ..base
+            },
+            RequestRecord {
+                endpoint: "b-2",
+                ..base
+            },
+            RequestRecord { lane: None, ..base },
+            RequestRecord {
+                lane: Some("blue"),
+                ..base
+            },
+            RequestRecord {
+                reason: &rule_b,
+                ..base
+            },
+            RequestRecord {
+                fallback: true,
+                ..base
+            },
+            RequestRecord {
+                correlation: Correlation::Trusted,
+                ..base
+            },
+        ];
+        for round in 0..2 {
+            for record in variants {
+                table.record(record);
+            }
+            assert_eq!(table.rows().len(), variants.len(), "round {round}");
+        }
+        assert!(table.rows().iter().all(|row| row.requests == 2));
     }
 }

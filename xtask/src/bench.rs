@@ -5,7 +5,10 @@
 //! answers). Each path is measured from the same pod to the same server:
 //! - direct: `web`'s unmanaged port 8081, no proxy;
 //! - tagger: `web:8080`, redirected by the eBPF hook to the node proxy;
-//! - envoy / haproxy: one worker / one thread on the node, forwarding to 8081.
+//! - envoy / haproxy: one worker / one thread on the node, forwarding to 8081;
+//! - l4-floor: the same HAProxy relaying bytes (mode tcp): no HTTP work at
+//!   all, so what it adds is the floor of any userspace hop here (RSS and
+//!   process shared with `haproxy`).
 //!
 //! Proxies run on CPU 0; oha and nginx on CPU 1. Every measurement is
 //! repeated after a warm-up and the median is reported.
@@ -68,9 +71,12 @@ impl Mode {
     }
 }
 
-const PATHS: [&str; 4] = ["direct", "tagger", "envoy", "haproxy"];
+/// The paths measured. `l4-floor` is HAProxy relaying TCP bytes (mode tcp,
+/// no HTTP parsing): the least any userspace hop can add on this machine.
+const PATHS: [&str; 5] = ["direct", "tagger", "envoy", "haproxy", "l4-floor"];
 const ENVOY_PORT: u16 = 10000;
 const HAPROXY_PORT: u16 = 10001;
+const L4_FLOOR_PORT: u16 = 10002;
 const RUN_DIR: &str = "/run/tagger-bench";
 
 /// Kills what the bench started, by PID, and removes the cluster.
@@ -226,7 +232,9 @@ fn haproxy_config(dir: &Path, web: &str) -> Result<PathBuf> {
             "global\n  nbthread 1\n  tune.bufsize 98304\n  maxconn 4096\n\
              defaults\n  mode http\n  timeout connect 2s\n  timeout client 60s\n  timeout server 60s\n  option http-keep-alive\n\
              frontend bench\n  bind 10.77.0.1:{HAPROXY_PORT}\n  default_backend web\n\
-             backend web\n  http-reuse always\n  server web {web}:8081\n"
+             backend web\n  http-reuse always\n  server web {web}:8081\n\
+             frontend floor\n  mode tcp\n  bind 10.77.0.1:{L4_FLOOR_PORT}\n  default_backend web_tcp\n\
+             backend web_tcp\n  mode tcp\n  server web {web}:8081\n"
         ),
     )?;
     Ok(path)
@@ -430,6 +438,7 @@ pub fn run_bench(root: &Path, tagger: &Path, mode: Mode) -> Result<()> {
     cleanup.children.push(haproxy);
     wait_port(&format!("10.77.0.1:{ENVOY_PORT}"))?;
     wait_port(&format!("10.77.0.1:{HAPROXY_PORT}"))?;
+    wait_port(&format!("10.77.0.1:{L4_FLOOR_PORT}"))?;
 
     let bench = Bench {
         tagger,
@@ -438,12 +447,13 @@ pub fn run_bench(root: &Path, tagger: &Path, mode: Mode) -> Result<()> {
             ("tagger", "http://web:8080/".to_string()),
             ("envoy", format!("http://10.77.0.1:{ENVOY_PORT}/")),
             ("haproxy", format!("http://10.77.0.1:{HAPROXY_PORT}/")),
+            ("l4-floor", format!("http://10.77.0.1:{L4_FLOOR_PORT}/")),
         ]),
     };
     let pids = |path: &str, daemon: u32| match path {
         "tagger" => Some(daemon),
         "envoy" => Some(envoy_pid),
-        "haproxy" => Some(haproxy_pid),
+        "haproxy" | "l4-floor" => Some(haproxy_pid),
         _ => None,
     };
 

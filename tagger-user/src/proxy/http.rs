@@ -4,7 +4,10 @@
 use std::{convert::Infallible, net::SocketAddrV4, sync::Arc, sync::atomic::Ordering};
 
 use bytes::Bytes;
-use http::{HeaderMap, HeaderValue, Request, Response, Uri, header};
+use http::{
+    HeaderMap, HeaderName, HeaderValue, Request, Response, Uri, header,
+    uri::{Authority, PathAndQuery, Scheme},
+};
 use http_body::Body as _;
 use http_body_util::BodyExt;
 use hyper::{body::Incoming, service::service_fn};
@@ -30,15 +33,16 @@ use crate::{
 pub type UpstreamClient = Client<HttpConnector, ProxyBody>;
 
 /// Connection-level headers that belong to one hop only (RFC 9110 7.6.1).
-const HOP_BY_HOP: [&str; 8] = [
-    "connection",
-    "keep-alive",
-    "proxy-connection",
-    "proxy-authenticate",
-    "proxy-authorization",
-    "te",
-    "trailer",
-    "upgrade",
+/// Typed names: removing by `&str` would parse the name on every request.
+const HOP_BY_HOP: [HeaderName; 8] = [
+    header::CONNECTION,
+    HeaderName::from_static("keep-alive"),
+    HeaderName::from_static("proxy-connection"),
+    header::PROXY_AUTHENTICATE,
+    header::PROXY_AUTHORIZATION,
+    header::TE,
+    header::TRAILER,
+    header::UPGRADE,
 ];
 /// How many endpoints a request with no body may try when upstreams fail.
 const MAX_CONNECT_ATTEMPTS: usize = 3;
@@ -224,7 +228,7 @@ impl RequestContext {
             })?;
             let endpoint = choice.endpoint;
             let mut upstream = Request::from_parts(parts.clone(), ());
-            *upstream.uri_mut() = endpoint_uri(endpoint.addr, &parts.uri)?;
+            *upstream.uri_mut() = endpoint_uri(&endpoint.authority, &parts.uri)?;
             let attempt_body = if retryable {
                 body::empty()
             } else {
@@ -269,28 +273,38 @@ impl RequestContext {
     }
 }
 
-fn endpoint_uri(addr: SocketAddrV4, original: &Uri) -> Result<Uri, ProxyError> {
-    let path = original.path_and_query().map_or("/", |p| p.as_str());
-    format!("http://{addr}{path}")
-        .parse()
-        .map_err(|e| ProxyError::Downstream(format!("request target {path:?}: {e}")))
+/// The request's path and query, sent to `authority` (no formatting and
+/// re-parsing per request: both parts are shared bytes).
+fn endpoint_uri(authority: &Authority, original: &Uri) -> Result<Uri, ProxyError> {
+    let mut parts = http::uri::Parts::default();
+    parts.scheme = Some(Scheme::HTTP);
+    parts.authority = Some(authority.clone());
+    parts.path_and_query = Some(
+        original
+            .path_and_query()
+            .cloned()
+            .unwrap_or_else(|| PathAndQuery::from_static("/")),
+    );
+    Uri::from_parts(parts)
+        .map_err(|e| ProxyError::Downstream(format!("request target {original}: {e}")))
 }
 
 fn strip_hop_by_hop(headers: &mut HeaderMap) {
     // Names listed in Connection are hop-by-hop too.
-    let listed: Vec<String> = headers
-        .get_all(header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .map(|name| name.trim().to_ascii_lowercase())
-        .filter(|name| !name.is_empty())
-        .collect();
-    for name in HOP_BY_HOP
-        .iter()
-        .copied()
-        .chain(listed.iter().map(String::as_str))
-    {
+    if headers.contains_key(header::CONNECTION) {
+        let listed: Vec<String> = headers
+            .get_all(header::CONNECTION)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .map(|name| name.trim().to_ascii_lowercase())
+            .filter(|name| !name.is_empty())
+            .collect();
+        for name in &listed {
+            headers.remove(name.as_str());
+        }
+    }
+    for name in &HOP_BY_HOP {
         headers.remove(name);
     }
 }
@@ -352,4 +366,51 @@ async fn matching_rule(
         .evaluate(&service.name, &view, rand::random::<f64>())
         .map(|r| (r.lane.clone(), r.name.clone()));
     Ok((rule, body))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn upstream_uri_keeps_path_and_query_and_names_the_endpoint() {
+        let authority = crate::state::authority_of("10.0.0.7:8080".parse().unwrap());
+        for (original, expected) in [
+            ("/", "http://10.0.0.7:8080/"),
+            ("/a/b?x=1&y=%20", "http://10.0.0.7:8080/a/b?x=1&y=%20"),
+            // Absolute form from a client that thinks it talks to a proxy.
+            ("http://b.svc:8080/z?q", "http://10.0.0.7:8080/z?q"),
+            ("http://b.svc:8080", "http://10.0.0.7:8080/"),
+        ] {
+            let uri: Uri = original.parse().unwrap();
+            assert_eq!(
+                endpoint_uri(&authority, &uri).unwrap().to_string(),
+                expected,
+                "{original}"
+            );
+        }
+    }
+
+    #[test]
+    fn hop_by_hop_headers_and_the_ones_connection_names_are_removed() {
+        let mut headers = HeaderMap::new();
+        for (name, value) in [
+            ("connection", "keep-alive, X-Private"),
+            ("keep-alive", "timeout=5"),
+            ("x-private", "1"),
+            ("te", "trailers"),
+            ("upgrade", "h2c"),
+            ("x-lane", "gray"),
+            ("content-length", "3"),
+        ] {
+            headers.append(
+                HeaderName::from_static(name),
+                HeaderValue::from_static(value),
+            );
+        }
+        strip_hop_by_hop(&mut headers);
+        let mut left: Vec<&str> = headers.keys().map(|k| k.as_str()).collect();
+        left.sort();
+        assert_eq!(left, ["content-length", "x-lane"]);
+    }
 }

@@ -57,10 +57,19 @@ pub struct Pod {
 pub struct Endpoint {
     pub pod: String,
     pub addr: SocketAddrV4,
+    /// `addr` as a URI authority, made once (not per request).
+    #[serde(skip)]
+    pub authority: http::uri::Authority,
     pub lane: Option<String>,
     /// Flipped by the health checker; shared across snapshots by pod name.
     #[serde(serialize_with = "ser_atomic_bool")]
     pub ready: Arc<AtomicBool>,
+}
+
+/// `ip:port` is always a valid URI authority.
+pub fn authority_of(addr: SocketAddrV4) -> http::uri::Authority {
+    http::uri::Authority::from_maybe_shared(bytes::Bytes::from(addr.to_string()))
+        .expect("an IPv4 socket address is a URI authority")
 }
 
 fn ser_atomic_bool<S: serde::Serializer>(v: &Arc<AtomicBool>, s: S) -> Result<S::Ok, S::Error> {
@@ -115,12 +124,16 @@ impl Settings {
     pub fn lane_from_headers<'a>(&self, headers: &'a http::HeaderMap) -> Option<&'a str> {
         headers
             .get(&self.lane_header)
-            .or_else(|| headers.get(LANE_HEADER_ALIAS))
+            .or_else(|| headers.get(LANE_ALIAS))
             .and_then(|v| v.to_str().ok())
             .map(str::trim)
             .filter(|v| !v.is_empty())
     }
 }
+
+/// The alias of the lane header, typed once (a `&str` key is parsed on
+/// every lookup).
+const LANE_ALIAS: http::HeaderName = http::HeaderName::from_static(LANE_HEADER_ALIAS);
 
 /// What a managed destination address stands for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -223,9 +236,11 @@ impl Snapshot {
                     let ready = previous
                         .and_then(|p| p.endpoint_ready_flag(&pod_spec.name))
                         .unwrap_or_default();
+                    let addr = SocketAddrV4::new(placed.ip, port);
                     endpoints.push(Endpoint {
                         pod: pod_spec.name.clone(),
-                        addr: SocketAddrV4::new(placed.ip, port),
+                        addr,
+                        authority: authority_of(addr),
                         lane,
                         ready,
                     });
