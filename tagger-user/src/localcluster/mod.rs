@@ -397,7 +397,7 @@ pub fn down(run_dir: &RunDir) -> Vec<String> {
     let mut problems = Vec::new();
     let record = ClusterRecord::load(run_dir).ok();
     if let Some(pid) = record.as_ref().and_then(|r| r.daemon_pid) {
-        pods::stop_pid(pid, Duration::from_secs(3));
+        pods::stop_daemon(pid, run_dir, Duration::from_secs(3));
     }
     let cgroup_root = record.as_ref().map(|r| r.cgroup.clone()).or_else(|| {
         crate::cgroup::v2_root()
@@ -463,7 +463,7 @@ pub fn exec(run_dir: &RunDir, pod: &str, command: &[String]) -> Result<i32, Clus
 pub async fn restart_daemon(run_dir: &RunDir, tagger_exe: &Path) -> Result<u32, ClusterError> {
     let mut record = ClusterRecord::load(run_dir)?;
     if let Some(pid) = record.daemon_pid {
-        pods::stop_pid(pid, Duration::from_secs(3));
+        pods::stop_daemon(pid, run_dir, Duration::from_secs(3));
     }
     let pid = start_daemon(&record, run_dir, tagger_exe).await?;
     record.daemon_pid = Some(pid);

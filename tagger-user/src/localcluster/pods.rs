@@ -147,12 +147,19 @@ fn is_alive(pid: u32) -> bool {
     }
 }
 
-fn is_tagger_daemon(pid: u32) -> bool {
+/// Is `pid` the daemon this run directory started? Its command line says
+/// `daemon` and names this run directory's admin socket (whatever the
+/// binary is called): a pid reused by another process never matches.
+fn is_our_daemon(pid: u32, run_dir: &RunDir) -> bool {
+    let socket = run_dir.admin_socket();
+    let socket = socket.as_os_str().as_encoded_bytes();
     std::fs::read(format!("/proc/{pid}/cmdline"))
         .map(|cmdline| {
             let args: Vec<&[u8]> = cmdline.split(|b| *b == 0).collect();
-            args.first().is_some_and(|exe| exe.ends_with(b"tagger"))
-                && args.get(1) == Some(&&b"daemon"[..])
+            args.get(1) == Some(&&b"daemon"[..])
+                && args
+                    .windows(2)
+                    .any(|pair| pair[0] == b"--admin-socket" && pair[1] == socket)
         })
         .unwrap_or(false)
 }
@@ -167,8 +174,8 @@ fn signal(pid: u32, signal: i32) {
 /// Stops the recorded daemon: SIGTERM (it switches redirection off and
 /// exits), then SIGKILL after `grace`. A pid that is no longer a tagger
 /// daemon (reused) is left alone.
-pub fn stop_pid(pid: u32, grace: Duration) {
-    if !is_alive(pid) || !is_tagger_daemon(pid) {
+pub fn stop_daemon(pid: u32, run_dir: &RunDir, grace: Duration) {
+    if !is_alive(pid) || !is_our_daemon(pid, run_dir) {
         return;
     }
     signal(pid, libc::SIGTERM);
