@@ -6,9 +6,8 @@
 //! - direct: `web`'s unmanaged port 8081, no proxy;
 //! - tagger: `web:8080`, redirected by the eBPF hook to the node proxy;
 //! - envoy / haproxy: one worker / one thread on the node, forwarding to 8081;
-//! - l4-floor: the same HAProxy relaying bytes (mode tcp): no HTTP work at
-//!   all, so what it adds is the floor of any userspace hop here (RSS and
-//!   process shared with `haproxy`).
+//! - haproxy-tcp: the same HAProxy relaying bytes (mode tcp): a hop with no
+//!   HTTP work at all (RSS and process shared with `haproxy`).
 //!
 //! Proxies run on CPU 0; oha and nginx on CPU 1. Every measurement is
 //! repeated after a warm-up and the median is reported.
@@ -71,12 +70,13 @@ impl Mode {
     }
 }
 
-/// The paths measured. `l4-floor` is HAProxy relaying TCP bytes (mode tcp,
-/// no HTTP parsing): the least any userspace hop can add on this machine.
-const PATHS: [&str; 5] = ["direct", "tagger", "envoy", "haproxy", "l4-floor"];
+/// The paths measured. `haproxy-tcp` is the same HAProxy relaying bytes
+/// (mode tcp, no HTTP at all): what a userspace hop costs here before any
+/// L7 work.
+const PATHS: [&str; 5] = ["direct", "tagger", "envoy", "haproxy", "haproxy-tcp"];
 const ENVOY_PORT: u16 = 10000;
 const HAPROXY_PORT: u16 = 10001;
-const L4_FLOOR_PORT: u16 = 10002;
+const RELAY_PORT: u16 = 10002;
 const RUN_DIR: &str = "/run/tagger-bench";
 
 /// Kills what the bench started, by PID, and removes the cluster.
@@ -233,7 +233,7 @@ fn haproxy_config(dir: &Path, web: &str) -> Result<PathBuf> {
              defaults\n  mode http\n  timeout connect 2s\n  timeout client 60s\n  timeout server 60s\n  option http-keep-alive\n\
              frontend bench\n  bind 10.77.0.1:{HAPROXY_PORT}\n  default_backend web\n\
              backend web\n  http-reuse always\n  server web {web}:8081\n\
-             frontend floor\n  mode tcp\n  bind 10.77.0.1:{L4_FLOOR_PORT}\n  default_backend web_tcp\n\
+             frontend floor\n  mode tcp\n  bind 10.77.0.1:{RELAY_PORT}\n  default_backend web_tcp\n\
              backend web_tcp\n  mode tcp\n  server web {web}:8081\n"
         ),
     )?;
@@ -316,15 +316,22 @@ impl Bench<'_> {
         let samples: Vec<Sample> = (0..plan.runs)
             .map(|_| self.oha(url, args))
             .collect::<Result<_>>()?;
+        Ok(Sample::median_of(&samples))
+    }
+}
+
+impl Sample {
+    /// The median of each field separately.
+    fn median_of(samples: &[Sample]) -> Sample {
         let median = |f: fn(&Sample) -> f64| median(&mut samples.iter().map(f).collect::<Vec<_>>());
-        Ok(Sample {
+        Sample {
             rps: median(|s| s.rps),
             p50: median(|s| s.p50),
             p99: median(|s| s.p99),
             p999: median(|s| s.p999),
             success: median(|s| s.success),
             requests: median(|s| s.requests),
-        })
+        }
     }
 }
 
@@ -438,7 +445,7 @@ pub fn run_bench(root: &Path, tagger: &Path, mode: Mode) -> Result<()> {
     cleanup.children.push(haproxy);
     wait_port(&format!("10.77.0.1:{ENVOY_PORT}"))?;
     wait_port(&format!("10.77.0.1:{HAPROXY_PORT}"))?;
-    wait_port(&format!("10.77.0.1:{L4_FLOOR_PORT}"))?;
+    wait_port(&format!("10.77.0.1:{RELAY_PORT}"))?;
 
     let bench = Bench {
         tagger,
@@ -447,13 +454,13 @@ pub fn run_bench(root: &Path, tagger: &Path, mode: Mode) -> Result<()> {
             ("tagger", "http://web:8080/".to_string()),
             ("envoy", format!("http://10.77.0.1:{ENVOY_PORT}/")),
             ("haproxy", format!("http://10.77.0.1:{HAPROXY_PORT}/")),
-            ("l4-floor", format!("http://10.77.0.1:{L4_FLOOR_PORT}/")),
+            ("haproxy-tcp", format!("http://10.77.0.1:{RELAY_PORT}/")),
         ]),
     };
     let pids = |path: &str, daemon: u32| match path {
         "tagger" => Some(daemon),
         "envoy" => Some(envoy_pid),
-        "haproxy" | "l4-floor" => Some(haproxy_pid),
+        "haproxy" | "haproxy-tcp" => Some(haproxy_pid),
         _ => None,
     };
 
@@ -490,27 +497,44 @@ pub fn run_bench(root: &Path, tagger: &Path, mode: Mode) -> Result<()> {
         .to_vec()
     };
 
+    // (a) and CPU: the fixed-rate runs go round the paths in turn, so that
+    // this shared machine's slow and fast moments fall on every path alike.
+    // CPU is the proxy's utime+stime over each run per 1000 requests served,
+    // the median of the rounds.
+    println!("bench: fixed rate, every path in turn");
+    let mut rss_idle = BTreeMap::new();
+    for path in PATHS {
+        rss_idle.insert(path, pids(path, daemon).map(rss_kib));
+        bench.warm_up(&plan, path)?;
+    }
+    let mut fixed_samples: BTreeMap<&str, Vec<Sample>> = BTreeMap::new();
+    let mut cpu_rounds: BTreeMap<&str, (Vec<f64>, Vec<f64>)> = BTreeMap::new();
+    for _ in 0..plan.runs {
+        for path in PATHS {
+            let pid = pids(path, daemon);
+            let before = pid.map(cpu_ms);
+            let sample = bench.oha(&bench.urls[path], &fixed_args(plan.fixed))?;
+            if let (Some(pid), Some((user_before, sys_before))) = (pid, before) {
+                let (user, sys) = cpu_ms(pid);
+                let thousands = sample.requests.max(1.0) / 1000.0;
+                let rounds = cpu_rounds.entry(path).or_default();
+                rounds.0.push((user - user_before) / thousands);
+                rounds.1.push((sys - sys_before) / thousands);
+            }
+            fixed_samples.entry(path).or_default().push(sample);
+        }
+    }
+
     let mut results = serde_json::Map::new();
     for path in PATHS {
         println!("bench: {path}");
         let pid = pids(path, daemon);
-        let rss_idle = pid.map(rss_kib);
-        bench.warm_up(&plan, path)?;
-        // CPU over the timed fixed-rate runs only, per 1000 requests served.
-        let cpu_before = pid.map(cpu_ms);
-        let fixed = bench.runs(&plan, path, &fixed_args(plan.fixed))?;
+        let rss_idle = rss_idle[path];
+        let fixed = Sample::median_of(&fixed_samples[path]);
         // (user, system) ms per 1000 requests.
-        let cpu_per_1k = match (pid, cpu_before) {
-            (Some(pid), Some((user_before, sys_before))) => {
-                let thousands = (fixed.requests * plan.runs as f64).max(1.0) / 1000.0;
-                let (user, sys) = cpu_ms(pid);
-                Some((
-                    (user - user_before) / thousands,
-                    (sys - sys_before) / thousands,
-                ))
-            }
-            _ => None,
-        };
+        let cpu_per_1k = cpu_rounds
+            .get_mut(path)
+            .map(|(user, sys)| (median(user), median(sys)));
         let saturation = bench.measure(&plan, path, &saturation_args(plan.saturation))?;
         let rss_loaded = pid.map(rss_kib);
         let churn = bench.measure(&plan, path, &churn_args(plan.saturation))?;
