@@ -10,8 +10,9 @@
 //!   from "by cookie" to "by source address", which is what the proxy sees
 //!   as the peer of the accepted connection.
 //!
-//!   sock_ops also watches redirected sockets close, to drop what the
-//!   propagation programs kept for them.
+//!   sock_ops also gives sockets their propagation role (accepted by a pod,
+//!   or redirected) and watches redirected sockets close, to drop their
+//!   request tags.
 //!
 //! The programs that carry lanes through unmodified apps are in
 //! `propagation.rs`.
@@ -25,7 +26,8 @@ mod propagation;
 
 use aya_ebpf::{
     bindings::{
-        BPF_SOCK_OPS_STATE_CB, BPF_SOCK_OPS_STATE_CB_FLAG, BPF_SOCK_OPS_TCP_CONNECT_CB, bpf_sock_addr,
+        BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB, BPF_SOCK_OPS_STATE_CB, BPF_SOCK_OPS_STATE_CB_FLAG,
+        BPF_SOCK_OPS_TCP_CONNECT_CB, bpf_sock_addr,
     },
     helpers::{bpf_get_current_cgroup_id, bpf_get_current_pid_tgid, bpf_get_socket_cookie},
     macros::{cgroup_sock_addr, map, sock_ops},
@@ -176,9 +178,6 @@ fn redirect_target(ctx: &SockAddrContext, ip: u32, port: u32) -> Result<Option<P
         return Ok(None);
     }
     bump(stat::CONNECT_REDIRECTED);
-    // The propagation programs tag requests written on this socket, and
-    // sock_ops forgets it when it closes (see propagation.rs).
-    let _ = propagation::TAGGER_REDIRECTED.insert(&cookie, &1, 0);
     propagation::note_call_out(bpf_get_current_pid_tgid());
     Ok(Some(*config))
 }
@@ -192,6 +191,11 @@ pub fn tagger_sock_ops(ctx: SockOpsContext) -> u32 {
 fn try_sock_ops(ctx: &SockOpsContext) -> Result<(), i64> {
     match ctx.op() {
         BPF_SOCK_OPS_TCP_CONNECT_CB => link_flow(ctx),
+        BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB => {
+            // A pod accepted a connection: its inbound requests come here.
+            set_role(ctx, propagation::ROLE_PASSIVE);
+            Ok(())
+        }
         BPF_SOCK_OPS_STATE_CB if ctx.arg(1) == TCP_CLOSE => {
             forget_socket(ctx);
             Ok(())
@@ -200,12 +204,21 @@ fn try_sock_ops(ctx: &SockOpsContext) -> Result<(), i64> {
     }
 }
 
-/// A redirected socket closed: what the propagation programs kept for it
-/// goes (cookies are never reused, so this only frees space).
+/// A redirected socket closed: its request tag goes (cookies are never
+/// reused, so this only frees space).
 fn forget_socket(ctx: &SockOpsContext) {
     let cookie = unsafe { bpf_get_socket_cookie(ctx.ops.cast()) };
     let _ = propagation::TAGGER_REQUEST_TAGS.remove(&cookie);
-    let _ = propagation::TAGGER_REDIRECTED.remove(&cookie);
+}
+
+/// Gives the context's socket a propagation role (see propagation.rs).
+fn set_role(ctx: &SockOpsContext, role: u32) {
+    // SAFETY: reading the context's socket pointer, which the verifier
+    // types as a socket or null.
+    let sk = unsafe { (*ctx.ops).__bindgen_anon_2.sk };
+    if !sk.is_null() {
+        propagation::set_sock_role(sk.cast(), role);
+    }
 }
 
 /// The kernel is sending the SYN of a socket: if connect4 redirected it,
@@ -234,6 +247,7 @@ fn link_flow(ctx: &SockOpsContext) -> Result<(), i64> {
         bump(stat::FLOW_LINKED);
     }
     let _ = TAGGER_PENDING.remove(&cookie);
+    set_role(ctx, propagation::ROLE_REDIRECTED);
     // Ask for state callbacks on this socket only, to see it close.
     let _ = ctx.set_cb_flags(BPF_SOCK_OPS_STATE_CB_FLAG as i32);
     Ok(())

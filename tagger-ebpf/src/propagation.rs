@@ -19,9 +19,10 @@
 //! found through the syscall's own arguments (`bpf_task_pt_regs`), so read,
 //! recvfrom, recvmsg, readv, write, sendto, sendmsg and writev are all seen.
 //!
-//! Every program returns at once for threads outside pod cgroups and for
-//! processes in leaf mode; for other pod threads whose bytes are not the
-//! start of an HTTP message the path is a few map lookups and an 8-byte read.
+//! Every program first asks the socket its role (socket-local storage, set
+//! by sock_ops): a receive matters only on a socket a pod accepted, a send
+//! only there or on a socket redirected to the proxy. Everything else on the
+//! node ends after that one lookup.
 use core::ffi::c_void;
 
 use aya_ebpf::{
@@ -29,10 +30,13 @@ use aya_ebpf::{
         bpf_get_current_cgroup_id, bpf_get_current_pid_tgid, bpf_ktime_get_ns,
         generated::{
             bpf_get_current_task_btf, bpf_get_socket_cookie, bpf_probe_read_user, bpf_ringbuf_output, bpf_ringbuf_query,
+            bpf_sk_storage_get,
             bpf_task_pt_regs,
         },
     },
-    macros::{btf_tracepoint, map},
+    bindings::BPF_SK_STORAGE_GET_F_CREATE,
+    btf_maps::SkStorage,
+    macros::{btf_map, btf_tracepoint, map},
     maps::{Array, HashMap, LruHashMap, PerCpuArray, RingBuf},
     programs::BtfTracePointContext,
 };
@@ -60,10 +64,48 @@ static TAGGER_POD_CGROUPS: HashMap<u64, u32> = HashMap::with_max_entries(MAX_POD
 #[map]
 static TAGGER_POD_TAGGED: Array<u64> = Array::with_max_entries(MAX_POD_SLOTS, BPF_F_MMAPABLE);
 
-/// Sockets the connect hook redirected to the proxy, by cookie. Entries go
-/// when the socket closes (sock_ops state callback) or age out.
-#[map]
-pub(crate) static TAGGER_REDIRECTED: LruHashMap<u64, u32> = LruHashMap::with_max_entries(MAX_FLOWS, 0);
+/// What a pod's TCP socket is to propagation, kept on the socket itself
+/// (socket-local storage: found from the socket in a few loads, no hashing,
+/// freed with the socket). Set by sock_ops; every other socket has none, so
+/// the programs below end after one lookup for all traffic that is not a
+/// pod's inbound request or redirected call.
+#[btf_map]
+static TAGGER_SOCK_ROLE: SkStorage<u32> = SkStorage::new();
+/// Accepted by a pod: its inbound requests are read here.
+pub(crate) const ROLE_PASSIVE: u32 = 1;
+/// Connected by a pod and redirected to the proxy: its calls go out here.
+pub(crate) const ROLE_REDIRECTED: u32 = 2;
+
+/// The role of socket `sk` (a kernel `struct sock *`), 0 for none.
+#[inline(always)]
+fn sock_role(sk: *mut c_void) -> u32 {
+    // SAFETY: `sk` is a socket the kernel handed the program; the helper
+    // returns the socket's value or null.
+    let role = unsafe {
+        bpf_sk_storage_get((&raw const TAGGER_SOCK_ROLE).cast_mut().cast(), sk, core::ptr::null_mut(), 0)
+    } as *const u32;
+    if role.is_null() { 0 } else { unsafe { *role } }
+}
+
+/// Gives socket `sk` a role (sock_ops, on a full socket).
+#[inline(always)]
+pub(crate) fn set_sock_role(sk: *mut c_void, role: u32) {
+    let mut value = role;
+    // SAFETY: as above; with F_CREATE the helper stores `value` if the
+    // socket had no role yet.
+    let slot = unsafe {
+        bpf_sk_storage_get(
+            (&raw const TAGGER_SOCK_ROLE).cast_mut().cast(),
+            sk,
+            (&mut value as *mut u32).cast(),
+            u64::from(BPF_SK_STORAGE_GET_F_CREATE),
+        )
+    } as *mut u32;
+    if !slot.is_null() {
+        // SAFETY: the socket's storage, valid while this program runs.
+        unsafe { *slot = role };
+    }
+}
 
 /// The context of the newest request written on each redirected socket.
 #[map]
@@ -174,22 +216,6 @@ static TAGGER_SCRATCH: PerCpuArray<InboundEvent> = PerCpuArray::with_max_entries
 /// Bytes of an `InboundEvent` before `data`.
 const EVENT_HEADER_BYTES: u64 = 32;
 
-#[inline(always)]
-fn in_pod() -> bool {
-    let cgroup = unsafe { bpf_get_current_cgroup_id() };
-    // SAFETY: read-only lookup of a plain value.
-    unsafe { TAGGER_POD_CGROUPS.get(&cgroup) }.is_some()
-}
-
-/// The pod thread whose reads to look at, unless its process is a leaf.
-#[inline(always)]
-fn traced_thread() -> Option<u64> {
-    if !in_pod() {
-        return None;
-    }
-    let pid_tgid = bpf_get_current_pid_tgid();
-    (!is_leaf(pid_tgid)).then_some(pid_tgid)
-}
 /// The first 8 bytes at a user address, as a little-endian integer.
 #[inline(always)]
 fn head(buf: u64) -> Option<u64> {
@@ -420,15 +446,13 @@ fn syscall_buffer(direction: Direction) -> Option<UserBuffer> {
 
 /// A thread is sending on a TCP socket (before the bytes are queued). On a
 /// redirected socket, the start of an HTTP request gets the thread's
-/// context as its tag. Redirected sockets belong to pods by construction,
-/// so the socket is checked first: every other send ends after one lookup.
+/// context as its tag.
 fn on_tcp_send(sk: *mut c_void) {
-    // SAFETY: `sk` is the tracepoint's socket argument, typed by BTF.
-    let cookie = unsafe { bpf_get_socket_cookie(sk) };
-    // SAFETY: lookup of a plain value.
-    if unsafe { TAGGER_REDIRECTED.get(&cookie) }.is_none() {
+    if sock_role(sk) != ROLE_REDIRECTED {
         return;
     }
+    // SAFETY: `sk` is the tracepoint's socket argument, typed by BTF.
+    let cookie = unsafe { bpf_get_socket_cookie(sk) };
     let pid_tgid = bpf_get_current_pid_tgid();
     let state = TAGGER_THREADS.get_ptr_mut(&pid_tgid);
     // SAFETY: map values live while this program runs.
@@ -497,16 +521,19 @@ fn mark_pod_tagged() {
     }
 }
 
-/// A socket send returned. A thread that tagged a request in it is done
-/// with that send; a thread with an open inbound request that wrote an
-/// HTTP response has answered it. Only pod threads have state here, so one
-/// lookup ends this for everything else.
-fn on_send_done(sent: i64) {
+/// A socket send returned. On a redirected socket, the thread is done with
+/// the send it may have tagged; on an accepted one, a thread with an open
+/// inbound request that wrote an HTTP response has answered it.
+fn on_send_done(sk: *mut c_void, sent: i64) {
+    let role = sock_role(sk);
+    if role != ROLE_REDIRECTED && role != ROLE_PASSIVE {
+        return;
+    }
     let pid_tgid = bpf_get_current_pid_tgid();
     let Some(state) = TAGGER_THREADS.get_ptr_mut(&pid_tgid) else { return };
     // SAFETY: the map value lives while this program runs.
     let state = unsafe { &mut *state };
-    if state.sending != 0 {
+    if role == ROLE_REDIRECTED {
         state.sending = 0;
         return;
     }
@@ -523,12 +550,16 @@ fn on_send_done(sent: i64) {
     }
 }
 
-/// A socket receive returned `received` bytes.
-fn on_receive(received: i64, flags: u64) {
-    if received <= 0 || flags & MSG_PEEK != 0 {
+/// A socket receive returned `received` bytes. Inbound requests are read
+/// on sockets a pod accepted; every other receive ends after one lookup.
+fn on_receive(sk: *mut c_void, received: i64, flags: u64) {
+    if received <= 0 || flags & MSG_PEEK != 0 || sock_role(sk) != ROLE_PASSIVE {
         return;
     }
-    let Some(pid_tgid) = traced_thread() else { return };
+    let pid_tgid = bpf_get_current_pid_tgid();
+    if is_leaf(pid_tgid) {
+        return;
+    }
     let Some(buffer) = syscall_buffer(Direction::Receive) else { return };
     let len = if buffer.len < received as u64 { buffer.len } else { received as u64 };
     if len >= 8 {
@@ -545,7 +576,7 @@ fn int_arg(ctx: &BtfTracePointContext, n: usize) -> i64 {
 /// `sock_recv_length(struct sock *sk, int ret, int flags)`.
 #[btf_tracepoint(function = "sock_recv_length")]
 pub fn tagger_sock_recv(ctx: BtfTracePointContext) -> i32 {
-    on_receive(int_arg(&ctx, 1), ctx.arg::<u64>(2));
+    on_receive(ctx.arg::<*mut c_void>(0), int_arg(&ctx, 1), ctx.arg::<u64>(2));
     0
 }
 
@@ -560,7 +591,7 @@ pub fn tagger_tcp_send(ctx: BtfTracePointContext) -> i32 {
 /// `sock_send_length(struct sock *sk, int ret, int flags)`.
 #[btf_tracepoint(function = "sock_send_length")]
 pub fn tagger_sock_sent(ctx: BtfTracePointContext) -> i32 {
-    on_send_done(int_arg(&ctx, 1));
+    on_send_done(ctx.arg::<*mut c_void>(0), int_arg(&ctx, 1));
     0
 }
 
