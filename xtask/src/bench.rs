@@ -615,6 +615,7 @@ pub fn run_bench(root: &Path, tagger: &Path, mode: Mode) -> Result<()> {
         .zip(&without)
         .map(|(w, wo)| (w / wo - 1.0) * 100.0)
         .collect();
+    let pairs: Vec<(f64, f64)> = with.iter().copied().zip(without.iter().copied()).collect();
     let change_percent = median(&mut changes);
     results.insert(
         "ebpf_unmanaged".into(),
@@ -623,6 +624,7 @@ pub fn run_bench(root: &Path, tagger: &Path, mode: Mode) -> Result<()> {
             "rps_without_programs": median(&mut without),
             "change_percent_median_of_pairs": change_percent,
             "pairs": changes.len(),
+            "pairs_rps_with_without": pairs,
         }),
     );
     results.insert("programs".into(), programs);
