@@ -309,15 +309,12 @@ fn node_forwarding_request_ids_is_correlated_by_id() {
 fn a_leaf_that_starts_calling_out_is_never_trusted_wrongly() {
     let apps = workspace().join("tests/apps");
     let hop = |extra: &str| format!("[python3, {}, {extra}]", apps.join("hop.py").display());
-    let yaml = format!(
-        "lanes:\n  - {{name: gray, sticky: true}}\nservices:\n  - name: b\n    port: 8080\n    pods:\n      - {{name: b-base, command: {}}}\n  - name: c\n    port: 8080\n    pods:\n      - {{name: c-base, command: {}}}\n      - {{name: c-gray, lane: gray, command: {}}}\n",
-        hop("--next, \"http://c:8080/\", --call-after, \"80\""),
-        hop("--port, \"8080\""),
-        hop("--port, \"8080\""),
+    let cluster = caller_and_callee(
+        "b",
+        "c",
+        &hop("--next, \"http://c:8080/\", --call-after, \"80\""),
+        &hop("--port, \"8080\""),
     );
-    let path = std::env::temp_dir().join(format!("tagger-leaf-{}.yaml", std::process::id()));
-    std::fs::write(&path, yaml).unwrap();
-    let cluster = up(&path);
     let url = format!("http://{}:8080/", cluster.pod_ip("b-base"));
     let mut answers = Vec::new();
     for _ in 0..120 {
@@ -365,15 +362,12 @@ fn scatter_gather_io_and_large_sends_are_tagged_once() {
     let app = workspace().join("tests/apps/msg_hop.py");
     for io in ["msg", "vec"] {
         let hop = |extra: &str| format!("[python3, {}, --io, {io}{extra}]", app.display());
-        let yaml = format!(
-            "lanes:\n  - {{name: gray, sticky: true}}\nservices:\n  - name: a\n    port: 8080\n    pods:\n      - {{name: a-base, command: {}}}\n  - name: b\n    port: 8080\n    pods:\n      - {{name: b-base, command: {}}}\n      - {{name: b-gray, lane: gray, command: {}}}\n",
-            hop(", --next, \"b:8080\", --body-kib, \"256\""),
-            hop(""),
-            hop(""),
+        let cluster = caller_and_callee(
+            "a",
+            "b",
+            &hop(", --next, \"b:8080\", --body-kib, \"256\""),
+            &hop(""),
         );
-        let path = std::env::temp_dir().join(format!("tagger-sg-{}.yaml", std::process::id()));
-        std::fs::write(&path, yaml).unwrap();
-        let cluster = up(&path);
         let tagged = || {
             cluster.config_dump()["kernel"]["outbound_tagged"]
                 .as_u64()
@@ -404,6 +398,25 @@ fn scatter_gather_io_and_large_sends_are_tagged_once() {
             "--io {io}: one tag per outbound request"
         );
     }
+}
+
+/// A cluster of `caller` (one baseline pod) calling `callee` (a baseline and
+/// a gray pod), lane gray sticky; commands are YAML flow lists.
+fn caller_and_callee(
+    caller: &str,
+    callee: &str,
+    caller_command: &str,
+    callee_command: &str,
+) -> Cluster {
+    let yaml = format!(
+        "lanes:\n  - {{name: gray, sticky: true}}\nservices:\n  - name: {caller}\n    port: 8080\n    pods:\n      - {{name: {caller}-base, command: {caller_command}}}\n  - name: {callee}\n    port: 8080\n    pods:\n      - {{name: {callee}-base, command: {callee_command}}}\n      - {{name: {callee}-gray, lane: gray, command: {callee_command}}}\n"
+    );
+    let path = std::env::temp_dir().join(format!(
+        "tagger-{caller}-{callee}-{}.yaml",
+        std::process::id()
+    ));
+    std::fs::write(&path, yaml).unwrap();
+    up(&path)
 }
 
 /// Requests counted in the flows that satisfy `keep`.
