@@ -26,23 +26,23 @@
 use core::ffi::c_void;
 
 use aya_ebpf::{
+    bindings::BPF_SK_STORAGE_GET_F_CREATE,
+    btf_maps::SkStorage,
     helpers::{
         bpf_get_current_cgroup_id, bpf_get_current_pid_tgid, bpf_ktime_get_ns,
         generated::{
-            bpf_get_current_task_btf, bpf_get_socket_cookie, bpf_probe_read_user, bpf_ringbuf_output, bpf_ringbuf_query,
-            bpf_sk_storage_get,
-            bpf_task_pt_regs,
+            bpf_get_current_task_btf, bpf_get_socket_cookie, bpf_probe_read_user,
+            bpf_ringbuf_output, bpf_ringbuf_query, bpf_sk_storage_get, bpf_task_pt_regs,
         },
     },
-    bindings::BPF_SK_STORAGE_GET_F_CREATE,
-    btf_maps::SkStorage,
     macros::{btf_map, btf_tracepoint, map},
     maps::{Array, HashMap, LruHashMap, PerCpuArray, RingBuf},
     programs::BtfTracePointContext,
 };
 use tagger_common::{
-    BPF_F_MMAPABLE, CAPTURE_BYTES, MAX_POD_SLOTS, EVENT_FIRST, EVENTS_RING_BYTES, InboundEvent, LEAF_AFTER_REQUESTS, MAX_CAPTURE_PER_REQUEST,
-    MAX_FLOWS, RequestTag, TAG_CONCURRENT, TAG_UNSEEN, stat,
+    BPF_F_MMAPABLE, CAPTURE_BYTES, EVENT_FIRST, EVENTS_RING_BYTES, InboundEvent,
+    LEAF_AFTER_REQUESTS, MAX_CAPTURE_PER_REQUEST, MAX_FLOWS, MAX_POD_SLOTS, RequestTag,
+    TAG_CONCURRENT, TAG_UNSEEN, stat,
 };
 
 use crate::bump;
@@ -82,7 +82,12 @@ fn sock_role(sk: *mut c_void) -> u32 {
     // SAFETY: `sk` is a socket the kernel handed the program; the helper
     // returns the socket's value or null.
     let role = unsafe {
-        bpf_sk_storage_get((&raw const TAGGER_SOCK_ROLE).cast_mut().cast(), sk, core::ptr::null_mut(), 0)
+        bpf_sk_storage_get(
+            (&raw const TAGGER_SOCK_ROLE).cast_mut().cast(),
+            sk,
+            core::ptr::null_mut(),
+            0,
+        )
     } as *const u32;
     if role.is_null() { 0 } else { unsafe { *role } }
 }
@@ -109,7 +114,8 @@ pub(crate) fn set_sock_role(sk: *mut c_void, role: u32) {
 
 /// The context of the newest request written on each redirected socket.
 #[map]
-pub(crate) static TAGGER_REQUEST_TAGS: LruHashMap<u64, RequestTag> = LruHashMap::with_max_entries(MAX_FLOWS, 0);
+pub(crate) static TAGGER_REQUEST_TAGS: LruHashMap<u64, RequestTag> =
+    LruHashMap::with_max_entries(MAX_FLOWS, 0);
 
 #[repr(C)]
 #[derive(Clone, Copy)]
@@ -151,7 +157,8 @@ pub(crate) struct ProcessState {
 }
 
 #[map]
-pub(crate) static TAGGER_PROCESSES: LruHashMap<u32, ProcessState> = LruHashMap::with_max_entries(16_384, 0);
+pub(crate) static TAGGER_PROCESSES: LruHashMap<u32, ProcessState> =
+    LruHashMap::with_max_entries(16_384, 0);
 
 /// How long after leaving leaf mode outbound requests may lack their cause.
 const WAKE_GRACE_NS: u64 = 2_000_000_000;
@@ -169,7 +176,13 @@ pub(crate) fn note_call_out(pid_tgid: u64) {
         }
         process.calls_out = 1;
     } else {
-        let fresh = ProcessState { inbound_requests: 0, calls_out: 1, leaf: 0, _pad: 0, woke_ns: 0 };
+        let fresh = ProcessState {
+            inbound_requests: 0,
+            calls_out: 1,
+            leaf: 0,
+            _pad: 0,
+            woke_ns: 0,
+        };
         let _ = TAGGER_PROCESSES.insert(&tgid, &fresh, 0);
     }
 }
@@ -193,7 +206,13 @@ fn count_inbound(pid_tgid: u64) {
             process.leaf = 1;
         }
     } else {
-        let fresh = ProcessState { inbound_requests: 1, calls_out: 0, leaf: 0, _pad: 0, woke_ns: 0 };
+        let fresh = ProcessState {
+            inbound_requests: 1,
+            calls_out: 0,
+            leaf: 0,
+            _pad: 0,
+            woke_ns: 0,
+        };
         let _ = TAGGER_PROCESSES.insert(&tgid, &fresh, 0);
     }
 }
@@ -203,7 +222,8 @@ fn count_inbound(pid_tgid: u64) {
 fn just_woke(pid_tgid: u64, now: u64) -> bool {
     let tgid = (pid_tgid >> 32) as u32;
     // SAFETY: plain value read.
-    unsafe { TAGGER_PROCESSES.get(&tgid) }.is_some_and(|p| p.woke_ns != 0 && now.saturating_sub(p.woke_ns) < WAKE_GRACE_NS)
+    unsafe { TAGGER_PROCESSES.get(&tgid) }
+        .is_some_and(|p| p.woke_ns != 0 && now.saturating_sub(p.woke_ns) < WAKE_GRACE_NS)
 }
 
 #[map]
@@ -264,7 +284,15 @@ const MAX_CHUNKS: u64 = 4;
 /// Sends up to MAX_CHUNKS chunks of a read to userspace; returns the bytes sent.
 /// Inlined: BPF functions take at most five arguments.
 #[inline(always)]
-fn emit_read(pid_tgid: u64, seq: u64, fd: u32, buf: u64, len: u64, mut flags: u32, budget: u32) -> u32 {
+fn emit_read(
+    pid_tgid: u64,
+    seq: u64,
+    fd: u32,
+    buf: u64,
+    len: u64,
+    mut flags: u32,
+    budget: u32,
+) -> u32 {
     let mut sent: u32 = 0;
     for chunk in 0..MAX_CHUNKS {
         let offset = chunk * CAPTURE_BYTES as u64;
@@ -288,7 +316,11 @@ fn emit(pid_tgid: u64, seq: u64, fd: u32, buf: u64, len: u64, flags: u32) -> u32
     let Some(event) = TAGGER_SCRATCH.get_ptr_mut(0) else {
         return 0;
     };
-    let n: u32 = if len > CAPTURE_BYTES as u64 { CAPTURE_BYTES as u32 } else { len as u32 };
+    let n: u32 = if len > CAPTURE_BYTES as u64 {
+        CAPTURE_BYTES as u32
+    } else {
+        len as u32
+    };
     // SAFETY: `event` is this CPU's scratch slot, valid during the program.
     let copied = unsafe {
         (*event).pid_tgid = pid_tgid;
@@ -306,7 +338,11 @@ fn emit(pid_tgid: u64, seq: u64, fd: u32, buf: u64, len: u64, flags: u32) -> u32
     let ring = (&raw const TAGGER_EVENTS).cast_mut().cast();
     // SAFETY: the map pointer is our ring buffer's definition.
     let pending = unsafe { bpf_ringbuf_query(ring, BPF_RB_AVAIL_DATA) };
-    let wake = if pending >= WAKE_AT_BYTES { BPF_RB_FORCE_WAKEUP } else { BPF_RB_NO_WAKEUP };
+    let wake = if pending >= WAKE_AT_BYTES {
+        BPF_RB_FORCE_WAKEUP
+    } else {
+        BPF_RB_NO_WAKEUP
+    };
     // SAFETY: as above; `size` is at most the scratch slot's size.
     let rc = unsafe { bpf_ringbuf_output(ring, event.cast(), size, wake) };
     if rc < 0 {
@@ -324,14 +360,23 @@ fn on_read(pid_tgid: u64, fd: u32, buf: u64, len: u64) {
         count_inbound(pid_tgid);
         let seq = unsafe { bpf_ktime_get_ns() };
         // SAFETY: plain values copied out at once.
-        let woke_ns = unsafe { TAGGER_PROCESSES.get(&((pid_tgid >> 32) as u32)) }.map_or(0, |p| p.woke_ns);
+        let woke_ns =
+            unsafe { TAGGER_PROCESSES.get(&((pid_tgid >> 32) as u32)) }.map_or(0, |p| p.woke_ns);
         let open = match unsafe { TAGGER_THREADS.get(&pid_tgid) } {
             // State from before leaf mode is stale: responses written while
             // a leaf were not seen.
             Some(previous) if previous.seq > woke_ns => previous.open + 1,
             _ => 1,
         };
-        let captured = emit_read(pid_tgid, seq, fd, buf, len, EVENT_FIRST, MAX_CAPTURE_PER_REQUEST);
+        let captured = emit_read(
+            pid_tgid,
+            seq,
+            fd,
+            buf,
+            len,
+            EVENT_FIRST,
+            MAX_CAPTURE_PER_REQUEST,
+        );
         let state = ThreadState {
             seq,
             fd,
@@ -374,7 +419,7 @@ mod syscall {
     pub const MSGHDR_IOV: u64 = 16;
 }
 
-#[derive(Clone, Copy, PartialEq, Eq)]
+#[derive(Clone, Copy)]
 enum Direction {
     Receive,
     Send,
@@ -401,8 +446,13 @@ struct IoVec {
 fn first_iovec(fd: u32, iov: u64) -> Option<UserBuffer> {
     let mut first = IoVec { base: 0, len: 0 };
     // SAFETY: the helper checks the user address and fails cleanly.
-    let rc = unsafe { bpf_probe_read_user((&mut first as *mut IoVec).cast(), 16, iov as *const c_void) };
-    (rc == 0).then_some(UserBuffer { fd, addr: first.base, len: first.len })
+    let rc =
+        unsafe { bpf_probe_read_user((&mut first as *mut IoVec).cast(), 16, iov as *const c_void) };
+    (rc == 0).then_some(UserBuffer {
+        fd,
+        addr: first.base,
+        len: first.len,
+    })
 }
 
 /// Which syscall of the current thread is doing this socket I/O, and its
@@ -421,10 +471,15 @@ fn syscall_buffer(direction: Direction) -> Option<UserBuffer> {
         )
     };
     match (direction, number) {
-        (Direction::Receive, syscall::READ | syscall::RECVFROM) | (Direction::Send, syscall::WRITE | syscall::SENDTO) => {
-            Some(UserBuffer { fd, addr: arg, len: u64::MAX })
+        (Direction::Receive, syscall::READ | syscall::RECVFROM)
+        | (Direction::Send, syscall::WRITE | syscall::SENDTO) => Some(UserBuffer {
+            fd,
+            addr: arg,
+            len: u64::MAX,
+        }),
+        (Direction::Receive, syscall::READV) | (Direction::Send, syscall::WRITEV) => {
+            first_iovec(fd, arg)
         }
-        (Direction::Receive, syscall::READV) | (Direction::Send, syscall::WRITEV) => first_iovec(fd, arg),
         (Direction::Receive, syscall::RECVMSG) | (Direction::Send, syscall::SENDMSG) => {
             let mut iov: u64 = 0;
             // SAFETY: as above.
@@ -461,7 +516,9 @@ fn on_tcp_send(sk: *mut c_void) {
     {
         return;
     }
-    let Some(buffer) = syscall_buffer(Direction::Send) else { return };
+    let Some(buffer) = syscall_buffer(Direction::Send) else {
+        return;
+    };
     if buffer.len < 8 || !head(buffer.addr).is_some_and(is_request_start) {
         return;
     }
@@ -471,17 +528,46 @@ fn on_tcp_send(sk: *mut c_void) {
         Some(state) => {
             state.sending = 1;
             if state.open > 0 {
-                (state.seq, if state.concurrent != 0 { TAG_CONCURRENT } else { 0 })
+                (
+                    state.seq,
+                    if state.concurrent != 0 {
+                        TAG_CONCURRENT
+                    } else {
+                        0
+                    },
+                )
             } else {
-                (0, if just_woke(pid_tgid, now) { TAG_UNSEEN } else { 0 })
+                (
+                    0,
+                    if just_woke(pid_tgid, now) {
+                        TAG_UNSEEN
+                    } else {
+                        0
+                    },
+                )
             }
         }
         None => {
             // No inbound request seen on this thread: either none, or unseen
             // in leaf mode. The entry only marks the send.
-            let fresh = ThreadState { seq: 0, fd: 0, open: 0, captured: 0, concurrent: 0, sending: 1, _pad: 0 };
+            let fresh = ThreadState {
+                seq: 0,
+                fd: 0,
+                open: 0,
+                captured: 0,
+                concurrent: 0,
+                sending: 1,
+                _pad: 0,
+            };
             let _ = TAGGER_THREADS.insert(&pid_tgid, &fresh, 0);
-            (0, if just_woke(pid_tgid, now) { TAG_UNSEEN } else { 0 })
+            (
+                0,
+                if just_woke(pid_tgid, now) {
+                    TAG_UNSEEN
+                } else {
+                    0
+                },
+            )
         }
     };
     if seq == 0 && flags == 0 {
@@ -530,7 +616,9 @@ fn on_send_done(sk: *mut c_void, sent: i64) {
         return;
     }
     let pid_tgid = bpf_get_current_pid_tgid();
-    let Some(state) = TAGGER_THREADS.get_ptr_mut(&pid_tgid) else { return };
+    let Some(state) = TAGGER_THREADS.get_ptr_mut(&pid_tgid) else {
+        return;
+    };
     // SAFETY: the map value lives while this program runs.
     let state = unsafe { &mut *state };
     if role == ROLE_REDIRECTED {
@@ -540,7 +628,9 @@ fn on_send_done(sk: *mut c_void, sent: i64) {
     if sent <= 0 || state.open == 0 {
         return;
     }
-    let Some(buffer) = syscall_buffer(Direction::Send) else { return };
+    let Some(buffer) = syscall_buffer(Direction::Send) else {
+        return;
+    };
     if buffer.len < 8 || !head(buffer.addr).is_some_and(is_response_start) {
         return;
     }
@@ -560,8 +650,14 @@ fn on_receive(sk: *mut c_void, received: i64, flags: u64) {
     if is_leaf(pid_tgid) {
         return;
     }
-    let Some(buffer) = syscall_buffer(Direction::Receive) else { return };
-    let len = if buffer.len < received as u64 { buffer.len } else { received as u64 };
+    let Some(buffer) = syscall_buffer(Direction::Receive) else {
+        return;
+    };
+    let len = if buffer.len < received as u64 {
+        buffer.len
+    } else {
+        received as u64
+    };
     if len >= 8 {
         on_read(pid_tgid, buffer.fd, buffer.addr, len);
     }
@@ -576,7 +672,11 @@ fn int_arg(ctx: &BtfTracePointContext, n: usize) -> i64 {
 /// `sock_recv_length(struct sock *sk, int ret, int flags)`.
 #[btf_tracepoint(function = "sock_recv_length")]
 pub fn tagger_sock_recv(ctx: BtfTracePointContext) -> i32 {
-    on_receive(ctx.arg::<*mut c_void>(0), int_arg(&ctx, 1), ctx.arg::<u64>(2));
+    on_receive(
+        ctx.arg::<*mut c_void>(0),
+        int_arg(&ctx, 1),
+        ctx.arg::<u64>(2),
+    );
     0
 }
 

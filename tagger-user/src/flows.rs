@@ -203,21 +203,27 @@ impl FlowTable {
         }
         let second = unix_second();
         let mut lanes = self.lanes.lock().expect("lane counter lock");
+        let tick = |counter: &mut LaneCounter| {
+            let slot = &mut counter.slots[(second % RATE_SLOTS as u64) as usize];
+            if slot.0 != second {
+                *slot = (second, 0);
+            }
+            slot.1 += 1;
+            counter.total += 1;
+        };
         let key = LaneKeyRef(r.service, r.lane);
-        if !lanes.contains_key(&key) {
-            // First request of this lane to this service.
-            lanes.insert(
-                LaneKey(key.0.to_string(), key.1.map(str::to_string)),
-                LaneCounter::default(),
-            );
+        match lanes.get_mut(&key) {
+            Some(counter) => tick(counter),
+            None => {
+                // First request of this lane to this service.
+                let mut counter = LaneCounter::default();
+                tick(&mut counter);
+                lanes.insert(
+                    LaneKey(key.0.to_string(), key.1.map(str::to_string)),
+                    counter,
+                );
+            }
         }
-        let counter = lanes.get_mut(&key).expect("inserted above");
-        let slot = &mut counter.slots[(second % RATE_SLOTS as u64) as usize];
-        if slot.0 != second {
-            *slot = (second, 0);
-        }
-        slot.1 += 1;
-        counter.total += 1;
     }
 
     /// Rows, most recent first. Drops flows idle past the retention.

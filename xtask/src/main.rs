@@ -172,6 +172,13 @@ fn test(root: &Path, filter: Option<&str>) -> Result<()> {
     if filter.is_none() {
         println!("== format and lint");
         run(cargo(root).args(["fmt", "--all", "--check"]))?;
+        // The kernel crate is outside the workspace (its own target and lock).
+        run(cargo(root).args([
+            "fmt",
+            "--manifest-path",
+            "tagger-ebpf/Cargo.toml",
+            "--check",
+        ]))?;
         run(cargo(root).args([
             "clippy",
             "--workspace",

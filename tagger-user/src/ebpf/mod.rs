@@ -61,8 +61,8 @@ pub enum EbpfError {
         map: &'static str,
         source: std::io::Error,
     },
-    #[error("no slot left for pod cgroup {0}: this node tracks at most 8191 pods")]
-    TooManyPods(u64),
+    #[error("no slot left for pod cgroup {cgroup}: this node tracks at most {max} pods")]
+    TooManyPods { cgroup: u64, max: u32 },
     #[error("cannot open cgroup {path}: {source} (is cgroup v2 mounted?)")]
     Cgroup {
         path: PathBuf,
@@ -269,20 +269,31 @@ impl Datapath {
     pub fn sync_pod_cgroups(&self, wanted: &HashSet<u64>) -> Result<(), EbpfError> {
         let mut map = self.pod_cgroups.lock().expect("pod cgroups lock");
         let mut slots = self.pod_slots.lock().expect("pod slots lock");
-        let gone: Vec<u64> = slots.cgroups().filter(|id| !wanted.contains(id)).collect();
+        let gone: Vec<u64> = slots
+            .iter()
+            .map(|(id, _)| id)
+            .filter(|id| !wanted.contains(id))
+            .collect();
         for id in gone {
             let _ = map.remove(&id);
             slots.release(id);
         }
         for &id in wanted {
-            let (slot, new) = slots.assign(id).ok_or(EbpfError::TooManyPods(id))?;
+            let (slot, new) = slots.assign(id).ok_or(EbpfError::TooManyPods {
+                cgroup: id,
+                max: tagger_common::MAX_POD_SLOTS - 1,
+            })?;
             if new {
                 // Cleared before the kernel can find the pod by it.
                 self.pod_flags.clear(slot);
-                map.insert(id, slot, 0).map_err(|source| EbpfError::Map {
-                    map: names::MAP_POD_CGROUPS,
-                    source,
-                })?;
+                if let Err(source) = map.insert(id, slot, 0) {
+                    // Not in the kernel: the next sync tries again.
+                    slots.release(id);
+                    return Err(EbpfError::Map {
+                        map: names::MAP_POD_CGROUPS,
+                        source,
+                    });
+                }
             }
         }
         Ok(())
@@ -292,14 +303,11 @@ impl Datapath {
     pub fn pod_flag_rows(&self) -> Vec<PodFlagRow> {
         let slots = self.pod_slots.lock().expect("pod slots lock");
         let mut rows: Vec<PodFlagRow> = slots
-            .cgroups()
-            .filter_map(|cgroup_id| {
-                let slot = slots.get(cgroup_id)?;
-                Some(PodFlagRow {
-                    cgroup_id,
-                    slot,
-                    carried_context: self.pod_flags.is_set(slot),
-                })
+            .iter()
+            .map(|(cgroup_id, slot)| PodFlagRow {
+                cgroup_id,
+                slot,
+                carried_context: self.pod_flags.is_set(slot),
             })
             .collect();
         rows.sort_by_key(|row| row.slot);

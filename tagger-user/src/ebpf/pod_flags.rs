@@ -17,9 +17,6 @@ use std::{
 use aya::maps::MapData;
 use tagger_common::MAX_POD_SLOTS;
 
-// The operator-facing error (EbpfError::TooManyPods) names this capacity.
-const _: () = assert!(MAX_POD_SLOTS == 8192);
-
 /// The flags array, mapped into this process.
 pub struct PodFlags {
     base: NonNull<AtomicU64>,
@@ -128,8 +125,9 @@ impl PodSlots {
         }
     }
 
-    pub fn cgroups(&self) -> impl Iterator<Item = u64> + '_ {
-        self.by_cgroup.keys().copied()
+    /// (cgroup id, slot) of every pod that has a slot.
+    pub fn iter(&self) -> impl Iterator<Item = (u64, u32)> + '_ {
+        self.by_cgroup.iter().map(|(&cgroup, &slot)| (cgroup, slot))
     }
 }
 
@@ -150,9 +148,9 @@ mod tests {
             Some((1, true)),
             "a released slot is reused"
         );
-        let mut cgroups: Vec<u64> = slots.cgroups().collect();
-        cgroups.sort();
-        assert_eq!(cgroups, [200, 300]);
+        let mut held: Vec<(u64, u32)> = slots.iter().collect();
+        held.sort();
+        assert_eq!(held, [(200, 2), (300, 1)]);
     }
 
     #[test]
