@@ -27,6 +27,7 @@ struct FlowId {
     lane: Option<String>,
     reason: Reason,
     fallback: bool,
+    served_lane: Option<String>,
     correlation: Correlation,
 }
 
@@ -38,6 +39,7 @@ struct FlowIdRef<'a> {
     lane: Option<&'a str>,
     reason: &'a Reason,
     fallback: bool,
+    served_lane: Option<&'a str>,
     correlation: Correlation,
 }
 
@@ -50,6 +52,7 @@ impl FlowId {
             lane: self.lane.as_deref(),
             reason: &self.reason,
             fallback: self.fallback,
+            served_lane: self.served_lane.as_deref(),
             correlation: self.correlation,
         }
     }
@@ -64,6 +67,7 @@ impl FlowIdRef<'_> {
             lane: self.lane.map(str::to_string),
             reason: self.reason.clone(),
             fallback: self.fallback,
+            served_lane: self.served_lane.map(str::to_string),
             correlation: self.correlation,
         }
     }
@@ -118,8 +122,13 @@ pub struct FlowRow {
     pub lane: Option<String>,
     /// Why the lane: header, inherited, rule:NAME, pod-lane, default.
     pub reason: String,
-    /// The lane had no ready endpoint here; a baseline one served it.
+    /// The lane had no ready endpoint here: a baseline one served it, or
+    /// (with `served_lane` set) a pod of another lane when the service has
+    /// no baseline pod either.
     pub fallback: bool,
+    /// The lane of the pod that served (`None` is baseline).
+    #[serde(default)]
+    pub served_lane: Option<String>,
     /// Whether the inbound request that caused these was known for sure.
     pub correlation: Correlation,
     pub requests: u64,
@@ -144,7 +153,9 @@ pub struct RequestRecord<'a> {
     pub endpoint: &'a str,
     pub lane: Option<&'a str>,
     pub reason: &'a Reason,
+    /// Served outside `lane` (see [`FlowRow::fallback`]).
     pub fallback: bool,
+    pub served_lane: Option<&'a str>,
     pub correlation: Correlation,
     pub ok: bool,
 }
@@ -179,6 +190,7 @@ impl FlowTable {
             lane: r.lane,
             reason: r.reason,
             fallback: r.fallback,
+            served_lane: r.served_lane,
             correlation: r.correlation,
         };
         {
@@ -240,6 +252,7 @@ impl FlowTable {
                 lane: id.lane.clone(),
                 reason: id.reason.to_string(),
                 fallback: id.fallback,
+                served_lane: id.served_lane.clone(),
                 correlation: id.correlation,
                 requests: s.requests,
                 errors: s.errors,
@@ -306,6 +319,7 @@ mod tests {
                 lane: Some("gray"),
                 reason: &gray,
                 fallback: false,
+                served_lane: Some("gray"),
                 correlation: Correlation::None,
                 ok: true,
             });
@@ -317,6 +331,7 @@ mod tests {
             lane: None,
             reason: &default,
             fallback: false,
+            served_lane: None,
             correlation: Correlation::None,
             ok: false,
         });
@@ -349,6 +364,7 @@ mod tests {
             lane: Some("gray"),
             reason: &rule_a,
             fallback: false,
+            served_lane: Some("gray"),
             correlation: Correlation::None,
             ok: true,
         };
@@ -377,6 +393,10 @@ mod tests {
             },
             RequestRecord {
                 fallback: true,
+                ..base
+            },
+            RequestRecord {
+                served_lane: None,
                 ..base
             },
             RequestRecord {

@@ -298,6 +298,55 @@ async fn a_dead_endpoint_is_skipped_and_no_endpoint_is_a_503() {
     assert!(body.contains("service svc has no ready endpoint"), "{body}");
 }
 
+/// A service whose only ready pods are gray (the article's `a-gray`, an
+/// ingress canary's target) serves a baseline caller from them: never a 503
+/// while a pod is ready. The flow says which lane actually served.
+#[tokio::test]
+async fn a_service_with_only_gray_ready_serves_baseline_requests_from_gray() {
+    let s = setup("caller", true).await;
+    s.state.load().services[0].endpoints[0]
+        .ready
+        .store(false, Ordering::Relaxed); // baseline down: only gray is ready
+    let mut conn = connect(s.proxy_addr).await;
+    for _ in 0..3 {
+        let (status, body) = send(&mut conn, request(None, Bytes::new())).await;
+        // Baseline stays baseline: no lane header is invented.
+        assert_eq!((status, body.as_str()), (200, "gray lane=- len=0 sum=0"));
+    }
+    let (status, body) = send(&mut conn, request(Some("blue"), Bytes::new())).await;
+    assert_eq!((status, body.as_str()), (200, "gray lane=blue len=0 sum=0"));
+    let rows = s.flows.rows();
+    let only = |lane: Option<&str>| {
+        rows.iter()
+            .find(|r| r.lane.as_deref() == lane)
+            .unwrap_or_else(|| panic!("no row for {lane:?}: {rows:#?}"))
+    };
+    let baseline = only(None);
+    assert_eq!(
+        (
+            baseline.reason.as_str(),
+            baseline.fallback,
+            baseline.served_lane.as_deref(),
+            baseline.requests
+        ),
+        ("default", true, Some("gray"), 3)
+    );
+    let blue = only(Some("blue"));
+    assert_eq!(
+        (
+            blue.reason.as_str(),
+            blue.fallback,
+            blue.served_lane.as_deref()
+        ),
+        ("header", true, Some("gray"))
+    );
+    assert!(
+        tagger::ctl::render_flows(&rows).contains("default (only lane gray)"),
+        "{}",
+        tagger::ctl::render_flows(&rows)
+    );
+}
+
 #[tokio::test]
 async fn a_body_request_to_a_dead_endpoint_is_a_502_not_a_retry() {
     let s = setup("caller", false).await;

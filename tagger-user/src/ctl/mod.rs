@@ -73,10 +73,12 @@ pub fn render_flows(rows: &[FlowRow]) -> String {
         "LAST",
     ]);
     for row in rows {
-        let reason = if row.fallback {
-            format!("{} (fallback)", row.reason)
-        } else {
-            row.reason.clone()
+        let reason = match (row.fallback, row.served_lane.as_deref()) {
+            (false, _) => row.reason.clone(),
+            (true, None) => format!("{} (fallback)", row.reason),
+            // The service had neither the lane nor baseline: a pod of the
+            // only lane it has served.
+            (true, Some(served)) => format!("{} (only lane {served})", row.reason),
         };
         table.row([
             row.source.clone(),

@@ -7,7 +7,7 @@ pub enum ProxyError {
     /// The caller sent something we cannot forward.
     #[error("downstream: {0}")]
     Downstream(String),
-    /// No ready endpoint in the destination service (no lane, no baseline).
+    /// No ready endpoint at all in the destination service (of any lane).
     #[error("upstream: service {service} has no ready endpoint (lane {lane})")]
     NoEndpoint { service: String, lane: String },
     /// The chosen endpoint failed (connect refused, reset, bad response).

@@ -27,7 +27,7 @@ use crate::{
     propagation::{Correlation, InheritSource},
     routing::{LaneDecision, LaneInputs, choose_endpoint, decide_lane},
     rules::RequestView,
-    state::{Service, Snapshot},
+    state::{Endpoint, Service, Snapshot},
 };
 
 pub type UpstreamClient = Client<HttpConnector, ProxyBody>;
@@ -207,14 +207,15 @@ impl RequestContext {
         decision: &LaneDecision,
         correlation: Correlation,
     ) -> Result<Response<ProxyBody>, ProxyError> {
-        let record = |endpoint: &str, fallback: bool, ok: bool| {
+        let record = |endpoint: &Endpoint, fallback: bool, ok: bool| {
             self.proxy.flows.record(RequestRecord {
                 source: &self.source,
                 service: &service.name,
-                endpoint,
+                endpoint: &endpoint.pod,
                 lane: decision.lane.as_deref(),
                 reason: &decision.reason,
                 fallback,
+                served_lane: endpoint.lane.as_deref(),
                 correlation,
                 ok,
             })
@@ -245,7 +246,7 @@ impl RequestContext {
             let ok = matches!(&result, Ok(r) if !r.status().is_server_error());
             match result {
                 Ok(response) => {
-                    record(&endpoint.pod, choice.fallback, ok);
+                    record(endpoint, choice.is_fallback(), ok);
                     let (mut parts, incoming) = response.into_parts();
                     strip_hop_by_hop(&mut parts.headers);
                     return Ok(Response::from_parts(parts, incoming.boxed_unsync()));
@@ -267,7 +268,7 @@ impl RequestContext {
                         debug!(endpoint = %endpoint.pod, %error, "upstream failed; trying another endpoint");
                         continue;
                     }
-                    record(&endpoint.pod, choice.fallback, false);
+                    record(endpoint, choice.is_fallback(), false);
                     return Err(ProxyError::Upstream {
                         service: service.name.clone(),
                         endpoint: endpoint.pod.clone(),

@@ -77,7 +77,7 @@ pub async fn sniff_http(stream: &TcpStream, wait: Duration) -> Sniffed {
 
 /// Where opaque bytes go: the original destination when it is an endpoint;
 /// for a service address (not routable from the node) a ready endpoint,
-/// baseline first, as kube-proxy would pick.
+/// baseline first, else any ready one, as kube-proxy would pick.
 pub fn opaque_target(
     snapshot: &Snapshot,
     original: SocketAddrV4,
@@ -91,16 +91,6 @@ pub fn opaque_target(
                 .turn
                 .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             crate::routing::choose_endpoint(&service.endpoints, None, turn, |_| false)
-                .or_else(|| {
-                    service
-                        .endpoints
-                        .iter()
-                        .find(|e| crate::routing::Candidate::is_ready(*e))
-                        .map(|endpoint| crate::routing::Choice {
-                            endpoint,
-                            fallback: true,
-                        })
-                })
                 .map(|c| c.endpoint.addr)
         }
     }

@@ -101,28 +101,52 @@ pub trait Candidate {
     fn is_ready(&self) -> bool;
 }
 
-/// A chosen endpoint, and whether it is a baseline fallback for a lane that
-/// has no ready endpoint in this service.
+/// How the chosen endpoint stands to the decided lane.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Served {
+    /// An endpoint of the decided lane (baseline for a baseline request).
+    InLane,
+    /// The lane has no ready endpoint in this service; a baseline one
+    /// serves it, and the lane header stays on so a later hop returns.
+    Baseline,
+    /// Neither the lane nor baseline has a ready endpoint: every ready pod
+    /// of the service is in another lane (a Service made for one lane, as
+    /// an ingress canary sends to). The caller chose this service, so one
+    /// of its pods serves the request rather than a 503; that pod's own
+    /// (sticky) lane then dyes the calls it makes.
+    OnlyLane,
+}
+
+/// A chosen endpoint, and how it stands to the decided lane.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Choice<'a, E> {
     pub endpoint: &'a E,
-    pub fallback: bool,
+    pub served: Served,
+}
+
+impl<E> Choice<'_, E> {
+    /// Served outside the decided lane.
+    pub fn is_fallback(&self) -> bool {
+        self.served != Served::InLane
+    }
 }
 
 /// Round-robin over the ready endpoints of `lane`; when there are none, over
-/// the ready baseline endpoints. `turn` is a per-service counter. `skip` lets
-/// a retry avoid an endpoint that just refused the connection.
+/// the ready baseline endpoints; when there are none either, over every
+/// ready endpoint (the service has pods of other lanes only). `None` only
+/// when nothing is ready. `turn` is a per-service counter. `skip` lets a
+/// retry avoid an endpoint that just refused the connection.
 pub fn choose_endpoint<'a, E: Candidate>(
     endpoints: &'a [E],
     lane: Option<&str>,
     turn: usize,
     skip: impl Fn(&E) -> bool,
 ) -> Option<Choice<'a, E>> {
-    let pick = |want: Option<&str>| -> Option<&'a E> {
+    let pick = |keep: &dyn Fn(&E) -> bool| -> Option<&'a E> {
         let ready = || {
             endpoints
                 .iter()
-                .filter(|e| e.is_ready() && e.lane() == want && !skip(e))
+                .filter(|e| e.is_ready() && !skip(e) && keep(e))
         };
         let count = ready().count();
         if count == 0 {
@@ -130,19 +154,16 @@ pub fn choose_endpoint<'a, E: Candidate>(
         }
         ready().nth(turn % count)
     };
-    if let Some(endpoint) = pick(lane) {
-        return Some(Choice {
-            endpoint,
-            fallback: false,
-        });
+    let chosen = |endpoint, served| Some(Choice { endpoint, served });
+    if let Some(endpoint) = pick(&|e| e.lane() == lane) {
+        return chosen(endpoint, Served::InLane);
     }
-    if lane.is_some() {
-        return pick(None).map(|endpoint| Choice {
-            endpoint,
-            fallback: true,
-        });
+    if lane.is_some()
+        && let Some(endpoint) = pick(&|e| e.lane().is_none())
+    {
+        return chosen(endpoint, Served::Baseline);
     }
-    None
+    pick(&|_| true).and_then(|endpoint| chosen(endpoint, Served::OnlyLane))
 }
 
 #[cfg(test)]

@@ -135,53 +135,188 @@ const fn ep(name: &'static str, lane: Option<&'static str>, ready: bool) -> Ep {
     Ep { name, lane, ready }
 }
 
-#[test]
-fn endpoint_choice() {
-    let endpoints = [
-        ep("b1", None, true),
-        ep("b2", None, true),
-        ep("g1", Some("gray"), true),
-        ep("g2", Some("gray"), false),
-        ep("x1", Some("blue"), false),
-    ];
-    // (lane, turn, skip, expected endpoint, fallback)
-    type Row<'a> = (
-        Option<&'a str>,
-        usize,
-        Option<&'a str>,
-        Option<&'a str>,
-        bool,
-    );
-    let cases: &[Row] = &[
-        (None, 0, None, Some("b1"), false),
-        (None, 1, None, Some("b2"), false),
-        (None, 2, None, Some("b1"), false),
-        (Some("gray"), 0, None, Some("g1"), false),
-        (Some("gray"), 1, None, Some("g1"), false), // g2 not ready
-        (Some("blue"), 0, None, Some("b1"), true),  // no ready blue: fallback
-        (Some("red"), 1, None, Some("b2"), true),   // unknown lane: fallback
-        (Some("gray"), 0, Some("g1"), Some("b1"), true),
-        (None, 0, Some("b1"), Some("b2"), false),
-    ];
-    for (lane, turn, skip, want, fallback) in cases {
-        let got = choose_endpoint(&endpoints, *lane, *turn, |e| Some(e.name) == *skip);
-        assert_eq!(
-            got.as_ref().map(|c| c.endpoint.name),
-            *want,
-            "lane {lane:?} turn {turn}"
-        );
-        assert_eq!(
-            got.map(|c| c.fallback).unwrap_or(false),
-            *fallback,
-            "lane {lane:?}"
-        );
-    }
+/// One row of the endpoint-choice table: the service's endpoints, the
+/// request's lane, the turn, an endpoint to skip; the expected endpoint and
+/// how it stands to the lane.
+struct ChoiceCase {
+    name: &'static str,
+    endpoints: &'static [Ep],
+    lane: Option<&'static str>,
+    turn: usize,
+    skip: Option<&'static str>,
+    want: Option<(&'static str, Served)>,
 }
 
+const MIXED: &[Ep] = &[
+    ep("b1", None, true),
+    ep("b2", None, true),
+    ep("g1", Some("gray"), true),
+    ep("g2", Some("gray"), false),
+    ep("x1", Some("blue"), false),
+];
+/// A Service whose pods are all gray (the article's `a-gray`).
+const GRAY_ONLY: &[Ep] = &[ep("g1", Some("gray"), true), ep("g2", Some("gray"), true)];
+/// Gray and blue pods, the gray ones down.
+const BLUE_READY: &[Ep] = &[ep("g1", Some("gray"), false), ep("u1", Some("blue"), true)];
+const NOTHING_READY: &[Ep] = &[ep("b1", None, false), ep("g1", Some("gray"), false)];
+
 #[test]
-fn no_ready_baseline_means_no_endpoint() {
-    let endpoints = [ep("b1", None, false), ep("g1", Some("gray"), false)];
-    assert!(choose_endpoint(&endpoints, None, 0, |_| false).is_none());
-    assert!(choose_endpoint(&endpoints, Some("gray"), 0, |_| false).is_none());
-    assert!(choose_endpoint::<Ep>(&[], Some("gray"), 0, |_| false).is_none());
+fn endpoint_choice() {
+    use Served::*;
+    let case = |name, endpoints, lane, turn, skip, want| ChoiceCase {
+        name,
+        endpoints,
+        lane,
+        turn,
+        skip,
+        want,
+    };
+    let cases = [
+        // The lane has a ready endpoint.
+        case(
+            "baseline, turn 0",
+            MIXED,
+            None,
+            0,
+            None,
+            Some(("b1", InLane)),
+        ),
+        case(
+            "baseline round-robin",
+            MIXED,
+            None,
+            1,
+            None,
+            Some(("b2", InLane)),
+        ),
+        case("baseline wraps", MIXED, None, 2, None, Some(("b1", InLane))),
+        case("gray", MIXED, Some("gray"), 0, None, Some(("g1", InLane))),
+        case(
+            "gray skips the unready",
+            MIXED,
+            Some("gray"),
+            1,
+            None,
+            Some(("g1", InLane)),
+        ),
+        case(
+            "retry avoids",
+            MIXED,
+            None,
+            0,
+            Some("b1"),
+            Some(("b2", InLane)),
+        ),
+        // The lane has none, baseline has: fallback.
+        case(
+            "blue not ready",
+            MIXED,
+            Some("blue"),
+            0,
+            None,
+            Some(("b1", Baseline)),
+        ),
+        case(
+            "unknown lane",
+            MIXED,
+            Some("red"),
+            1,
+            None,
+            Some(("b2", Baseline)),
+        ),
+        case(
+            "gray refused",
+            MIXED,
+            Some("gray"),
+            0,
+            Some("g1"),
+            Some(("b1", Baseline)),
+        ),
+        // Neither the lane nor baseline: the service's only lane serves.
+        case(
+            "baseline to gray-only",
+            GRAY_ONLY,
+            None,
+            0,
+            None,
+            Some(("g1", OnlyLane)),
+        ),
+        case(
+            "gray-only round-robin",
+            GRAY_ONLY,
+            None,
+            1,
+            None,
+            Some(("g2", OnlyLane)),
+        ),
+        case(
+            "gray to gray-only",
+            GRAY_ONLY,
+            Some("gray"),
+            1,
+            None,
+            Some(("g2", InLane)),
+        ),
+        case(
+            "blue to gray-only",
+            GRAY_ONLY,
+            Some("blue"),
+            0,
+            None,
+            Some(("g1", OnlyLane)),
+        ),
+        case(
+            "gray to blue",
+            BLUE_READY,
+            Some("gray"),
+            0,
+            None,
+            Some(("u1", OnlyLane)),
+        ),
+        case(
+            "baseline to blue",
+            BLUE_READY,
+            None,
+            3,
+            None,
+            Some(("u1", OnlyLane)),
+        ),
+        case(
+            "only lane refused",
+            GRAY_ONLY,
+            None,
+            0,
+            Some("g1"),
+            Some(("g2", OnlyLane)),
+        ),
+        // Nothing ready: no endpoint at all.
+        case(
+            "nothing ready, baseline",
+            NOTHING_READY,
+            None,
+            0,
+            None,
+            None,
+        ),
+        case(
+            "nothing ready, gray",
+            NOTHING_READY,
+            Some("gray"),
+            0,
+            None,
+            None,
+        ),
+        case("no endpoints", &[], Some("gray"), 0, None, None),
+        case("all refused", GRAY_ONLY, None, 0, Some("g*"), None),
+    ];
+    for c in cases {
+        let skip = |e: &Ep| match c.skip {
+            Some("g*") => e.name.starts_with('g'),
+            Some(name) => e.name == name,
+            None => false,
+        };
+        let got = choose_endpoint(c.endpoints, c.lane, c.turn, skip)
+            .map(|choice| (choice.endpoint.name, choice.served));
+        assert_eq!(got, c.want, "{}", c.name);
+    }
 }
