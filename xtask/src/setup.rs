@@ -17,6 +17,8 @@ const PACKAGES: &[&str] = &[
     "iptables",
     "curl",
     "python3",
+    // The ingress pod of scenario B5.
+    "nginx-light",
 ];
 /// Runtimes the end-to-end tests run apps in: (command, Debian package).
 /// A machine that already has the command (from elsewhere) keeps its own.
@@ -64,7 +66,10 @@ fn ensure_packages() -> Result<()> {
     run(Command::new("apt-get")
         .args(["install", "-y", "-q", "--no-install-recommends"])
         .args(&missing)
-        .env("DEBIAN_FRONTEND", "noninteractive"))
+        .env("DEBIAN_FRONTEND", "noninteractive")
+        // Install daemons (nginx) without starting them on the host: the
+        // tests start their own, inside pods.
+        .env("RUNLEVEL", "1"))
 }
 
 fn rustc_version(rustc: &str) -> Option<(u32, u32)> {

@@ -98,6 +98,14 @@ impl RunDir {
     pub fn daemon_log(&self) -> PathBuf {
         self.logs().join("daemon.log")
     }
+    /// Scratch space of each pod (its `$TAGGER_POD_DIR`, as an emptyDir
+    /// volume would be), removed by `down`.
+    pub fn pods(&self) -> PathBuf {
+        self.0.join("pods")
+    }
+    pub fn pod_dir(&self, pod: &str) -> PathBuf {
+        self.pods().join(pod)
+    }
 }
 
 /// What `up` made, for `exec`, `down` and the daemon.
@@ -195,9 +203,10 @@ async fn create(
     tagger_exe: &Path,
 ) -> Result<ClusterRecord, ClusterError> {
     // Logs of an earlier cluster would mislead: start afresh.
-    let _ = std::fs::remove_dir_all(run_dir.logs());
-    std::fs::create_dir_all(run_dir.logs())
-        .map_err(io_error(format!("creating {}", run_dir.logs().display())))?;
+    for dir in [run_dir.logs(), run_dir.pods()] {
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).map_err(io_error(format!("creating {}", dir.display())))?;
+    }
     let cgroup_root = crate::cgroup::v2_root()
         .map_err(io_error("finding cgroup v2"))?
         .join(CGROUP_NAME);
@@ -269,7 +278,7 @@ async fn create(
     for service in &config.services {
         for pod in &service.pods {
             let pod_record = record.pod(&pod.name)?;
-            let child = pods::spawn(pod, pod_record, base_dir, &run_dir.pod_log(&pod.name))?;
+            let child = pods::spawn(pod, pod_record, base_dir, run_dir)?;
             children.insert(pod.name.clone(), child);
         }
     }
@@ -434,6 +443,7 @@ pub fn down(run_dir: &RunDir) -> Vec<String> {
             }
         }
     }
+    let _ = std::fs::remove_dir_all(run_dir.pods());
     for path in [
         run_dir.record(),
         run_dir.placement(),
@@ -500,7 +510,7 @@ pub async fn start_pod(run_dir: &RunDir, name: &str) -> Result<(), ClusterError>
             known: "(not in the cluster file any more)".into(),
         })?;
     let base_dir = record.config.parent().unwrap_or(Path::new("/"));
-    let child = pods::spawn(spec, pod, base_dir, &run_dir.pod_log(name))?;
+    let child = pods::spawn(spec, pod, base_dir, run_dir)?;
     let single = ClusterFile {
         services: vec![crate::config::ServiceSpec {
             name: service.name.clone(),

@@ -37,16 +37,20 @@ fn log_file(path: &Path) -> Result<File, ClusterError> {
         .map_err(io_error(format!("opening log {}", path.display())))
 }
 
-/// Starts a pod's command in the background, its output in `log`. Relative
-/// paths in the command resolve against `base_dir` (the cluster file's
-/// folder), which is also its working directory.
+/// Starts a pod's command in the background, its output in its log file.
+/// Relative paths in the command resolve against `base_dir` (the cluster
+/// file's folder), which is also its working directory; `$TAGGER_POD_DIR` is
+/// a scratch directory of its own.
 pub fn spawn(
     spec: &PodSpec,
     pod: &PodRecord,
     base_dir: &Path,
-    log: &Path,
+    run_dir: &RunDir,
 ) -> Result<Child, ClusterError> {
-    let out = log_file(log)?;
+    let out = log_file(&run_dir.pod_log(&pod.name))?;
+    let scratch = run_dir.pod_dir(&pod.name);
+    std::fs::create_dir_all(&scratch)
+        .map_err(io_error(format!("creating {}", scratch.display())))?;
     let err = out
         .try_clone()
         .map_err(io_error("duplicating log handle"))?;
@@ -57,6 +61,7 @@ pub fn spawn(
     let mut cmd = in_pod_command(pod, &command);
     cmd.current_dir(base_dir)
         .envs(&spec.env)
+        .env("TAGGER_POD_DIR", &scratch)
         .env("PYTHONUNBUFFERED", "1")
         .stdin(Stdio::null())
         .stdout(out)
