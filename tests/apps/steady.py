@@ -1,15 +1,20 @@
 """Steady load for live-change tests: GET URL from 4 threads for DURATION
 seconds (each thread one keep-alive connection, about 100 requests/s in
 all), printing "<unix time> <status> <body>" per request. Errors print
-status 0 and the error. Optional further arguments are headers "name: value"."""
+status 0 and the error. Optional further arguments are headers "name: value".
+With --until-stdin-closes it also stops when its standard input closes, so
+that a test ends it at the moment it chooses."""
 import http.client
 import sys
 import threading
 import time
 import urllib.parse
 
-url, duration = sys.argv[1], float(sys.argv[2])
-headers = dict(h.split(": ", 1) for h in sys.argv[3:])
+argv = sys.argv[1:]
+watch_stdin = "--until-stdin-closes" in argv
+argv = [a for a in argv if a != "--until-stdin-closes"]
+url, duration = argv[0], float(argv[1])
+headers = dict(h.split(": ", 1) for h in argv[2:])
 target = urllib.parse.urlsplit(url)
 path = target.path + ("?" + target.query if target.query else "")
 end = time.time() + duration
@@ -32,6 +37,14 @@ def worker():
         time.sleep(0.04)
 
 
+def stop_when_stdin_closes():
+    global end
+    sys.stdin.read()
+    end = time.time()
+
+
+if watch_stdin:
+    threading.Thread(target=stop_when_stdin_closes, daemon=True).start()
 threads = [threading.Thread(target=worker) for _ in range(4)]
 for t in threads:
     t.start()

@@ -4,13 +4,28 @@
 //!
 //! These tests need root. Without it they fail (never skip): `cargo xtask
 //! test` is the way to run them.
+mod host;
+mod load;
+mod shared;
+mod watchdog;
+
 use std::{
     path::{Path, PathBuf},
-    process::{Child, Command, Output, Stdio},
+    process::{Command, Output},
+    sync::atomic::{AtomicUsize, Ordering},
     time::{Duration, Instant, SystemTime, UNIX_EPOCH},
 };
 
 use serde_json::Value;
+
+pub use host::{host_leftovers, preclean};
+pub use load::{Answer, SteadyLoad};
+pub use shared::{SharedCluster, shared};
+use watchdog::Watchdog;
+
+/// How long one test's own cluster may live before the watchdog takes it
+/// down and ends the test binary, naming the cluster: nothing hangs.
+pub const CLUSTER_LIMIT: Duration = Duration::from_secs(300);
 
 /// The tagger binary under test: `TAGGER_BIN` (set by `cargo xtask test`),
 /// else the workspace's debug build.
@@ -51,22 +66,45 @@ fn require_root() {
     );
 }
 
-/// A running local cluster, removed on drop (also when a test panics).
+/// A running local cluster, removed on drop (also when a test panics), and
+/// checked to have left nothing on the host.
 pub struct Cluster {
     run_dir: PathBuf,
+    file: String,
+    _watchdog: Watchdog,
 }
 
+static CLUSTERS: AtomicUsize = AtomicUsize::new(0);
+static PRECLEAN: std::sync::Once = std::sync::Once::new();
+
 impl Cluster {
+    /// Starts the cluster of `file` (a name in tests/clusters, or a path)
+    /// for this test alone. A shared cluster of this test binary is taken
+    /// down first: one local cluster runs at a time.
     pub fn up(file: &str) -> Self {
+        shared::release();
+        Self::start(file, CLUSTER_LIMIT)
+    }
+
+    fn start(file: &str, limit: Duration) -> Self {
         require_root();
-        let run_dir = std::env::temp_dir().join(format!("tagger-e2e-{}", std::process::id()));
-        let cluster = Cluster { run_dir };
-        // A cluster a crashed earlier run left behind would block this one.
-        let _ = cluster.tagger(&["cluster", "down"]);
+        PRECLEAN.call_once(preclean);
+        let n = CLUSTERS.fetch_add(1, Ordering::Relaxed);
+        let run_dir = std::env::temp_dir().join(format!(
+            "{}{}-{n}",
+            host::RUN_DIR_PREFIX,
+            std::process::id()
+        ));
+        let watchdog = Watchdog::start(file, &run_dir, limit);
+        let cluster = Cluster {
+            run_dir,
+            file: file.to_string(),
+            _watchdog: watchdog,
+        };
         let out = cluster.tagger(&["cluster", "up", cluster_file(file).to_str().unwrap()]);
         assert!(
             out.status.success(),
-            "cluster up failed:\n{}",
+            "cluster up {file} failed:\n{}",
             text(&out.stderr)
         );
         cluster
@@ -194,10 +232,22 @@ impl Cluster {
 impl Drop for Cluster {
     fn drop(&mut self) {
         let out = self.tagger(&["cluster", "down"]);
-        if !out.status.success() {
-            eprintln!("cluster down reported problems: {}", text(&out.stderr));
-        }
         let _ = std::fs::remove_dir_all(&self.run_dir);
+        if std::thread::panicking() {
+            return;
+        }
+        assert!(
+            out.status.success(),
+            "cluster down {} reported problems: {}",
+            self.file,
+            text(&out.stderr)
+        );
+        let left = host_leftovers();
+        assert!(
+            left.is_empty(),
+            "cluster {} left this on the host: {left:?}",
+            self.file
+        );
     }
 }
 
@@ -209,57 +259,48 @@ pub fn now() -> f64 {
         .as_secs_f64()
 }
 
-/// One request of a steady load: when it ended, its status (0 for a
-/// transport error) and its body.
-pub struct Answer {
-    pub at: f64,
-    pub status: u16,
-    pub body: String,
-}
+/// The fields that tell flows apart (everything but the counts and age).
+const FLOW_KEY: [&str; 8] = [
+    "source",
+    "service",
+    "endpoint",
+    "lane",
+    "reason",
+    "fallback",
+    "served_lane",
+    "correlation",
+];
 
-/// A steady load (tests/apps/steady.py) running in a pod.
-pub struct SteadyLoad(Child);
-
-impl Cluster {
-    /// Starts `steady.py URL SECS HEADERS...` in `pod`, in the background.
-    pub fn steady_load(&self, pod: &str, url: &str, secs: u32, headers: &[&str]) -> SteadyLoad {
-        let child = Command::new(tagger_bin())
-            .args(self.run_dir_args())
-            .args(["cluster", "exec", pod, "--", "python3"])
-            .arg(workspace().join("tests/apps/steady.py"))
-            .arg(url)
-            .arg(secs.to_string())
-            .args(headers)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("starting the steady load");
-        SteadyLoad(child)
-    }
-}
-
-impl SteadyLoad {
-    /// Waits for the load to end; returns every answer in order.
-    pub fn answers(self) -> Vec<Answer> {
-        let output = self.0.wait_with_output().expect("steady load");
-        let answers: Vec<Answer> = String::from_utf8_lossy(&output.stdout)
-            .lines()
-            .map(|line| {
-                let mut parts = line.splitn(3, ' ');
-                Answer {
-                    at: parts.next().unwrap().parse().unwrap(),
-                    status: parts.next().unwrap().parse().unwrap(),
-                    body: parts.next().unwrap_or("").to_string(),
-                }
+/// The flows of what happened between two reads of `flows()` (the flow map
+/// of a shared cluster keeps earlier tests' requests): each row with the
+/// requests and errors it gained; rows that gained nothing are left out.
+pub fn flow_delta(before: &[Value], after: &[Value]) -> Vec<Value> {
+    let same = |a: &Value, b: &Value| FLOW_KEY.iter().all(|k| a[k] == b[k]);
+    after
+        .iter()
+        .filter_map(|row| {
+            let old = before.iter().find(|b| same(b, row));
+            let gained = |field: &str| {
+                row[field].as_u64().unwrap_or(0) - old.map_or(0, |o| o[field].as_u64().unwrap_or(0))
+            };
+            let requests = gained("requests");
+            (requests > 0).then(|| {
+                let mut row = row.clone();
+                row["requests"] = requests.into();
+                row["errors"] = gained("errors").into();
+                row
             })
-            .collect();
-        assert!(
-            !answers.is_empty(),
-            "the steady load answered nothing: {}",
-            text(&output.stderr)
-        );
-        answers
-    }
+        })
+        .collect()
+}
+
+/// Requests counted in the flows that satisfy `keep`.
+pub fn requests_where(flows: &[Value], keep: impl Fn(&Value) -> bool) -> u64 {
+    flows
+        .iter()
+        .filter(|f| keep(f))
+        .map(|f| f["requests"].as_u64().unwrap())
+        .sum()
 }
 
 pub fn text(bytes: &[u8]) -> String {
@@ -278,37 +319,4 @@ pub fn eventually<T>(limit: Duration, mut check: impl FnMut() -> Option<T>) -> O
         }
         std::thread::sleep(Duration::from_millis(50));
     }
-}
-
-/// What the local cluster leaves on the host, to check that `down` (and a
-/// failed `up`) removed it all.
-pub fn host_leftovers() -> Vec<String> {
-    let mut left = Vec::new();
-    let netns = Command::new("ip")
-        .args(["netns", "list"])
-        .output()
-        .expect("ip netns");
-    left.extend(
-        text(&netns.stdout)
-            .lines()
-            .filter(|l| l.starts_with("tagger-"))
-            .map(str::to_string),
-    );
-    let links = Command::new("ip")
-        .args(["-o", "link", "show"])
-        .output()
-        .expect("ip link");
-    left.extend(
-        text(&links.stdout)
-            .lines()
-            .filter_map(|l| l.split(':').nth(1))
-            .map(|n| n.trim().split('@').next().unwrap_or("").to_string())
-            .filter(|n| n == "tagger0" || n.starts_with("tv-") || n.starts_with("tp-")),
-    );
-    for root in ["/sys/fs/cgroup/unified/tagger", "/sys/fs/cgroup/tagger"] {
-        if Path::new(root).exists() {
-            left.push(root.to_string());
-        }
-    }
-    left
 }

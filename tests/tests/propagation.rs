@@ -1,290 +1,376 @@
-//! Lanes and pass-through headers through apps that copy nothing, in three
-//! runtimes written by others: Python (ThreadingHTTPServer + http.client
-//! keep-alive), Java (JDK HttpServer with a thread pool +
-//! HttpURLConnection), Node (http server + keep-alive agent).
-//! SPEC scenarios B2, B3, B4, and the lane-correctness burst.
-use std::{collections::HashMap, path::PathBuf};
+//! Lanes and pass-through headers through apps that copy nothing, in
+//! runtimes written by others (SPEC section D): Python (ThreadingHTTPServer
+//! + http.client keep-alive), Java (JDK HttpServer on a thread pool +
+//! HttpURLConnection), Node (http server + keep-alive agent). Scenarios B2,
+//! B3, B4 and the lane-correctness burst run on ONE shared cluster
+//! (tests/clusters/runtimes.yaml) holding a chain per runtime whose entry
+//! hop is a baseline pod and whose lane is not sticky: every gray answer
+//! past the entry proves that tagger carried the lane (no dyeing can).
+use std::time::Duration;
 
 use serde_json::Value;
-use tagger_e2e::{Cluster, text, workspace};
+use tagger_e2e::{
+    Cluster, SharedCluster, eventually, flow_delta, requests_where, shared, text, workspace,
+};
 
-#[derive(Clone, Copy, Debug)]
+const RUNTIMES: &str = "runtimes.yaml";
+
+#[derive(Clone, Copy, Debug, PartialEq)]
 enum Runtime {
     Python,
     Java,
     Node,
+    /// Node hops that forward the x-request-id they received.
+    NodeForwardingIds,
 }
 
 impl Runtime {
-    /// The command of one hop; `next` is the service it calls, `extra`
-    /// more arguments.
-    fn command_with(self, next: Option<&str>, echo_query: bool, extra: &[&str]) -> String {
-        let apps = workspace().join("tests/apps");
-        let mut parts: Vec<String> = match self {
-            Runtime::Python => vec![
-                "python3".into(),
-                apps.join("hop.py").display().to_string(),
-                "--keep-alive".into(),
-            ],
-            Runtime::Java => vec![
-                "java".into(),
-                "-XX:+UseSerialGC".into(),
-                "-Xmx96m".into(),
-                apps.join("Hop.java").display().to_string(),
-            ],
-            Runtime::Node => vec!["node".into(), apps.join("hop.js").display().to_string()],
+    /// The chain's services are `{prefix}-a`, `-b`, `-c`.
+    fn prefix(self) -> &'static str {
+        match self {
+            Runtime::Python => "py",
+            Runtime::Java => "java",
+            Runtime::Node => "node",
+            Runtime::NodeForwardingIds => "nid",
+        }
+    }
+
+    /// The chain's answer when entered at `{p}-a-base`: which pods of b
+    /// and c served, and c's echo of the query.
+    fn chain(self, b: &str, c: &str, query: &str) -> String {
+        let p = self.prefix();
+        format!("{p}-a-base -> {p}-b-{b} -> {p}-c-{c}({query})")
+    }
+}
+
+/// Enters the chain at its a pod, as an ingress would (from the node).
+fn entry(cluster: &Cluster, runtime: Runtime, headers: &[&str]) -> String {
+    let pod = format!("{}-a-base", runtime.prefix());
+    cluster.curl_from_node(&format!("http://{}:8080/", cluster.pod_ip(&pod)), headers)
+}
+
+/// The one row of `flows` from `source` to `endpoint` (pods of the chain,
+/// without the prefix), asserting there is exactly one.
+fn only_row<'a>(flows: &'a [Value], runtime: Runtime, source: &str, endpoint: &str) -> &'a Value {
+    let p = runtime.prefix();
+    let (source, endpoint) = (format!("{p}-{source}"), format!("{p}-{endpoint}"));
+    let rows: Vec<&Value> = flows
+        .iter()
+        .filter(|f| f["source"] == source.as_str() && f["endpoint"] == endpoint.as_str())
+        .collect();
+    assert_eq!(rows.len(), 1, "{source} -> {endpoint}: {flows:#?}");
+    rows[0]
+}
+
+/// B2: a lane header sent to the baseline entry pod, which copies nothing,
+/// reaches b's and c's gray pods; a request without one stays baseline.
+fn b2_lane_header(runtime: Runtime) {
+    let cluster = shared(RUNTIMES);
+    let before = cluster.flows();
+    for _ in 0..3 {
+        assert_eq!(
+            entry(&cluster, runtime, &["x-mse-tag: gray"]),
+            runtime.chain("gray", "gray", "")
+        );
+        assert_eq!(
+            entry(&cluster, runtime, &[]),
+            runtime.chain("base", "base", "")
+        );
+    }
+    let flows = flow_delta(&before, &cluster.flows());
+    for (source, endpoint, lane, reason) in [
+        ("a-base", "b-gray", "gray", "inherited-thread"),
+        ("b-gray", "c-gray", "gray", "inherited-thread"),
+        ("a-base", "b-base", "", "default"),
+        ("b-base", "c-base", "", "default"),
+    ] {
+        let row = only_row(&flows, runtime, source, endpoint);
+        let want_lane = if lane.is_empty() {
+            Value::Null
+        } else {
+            lane.into()
         };
-        if let Some(next) = next {
-            parts.extend(["--next".into(), format!("http://{next}:8080/")]);
-        }
-        if echo_query {
-            parts.push("--echo-query".into());
-        }
-        parts.extend(extra.iter().map(|e| e.to_string()));
-        format!(
-            "[{}]",
-            parts
-                .iter()
-                .map(|p| format!("\"{p}\""))
-                .collect::<Vec<_>>()
-                .join(", ")
-        )
-    }
-}
-
-/// A chain a -> b -> c (each with base and gray pods, b's gray optional),
-/// a client pod, lane gray (sticky or not), and optionally B3's rule on b.
-fn chain(runtime: Runtime, sticky: bool, b_gray: bool, rule_on_b: bool) -> PathBuf {
-    chain_with(runtime, sticky, b_gray, rule_on_b, &[])
-}
-
-fn chain_with(
-    runtime: Runtime,
-    sticky: bool,
-    b_gray: bool,
-    rule_on_b: bool,
-    extra: &[&str],
-) -> PathBuf {
-    let mut yaml = format!(
-        "passthrough_headers: [x-user-id]\nlanes:\n  - {{name: gray, sticky: {sticky}}}\nservices:\n"
-    );
-    for (service, next) in [("a", Some("b")), ("b", Some("c")), ("c", None)] {
-        let command = runtime.command_with(next, next.is_none(), extra);
-        yaml.push_str(&format!("  - name: {service}\n    port: 8080\n    pods:\n"));
-        yaml.push_str(&format!(
-            "      - {{name: {service}-base, command: {command}}}\n"
-        ));
-        if service != "b" || b_gray {
-            yaml.push_str(&format!(
-                "      - {{name: {service}-gray, lane: gray, command: {command}}}\n"
-            ));
-        }
-    }
-    yaml.push_str(
-        "  - name: client\n    pods:\n      - {name: client, command: [sleep, infinity]}\n",
-    );
-    if rule_on_b {
-        yaml.push_str(
-            "rules:\n  - name: b-user-100\n    service: b\n    lane: gray\n    conditions:\n      - {source: header, name: x-user-id, op: '=', value: 100}\n",
+        assert_eq!(
+            (
+                &row["lane"],
+                row["reason"].as_str(),
+                row["correlation"].as_str(),
+                row["requests"].as_u64()
+            ),
+            (&want_lane, Some(reason), Some("trusted"), Some(3)),
+            "{runtime:?}: {row}"
         );
     }
-    let path = std::env::temp_dir().join(format!(
-        "tagger-prop-{runtime:?}-{sticky}-{b_gray}-{rule_on_b}-{}.yaml",
-        std::process::id()
-    ));
-    std::fs::write(&path, yaml).unwrap();
-    path
 }
 
-fn up(path: &PathBuf) -> Cluster {
-    let cluster = Cluster::up(path.to_str().unwrap());
-    std::fs::remove_file(path).unwrap();
-    cluster
-}
-
-fn entry(cluster: &Cluster, pod: &str, headers: &[&str]) -> String {
-    cluster.curl_from_node(&format!("http://{}:8080/", cluster.pod_ip(pod)), headers)
-}
-
-/// B2 and B4, and the flow map's source and confidence.
-fn lane_header_and_fallback(runtime: Runtime) {
-    let cluster = up(&chain(runtime, true, true, false));
-    // B2: the header reaches a's base pod; a copies nothing.
+/// B3: b's rule matches a header the entry received and tagger passed
+/// through (a copies nothing); the lane is not sticky, so c decides again.
+fn b3_per_hop_rule(runtime: Runtime) {
+    let cluster = shared(RUNTIMES);
+    let before = cluster.flows();
     for _ in 0..3 {
         assert_eq!(
-            entry(&cluster, "a-base", &["x-mse-tag: gray"]),
-            "a-base -> b-gray -> c-gray()"
+            entry(&cluster, runtime, &["x-user-id: 100"]),
+            runtime.chain("gray", "base", "")
         );
         assert_eq!(
-            entry(&cluster, "a-base", &[]),
-            "a-base -> b-base -> c-base()"
+            entry(&cluster, runtime, &["x-user-id: 101"]),
+            runtime.chain("base", "base", "")
         );
     }
-    let inherited = cluster.flow("a-base", "b", "b-gray");
-    assert_eq!(inherited["reason"], "inherited-thread", "{inherited}");
-    assert_eq!(inherited["correlation"], "trusted");
-    assert_eq!(cluster.flow("a-base", "b", "b-base")["reason"], "default");
-    drop(cluster);
-
-    // B4: b has no gray pod; the lane comes back at c.
-    let cluster = up(&chain(runtime, true, false, false));
+    let flows = flow_delta(&before, &cluster.flows());
+    let rule = format!("rule:{}-b-user-100", runtime.prefix());
+    let by_rule = only_row(&flows, runtime, "a-base", "b-gray");
     assert_eq!(
-        entry(&cluster, "a-gray", &[]),
-        "a-gray -> b-base -> c-gray()"
+        (by_rule["reason"].as_str(), by_rule["requests"].as_u64()),
+        (Some(rule.as_str()), Some(3))
     );
+    // b-gray passed x-user-id on (c has no rule) and the lane stops there.
+    let next = only_row(&flows, runtime, "b-gray", "c-base");
     assert_eq!(
-        entry(&cluster, "a-base", &["x-lane: gray"]),
-        "a-base -> b-base -> c-gray()"
+        (next["reason"].as_str(), next["correlation"].as_str()),
+        (Some("default"), Some("trusted"))
     );
-    let returned = cluster.flow("b-base", "c", "c-gray");
-    assert_eq!(returned["reason"], "inherited-thread");
-    assert_eq!(cluster.flow("a-gray", "b", "b-base")["fallback"], true);
 }
 
-/// B3: a non-sticky lane decided per hop by b's rule on a passed-through header.
-fn per_hop_rule(runtime: Runtime) {
-    let cluster = up(&chain(runtime, false, true, true));
+/// Starts a stopped pod again when dropped, so that a failing test leaves
+/// the shared cluster whole.
+struct Restart<'a>(&'a SharedCluster, String);
+
+impl Drop for Restart<'_> {
+    fn drop(&mut self) {
+        let out = self.0.tagger(&["cluster", "start-pod", &self.1]);
+        if !std::thread::panicking() {
+            assert!(
+                out.status.success(),
+                "start-pod {}: {}",
+                self.1,
+                text(&out.stderr)
+            );
+        }
+    }
+}
+
+/// B4: b's gray pod goes away; a gray request falls back to b's baseline
+/// pod and, the lane travelling on, comes back to gray at c.
+fn b4_fallback_and_return(runtime: Runtime) {
+    let cluster = shared(RUNTIMES);
+    let b_gray = format!("{}-b-gray", runtime.prefix());
+    let out = cluster.tagger(&["cluster", "stop-pod", &b_gray]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let restart = Restart(&cluster, b_gray);
+    let fallback = runtime.chain("base", "gray", "");
+    // The first calls after the stop may still find the pod's old
+    // connections; from the moment the fallback shows, it must hold.
+    let seen = eventually(Duration::from_secs(10), || {
+        (entry(&cluster, runtime, &["x-lane: gray"]) == fallback).then_some(())
+    });
+    assert!(seen.is_some(), "{runtime:?}: no fallback within 10 s");
+    let before = cluster.flows();
     for _ in 0..3 {
-        assert_eq!(
-            entry(&cluster, "a-base", &["x-user-id: 100"]),
-            "a-base -> b-gray -> c-base()"
-        );
-        assert_eq!(
-            entry(&cluster, "a-base", &["x-user-id: 101"]),
-            "a-base -> b-base -> c-base()"
+        assert_eq!(entry(&cluster, runtime, &["x-lane: gray"]), fallback);
+    }
+    let flows = flow_delta(&before, &cluster.flows());
+    let to_b = only_row(&flows, runtime, "a-base", "b-base");
+    assert_eq!(
+        (to_b["lane"].as_str(), &to_b["fallback"]),
+        (Some("gray"), &true.into()),
+        "{to_b}"
+    );
+    let back = only_row(&flows, runtime, "b-base", "c-gray");
+    assert_eq!(
+        (back["reason"].as_str(), back["correlation"].as_str()),
+        (Some("inherited-thread"), Some("trusted")),
+        "{back}"
+    );
+    drop(restart);
+    let gray = runtime.chain("gray", "gray", "");
+    let back = eventually(Duration::from_secs(10), || {
+        (entry(&cluster, runtime, &["x-lane: gray"]) == gray).then_some(())
+    });
+    assert!(
+        back.is_some(),
+        "{runtime:?}: b's gray pod never served again"
+    );
+}
+
+/// The burst's outcome for one runtime.
+#[derive(Debug)]
+struct Burst {
+    requests: usize,
+    wrong: Vec<String>,
+    /// Hop decisions past the entry (a -> b and b -> c), from the flows.
+    hops: Vec<Value>,
+}
+
+impl Burst {
+    fn hop_requests(&self, keep: impl Fn(&Value) -> bool) -> u64 {
+        requests_where(&self.hops, keep)
+    }
+
+    fn print(&self, runtime: Runtime) {
+        println!(
+            "| {runtime:?} | {} | {} | {} | {} |",
+            self.requests,
+            self.wrong.len(),
+            self.hop_requests(|f| f["correlation"] == "trusted"),
+            self.hop_requests(|f| f["correlation"] == "untrusted"),
         );
     }
-    assert_eq!(
-        cluster.flow("a-base", "b", "b-gray")["reason"],
-        "rule:b-user-100"
-    );
-    // b-gray passed x-user-id on, but the lane is not sticky: c decides
-    // again, and has no rule.
-    assert_eq!(cluster.flow("b-gray", "c", "c-base")["reason"], "default");
 }
 
-/// At least 2000 requests at concurrency 32, half gray, each with a marker the
-/// last hop echoes; the middle hops copy nothing. Returns the table row.
-fn lane_correctness(runtime: Runtime) -> (usize, usize, u64, u64) {
-    lane_correctness_in(runtime, &chain(runtime, true, true, false)).0
-}
-
-/// The burst against a given cluster file; also returns the flows.
-fn lane_correctness_in(runtime: Runtime, file: &PathBuf) -> ((usize, usize, u64, u64), Vec<Value>) {
-    let cluster = up(file);
+/// 2000 requests at concurrency 32 through keep-alive connections, every
+/// other one with `x-lane: gray`, each with a marker the last hop echoes.
+fn burst(runtime: Runtime) -> Burst {
+    let cluster = shared(RUNTIMES);
+    let before = cluster.flows();
     let load = workspace().join("tests/apps/load.py");
+    let url = format!("http://{}-a:8080/", runtime.prefix());
     let out = cluster.exec(
         "client",
-        &[
-            "python3",
-            load.to_str().unwrap(),
-            "http://a:8080/",
-            "2000",
-            "32",
-        ],
+        &["python3", load.to_str().unwrap(), &url, "2000", "32"],
     );
     assert!(out.status.success(), "load failed: {}", text(&out.stderr));
     let mut wrong = Vec::new();
-    let mut total = 0;
+    let mut requests = 0;
     for line in text(&out.stdout).lines() {
         let row: Value = serde_json::from_str(line).unwrap();
-        total += 1;
+        requests += 1;
         let i = row["i"].as_u64().unwrap();
         let lane = if row["gray"].as_bool().unwrap() {
             "gray"
         } else {
             "base"
         };
-        let expected = format!("a-{lane} -> b-{lane} -> c-{lane}(m={i})");
+        let expected = runtime.chain(lane, lane, &format!("m={i}"));
         if row["answer"] != expected.as_str() {
             wrong.push(format!("{i}: {} (expected {expected})", row["answer"]));
         }
     }
-    let mut by_correlation: HashMap<String, u64> = HashMap::new();
-    for flow in cluster.flows() {
-        if flow["source"] != "client" {
-            *by_correlation
-                .entry(flow["correlation"].as_str().unwrap().to_string())
-                .or_default() += flow["requests"].as_u64().unwrap();
-        }
+    assert_eq!(requests, 2000);
+    let hops = flow_delta(&before, &cluster.flows())
+        .into_iter()
+        .filter(|f| f["source"] != "client")
+        .collect();
+    Burst {
+        requests,
+        wrong,
+        hops,
     }
-    assert_eq!(total, 2000);
-    // Every trusted decision kept its lane: a gray pod's calls went to gray
-    // endpoints and a base pod's to base ones (the entry hop, from the
-    // client, has no correlation and is checked by the answers).
-    let flows = cluster.flows();
-    for flow in &flows {
-        let (source, endpoint) = (
-            flow["source"].as_str().unwrap(),
-            flow["endpoint"].as_str().unwrap(),
-        );
-        if flow["correlation"] == "trusted" && source != "client" {
-            assert_eq!(
-                source.ends_with("-gray"),
-                endpoint.ends_with("-gray"),
-                "{runtime:?}: a trusted decision changed lanes: {flow}"
-            );
-        }
-    }
-    let trusted = by_correlation.get("trusted").copied().unwrap_or(0);
-    let untrusted = by_correlation.get("untrusted").copied().unwrap_or(0);
-    assert!(
-        wrong.is_empty(),
-        "{runtime:?}: {} of {total} in the wrong lane, e.g. {:?}",
-        wrong.len(),
-        &wrong[..wrong.len().min(5)]
-    );
-    ((total, wrong.len(), trusted, untrusted), flows)
 }
 
-fn print_row(runtime: Runtime, (total, wrong, trusted, untrusted): (usize, usize, u64, u64)) {
-    println!("| {runtime:?} | {total} | {wrong} | {trusted} | {untrusted} |");
+/// Thread-per-request runtimes: every answer in its lane, and every hop
+/// decision past the entry trusted, the gray ones inherited: exactly 2 hop
+/// decisions per request, 2 inherited gray ones per gray request.
+fn burst_is_exact(runtime: Runtime) {
+    let burst = burst(runtime);
+    burst.print(runtime);
+    assert!(
+        burst.wrong.is_empty(),
+        "{runtime:?}: {} of 2000 in the wrong lane, e.g. {:?}",
+        burst.wrong.len(),
+        &burst.wrong[..burst.wrong.len().min(5)]
+    );
+    assert_eq!(burst.hop_requests(|_| true), 4000, "{:#?}", burst.hops);
+    assert_eq!(
+        burst.hop_requests(|f| f["correlation"] == "trusted"),
+        4000,
+        "{:#?}",
+        burst.hops
+    );
+    assert_eq!(
+        burst.hop_requests(|f| f["lane"] == "gray" && f["reason"] == "inherited-thread"),
+        2000,
+        "{:#?}",
+        burst.hops
+    );
 }
 
 #[test]
-fn python_b2_b4() {
-    lane_header_and_fallback(Runtime::Python);
+fn python_b2() {
+    b2_lane_header(Runtime::Python);
 }
 
 #[test]
 fn python_b3() {
-    per_hop_rule(Runtime::Python);
+    b3_per_hop_rule(Runtime::Python);
 }
 
 #[test]
-fn java_b2_b4() {
-    lane_header_and_fallback(Runtime::Java);
+fn python_b4() {
+    b4_fallback_and_return(Runtime::Python);
+}
+
+#[test]
+fn python_lane_correctness_burst() {
+    burst_is_exact(Runtime::Python);
+}
+
+#[test]
+fn java_b2() {
+    b2_lane_header(Runtime::Java);
 }
 
 #[test]
 fn java_b3() {
-    per_hop_rule(Runtime::Java);
+    b3_per_hop_rule(Runtime::Java);
 }
 
 #[test]
-fn node_b2_b4() {
-    lane_header_and_fallback(Runtime::Node);
+fn java_b4() {
+    b4_fallback_and_return(Runtime::Java);
+}
+
+#[test]
+fn java_lane_correctness_burst() {
+    burst_is_exact(Runtime::Java);
+}
+
+#[test]
+fn node_b2() {
+    b2_lane_header(Runtime::Node);
 }
 
 #[test]
 fn node_b3() {
-    per_hop_rule(Runtime::Node);
+    b3_per_hop_rule(Runtime::Node);
 }
 
 #[test]
-fn lane_correctness_under_concurrency() {
-    println!(
-        "| runtime | requests | wrong lane | hop decisions trusted | untrusted (safe default) |"
+fn node_b4() {
+    b4_fallback_and_return(Runtime::Node);
+}
+
+/// Node under concurrency: one event-loop thread has many requests open,
+/// so thread correlation cannot be trusted (SPEC D's Node row is a later
+/// issue). What must hold today: hop decisions are marked untrusted rather
+/// than guessed, untrusted ones take the safe default (baseline: the lane
+/// is not sticky), and a baseline request never ends in gray.
+#[test]
+fn node_burst_is_untrusted_and_safe() {
+    let burst = burst(Runtime::Node);
+    burst.print(Runtime::Node);
+    assert_eq!(burst.hop_requests(|_| true), 4000, "{:#?}", burst.hops);
+    let base_into_gray = burst
+        .wrong
+        .iter()
+        .filter(|w| w.contains("(expected node-a-base -> node-b-base"))
+        .count();
+    assert_eq!(base_into_gray, 0, "{:?}", burst.wrong);
+    let untrusted = burst.hop_requests(|f| f["correlation"] == "untrusted");
+    let untrusted_not_default =
+        burst.hop_requests(|f| f["correlation"] == "untrusted" && f["lane"] != Value::Null);
+    assert_eq!(
+        untrusted_not_default, 0,
+        "untrusted decisions must take the safe default: {:#?}",
+        burst.hops
     );
-    println!("|---|---|---|---|---|");
-    for runtime in [Runtime::Python, Runtime::Java, Runtime::Node] {
-        let row = lane_correctness(runtime);
-        print_row(runtime, row);
-        // Thread-per-request runtimes must have trusted every decision.
-        if !matches!(runtime, Runtime::Node) {
-            assert_eq!(row.3, 0, "{runtime:?} had untrusted decisions");
-        }
-    }
+    assert!(
+        burst.wrong.len() as u64 <= untrusted,
+        "{} wrong answers but only {untrusted} untrusted decisions: a trusted one was wrong: {:#?}",
+        burst.wrong.len(),
+        burst.hops
+    );
 }
 
 /// An event loop that forwards the request id it received: where thread
@@ -292,14 +378,41 @@ fn lane_correctness_under_concurrency() {
 /// on this node) carries the lane, and the decision is trusted again.
 #[test]
 fn node_forwarding_request_ids_is_correlated_by_id() {
-    let file = chain_with(Runtime::Node, false, true, false, &["--forward-id"]);
-    let ((total, wrong, _, _), flows) = lane_correctness_in(Runtime::Node, &file);
-    assert_eq!((total, wrong), (2000, 0));
-    // The lane is not sticky here: b-gray and c-gray are reached only by
-    // inheriting the lane, so the ids did the work.
-    let by_id = requests_where(&flows, |f| f["reason"] == "inherited-id");
+    let burst = burst(Runtime::NodeForwardingIds);
+    burst.print(Runtime::NodeForwardingIds);
+    assert!(
+        burst.wrong.is_empty(),
+        "{:?}",
+        &burst.wrong[..burst.wrong.len().min(5)]
+    );
+    // Gray past the entry is reached only by inheriting the lane, and here
+    // mostly by id.
+    let inherited = burst.hop_requests(|f| {
+        f["lane"] == "gray"
+            && f["correlation"] == "trusted"
+            && f["reason"]
+                .as_str()
+                .is_some_and(|r| r.starts_with("inherited-"))
+    });
+    assert_eq!(inherited, 2000, "{:#?}", burst.hops);
+    let by_id = burst.hop_requests(|f| f["reason"] == "inherited-id");
     println!("node with forwarded ids: {by_id} hop decisions inherited by id");
-    assert!(by_id > 0, "{flows:#?}");
+    assert!(by_id > 0, "{:#?}", burst.hops);
+}
+
+/// A daemon restart (a new process, new programs and maps) keeps
+/// propagation and rules working for the same app processes: B2's
+/// inheritance and B3's rule on a passed-through header, not only pod lanes.
+#[test]
+fn after_a_daemon_restart_lanes_are_inherited_and_rules_apply() {
+    {
+        let cluster = shared(RUNTIMES);
+        let out = cluster.tagger(&["cluster", "restart-daemon"]);
+        assert!(out.status.success(), "{}", text(&out.stderr));
+    }
+    b2_lane_header(Runtime::Python);
+    b3_per_hop_rule(Runtime::Python);
+    b2_lane_header(Runtime::Java);
 }
 
 /// A process that served many requests without calling out stops being
@@ -376,12 +489,15 @@ fn scatter_gather_io_and_large_sends_are_tagged_once() {
         let before = tagged();
         for _ in 0..5 {
             assert_eq!(
-                entry(&cluster, "a-base", &["x-lane: gray"]),
+                cluster.curl_from_node(
+                    &format!("http://{}:8080/", cluster.pod_ip("a-base")),
+                    &["x-lane: gray"]
+                ),
                 "a-base -> b-gray",
                 "--io {io}"
             );
             assert_eq!(
-                entry(&cluster, "a-base", &[]),
+                cluster.curl_from_node(&format!("http://{}:8080/", cluster.pod_ip("a-base")), &[]),
                 "a-base -> b-base",
                 "--io {io}"
             );
@@ -416,14 +532,7 @@ fn caller_and_callee(
         std::process::id()
     ));
     std::fs::write(&path, yaml).unwrap();
-    up(&path)
-}
-
-/// Requests counted in the flows that satisfy `keep`.
-fn requests_where(flows: &[Value], keep: impl Fn(&Value) -> bool) -> u64 {
-    flows
-        .iter()
-        .filter(|f| keep(f))
-        .map(|f| f["requests"].as_u64().unwrap())
-        .sum()
+    let cluster = Cluster::up(path.to_str().unwrap());
+    std::fs::remove_file(&path).unwrap();
+    cluster
 }

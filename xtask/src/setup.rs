@@ -19,6 +19,8 @@ const PACKAGES: &[&str] = &[
     "python3",
     // The ingress pod of scenario B5.
     "nginx-light",
+    // The end-to-end harness checks that no BPF program or link is left.
+    "bpftool",
 ];
 /// Runtimes the end-to-end tests run apps in: (command, Debian package).
 /// A machine that already has the command (from elsewhere) keeps its own.
