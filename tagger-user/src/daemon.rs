@@ -282,6 +282,15 @@ impl Controller {
             })?,
         };
         let names: Vec<String> = incoming.iter().map(|r| r.name.clone()).collect();
+        // Two rules of one name in one file: which one was meant? Refused,
+        // as the cluster file refuses it, rather than the last one winning.
+        for (index, name) in names.iter().enumerate() {
+            if let Some(first) = names[..index].iter().position(|n| n == name) {
+                return Err(DaemonError::Rules(format!(
+                    "rules[{index}].name: rule name {name:?} is already used at rules[{first}]"
+                )));
+            }
+        }
         self.change_rules(|rules| {
             for rule in incoming {
                 match rules.iter_mut().find(|r| r.name == rule.name) {

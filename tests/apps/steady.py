@@ -1,6 +1,6 @@
 """Steady load for live-change tests: GET URL from 4 threads for DURATION
 seconds (each thread one keep-alive connection, about 100 requests/s in
-all), printing "<unix time> <status> <body>" per request. Errors print
+all), printing "<unix time it was sent> <status> <body>" per request. Errors print
 status 0 and the error. Optional further arguments are headers "name: value".
 With --until-stdin-closes it also stops when its standard input closes, so
 that a test ends it at the moment it chooses."""
@@ -24,14 +24,17 @@ lock = threading.Lock()
 def worker():
     connection = http.client.HTTPConnection(target.hostname, target.port, timeout=5)
     while time.time() < end:
+        # Stamped when sent: requests of different threads overlap, and the
+        # proxy decides each when it arrives.
+        sent = time.time()
         try:
             connection.request("GET", path, headers=headers)
             response = connection.getresponse()
-            line = f"{time.time():.3f} {response.status} {response.read().decode()}"
+            line = f"{sent:.3f} {response.status} {response.read().decode()}"
         except (http.client.HTTPException, OSError) as error:
             connection.close()
             connection = http.client.HTTPConnection(target.hostname, target.port, timeout=5)
-            line = f"{time.time():.3f} 0 {error}"
+            line = f"{sent:.3f} 0 {error}"
         with lock:
             print(line, flush=True)
         time.sleep(0.04)

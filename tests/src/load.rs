@@ -11,7 +11,7 @@ use std::{
 
 use crate::{Cluster, eventually, tagger_bin, workspace};
 
-/// One request of a steady load: when it ended (unix seconds), its status
+/// One request of a steady load: when it was sent (unix seconds), its status
 /// (0 for a transport error) and its body.
 #[derive(Debug, Clone)]
 pub struct Answer {
@@ -72,7 +72,7 @@ impl SteadyLoad {
         self.answers.lock().unwrap().clone()
     }
 
-    /// Waits (up to `limit`) until `count` answers ended after unix time
+    /// Waits (up to `limit`) until `count` answers sent after unix time
     /// `since` satisfy `keep`; panics naming `what` if they never do.
     pub fn wait_for(
         &self,
@@ -95,20 +95,23 @@ impl SteadyLoad {
     }
 
     /// Ends the load now (closing its standard input, which it watches)
-    /// and returns every answer in order.
+    /// and returns every answer in the order they were sent.
     pub fn finish(mut self) -> Vec<Answer> {
         drop(self.child.stdin.take());
         self.answers()
     }
 
     /// Waits for the load to end by itself (its `secs`); returns every
-    /// answer in order.
+    /// answer in the order they were sent.
     pub fn answers(mut self) -> Vec<Answer> {
         let status = self.child.wait().expect("steady load");
         if let Some(reader) = self.reader.take() {
             reader.join().expect("steady load reader");
         }
-        let answers = std::mem::take(&mut *self.answers.lock().unwrap());
+        let mut answers = std::mem::take(&mut *self.answers.lock().unwrap());
+        // Lines come as requests end; the order that matters is when they
+        // were sent (and decided).
+        answers.sort_by(|a, b| a.at.total_cmp(&b.at));
         assert!(
             !answers.is_empty(),
             "the steady load answered nothing (exit {status})"
