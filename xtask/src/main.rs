@@ -5,6 +5,7 @@
 //! on a fresh Debian/Ubuntu VM as root.
 mod bench;
 mod demo;
+mod runner;
 mod setup;
 
 use std::{
@@ -190,30 +191,82 @@ fn test(root: &Path, filter: Option<&str>) -> Result<()> {
     }
     println!("== build");
     build(root)?;
+    run(cargo(root).args(["test", "--workspace", "--no-run"]))?;
+    let limit = binary_limit();
+    let mut outcomes = Vec::new();
     println!("== unit and in-process tests");
     let mut unit = cargo(root);
     unit.args(["test", "--workspace", "--exclude", "tagger-e2e"]);
     if let Some(f) = filter {
         unit.arg(f);
     }
-    run(&mut unit)?;
+    outcomes.push(runner::run_limited(
+        "unit and in-process",
+        &mut unit,
+        limit,
+    )?);
     println!("== privileged end-to-end tests");
-    let mut e2e = cargo(root);
-    e2e.args(["test", "-p", "tagger-e2e"])
-        .env("TAGGER_BIN", tagger_bin(root))
-        .arg("--")
-        // One local cluster at a time: they share the bridge and name space.
-        .arg("--test-threads=1");
-    if let Some(f) = filter {
-        e2e.arg(f);
+    for binary in e2e_binaries(root)? {
+        let mut e2e = cargo(root);
+        e2e.args(["test", "-p", "tagger-e2e", "--test", &binary])
+            .env("TAGGER_BIN", tagger_bin(root))
+            .arg("--")
+            // One local cluster at a time: they share the bridge and names.
+            .arg("--test-threads=1");
+        if let Some(f) = filter {
+            e2e.arg(f);
+        }
+        outcomes.push(runner::run_limited(
+            &format!("e2e {binary}"),
+            &mut e2e,
+            limit,
+        )?);
     }
-    run(&mut e2e)?;
     if filter.is_none() {
         println!("== bench harness smoke run (checks it produces a table, not timings)");
-        bench::run_bench(root, &tagger_bin(root), bench::Mode::Smoke)?;
-        bench::check_report(&root.join("target/bench"))?;
+        let started = std::time::Instant::now();
+        let smoke = bench::run_bench(root, &tagger_bin(root), bench::Mode::Smoke)
+            .and_then(|()| bench::check_report(&root.join("target/bench")));
+        outcomes.push(runner::Outcome {
+            name: "bench smoke".into(),
+            took: started.elapsed(),
+            passed: u64::from(smoke.is_ok()),
+            failed: u64::from(smoke.is_err()),
+            problem: smoke.err().map(|e| format!("{e:#}")),
+        });
+    }
+    print!("{}", runner::summary(&outcomes));
+    let failed: Vec<String> = outcomes
+        .iter()
+        .filter_map(|o| o.problem.as_ref().map(|p| format!("{}: {p}", o.name)))
+        .collect();
+    if !failed.is_empty() {
+        bail!("{}", failed.join("\n"));
     }
     Ok(())
+}
+
+/// Each test binary's time limit: `TAGGER_TEST_BINARY_LIMIT` seconds, else
+/// 15 minutes (the slowest binary takes about a tenth of that here).
+fn binary_limit() -> std::time::Duration {
+    let secs = std::env::var("TAGGER_TEST_BINARY_LIMIT")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(900);
+    std::time::Duration::from_secs(secs)
+}
+
+/// The end-to-end test binaries: one per file in tests/tests.
+fn e2e_binaries(root: &Path) -> Result<Vec<String>> {
+    let mut names: Vec<String> = std::fs::read_dir(root.join("tests/tests"))?
+        .flatten()
+        .filter_map(|e| {
+            let name = e.file_name().to_string_lossy().into_owned();
+            name.strip_suffix(".rs").map(str::to_string)
+        })
+        .collect();
+    names.sort();
+    Ok(names)
 }
 
 fn demo(root: &Path) -> Result<ExitCode> {
