@@ -1,7 +1,7 @@
 //! Lanes and pass-through headers through apps that copy nothing, in
 //! runtimes written by others (SPEC section D): Python (ThreadingHTTPServer
-//! + http.client keep-alive), Java (JDK HttpServer on a thread pool +
-//! HttpURLConnection), Node (http server + keep-alive agent). Scenarios B2,
+//! with http.client keep-alive), Java (JDK HttpServer on a thread pool with
+//! HttpURLConnection), Node (http server with a keep-alive agent). Scenarios B2,
 //! B3, B4 and the lane-correctness burst run on ONE shared cluster
 //! (tests/clusters/runtimes.yaml) holding a chain per runtime whose entry
 //! hop is a baseline pod and whose lane is not sticky: every gray answer
