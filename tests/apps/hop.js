@@ -2,7 +2,8 @@
 // server and http.request with a keep-alive agent for the next hop.
 // GET /x?q -> "<pod>" or "<pod> -> <answer of --next>"; with --echo-query
 // the pod name is followed by "(<query>)". It copies no header, except
-// x-request-id with --forward-id, as apps with tracing middleware do.
+// the request ids (x-request-id, traceparent, b3) with --forward-id, as apps
+// with tracing middleware (OpenTelemetry, Zipkin) do.
 'use strict';
 const http = require('http');
 
@@ -29,7 +30,12 @@ http.createServer((req, res) => {
     res.end(text);
   };
   if (!next) return reply(self);
-  const headers = forwardId && req.headers['x-request-id'] ? { 'x-request-id': req.headers['x-request-id'] } : {};
+  const headers = {};
+  if (forwardId) {
+    for (const id of ['x-request-id', 'traceparent', 'b3']) {
+      if (req.headers[id]) headers[id] = req.headers[id];
+    }
+  }
   http.get(next + req.url.slice(1), { agent, headers }, (upstream) => {
     let body = '';
     upstream.setEncoding('utf8');

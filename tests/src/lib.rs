@@ -20,7 +20,7 @@ use serde_json::Value;
 
 pub use host::{host_leftovers, preclean};
 pub use load::{Answer, SteadyLoad};
-pub use shared::{SharedCluster, shared};
+pub use shared::{SharedCluster, release as release_shared, shared};
 use watchdog::Watchdog;
 
 /// How long one test's own cluster may live before the watchdog takes it

@@ -45,8 +45,9 @@ pub fn shared(file: &str) -> SharedCluster {
     SharedCluster(guard)
 }
 
-/// Takes the shared cluster down now (before a test starts its own).
-pub(crate) fn release() {
+/// Takes the shared cluster down now: before a test starts a cluster of
+/// its own (one local cluster runs at a time).
+pub fn release() {
     SHARED.lock().unwrap_or_else(|p| p.into_inner()).take();
 }
 

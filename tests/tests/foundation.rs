@@ -2,16 +2,20 @@
 //! real daemon with its eBPF programs, Python http.server apps and curl.
 use std::time::{Duration, Instant};
 
-use tagger_e2e::{Cluster, cluster_file, eventually, host_leftovers, tagger_bin, text};
+use tagger_e2e::{
+    Cluster, cluster_file, eventually, flow_delta, host_leftovers, release_shared, requests_where,
+    shared, tagger_bin, text,
+};
 
 const GRAY_CHAIN: &str = "a-gray -> b-gray -> c-gray";
 const BASE_CHAIN: &str = "a-base -> b-base -> c-base";
 
 #[test]
 fn b1_pod_dyeing_keeps_a_request_in_the_lane_of_the_pod_it_entered() {
-    let cluster = Cluster::up("abc.yaml");
+    let cluster = shared("abc.yaml");
     let a_gray = cluster.pod_ip("a-gray");
     let a_base = cluster.pod_ip("a-base");
+    let before = cluster.flows();
     for _ in 0..5 {
         assert_eq!(
             cluster.curl_from_node(&format!("http://{a_gray}:8080/"), &[]),
@@ -22,10 +26,16 @@ fn b1_pod_dyeing_keeps_a_request_in_the_lane_of_the_pod_it_entered() {
             BASE_CHAIN
         );
     }
-    let dyed = cluster.flow("a-gray", "b", "b-gray");
-    assert_eq!(dyed["lane"], "gray");
-    assert_eq!(dyed["reason"], "pod-lane");
-    assert_eq!(dyed["requests"], 5);
+    let flows = flow_delta(&before, &cluster.flows());
+    let dyed: Vec<&serde_json::Value> = flows
+        .iter()
+        .filter(|f| f["source"] == "a-gray" && f["service"] == "b")
+        .collect();
+    assert_eq!(dyed.len(), 1, "{flows:#?}");
+    assert_eq!(dyed[0]["endpoint"], "b-gray");
+    assert_eq!(dyed[0]["lane"], "gray");
+    assert_eq!(dyed[0]["reason"], "pod-lane");
+    assert_eq!(dyed[0]["requests"], 5);
     let base = cluster.flow("a-base", "b", "b-base");
     assert_eq!(base["lane"], serde_json::Value::Null);
     assert_eq!(base["reason"], "default");
@@ -56,7 +66,7 @@ fn b4_fallback_to_baseline_where_the_lane_has_no_pod_and_back() {
 
 #[test]
 fn lane_header_from_the_client_is_honoured_and_its_alias_too() {
-    let cluster = Cluster::up("abc.yaml");
+    let cluster = shared("abc.yaml");
     assert_eq!(
         cluster.curl("client", "http://a:8080/", &["x-lane: gray"]),
         GRAY_CHAIN
@@ -74,7 +84,7 @@ fn lane_header_from_the_client_is_honoured_and_its_alias_too() {
 
 #[test]
 fn registry_style_call_to_a_pod_address_is_routed_by_lane() {
-    let cluster = Cluster::up("abc.yaml");
+    let cluster = shared("abc.yaml");
     let a_base = cluster.pod_ip("a-base");
     // As a Eureka/Nacos client would: straight to an instance's address.
     let url = format!("http://{a_base}:8080/");
@@ -85,8 +95,9 @@ fn registry_style_call_to_a_pod_address_is_routed_by_lane() {
 
 #[test]
 fn one_keep_alive_connection_carries_requests_of_two_lanes() {
-    let cluster = Cluster::up("abc.yaml");
+    let cluster = shared("abc.yaml");
     let script = tagger_e2e::workspace().join("tests/apps/keepalive.py");
+    let before = cluster.flows();
     let out = cluster.exec(
         "client",
         &[
@@ -106,13 +117,15 @@ fn one_keep_alive_connection_carries_requests_of_two_lanes() {
         answers,
         vec![GRAY_CHAIN, BASE_CHAIN, GRAY_CHAIN, BASE_CHAIN]
     );
-    assert_eq!(cluster.flow("client", "a", "a-gray")["requests"], 2);
-    assert_eq!(cluster.flow("client", "a", "a-base")["requests"], 2);
+    let flows = flow_delta(&before, &cluster.flows());
+    let to =
+        |pod: &str| requests_where(&flows, |f| f["source"] == "client" && f["endpoint"] == pod);
+    assert_eq!((to("a-gray"), to("a-base")), (2, 2), "{flows:#?}");
 }
 
 #[test]
 fn non_http_bytes_on_a_managed_port_pass_through_untouched() {
-    let cluster = Cluster::up("abc.yaml");
+    let cluster = shared("abc.yaml");
     let script = tagger_e2e::workspace().join("tests/apps/tcp_client.py");
     let before = cluster.config_dump()["kernel"]["connect_redirected"]
         .as_u64()
@@ -138,7 +151,7 @@ fn non_http_bytes_on_a_managed_port_pass_through_untouched() {
 
 #[test]
 fn malformed_http_gets_an_error_and_the_service_keeps_working() {
-    let cluster = Cluster::up("abc.yaml");
+    let cluster = shared("abc.yaml");
     let script = tagger_e2e::workspace().join("tests/apps/raw_http.py");
     let script = script.to_str().unwrap();
     let bad_header = "GET / HTTP/1.1\\r\\nHost: a\\r\\nno colon here\\r\\n\\r\\n";
@@ -233,6 +246,8 @@ fn cluster_up(run_dir: &std::path::Path, file: &std::path::Path) -> std::process
 
 #[test]
 fn bad_cluster_files_are_refused_naming_the_place_and_leave_nothing_behind() {
+    // Up by hand, outside the harness: no other cluster may be up.
+    release_shared();
     let dir = std::env::temp_dir().join(format!("tagger-bad-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     // The copies live elsewhere: make the apps' paths absolute.
@@ -322,6 +337,8 @@ fn bad_cluster_files_are_refused_naming_the_place_and_leave_nothing_behind() {
 
 #[test]
 fn ctrl_c_during_up_leaves_nothing_behind() {
+    // Up by hand, outside the harness: no other cluster may be up.
+    release_shared();
     let run_dir = std::env::temp_dir().join(format!("tagger-int-{}", std::process::id()));
     for delay_ms in [150, 600] {
         let child = std::process::Command::new(tagger_bin())
@@ -353,7 +370,7 @@ fn ctrl_c_during_up_leaves_nothing_behind() {
 
 #[test]
 fn a_second_cluster_is_refused_and_the_first_keeps_working() {
-    let cluster = Cluster::up("abc.yaml");
+    let cluster = shared("abc.yaml");
     let other = std::env::temp_dir().join(format!("tagger-other-{}", std::process::id()));
     let out = cluster_up(&other, &cluster_file("abc.yaml"));
     assert!(!out.status.success());

@@ -104,3 +104,58 @@ fn a_lane_pod_leaving_and_returning_loses_no_request() {
     let table = text(&cluster.tagger(&["flows"]).stdout);
     assert!(table.contains("(fallback)"), "{table}");
 }
+
+/// Fail-open under load: the daemon stopped (SIGTERM, the first step of a
+/// DaemonSet's rolling update) or killed (-9) while a steady load runs. The
+/// apps keep talking, directly: every request sent once the daemon is gone
+/// is answered (by the baseline chain: without tagger there are no lanes).
+/// A request on one of the daemon's own connections at that moment may
+/// fail (handing those over is the upgrade issue's work): at most one per
+/// load connection, counted and printed.
+#[test]
+fn daemon_stopped_or_killed_under_load_fails_open() {
+    for (name, signal) in [("SIGTERM", libc::SIGTERM), ("SIGKILL", libc::SIGKILL)] {
+        let cluster = Cluster::up("abc.yaml");
+        let (gray, direct) = ("a-gray -> b-gray -> c-gray", "a-base -> b-base -> c-base");
+        let load = cluster.steady_load("client", "http://a:8080/", 300, &["x-lane: gray"]);
+        load.wait_for("gray before the stop", 0.0, 50, SETTLE_LIMIT, |a| {
+            a.body == gray
+        });
+        let pid = cluster.daemon_pid();
+        let t_signal = now();
+        // SAFETY: kill(2) on the daemon this test's cluster started.
+        assert_eq!(unsafe { libc::kill(pid, signal) }, 0);
+        let gone = tagger_e2e::eventually(SETTLE_LIMIT, || {
+            (!std::path::Path::new(&format!("/proc/{pid}")).exists()).then(now)
+        })
+        .unwrap_or_else(|| panic!("{name}: the daemon did not exit"));
+        load.wait_for("direct answers", gone, 50, SETTLE_LIMIT, |a| {
+            a.body == direct
+        });
+        let answers = load.finish();
+        let failed: Vec<&Answer> = answers.iter().filter(|a| a.status != 200).collect();
+        // steady.py runs 4 threads, each on one keep-alive connection.
+        assert!(failed.len() <= 4, "{name}: {failed:?}");
+        assert!(
+            failed.iter().all(|a| a.at >= t_signal - 1.0),
+            "{name}: {failed:?}"
+        );
+        let after: Vec<&Answer> = answers.iter().filter(|a| a.at > gone).collect();
+        let last_failure = after
+            .iter()
+            .rposition(|a| a.status != 200)
+            .map_or(0, |i| i + 1);
+        assert!(
+            after[last_failure..]
+                .iter()
+                .all(|a| a.status == 200 && a.body == direct),
+            "{name}: after the daemon was gone: {after:?}"
+        );
+        println!(
+            "{name}: {} requests; {} failed on the daemon's connections; direct from {:.0} ms after the signal",
+            answers.len(),
+            failed.len(),
+            (gone - t_signal) * 1000.0
+        );
+    }
+}

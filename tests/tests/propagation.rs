@@ -222,20 +222,32 @@ impl Burst {
 /// 2000 requests at concurrency 32 through keep-alive connections, every
 /// other one with `x-lane: gray`, each with a marker the last hop echoes.
 fn burst(runtime: Runtime) -> Burst {
+    burst_with(runtime, 2000, "x-request-id")
+}
+
+/// `requests` requests, each with a distinct id in `id_header`.
+fn burst_with(runtime: Runtime, requests: usize, id_header: &str) -> Burst {
     let cluster = shared(RUNTIMES);
     let before = cluster.flows();
     let load = workspace().join("tests/apps/load.py");
     let url = format!("http://{}-a:8080/", runtime.prefix());
     let out = cluster.exec(
         "client",
-        &["python3", load.to_str().unwrap(), &url, "2000", "32"],
+        &[
+            "python3",
+            load.to_str().unwrap(),
+            &url,
+            &requests.to_string(),
+            "32",
+            id_header,
+        ],
     );
     assert!(out.status.success(), "load failed: {}", text(&out.stderr));
     let mut wrong = Vec::new();
-    let mut requests = 0;
+    let mut answered = 0;
     for line in text(&out.stdout).lines() {
         let row: Value = serde_json::from_str(line).unwrap();
-        requests += 1;
+        answered += 1;
         let i = row["i"].as_u64().unwrap();
         let lane = if row["gray"].as_bool().unwrap() {
             "gray"
@@ -247,7 +259,7 @@ fn burst(runtime: Runtime) -> Burst {
             wrong.push(format!("{i}: {} (expected {expected})", row["answer"]));
         }
     }
-    assert_eq!(requests, 2000);
+    assert_eq!(answered, requests);
     let hops = flow_delta(&before, &cluster.flows())
         .into_iter()
         .filter(|f| f["source"] != "client")
@@ -398,6 +410,35 @@ fn node_forwarding_request_ids_is_correlated_by_id() {
     let by_id = burst.hop_requests(|f| f["reason"] == "inherited-id");
     println!("node with forwarded ids: {by_id} hop decisions inherited by id");
     assert!(by_id > 0, "{:#?}", burst.hops);
+}
+
+/// The same with the trace ids of W3C Trace Context (`traceparent`) and
+/// Zipkin (`b3`) instead of x-request-id: the trace id is what is learnt.
+#[test]
+fn node_forwarding_traceparent_or_b3_is_correlated_by_id() {
+    for id_header in ["traceparent", "b3"] {
+        let burst = burst_with(Runtime::NodeForwardingIds, 1000, id_header);
+        println!("{id_header}:");
+        burst.print(Runtime::NodeForwardingIds);
+        assert!(
+            burst.wrong.is_empty(),
+            "{id_header}: {:?}",
+            &burst.wrong[..burst.wrong.len().min(5)]
+        );
+        let inherited = burst.hop_requests(|f| {
+            f["lane"] == "gray"
+                && f["correlation"] == "trusted"
+                && f["reason"]
+                    .as_str()
+                    .is_some_and(|r| r.starts_with("inherited-"))
+        });
+        assert_eq!(inherited, 1000, "{id_header}: {:#?}", burst.hops);
+        assert!(
+            burst.hop_requests(|f| f["reason"] == "inherited-id") > 0,
+            "{id_header}: {:#?}",
+            burst.hops
+        );
+    }
 }
 
 /// A daemon restart (a new process, new programs and maps) keeps

@@ -234,3 +234,163 @@ fn live_rule_changes_apply_in_order_and_lose_nothing() {
 /// bench reports the real figure), so that a slow machine does not fail a
 /// correctness test.
 const SETTLE_LIMIT: Duration = Duration::from_secs(10);
+
+/// Every rule source (header, cookie, query is scenario A's, body as JSON
+/// and as a form, host, path, method), mode `all`, priority over file order,
+/// `enabled: false`, and a custom lane header (with the `x-mse-tag` alias),
+/// each three times; then `tagger lanes` counts exactly what was sent.
+#[test]
+fn rule_sources_modes_priority_and_a_custom_lane_header() {
+    let cluster = Cluster::up("rule-matrix.yaml");
+    let json = "content-type: application/json";
+    let form = "content-type: application/x-www-form-urlencoded";
+    // (what, path, headers, body, pod that answers, flow reason)
+    let cases: &[(&str, &str, &[&str], Option<&str>, &str, &str)] = &[
+        (
+            "all: header and cookie",
+            "/",
+            &["x-team: checkout", "cookie: a=1; region=hz"],
+            None,
+            "m-blue",
+            "rule:team-and-region",
+        ),
+        (
+            "all: header alone",
+            "/",
+            &["x-team: checkout"],
+            None,
+            "m-base",
+            "default",
+        ),
+        (
+            "all: cookie alone",
+            "/",
+            &["cookie: region=sh"],
+            None,
+            "m-base",
+            "default",
+        ),
+        (
+            "JSON body",
+            "/",
+            &[json],
+            Some(r#"{"user": {"vip": true, "id": 7}}"#),
+            "m-gray",
+            "rule:vip-json",
+        ),
+        (
+            "JSON body, other value",
+            "/",
+            &[json],
+            Some(r#"{"user": {"vip": false}}"#),
+            "m-base",
+            "default",
+        ),
+        (
+            "form body",
+            "/",
+            &[form],
+            Some("name=x&tier=gold"),
+            "m-gray",
+            "rule:gold-form",
+        ),
+        (
+            "host without port",
+            "/",
+            &["host: m.blue.example:8080"],
+            None,
+            "m-blue",
+            "rule:blue-host",
+        ),
+        (
+            "priority beats file order",
+            "/",
+            &["x-both: 1"],
+            None,
+            "m-blue",
+            "rule:first-by-priority",
+        ),
+        ("disabled rule", "/off", &[], None, "m-base", "default"),
+        (
+            "method and path",
+            "/blue-post",
+            &[],
+            Some("x"),
+            "m-blue",
+            "rule:delete-method",
+        ),
+        (
+            "the custom lane header",
+            "/",
+            &["x-env: gray"],
+            None,
+            "m-gray",
+            "header",
+        ),
+        (
+            "x-lane is not the lane header here",
+            "/",
+            &["x-lane: gray"],
+            None,
+            "m-base",
+            "default",
+        ),
+        (
+            "the x-mse-tag alias",
+            "/",
+            &["x-mse-tag: blue"],
+            None,
+            "m-blue",
+            "header",
+        ),
+        ("nothing matches", "/", &[], None, "m-base", "default"),
+    ];
+    let before = cluster.flows();
+    let mut sent: std::collections::HashMap<&str, u64> = Default::default();
+    for (what, path, headers, body, pod, _) in cases {
+        for _ in 0..3 {
+            let mut command = vec!["curl", "-sS", "--fail-with-body", "-m", "10"];
+            for h in *headers {
+                command.extend(["-H", h]);
+            }
+            if let Some(body) = body {
+                command.extend(["--data-binary", body]);
+            }
+            let url = format!("http://m:8080{path}");
+            command.push(&url);
+            let out = cluster.exec("client", &command);
+            assert!(out.status.success(), "{what}: {}", text(&out.stderr));
+            assert_eq!(text(&out.stdout), *pod, "{what}");
+        }
+        let lane = pod
+            .strip_prefix("m-")
+            .filter(|l| *l != "base")
+            .unwrap_or("");
+        *sent.entry(lane).or_default() += 3;
+    }
+    let flows = tagger_e2e::flow_delta(&before, &cluster.flows());
+    for (what, _, _, _, pod, reason) in cases {
+        let n =
+            tagger_e2e::requests_where(&flows, |f| f["endpoint"] == *pod && f["reason"] == *reason);
+        assert!(n >= 3, "{what}: no {reason} flow to {pod}: {flows:#?}");
+    }
+    // `tagger lanes`: the totals per lane of m are exactly what was sent.
+    let out = cluster.tagger(&["lanes", "--json"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let lanes: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    for (lane, count) in &sent {
+        let row = lanes
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|r| r["service"] == "m" && r["lane"].as_str().unwrap_or("") == *lane)
+            .unwrap_or_else(|| panic!("no lane {lane:?} row: {lanes:#}"));
+        assert_eq!(row["total"].as_u64(), Some(*count), "lane {lane:?}: {row}");
+        assert!(row["requests_per_second"].as_f64().unwrap() >= 0.0);
+    }
+    let table = text(&cluster.tagger(&["lanes"]).stdout);
+    assert!(
+        table.contains("blue") && table.contains("baseline"),
+        "{table}"
+    );
+}
