@@ -43,6 +43,8 @@ struct Plan {
     /// With/without-programs pairs for case (d): its difference is small
     /// beside this machine's drift, so it takes more rounds.
     ebpf_rounds: usize,
+    /// Rounds of live changes whose time to show is measured.
+    switch_rounds: usize,
 }
 
 impl Mode {
@@ -55,6 +57,7 @@ impl Mode {
                 warmup: true,
                 header_sizes: &[512, 4096, 16384],
                 ebpf_rounds: 7,
+                switch_rounds: 5,
             },
             Mode::Short => Plan {
                 runs: 1,
@@ -63,6 +66,7 @@ impl Mode {
                 warmup: true,
                 header_sizes: &[512, 4096, 16384],
                 ebpf_rounds: 2,
+                switch_rounds: 1,
             },
             Mode::Smoke => Plan {
                 runs: 1,
@@ -71,6 +75,7 @@ impl Mode {
                 warmup: false,
                 header_sizes: &[512],
                 ebpf_rounds: 1,
+                switch_rounds: 1,
             },
         }
     }
@@ -628,6 +633,14 @@ pub fn run_bench(root: &Path, tagger: &Path, mode: Mode) -> Result<()> {
         }),
     );
     results.insert("programs".into(), programs);
+    // One local cluster at a time: the bench's goes before the next one.
+    drop(cleanup);
+
+    println!("bench: live changes under steady load (time to show)");
+    results.insert(
+        "live_changes".into(),
+        crate::switch::measure(root, tagger, plan.switch_rounds)?,
+    );
 
     let report = json!({
         "mode": format!("{mode:?}").to_lowercase(),
@@ -646,7 +659,6 @@ pub fn run_bench(root: &Path, tagger: &Path, mode: Mode) -> Result<()> {
         "written: {} and results.md",
         dir.join("results.json").display()
     );
-    drop(cleanup);
     Ok(())
 }
 
@@ -770,6 +782,38 @@ fn render(report: &Value) -> String {
             e["pairs"]
         );
     }
+    let live = &r["live_changes"];
+    if live.is_object() {
+        let _ = writeln!(
+            out,
+            "\nLive changes under a steady load (~100 requests/s), ms from the change until a request sent then shows it (median of {} rounds):\n",
+            live["rounds"]
+        );
+        let _ = writeln!(out, "| change | ms |\n|---|---|");
+        for (key, what) in [
+            ("rule_disable_ms", "`tagger rules disable`"),
+            ("rule_enable_ms", "`tagger rules enable`"),
+            (
+                "fail_open_sigkill_ms",
+                "daemon killed (-9): apps talk directly",
+            ),
+            (
+                "fail_open_sigterm_ms",
+                "daemon stopped (SIGTERM): apps talk directly",
+            ),
+            (
+                "lanes_again_after_restart_ms",
+                "daemon restarted: lanes route again",
+            ),
+        ] {
+            let _ = writeln!(out, "| {what} | {} |", f(&live[key]));
+        }
+        let _ = writeln!(
+            out,
+            "\nRequests failed per daemon stop (on its connections at that moment): {}",
+            f(&live["failed_requests_per_daemon_stop"])
+        );
+    }
     if let Some(programs) = r["programs"].as_array() {
         let _ = writeln!(out, "\n| program | runs | ns per run |\n|---|---|---|");
         for p in programs {
@@ -813,6 +857,16 @@ pub fn check_report(dir: &Path) -> Result<()> {
     {
         bail!("no eBPF program stats in the report");
     }
+    let live = &report["results"]["live_changes"];
+    for key in [
+        "rule_disable_ms",
+        "fail_open_sigkill_ms",
+        "lanes_again_after_restart_ms",
+    ] {
+        if live[key].as_f64().is_none_or(|ms| ms < 0.0) {
+            bail!("live change {key} not measured: {live}");
+        }
+    }
     Ok(())
 }
 
@@ -827,7 +881,7 @@ fn stop_daemon(daemon: u32) -> Result<()> {
     Ok(())
 }
 
-fn median(values: &mut [f64]) -> f64 {
+pub fn median(values: &mut [f64]) -> f64 {
     values.sort_by(|a, b| a.partial_cmp(b).unwrap_or(std::cmp::Ordering::Equal));
     values[values.len() / 2]
 }

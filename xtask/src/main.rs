@@ -7,6 +7,7 @@ mod bench;
 mod demo;
 mod runner;
 mod setup;
+mod switch;
 
 use std::{
     path::{Path, PathBuf},

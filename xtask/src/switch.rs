@@ -1,0 +1,197 @@
+//! How long live changes take to show, under a steady load: a rule disabled
+//! and enabled, the daemon killed (-9) or stopped (SIGTERM) until the apps
+//! talk directly (fail-open), and restarted until lanes route again. The
+//! end-to-end tests check the ORDER of these (nothing lost, no flip back);
+//! the times are measured here and reported beside the other figures.
+use std::{
+    io::{BufRead, BufReader},
+    path::Path,
+    process::{Child, Command, Stdio},
+    sync::{Arc, Mutex},
+    time::{Duration, Instant, SystemTime, UNIX_EPOCH},
+};
+
+use anyhow::{Context, Result, bail};
+use serde_json::{Value, json};
+
+const RUN_DIR: &str = "/run/tagger-bench-switch";
+/// A change that has not shown after this is reported as a failure.
+const LIMIT: Duration = Duration::from_secs(15);
+const GRAY: &str = "a-gray";
+const BASE: &str = "a-base";
+
+fn now() -> f64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs_f64())
+        .unwrap_or(0.0)
+}
+
+/// (sent at, status, body) per request of steady.py, as they end.
+type Answers = Arc<Mutex<Vec<(f64, u16, String)>>>;
+
+struct Load {
+    child: Child,
+    answers: Answers,
+}
+
+impl Load {
+    /// Waits for the first answer sent at or after `since` that `done`
+    /// accepts; returns how long after `since` it was sent, in ms, and how
+    /// many requests sent since then failed.
+    fn first_after(&self, since: f64, done: impl Fn(u16, &str) -> bool) -> Result<(f64, usize)> {
+        let deadline = Instant::now() + LIMIT;
+        loop {
+            {
+                let answers = self.answers.lock().unwrap();
+                let first = answers
+                    .iter()
+                    .filter(|(at, status, body)| *at >= since && done(*status, body))
+                    .map(|(at, _, _)| *at)
+                    .fold(f64::INFINITY, f64::min);
+                if first.is_finite() {
+                    let failed = answers
+                        .iter()
+                        .filter(|(at, status, _)| *at >= since && *status != 200)
+                        .count();
+                    return Ok(((first - since) * 1000.0, failed));
+                }
+            }
+            if Instant::now() > deadline {
+                bail!("the change did not show within {LIMIT:?}");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Load {
+    fn drop(&mut self) {
+        // steady.py stops when its standard input closes.
+        drop(self.child.stdin.take());
+        let _ = self.child.wait();
+    }
+}
+
+fn tagger_ok(tagger: &Path, args: &[&str]) -> Result<()> {
+    let out = Command::new(tagger)
+        .args(["--run-dir", RUN_DIR])
+        .args(args)
+        .output()?;
+    if !out.status.success() {
+        bail!(
+            "tagger {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(())
+}
+
+fn daemon_pid() -> Result<i32> {
+    let record: Value = serde_json::from_str(&std::fs::read_to_string(
+        Path::new(RUN_DIR).join("cluster.json"),
+    )?)?;
+    Ok(record["daemon_pid"].as_i64().context("daemon pid")? as i32)
+}
+
+/// Takes the cluster down however the measurement ends.
+struct Down<'a>(&'a Path);
+
+impl Drop for Down<'_> {
+    fn drop(&mut self) {
+        let _ = Command::new(self.0)
+            .args(["--run-dir", RUN_DIR, "cluster", "down"])
+            .output();
+    }
+}
+
+/// Measures `rounds` of each change; returns medians (ms) and counts.
+pub fn measure(root: &Path, tagger: &Path, rounds: usize) -> Result<Value> {
+    let _ = Command::new(tagger)
+        .args(["--run-dir", RUN_DIR, "cluster", "down"])
+        .output();
+    let cluster = root.join("tests/clusters/rules.yaml");
+    tagger_ok(tagger, &["cluster", "up", cluster.to_str().unwrap()])?;
+    let _down = Down(tagger);
+    let mut child = Command::new(tagger)
+        .args([
+            "--run-dir",
+            RUN_DIR,
+            "cluster",
+            "exec",
+            "client",
+            "--",
+            "python3",
+        ])
+        .arg(root.join("tests/apps/steady.py"))
+        .args(["--until-stdin-closes", "http://a:8080/?userId=7", "600"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .context("starting the steady load")?;
+    let stdout = child.stdout.take().context("load stdout")?;
+    let answers: Answers = Arc::default();
+    let sink = answers.clone();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            let mut parts = line.splitn(3, ' ');
+            let at = parts.next().and_then(|s| s.parse().ok()).unwrap_or(0.0);
+            let status = parts.next().and_then(|s| s.parse().ok()).unwrap_or(0);
+            let body = parts.next().unwrap_or("").to_string();
+            sink.lock().unwrap().push((at, status, body));
+        }
+    });
+    let load = Load { child, answers };
+    load.first_after(now(), |s, b| s == 200 && b == GRAY)?;
+
+    let mut series: [(&str, Vec<f64>); 6] = [
+        ("rule_disable_ms", vec![]),
+        ("rule_enable_ms", vec![]),
+        ("fail_open_sigkill_ms", vec![]),
+        ("fail_open_sigterm_ms", vec![]),
+        ("lanes_again_after_restart_ms", vec![]),
+        ("failed_requests_per_daemon_stop", vec![]),
+    ];
+    for _ in 0..rounds {
+        let t = now();
+        tagger_ok(tagger, &["rules", "disable", "a-user"])?;
+        series[0]
+            .1
+            .push(load.first_after(t, |s, b| s == 200 && b == BASE)?.0);
+        let t = now();
+        tagger_ok(tagger, &["rules", "enable", "a-user"])?;
+        series[1]
+            .1
+            .push(load.first_after(t, |s, b| s == 200 && b == GRAY)?.0);
+        for (index, signal) in [(2, 9), (3, 15)] {
+            let pid = daemon_pid()?;
+            let t = now();
+            // SAFETY: kill(2) on the daemon this measurement's cluster
+            // started, read from its record.
+            if unsafe { kill(pid, signal) } != 0 {
+                bail!("could not signal the daemon {pid}");
+            }
+            // Without the daemon the kube-proxy stand-in answers with the
+            // baseline pod: the rule no longer applies.
+            let (ms, failed) = load.first_after(t, |s, b| s == 200 && b == BASE)?;
+            series[index].1.push(ms);
+            series[5].1.push(failed as f64);
+            let t = now();
+            tagger_ok(tagger, &["cluster", "restart-daemon"])?;
+            series[4]
+                .1
+                .push(load.first_after(t, |s, b| s == 200 && b == GRAY)?.0);
+        }
+    }
+    let mut result = serde_json::Map::new();
+    for (name, mut values) in series {
+        result.insert(name.into(), json!(crate::bench::median(&mut values)));
+    }
+    result.insert("rounds".into(), json!(rounds));
+    Ok(Value::Object(result))
+}
+
+unsafe extern "C" {
+    fn kill(pid: i32, signal: i32) -> i32;
+}
