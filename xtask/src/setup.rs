@@ -17,6 +17,9 @@ const PACKAGES: &[&str] = &[
     "iptables",
     "curl",
     "python3",
+    // Go 1.19: the Go binaries the Go inspector (tagger-user/src/golang) is
+    // tested on are built with it (cgo builds use the gcc rustc already needs).
+    "golang-go",
 ];
 /// Runtimes the end-to-end tests run apps in: (command, Debian package).
 /// A machine that already has the command (from elsewhere) keeps its own.
