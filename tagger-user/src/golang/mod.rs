@@ -17,6 +17,8 @@ pub mod error;
 pub mod offsets;
 pub mod pclntab;
 pub mod probes;
+#[cfg(test)]
+mod tests;
 
 use std::{fs::File, path::Path};
 
