@@ -195,7 +195,7 @@ impl<'a, R: ReadCacheOps> Image<'a, R> {
     }
 
     /// The file bytes of each segment that holds no code (where tables are
-    /// looked for when no section names them), at most [`MAX_SCAN`] each.
+    /// looked for when no section names them), at most `MAX_SCAN` bytes each.
     pub fn data_segments(&self) -> impl Iterator<Item = Result<&'a [u8], InspectError>> + '_ {
         self.segments
             .iter()

@@ -79,7 +79,7 @@ const VERSION_TABLE: &[((u32, u32), [u64; Field::COUNT])] =
 pub enum OffsetSource {
     /// The binary's own DWARF.
     Dwarf,
-    /// [`VERSION_TABLE`], for the binary's Go major.minor.
+    /// The offset table in this module, for the binary's Go major.minor.
     VersionTable,
 }
 

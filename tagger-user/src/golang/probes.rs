@@ -22,7 +22,8 @@ pub enum ProbeSymbol {
     ConnServe,
     /// Entry: RBX = the parent g. At its RETs: RAX = the new g.
     Newproc1,
-    /// A goroutine ends.
+    /// A goroutine ends (its RET is reached only in the compiler's view:
+    /// `mcall(goexit0)` does not come back).
     Goexit1,
 }
 
@@ -47,7 +48,9 @@ impl ProbeSymbol {
     }
 }
 
-/// Where to attach for one function.
+/// Where to attach for one function. Offsets are file offsets, as the kernel
+/// takes them (aya: `UProbeAttachLocation::AbsoluteOffset`), valid for every
+/// process running this file whatever its load address (PIE).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ProbeTarget {
     pub symbol: ProbeSymbol,

@@ -266,7 +266,10 @@ fn an_unknown_version_is_probed_only_with_dwarf() {
     );
     // DWARF of the C code only is no DWARF of Go's types.
     let c_dwarf = inspect(&claiming_version(Build::CgoNoGoDwarf, "go1.99.8")).unwrap_err();
-    assert!(matches!(c_dwarf, InspectError::OffsetsUnknown(_)), "{c_dwarf}");
+    assert!(
+        matches!(c_dwarf, InspectError::OffsetsUnknown(_)),
+        "{c_dwarf}"
+    );
     let with_dwarf = inspect(&claiming_version(Build::Default, "go1.99.8")).unwrap();
     assert_eq!(with_dwarf.offsets.source, OffsetSource::Dwarf);
     let old = inspect(&claiming_version(Build::Default, "go1.16.8")).unwrap_err();
