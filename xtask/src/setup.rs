@@ -21,6 +21,9 @@ const PACKAGES: &[&str] = &[
     "nginx-light",
     // The end-to-end harness checks that no BPF program or link is left.
     "bpftool",
+    // Go 1.19: the Go binaries the Go inspector (tagger-user/src/golang) is
+    // tested on are built with it (cgo builds use the gcc rustc already needs).
+    "golang-go",
 ];
 /// Runtimes the end-to-end tests run apps in: (command, Debian package).
 /// A machine that already has the command (from elsewhere) keeps its own.

@@ -1,0 +1,3 @@
+module example.com/laneapp
+
+go 1.19

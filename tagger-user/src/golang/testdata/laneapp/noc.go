@@ -1,0 +1,5 @@
+//go:build !withc
+
+package main
+
+func extra() int { return 0 }
