@@ -93,52 +93,72 @@ fn keyed_source() -> impl Strategy<Value = (Option<String>, Option<String>)> {
     ]
 }
 
-/// (op, value, values, cmp), each in the shape its operator takes.
-type MatcherSpec = (String, Option<Value>, Option<Vec<Value>>, Option<String>);
+/// A condition with only its operator set.
+fn op(op: &str) -> ConditionSpec {
+    ConditionSpec {
+        op: op.into(),
+        ..ConditionSpec::default()
+    }
+}
 
-fn matcher() -> impl Strategy<Value = MatcherSpec> {
+fn number(n: i64) -> Option<Value> {
+    Some(Value::Number(n.into()))
+}
+
+/// An operator with its operands (value, values, cmp) in the shape it takes.
+fn operands() -> impl Strategy<Value = ConditionSpec> {
+    let compare = ["=", "==", "!=", ">", ">=", "<", "<="];
+    let regexes = ["^msd0[1-3]$", "gray|hz", r"^-?\d+$", "^/api/", "(?i)post"];
     prop_oneof![
-        (pick(&["=", "==", "!=", ">", ">=", "<", "<="]), scalar())
-            .prop_map(|(op, v)| (op.to_string(), Some(v), None, None)),
+        (pick(&compare), scalar()).prop_map(|(o, v)| ConditionSpec {
+            value: Some(v),
+            ..op(o)
+        }),
         (
             pick(&["in", "not_in"]),
             prop::collection::vec(scalar(), 1..4)
         )
-            .prop_map(|(op, vs)| (op.to_string(), None, Some(vs), None)),
-        prop::option::of(any::<bool>())
-            .prop_map(|b| ("exists".to_string(), b.map(Value::Bool), None, None)),
-        pick(&["/", "/api", "1", "ms", "g", "c"])
-            .prop_map(|p| ("prefix".to_string(), Some(text(p)), None, None)),
-        pick(&["^msd0[1-3]$", "gray|hz", r"^-?\d+$", "^/api/", "(?i)post"])
-            .prop_map(|re| ("regex".to_string(), Some(text(re)), None, None)),
-        pick(&[0i64, 20, 50, 100])
-            .prop_map(|n| ("percentage".to_string(), Some(Value::Number(n.into())), None, None)),
-        (pick(&["=", "!=", ">", ">=", "<", "<="]), 0i64..100).prop_map(|(cmp, n)| (
-            "mod100".to_string(),
-            Some(Value::Number(n.into())),
-            None,
-            Some(cmp.to_string())
-        )),
+            .prop_map(|(o, vs)| {
+                ConditionSpec {
+                    values: Some(vs),
+                    ..op(o)
+                }
+            }),
+        prop::option::of(any::<bool>()).prop_map(|b| ConditionSpec {
+            value: b.map(Value::Bool),
+            ..op("exists")
+        }),
+        pick(&["/", "/api", "1", "ms", "g", "c"]).prop_map(|p| ConditionSpec {
+            value: Some(text(p)),
+            ..op("prefix")
+        }),
+        pick(&regexes).prop_map(|re| ConditionSpec {
+            value: Some(text(re)),
+            ..op("regex")
+        }),
+        pick(&[0i64, 20, 50, 100]).prop_map(|n| ConditionSpec {
+            value: number(n),
+            ..op("percentage")
+        }),
+        (pick(&compare), 0i64..100).prop_map(|(cmp, n)| ConditionSpec {
+            value: number(n),
+            cmp: Some(cmp.to_string()),
+            ..op("mod100")
+        }),
     ]
 }
 
 /// A condition as a careful user writes it: it compiles.
 fn well_formed_condition() -> impl Strategy<Value = ConditionSpec> {
-    let keyed = (keyed_source(), matcher()).prop_map(|((source, name), (op, value, values, cmp))| {
-        ConditionSpec {
-            source,
-            name,
-            op,
-            value,
-            values,
-            cmp,
-        }
+    let keyed = (keyed_source(), operands()).prop_map(|((source, name), operands)| ConditionSpec {
+        source,
+        name,
+        ..operands
     });
     // A random percentage takes no source.
     let random = pick(&[0i64, 30, 100]).prop_map(|n| ConditionSpec {
-        op: "percentage".into(),
-        value: Some(Value::Number(n.into())),
-        ..ConditionSpec::default()
+        value: number(n),
+        ..op("percentage")
     });
     prop_oneof![9 => keyed, 1 => random]
 }
@@ -185,14 +205,16 @@ fn free_form_condition() -> impl Strategy<Value = ConditionSpec> {
         // Regexes that do and do not compile.
         prop::option::of(pick(&["(", "[z-a]", "a{2,1}", "ok.*"])),
     )
-        .prop_map(|(source, name, op, value, values, cmp, regex)| ConditionSpec {
-            source: source.map(str::to_string),
-            name,
-            op: op.to_string(),
-            value: regex.map(text).or(value),
-            values,
-            cmp: cmp.map(str::to_string),
-        })
+        .prop_map(
+            |(source, name, op, value, values, cmp, regex)| ConditionSpec {
+                source: source.map(str::to_string),
+                name,
+                op: op.to_string(),
+                value: regex.map(text).or(value),
+                values,
+                cmp: cmp.map(str::to_string),
+            },
+        )
 }
 
 fn condition() -> impl Strategy<Value = ConditionSpec> {
@@ -318,18 +340,30 @@ fn form_body() -> impl Strategy<Value = Vec<u8>> {
     })
 }
 
+/// A body, its kind, and the content type it is sent with.
 fn body() -> impl Strategy<Value = (BodyKind, Vec<u8>, Option<&'static str>)> {
+    let json_types = ["application/json", "application/json; charset=utf-8"];
+    let form_types = [
+        "application/x-www-form-urlencoded",
+        "Application/X-WWW-Form-Urlencoded; charset=utf-8",
+    ];
+    let any_types = [
+        "application/json",
+        "application/x-www-form-urlencoded",
+        "text/plain",
+    ];
+    let json = (json_body(), pick(&json_types)).prop_map(|(b, t)| (BodyKind::Json, b, Some(t)));
+    let form = (form_body(), pick(&form_types)).prop_map(|(b, t)| (BodyKind::Form, b, Some(t)));
+    let raw = (
+        prop::collection::vec(any::<u8>(), 0..100),
+        prop::option::of(pick(&any_types)),
+    )
+        .prop_map(|(b, t)| (BodyKind::Raw, b, t));
     prop_oneof![
         1 => Just((BodyKind::None, Vec::new(), None)),
-        3 => (json_body(), pick(&["application/json", "application/json; charset=utf-8"]))
-            .prop_map(|(b, ct)| (BodyKind::Json, b, Some(ct))),
-        3 => (form_body(), pick(&["application/x-www-form-urlencoded", "Application/X-WWW-Form-Urlencoded; charset=utf-8"]))
-            .prop_map(|(b, ct)| (BodyKind::Form, b, Some(ct))),
-        1 => (
-            prop::collection::vec(any::<u8>(), 0..100),
-            prop::option::of(pick(&["application/json", "application/x-www-form-urlencoded", "text/plain"])),
-        )
-            .prop_map(|(b, ct)| (BodyKind::Raw, b, ct)),
+        3 => json,
+        3 => form,
+        1 => raw,
     ]
 }
 
@@ -347,7 +381,16 @@ fn request() -> impl Strategy<Value = GenRequest> {
         prop::option::weighted(0.2, any::<Index>()),
     )
         .prop_map(
-            |(method, path, query, host, headers, cookies, (body_kind, mut body, content_type), cut)| {
+            |(
+                method,
+                path,
+                query,
+                host,
+                headers,
+                cookies,
+                (body_kind, mut body, content_type),
+                cut,
+            )| {
                 if let Some(cut) = &cut {
                     body.truncate(cut.index(body.len() + 1));
                 }
@@ -584,8 +627,17 @@ fn line_end() -> impl Strategy<Value = &'static str> {
 /// Names of the other headers: never the lane header or its alias.
 fn other_name() -> impl Strategy<Value = String> {
     prop_oneof![
-        pick(&["host", "mse-username", "MSE-Username", "x-user-id", "traceparent", "x-request-id", "b3", "content-length"])
-            .prop_map(str::to_string),
+        pick(&[
+            "host",
+            "mse-username",
+            "MSE-Username",
+            "x-user-id",
+            "traceparent",
+            "x-request-id",
+            "b3",
+            "content-length"
+        ])
+        .prop_map(str::to_string),
         "[a-zA-Z0-9-]{1,12}".prop_filter("not a lane header", |n| {
             !n.eq_ignore_ascii_case("x-lane") && !n.eq_ignore_ascii_case("x-mse-tag")
         }),
@@ -654,35 +706,37 @@ fn near_valid_request() -> impl Strategy<Value = NearValid> {
         line_end(),
         prop::collection::vec(any::<u8>(), 0..40),
     )
-        .prop_map(|(first, mut lines, at, (name, lane, pad, end), last, body)| {
-            let at = at.index(lines.len() + 1);
-            lines.insert(at, format!("{name}:{pad}{lane}{pad}{end}").into_bytes());
-            // Folded lines right after it continue the lane's value: one
-            // space, then each one's text, blank ones adding nothing
-            // (RFC 9112 5.2: obs-fold is whitespace, and a value is trimmed).
-            let mut expected = lane.to_string();
-            for line in lines[at + 1..]
-                .iter()
-                .take_while(|l| matches!(l[0], b' ' | b'\t'))
-            {
-                let more = String::from_utf8_lossy(line);
-                let more = more.trim();
-                if !more.is_empty() {
-                    expected.push(' ');
-                    expected.push_str(more);
+        .prop_map(
+            |(first, mut lines, at, (name, lane, pad, end), last, body)| {
+                let at = at.index(lines.len() + 1);
+                lines.insert(at, format!("{name}:{pad}{lane}{pad}{end}").into_bytes());
+                // Folded lines right after it continue the lane's value: one
+                // space, then each one's text, blank ones adding nothing
+                // (RFC 9112 5.2: obs-fold is whitespace, and a value is trimmed).
+                let mut expected = lane.to_string();
+                for line in lines[at + 1..]
+                    .iter()
+                    .take_while(|l| matches!(l[0], b' ' | b'\t'))
+                {
+                    let more = String::from_utf8_lossy(line);
+                    let more = more.trim();
+                    if !more.is_empty() {
+                        expected.push(' ');
+                        expected.push_str(more);
+                    }
                 }
-            }
-            let mut bytes = first.into_bytes();
-            bytes.extend(lines.concat());
-            bytes.extend_from_slice(last.as_bytes());
-            let header_end = bytes.len();
-            bytes.extend(body);
-            NearValid {
-                bytes,
-                header_end,
-                lane: expected,
-            }
-        })
+                let mut bytes = first.into_bytes();
+                bytes.extend(lines.concat());
+                bytes.extend_from_slice(last.as_bytes());
+                let header_end = bytes.len();
+                bytes.extend(body);
+                NearValid {
+                    bytes,
+                    header_end,
+                    lane: expected,
+                }
+            },
+        )
 }
 
 #[test]
