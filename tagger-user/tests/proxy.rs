@@ -115,9 +115,7 @@ impl UpstreamLog {
 }
 
 /// An upstream that answers "<name> lane=<x-lane> len=<body bytes> sum=<byte sum>".
-async fn upstream(name: &'static str, ip: Ipv4Addr, port: u16) -> (u16, Arc<UpstreamLog>) {
-    let listener = TcpListener::bind((ip, port)).await.expect("bind upstream");
-    let port = listener.local_addr().unwrap().port();
+fn upstream(name: &'static str, listener: TcpListener) -> Arc<UpstreamLog> {
     let log = Arc::new(UpstreamLog::default());
     let accept_log = log.clone();
     tokio::spawn(async move {
@@ -157,7 +155,25 @@ async fn upstream(name: &'static str, ip: Ipv4Addr, port: u16) -> (u16, Arc<Upst
             });
         }
     });
-    (port, log)
+    log
+}
+
+/// Listeners for "base" on 127.0.0.2 and, if asked, "gray" on 127.0.0.3 on
+/// the same ephemeral port (a service's endpoints share its port). The port
+/// the kernel gives on one address may be taken on the other by a test
+/// running alongside: then another port is tried.
+async fn endpoint_listeners(gray: bool) -> (TcpListener, Option<TcpListener>) {
+    for _ in 0..100 {
+        let base = TcpListener::bind("127.0.0.2:0").await.unwrap();
+        if !gray {
+            return (base, None);
+        }
+        let port = base.local_addr().unwrap().port();
+        if let Ok(gray) = TcpListener::bind(("127.0.0.3", port)).await {
+            return (base, Some(gray));
+        }
+    }
+    panic!("no port free on both 127.0.0.2 and 127.0.0.3");
 }
 
 const CONFIG: &str = r#"
@@ -197,12 +213,10 @@ struct Setup {
 /// Upstreams "base" on 127.0.0.2 and "gray" on 127.0.0.3 (same port), the
 /// service address 127.0.0.9, and a proxy whose callers are `caller_pod`.
 async fn setup(caller_pod: &str, gray_up: bool) -> Setup {
-    let (port, base) = upstream("base", Ipv4Addr::new(127, 0, 0, 2), 0).await;
-    let gray = if gray_up {
-        upstream("gray", Ipv4Addr::new(127, 0, 0, 3), port).await.1
-    } else {
-        Arc::default()
-    };
+    let (base, gray) = endpoint_listeners(gray_up).await;
+    let port = base.local_addr().unwrap().port();
+    let base = upstream("base", base);
+    let gray = gray.map_or_else(Arc::default, |gray| upstream("gray", gray));
     let text = CONFIG.replace("port: 1", &format!("port: {port}"));
     let file = ClusterFile::parse(&text, Path::new("test.yaml")).unwrap();
     let placement = Placement {
