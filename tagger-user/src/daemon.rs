@@ -102,7 +102,7 @@ pub struct PropagationDump {
     pub ids: usize,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct RuleRow {
     #[serde(flatten)]
     pub spec: RuleSpec,

@@ -43,7 +43,9 @@ where
     }
 }
 
-fn to_json<T: serde::Serialize>(value: &T) -> String {
+/// What `--json` prints: the rows as the daemon sent them, pretty, one
+/// trailing newline.
+pub fn to_json<T: serde::Serialize>(value: &T) -> String {
     serde_json::to_string_pretty(value).unwrap_or_default() + "\n"
 }
 
@@ -98,6 +100,7 @@ pub fn render_flows(rows: &[FlowRow]) -> String {
     table.render()
 }
 
+/// How long ago a flow was last seen, for the LAST column.
 fn format_age(ms: u64) -> String {
     match ms {
         0..1_000 => "now".into(),
@@ -137,13 +140,20 @@ pub fn render_lanes(rates: &[LaneRate]) -> String {
 
 pub async fn rules_list(socket: &Path, json: bool) -> Result<(), AdminError> {
     let rows: Vec<RuleRow> = AdminClient::new(socket).get_json("/rules").await?;
-    if json {
-        print!("{}", to_json(&rows));
-        return Ok(());
-    }
+    print!(
+        "{}",
+        if json {
+            to_json(&rows)
+        } else {
+            render_rules(&rows)
+        }
+    );
+    Ok(())
+}
+
+pub fn render_rules(rows: &[RuleRow]) -> String {
     if rows.is_empty() {
-        println!("no rules: all traffic follows headers and pod lanes");
-        return Ok(());
+        return "no rules: all traffic follows headers and pod lanes\n".into();
     }
     let mut table = Table::new([
         "NAME",
@@ -174,8 +184,7 @@ pub async fn rules_list(socket: &Path, json: bool) -> Result<(), AdminError> {
             conditions,
         ]);
     }
-    print!("{}", table.render());
-    Ok(())
+    table.render()
 }
 
 pub async fn rules_apply(socket: &Path, file: &Path) -> Result<String, AdminError> {
@@ -217,3 +226,6 @@ pub async fn config_dump(socket: &Path) -> Result<(), AdminError> {
     println!("{}", String::from_utf8_lossy(&answer).trim());
     Ok(())
 }
+
+#[cfg(test)]
+mod tests;

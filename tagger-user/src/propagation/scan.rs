@@ -73,10 +73,18 @@ pub fn scan(bytes: &[u8], wanted: &Wanted<'_>) -> Scan {
             return Scan::Complete(context);
         }
         if line[0] == b' ' || line[0] == b'\t' {
-            // obs-fold: the line continues the previous header's value.
-            if let Some((_, value)) = current.as_mut() {
-                value.push(b' ');
-                value.extend_from_slice(trim(line));
+            // obs-fold: the line continues the previous header's value,
+            // joined by one space. The value is trimmed (RFC 9112 5.2): a
+            // blank continuation adds nothing, and one after an empty value
+            // starts it without a space.
+            let more = trim(line);
+            if let Some((_, value)) = current.as_mut()
+                && !more.is_empty()
+            {
+                if !value.is_empty() {
+                    value.push(b' ');
+                }
+                value.extend_from_slice(more);
             }
             continue;
         }

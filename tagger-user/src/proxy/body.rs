@@ -4,6 +4,7 @@
 use std::{
     collections::VecDeque,
     pin::Pin,
+    sync::{Arc, OnceLock},
     task::{Context, Poll},
 };
 
@@ -70,6 +71,52 @@ impl Body for Prefixed {
         }
         hint.set_lower(rest.lower() + self.prefix_len);
         hint
+    }
+}
+
+/// A request body on its way upstream that notes whether the client's side
+/// of it failed (a malformed chunk, a reset): the upstream request then
+/// fails too, but the fault is the client's, not the endpoint's.
+pub struct Watched {
+    inner: ProxyBody,
+    failure: Arc<OnceLock<String>>,
+}
+
+impl Watched {
+    /// The body, and where its first error is written.
+    pub fn new(inner: ProxyBody) -> (Self, Arc<OnceLock<String>>) {
+        let failure = Arc::new(OnceLock::new());
+        (
+            Self {
+                inner,
+                failure: failure.clone(),
+            },
+            failure,
+        )
+    }
+}
+
+impl Body for Watched {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        let polled = Pin::new(&mut self.inner).poll_frame(cx);
+        if let Poll::Ready(Some(Err(error))) = &polled {
+            let _ = self.failure.set(error.to_string());
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
     }
 }
 

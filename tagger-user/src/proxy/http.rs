@@ -221,6 +221,14 @@ impl RequestContext {
             })
         };
         let retryable = body.is_end_stream();
+        // A body streams from the client while it is sent: if reading it
+        // fails, the upstream request fails, and that is the client's fault.
+        let (body, client_failure) = if retryable {
+            (body, None)
+        } else {
+            let (watched, failure) = body::Watched::new(body);
+            (watched.boxed_unsync(), Some(failure))
+        };
         let mut body = Some(body);
         let mut refused: Vec<SocketAddrV4> = Vec::new();
         let lane = decision.lane.as_deref();
@@ -252,6 +260,12 @@ impl RequestContext {
                     return Ok(Response::from_parts(parts, incoming.boxed_unsync()));
                 }
                 Err(error) => {
+                    if let Some(reason) = client_failure.as_ref().and_then(|f| f.get()) {
+                        record(endpoint, choice.is_fallback(), false);
+                        return Err(ProxyError::Downstream(format!(
+                            "reading request body: {reason}"
+                        )));
+                    }
                     // Connect refused: the endpoint is gone; stop choosing it
                     // until the health check sees it again.
                     if error.is_connect() {
