@@ -235,6 +235,16 @@ fn live_rule_changes_apply_in_order_and_lose_nothing() {
 /// correctness test.
 const SETTLE_LIMIT: Duration = Duration::from_secs(10);
 
+/// (what, path, headers, body, the pod that answers, the flow's reason).
+type MatrixCase = (
+    &'static str,
+    &'static str,
+    &'static [&'static str],
+    Option<&'static str>,
+    &'static str,
+    &'static str,
+);
+
 /// Every rule source (header, cookie, query is scenario A's, body as JSON
 /// and as a form, host, path, method), mode `all`, priority over file order,
 /// `enabled: false`, and a custom lane header (with the `x-mse-tag` alias),
@@ -244,8 +254,7 @@ fn rule_sources_modes_priority_and_a_custom_lane_header() {
     let cluster = Cluster::up("rule-matrix.yaml");
     let json = "content-type: application/json";
     let form = "content-type: application/x-www-form-urlencoded";
-    // (what, path, headers, body, pod that answers, flow reason)
-    let cases: &[(&str, &str, &[&str], Option<&str>, &str, &str)] = &[
+    let cases: &[MatrixCase] = &[
         (
             "all: header and cookie",
             "/",
