@@ -252,8 +252,8 @@ type MatrixCase = (
 #[test]
 fn rule_sources_modes_priority_and_a_custom_lane_header() {
     let cluster = Cluster::up("rule-matrix.yaml");
-    let json = "content-type: application/json";
-    let form = "content-type: application/x-www-form-urlencoded";
+    const JSON: &str = "content-type: application/json";
+    const FORM: &str = "content-type: application/x-www-form-urlencoded";
     let cases: &[MatrixCase] = &[
         (
             "all: header and cookie",
@@ -282,7 +282,7 @@ fn rule_sources_modes_priority_and_a_custom_lane_header() {
         (
             "JSON body",
             "/",
-            &[json],
+            &[JSON],
             Some(r#"{"user": {"vip": true, "id": 7}}"#),
             "m-gray",
             "rule:vip-json",
@@ -290,7 +290,7 @@ fn rule_sources_modes_priority_and_a_custom_lane_header() {
         (
             "JSON body, other value",
             "/",
-            &[json],
+            &[JSON],
             Some(r#"{"user": {"vip": false}}"#),
             "m-base",
             "default",
@@ -298,7 +298,7 @@ fn rule_sources_modes_priority_and_a_custom_lane_header() {
         (
             "form body",
             "/",
-            &[form],
+            &[FORM],
             Some("name=x&tier=gold"),
             "m-gray",
             "rule:gold-form",
