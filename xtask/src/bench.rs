@@ -803,7 +803,7 @@ fn render(report: &Value) -> String {
             ),
             (
                 "lanes_again_after_restart_ms",
-                "daemon restarted: lanes route again",
+                "daemon restarted: a new connection routes by lane again",
             ),
         ] {
             let _ = writeln!(out, "| {what} | {} |", f(&live[key]));
