@@ -57,15 +57,20 @@ pub async fn wait_until(what: &str, done: impl Fn() -> bool) {
 /// (changeable between connections).
 pub struct FixedOrigin {
     pub dest: Mutex<SocketAddrV4>,
-    pub caller_cgroup: u64,
+    pub caller_cgroup: std::sync::atomic::AtomicU64,
 }
 
 impl FixedOrigin {
     pub fn new(dest: SocketAddrV4, caller_cgroup: u64) -> Self {
         Self {
             dest: Mutex::new(dest),
-            caller_cgroup,
+            caller_cgroup: caller_cgroup.into(),
         }
+    }
+
+    /// Later connections come from the pod with this cgroup.
+    pub fn set_caller(&self, cgroup_id: u64) {
+        self.caller_cgroup.store(cgroup_id, Ordering::SeqCst);
     }
 
     pub fn set_dest(&self, dest: SocketAddrV4) {
@@ -77,7 +82,7 @@ impl FlowLookup for FixedOrigin {
     fn take_origin(&self, _peer: SocketAddrV4) -> Option<Origin> {
         Some(Origin {
             original_destination: *self.dest.lock().unwrap(),
-            cgroup_id: self.caller_cgroup,
+            cgroup_id: self.caller_cgroup.load(Ordering::SeqCst),
             cookie: 0,
         })
     }
@@ -208,16 +213,23 @@ pub struct Setup {
     pub base: Arc<UpstreamLog>,
     /// Empty when the gray upstream is not started.
     pub gray: Arc<UpstreamLog>,
+    /// The proxy's connection counts.
+    pub gate: Arc<tagger::proxy::limits::ConnectionGate>,
 }
 
 /// Upstreams "base" on 127.0.0.2 and "gray" on 127.0.0.3 (same port), the
 /// service address 127.0.0.9, and a proxy whose callers are `caller_pod`.
 pub async fn setup(caller_pod: &str, gray_up: bool) -> Setup {
+    setup_with(caller_pod, gray_up, "").await
+}
+
+/// [`setup`] with more top-level cluster-file settings (YAML lines).
+pub async fn setup_with(caller_pod: &str, gray_up: bool, settings: &str) -> Setup {
     let (base, gray) = endpoint_listeners(gray_up).await;
     let port = base.local_addr().unwrap().port();
     let base = upstream("base", base);
     let gray = gray.map_or_else(Arc::default, |gray| upstream("gray", gray));
-    let text = CONFIG.replace("port: 1", &format!("port: {port}"));
+    let text = format!("{settings}\n{CONFIG}").replace("port: 1", &format!("port: {port}"));
     let file = ClusterFile::parse(&text, Path::new("test.yaml")).unwrap();
     let placement = Placement {
         pods: vec![
@@ -272,6 +284,7 @@ pub async fn setup(caller_pod: &str, gray_up: bool) -> Setup {
     );
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let proxy_addr = listener.local_addr().unwrap();
+    let gate = proxy.gate();
     tokio::spawn(proxy.serve(listener));
     Setup {
         proxy_addr,
@@ -281,6 +294,7 @@ pub async fn setup(caller_pod: &str, gray_up: bool) -> Setup {
         port,
         base,
         gray,
+        gate,
     }
 }
 
