@@ -77,6 +77,8 @@ pub struct Controller {
     pub flows: Arc<FlowTable>,
     pub contexts: Arc<ContextStore>,
     datapath: Mutex<Option<Arc<Datapath>>>,
+    /// The proxy's connection counts, once it runs.
+    gate: Mutex<Option<Arc<crate::proxy::limits::ConnectionGate>>>,
     sources: Mutex<Sources>,
 }
 
@@ -94,6 +96,9 @@ pub struct ConfigDump<'a> {
     /// Each pod cgroup's slot in the kernel's pod flags, and whether the pod
     /// has carried a context into a call (its requests' tags are looked up).
     pub pod_flags: Vec<crate::ebpf::PodFlagRow>,
+    /// Proxied connections open, refused over a limit, and cut by the
+    /// header read timeout.
+    pub proxy: Option<crate::proxy::limits::GateStats>,
 }
 
 #[derive(Serialize)]
@@ -143,6 +148,7 @@ impl Controller {
             flows: Arc::new(FlowTable::default()),
             contexts: Arc::new(ContextStore::default()),
             datapath: Mutex::new(None),
+            gate: Mutex::new(None),
             sources: Mutex::new(Sources {
                 config_path: config_path.to_path_buf(),
                 placement_path: placement_path.to_path_buf(),
@@ -157,6 +163,10 @@ impl Controller {
 
     fn datapath(&self) -> Option<Arc<Datapath>> {
         self.datapath.lock().expect("datapath lock").clone()
+    }
+
+    pub fn set_connection_gate(&self, gate: Arc<crate::proxy::limits::ConnectionGate>) {
+        *self.gate.lock().expect("gate lock") = Some(gate);
     }
 
     pub fn set_datapath(&self, datapath: Arc<Datapath>) -> Result<(), EbpfError> {
@@ -364,6 +374,12 @@ impl Controller {
                 .datapath()
                 .map(|d| d.pod_flag_rows())
                 .unwrap_or_default(),
+            proxy: self
+                .gate
+                .lock()
+                .expect("gate lock")
+                .as_ref()
+                .map(|g| g.stats()),
         };
         serde_json::to_value(&dump)
             .unwrap_or_else(|e| serde_json::json!({ "error": e.to_string() }))
@@ -430,6 +446,7 @@ pub async fn run(args: DaemonArgs) -> Result<(), DaemonError> {
         controller.contexts.clone(),
         ProxyConfig::default(),
     );
+    controller.set_connection_gate(proxy.gate());
     tokio::spawn(proxy.serve(listener));
     tokio::spawn(crate::admin::serve(admin, controller.clone()));
     {

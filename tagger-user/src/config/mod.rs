@@ -50,6 +50,38 @@ pub struct ClusterFile {
     /// Largest body prefix a `body` rule condition reads (bytes).
     #[serde(default = "default_body_limit")]
     pub body_match_limit: usize,
+    /// Bounds that keep slow, broken or hostile clients from wearing the
+    /// proxy down.
+    #[serde(default)]
+    pub limits: LimitsSpec,
+}
+
+/// `limits:` of the cluster file. Each has a default a node can live with.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct LimitsSpec {
+    /// A request head must arrive whole within this, from its first byte
+    /// (or from the end of the previous answer on a kept-alive connection);
+    /// else the connection is closed. HAProxy's `timeout http-request`,
+    /// Envoy's `request_headers_timeout`, nginx's `client_header_timeout`.
+    pub header_read_timeout_ms: u64,
+    /// Proxied connections open at once, from every pod together.
+    pub max_connections: usize,
+    /// Proxied connections open at once from one pod, so that one pod
+    /// cannot take every connection the proxy will hold.
+    pub max_connections_per_pod: usize,
+}
+
+impl Default for LimitsSpec {
+    fn default() -> Self {
+        Self {
+            // nginx's default: long enough for a kept-alive connection to
+            // sit idle between an app's calls without being cut.
+            header_read_timeout_ms: 60_000,
+            max_connections: 20_000,
+            max_connections_per_pod: 2_000,
+        }
+    }
 }
 
 fn default_lane_header() -> String {
@@ -133,6 +165,18 @@ impl ClusterFile {
     }
 
     fn validate(&self) -> Result<(), (String, String)> {
+        for (field, value) in [
+            ("header_read_timeout_ms", self.limits.header_read_timeout_ms),
+            ("max_connections", self.limits.max_connections as u64),
+            (
+                "max_connections_per_pod",
+                self.limits.max_connections_per_pod as u64,
+            ),
+        ] {
+            if value == 0 {
+                return Err((format!("limits.{field}"), "must be at least 1".into()));
+            }
+        }
         if !is_header_name(&self.lane_header) {
             return Err((
                 "lane_header".into(),

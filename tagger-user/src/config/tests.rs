@@ -79,6 +79,16 @@ fn errors_name_the_place() {
             "unknown field `colour`",
         ),
         (
+            "lanes:\n",
+            "limits: {max_connections_per_pod: 0}\nlanes:\n",
+            "limits.max_connections_per_pod: must be at least 1",
+        ),
+        (
+            "lanes:\n",
+            "limits: {header_read_timeout: 5}\nlanes:\n",
+            "unknown field `header_read_timeout`",
+        ),
+        (
             "name: charge-v2",
             "name: charge-v1",
             "services[0].pods[1].name: pod name \"charge-v1\" is already used at services[0].pods[0]",

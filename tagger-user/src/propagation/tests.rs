@@ -7,6 +7,7 @@ fn settings() -> Settings {
         lane_header: HeaderName::from_static("x-lane"),
         passthrough_headers: vec![HeaderName::from_static("x-user-id")],
         body_match_limit: 1024,
+        limits: Default::default(),
     }
 }
 

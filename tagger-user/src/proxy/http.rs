@@ -13,7 +13,7 @@ use http_body_util::BodyExt;
 use hyper::{body::Incoming, service::service_fn};
 use hyper_util::{
     client::legacy::{Client, connect::HttpConnector},
-    rt::{TokioExecutor, TokioIo},
+    rt::{TokioExecutor, TokioIo, TokioTimer},
 };
 use tokio::net::TcpStream;
 use tracing::{debug, warn};
@@ -72,10 +72,13 @@ pub struct Connection {
     /// The client socket's cookie, for the kernel's request tags.
     pub cookie: u64,
     pub tag_watch: TagWatch,
+    /// The settings' `limits.header_read_timeout_ms`, when it was accepted.
+    pub header_read_timeout: std::time::Duration,
 }
 
 impl Connection {
     pub async fn serve(self, stream: TcpStream) {
+        let gate = self.proxy.gate();
         let conn = Arc::new(RequestContext {
             proxy: self.proxy,
             source: self.source,
@@ -90,12 +93,19 @@ impl Connection {
             async move { Ok::<_, Infallible>(conn.handle(request).await) }
         });
         let result = hyper::server::conn::http1::Builder::new()
+            .timer(TokioTimer::new())
+            // A head not whole in time (slowloris), or a kept-alive
+            // connection idle that long: closed.
+            .header_read_timeout(self.header_read_timeout)
             .keep_alive(true)
             // As for the upstream client (see `upstream_client`).
             .writev(false)
             .serve_connection(TokioIo::new(stream), service)
             .await;
         if let Err(error) = result {
+            if error.is_timeout() {
+                gate.header_timed_out();
+            }
             // Malformed requests get hyper's 400/431 before this; this is the
             // connection-level reason, for the operator.
             debug!(%error, "downstream connection ended with error");

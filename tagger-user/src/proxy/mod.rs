@@ -7,6 +7,7 @@
 mod body;
 mod error;
 mod http;
+pub mod limits;
 mod passthrough;
 
 use std::{
@@ -16,7 +17,10 @@ use std::{
 };
 
 use tagger_common::RequestTag;
-use tokio::net::{TcpListener, TcpStream};
+use tokio::{
+    io::AsyncWriteExt,
+    net::{TcpListener, TcpStream},
+};
 use tracing::{debug, info, warn};
 
 pub use error::ProxyError;
@@ -121,6 +125,7 @@ pub struct Proxy {
     contexts: Arc<ContextStore>,
     config: ProxyConfig,
     client: http::UpstreamClient,
+    gate: Arc<limits::ConnectionGate>,
 }
 
 impl Proxy {
@@ -139,7 +144,13 @@ impl Proxy {
             contexts,
             config,
             client,
+            gate: Arc::default(),
         })
+    }
+
+    /// Open, refused and timed-out connections, shared with `config-dump`.
+    pub fn gate(&self) -> Arc<limits::ConnectionGate> {
+        self.gate.clone()
     }
 
     /// Accepts until the listener fails. Each connection runs on its own task.
@@ -176,6 +187,17 @@ impl Proxy {
         let source = snapshot
             .source_pod(origin.cgroup_id, *peer.ip())
             .map(|p| (p.name.clone(), p.lane.clone()));
+        // Held until the connection ends; over a bound, refused at once.
+        let _admitted = match self.gate.admit(origin.cgroup_id, &snapshot.settings.limits) {
+            Ok(admitted) => admitted,
+            Err(refusal) => {
+                let pod = source
+                    .as_ref()
+                    .map_or("(not a pod)", |(name, _)| name.as_str());
+                self.refuse(stream, pod, refusal).await;
+                return;
+            }
+        };
         let destination = snapshot.destination(origin.original_destination);
         debug!(%peer, dest = %origin.original_destination, ?source, "accepted redirected flow");
 
@@ -185,6 +207,8 @@ impl Proxy {
         };
         match passthrough::sniff_http(&stream, self.config.detect_timeout).await {
             passthrough::Sniffed::Http => {
+                let header_read_timeout =
+                    Duration::from_millis(snapshot.settings.limits.header_read_timeout_ms);
                 let (source_name, source_lane) =
                     source.unwrap_or_else(|| (format!("{}", peer.ip()), None));
                 let conn = http::Connection {
@@ -194,6 +218,7 @@ impl Proxy {
                     service: snapshot.services[destination.service()].name.clone(),
                     cookie: origin.cookie,
                     tag_watch: self.kernel.tag_watch(origin.cgroup_id),
+                    header_read_timeout,
                 };
                 conn.serve(stream).await;
             }
@@ -208,6 +233,28 @@ impl Proxy {
                 }
             }
             passthrough::Sniffed::Closed => {}
+        }
+    }
+
+    /// A connection over a bound: an HTTP client gets a 503 that says why
+    /// (and `Connection: close`), anything else a close. Logged once per
+    /// power of two refusals: a flood must not flood the log too.
+    async fn refuse(&self, mut stream: TcpStream, pod: &str, refusal: limits::Refusal) {
+        let stats = self.gate.stats();
+        let refused = stats.refused_over_pod_limit + stats.refused_over_total_limit;
+        if refused.is_power_of_two() {
+            warn!(source = pod, %refusal, refused, "connection refused");
+        }
+        if passthrough::sniff_http(&stream, self.config.detect_timeout).await
+            == passthrough::Sniffed::Http
+        {
+            let body = format!("tagger: {refusal} (source {pod})\n");
+            let response = format!(
+                "HTTP/1.1 503 Service Unavailable\r\nconnection: close\r\ncontent-type: text/plain\r\nx-tagger-error: downstream\r\ncontent-length: {}\r\n\r\n{body}",
+                body.len()
+            );
+            let _ = stream.write_all(response.as_bytes()).await;
+            let _ = stream.shutdown().await;
         }
     }
 }

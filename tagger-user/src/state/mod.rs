@@ -108,6 +108,7 @@ pub struct Settings {
     #[serde(serialize_with = "ser_headers")]
     pub passthrough_headers: Vec<http::HeaderName>,
     pub body_match_limit: usize,
+    pub limits: crate::config::LimitsSpec,
 }
 
 fn ser_header<S: serde::Serializer>(h: &http::HeaderName, s: S) -> Result<S::Ok, S::Error> {
@@ -293,6 +294,7 @@ impl Snapshot {
                 })
                 .collect(),
             body_match_limit: file.body_match_limit,
+            limits: file.limits,
         };
         Ok(Self {
             settings,
