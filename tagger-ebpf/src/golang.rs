@@ -170,8 +170,11 @@ pub fn tagger_go_round_trip_ret(ctx: ProbeContext) -> u32 {
 pub fn tagger_go_newproc(ctx: ProbeContext) -> u32 {
     let pid_tgid = bpf_get_current_pid_tgid();
     if offsets(pid_tgid).is_some() {
-        // newproc1(fn, callergp, callerpc): RBX = callergp.
-        let _ = TAGGER_GO_NEWPROC.insert(&pid_tgid, &regs(&ctx).rbx, 0);
+        // newproc1(fn, callergp, callerpc): RBX = callergp. Copied to the
+        // stack first: map helpers do not take context pointers.
+        // SAFETY: a load from the context the verifier checks.
+        let parent: u64 = unsafe { core::ptr::read_volatile(&raw const (*ctx.regs).rbx) };
+        let _ = TAGGER_GO_NEWPROC.insert(&pid_tgid, &parent, 0);
     }
     0
 }
