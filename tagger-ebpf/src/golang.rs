@@ -27,7 +27,9 @@ use core::ffi::c_void;
 use aya_ebpf::{
     helpers::{
         bpf_get_current_pid_tgid, bpf_ktime_get_ns, bpf_probe_read_user,
-        generated::{bpf_get_current_task_btf, bpf_probe_read_user as probe_read_raw, bpf_task_pt_regs},
+        generated::{
+            bpf_get_current_task_btf, bpf_probe_read_user as probe_read_raw, bpf_task_pt_regs,
+        },
     },
     macros::{btf_tracepoint, map, uprobe},
     maps::{HashMap, LruHashMap, RingBuf},
@@ -50,6 +52,10 @@ static TAGGER_GO_EVENTS: RingBuf = RingBuf::with_byte_size(GO_EVENTS_RING_BYTES,
 /// `runtime.newproc1`'s parent g, by thread, from its entry to its RET.
 #[map]
 static TAGGER_GO_NEWPROC: LruHashMap<u64, u64> = LruHashMap::with_max_entries(16_384, 0);
+
+/// Do not wake the reader on submit (a wakeup is an irq_work, microseconds
+/// in a VM): userspace polls.
+const BPF_RB_NO_WAKEUP: u64 = 1;
 
 /// `recvmsg` flag: the bytes stay queued and will be read again.
 const MSG_PEEK: u64 = 2;
@@ -102,7 +108,7 @@ fn send(pid_tgid: u64, kind: u32, goid: u64, aux: u64, fd: i32) {
         _pad: 0,
         data: [0; GO_CAPTURE_BYTES],
     };
-    let _ = TAGGER_GO_EVENTS.output::<GoEvent>(&event, 0);
+    let _ = TAGGER_GO_EVENTS.output::<GoEvent>(&event, BPF_RB_NO_WAKEUP);
 }
 
 #[inline(always)]
@@ -219,7 +225,11 @@ fn socket_io(kind: u32, direction: Direction, bound: u64) -> Option<()> {
     let pid_tgid = bpf_get_current_pid_tgid();
     let off = offsets(pid_tgid)?;
     let buffer = syscall_buffer(direction)?;
-    let mut len = if buffer.len < bound { buffer.len } else { bound };
+    let mut len = if buffer.len < bound {
+        buffer.len
+    } else {
+        bound
+    };
     if len > GO_CAPTURE_BYTES as u64 {
         len = GO_CAPTURE_BYTES as u64;
     }
@@ -248,7 +258,7 @@ fn socket_io(kind: u32, direction: Direction, bound: u64) -> Option<()> {
             event.len = len as u32;
         }
     }
-    let _ = TAGGER_GO_EVENTS.output::<GoEvent>(&event, 0);
+    let _ = TAGGER_GO_EVENTS.output::<GoEvent>(&event, BPF_RB_NO_WAKEUP);
     Some(())
 }
 

@@ -22,20 +22,20 @@ use crate::ebpf::ProgramStat;
 #[derive(Debug, thiserror::Error)]
 pub enum GoProbeError {
     #[error("loading the eBPF object failed (is this root, with bpf() allowed?): {0}")]
-    Load(#[from] aya::EbpfError),
+    Load(Box<aya::EbpfError>),
     #[error("the eBPF object has no {0} (was tagger-ebpf built from this tree?)")]
     Missing(&'static str),
     #[error("program {name}: {source}")]
     Program {
         name: &'static str,
-        source: ProgramError,
+        source: Box<ProgramError>,
     },
     #[error("uprobe {name} at file offset {offset:#x} of {path}: {source}")]
     Attach {
         name: &'static str,
         path: String,
         offset: u64,
-        source: ProgramError,
+        source: Box<ProgramError>,
     },
     #[error("map {map}: {source}")]
     Map {
@@ -84,7 +84,12 @@ const UPROBES: [&str; 7] = [
 
 /// The offsets the programs read through, all of which must be known.
 pub fn go_offsets(binary: &GoBinary) -> Result<GoOffsets, GoProbeError> {
-    let get = |field| binary.offsets.get(field).ok_or(GoProbeError::NoOffset(field));
+    let get = |field| {
+        binary
+            .offsets
+            .get(field)
+            .ok_or(GoProbeError::NoOffset(field))
+    };
     Ok(GoOffsets {
         goid: get(Field::GGoid)?,
         persist_conn_conn: get(Field::PersistConnConn)?,
@@ -120,18 +125,21 @@ impl GoProbes {
     /// Loads the object and every Go uprobe program (the verifier's check);
     /// attaches nothing.
     pub fn load() -> Result<Self, GoProbeError> {
-        let mut ebpf = Ebpf::load(crate::ebpf::OBJECT)?;
+        let mut ebpf =
+            Ebpf::load(crate::ebpf::OBJECT).map_err(|e| GoProbeError::Load(Box::new(e)))?;
         for name in UPROBES {
             uprobe(&mut ebpf, name)?
                 .load()
-                .map_err(|source| GoProbeError::Program { name, source })?;
+                .map_err(|source| GoProbeError::Program {
+                    name,
+                    source: Box::new(source),
+                })?;
         }
         let map_error = |map: &'static str| move |source| GoProbeError::Map { map, source };
         let offsets = ebpf
             .take_map(names::MAP_GO_OFFSETS)
             .ok_or(GoProbeError::Missing(names::MAP_GO_OFFSETS))?;
-        let offsets =
-            BpfHashMap::try_from(offsets).map_err(map_error(names::MAP_GO_OFFSETS))?;
+        let offsets = BpfHashMap::try_from(offsets).map_err(map_error(names::MAP_GO_OFFSETS))?;
         let events = ebpf
             .take_map(names::MAP_GO_EVENTS)
             .ok_or(GoProbeError::Missing(names::MAP_GO_EVENTS))?;
@@ -149,7 +157,10 @@ impl GoProbes {
     pub fn trace_sockets(&mut self) -> Result<(), GoProbeError> {
         let btf = Btf::from_sys_fs().map_err(GoProbeError::Btf)?;
         for (name, tracepoint) in names::GO_SOCKET_TRACEPOINTS {
-            let error = |source| GoProbeError::Program { name, source };
+            let error = |source| GoProbeError::Program {
+                name,
+                source: Box::new(source),
+            };
             let program: &mut BtfTracePoint = self
                 .ebpf
                 .program_mut(name)
@@ -214,13 +225,19 @@ impl GoProbes {
                         name,
                         path: exe.display().to_string(),
                         offset,
-                        source,
+                        source: Box::new(source),
                     })?;
                 self.links.entry(pid).or_default().push((name, link));
                 count += 1;
             }
         }
         Ok(count)
+    }
+
+    /// Keeps `pid`'s uprobes attached but has the programs return at once
+    /// (its offsets go): measures the cost of the uprobes themselves.
+    pub fn mute(&mut self, pid: u32) {
+        let _ = self.offsets.remove(&pid);
     }
 
     /// Detaches process `pid`'s uprobes and forgets its offsets.
@@ -263,5 +280,8 @@ fn uprobe<'a>(ebpf: &'a mut Ebpf, name: &'static str) -> Result<&'a mut UProbe, 
     ebpf.program_mut(name)
         .ok_or(GoProbeError::Missing(name))?
         .try_into()
-        .map_err(|source| GoProbeError::Program { name, source })
+        .map_err(|source| GoProbeError::Program {
+            name,
+            source: Box::new(source),
+        })
 }
