@@ -625,8 +625,10 @@ impl Drop for TempDir {
     }
 }
 
-/// `kernel.bpf_stats_enabled` on for the test, restored after.
-struct BpfStats(String);
+/// `kernel.bpf_stats_enabled` on for the test, restored after; plus a
+/// BPF_ENABLE_STATS fd, which keeps stats counted even if another process
+/// on the machine turns the sysctl off meanwhile.
+struct BpfStats(String, std::os::fd::OwnedFd);
 
 const BPF_STATS: &str = "/proc/sys/kernel/bpf_stats_enabled";
 
@@ -634,7 +636,8 @@ impl BpfStats {
     fn enable() -> Self {
         let before = std::fs::read_to_string(BPF_STATS).expect("read bpf_stats_enabled");
         std::fs::write(BPF_STATS, "1").expect("enable bpf stats");
-        BpfStats(before.trim().to_string())
+        let fd = aya::sys::enable_stats(aya::sys::Stats::RunTime).expect("BPF_ENABLE_STATS");
+        BpfStats(before.trim().to_string(), fd)
     }
 }
 
