@@ -7,6 +7,8 @@
 //! equal flows hash differently).
 #![no_std]
 
+pub mod golang;
+
 /// Program and map names: the daemon looks them up by these strings, the
 /// kernel crate names its items after them.
 pub mod names {
@@ -24,6 +26,24 @@ pub mod names {
     pub const MAP_REQUEST_TAGS: &str = "TAGGER_REQUEST_TAGS";
     pub const MAP_EVENTS: &str = "TAGGER_EVENTS";
     pub const MAP_POD_TAGGED: &str = "TAGGER_POD_TAGGED";
+
+    // Go programs (uprobes at file offsets from `golang::inspect`).
+    pub const MAP_GO_OFFSETS: &str = "TAGGER_GO_OFFSETS";
+    pub const MAP_GO_EVENTS: &str = "TAGGER_GO_EVENTS";
+    /// (program, entry or RET): every Go uprobe program.
+    pub const PROG_GO_SERVE: &str = "tagger_go_serve";
+    pub const PROG_GO_SERVE_RET: &str = "tagger_go_serve_ret";
+    pub const PROG_GO_ROUND_TRIP: &str = "tagger_go_round_trip";
+    pub const PROG_GO_ROUND_TRIP_RET: &str = "tagger_go_round_trip_ret";
+    pub const PROG_GO_NEWPROC: &str = "tagger_go_newproc";
+    pub const PROG_GO_NEWPROC_RET: &str = "tagger_go_newproc_ret";
+    pub const PROG_GO_GOEXIT: &str = "tagger_go_goexit";
+    /// Socket reads and writes of Go processes (spike: what the fd and the
+    /// goroutine of each are), BTF tracepoints.
+    pub const GO_SOCKET_TRACEPOINTS: [(&str, &str); 2] = [
+        ("tagger_go_sock_recv", "sock_recv_length"),
+        ("tagger_go_tcp_send", "tcp_sendmsg_locked"),
+    ];
     /// (program, tracepoint): every BTF tracepoint (`tp_btf`) the daemon
     /// attaches. None is a syscall tracepoint: those would slow every
     /// syscall of every task on the node.

@@ -22,6 +22,7 @@
 #![no_std]
 #![no_main]
 
+mod golang;
 mod propagation;
 
 use aya_ebpf::{

@@ -402,7 +402,7 @@ fn on_read(pid_tgid: u64, fd: u32, buf: u64, len: u64) {
 
 /// How the socket I/O being traced was asked for: the syscall's number and
 /// arguments, as x86_64 saves them in `struct pt_regs` (a stable ABI).
-mod syscall {
+pub(crate) mod syscall {
     pub const READ: u64 = 0;
     pub const WRITE: u64 = 1;
     pub const READV: u64 = 19;
@@ -420,7 +420,7 @@ mod syscall {
 }
 
 #[derive(Clone, Copy)]
-enum Direction {
+pub(crate) enum Direction {
     Receive,
     Send,
 }
@@ -428,10 +428,10 @@ enum Direction {
 /// The app's first buffer of the syscall doing this socket I/O: fd, address
 /// and length (`u64::MAX` when the syscall's return value bounds it).
 #[derive(Clone, Copy)]
-struct UserBuffer {
-    fd: u32,
-    addr: u64,
-    len: u64,
+pub(crate) struct UserBuffer {
+    pub(crate) fd: u32,
+    pub(crate) addr: u64,
+    pub(crate) len: u64,
 }
 
 #[repr(C)]
@@ -459,7 +459,7 @@ fn first_iovec(fd: u32, iov: u64) -> Option<UserBuffer> {
 /// buffer. Sockets are also read and written by the kernel itself (splice,
 /// io_uring workers, kTLS): those are not an app's syscall and are skipped.
 #[inline(always)]
-fn syscall_buffer(direction: Direction) -> Option<UserBuffer> {
+pub(crate) fn syscall_buffer(direction: Direction) -> Option<UserBuffer> {
     // SAFETY: both helpers return pointers the verifier knows by BTF; loads
     // through them are checked against `struct pt_regs` and cannot fault.
     let (number, fd, arg) = unsafe {

@@ -26,7 +26,8 @@ pub use pod_flags::PodFlags;
 use pod_flags::PodSlots;
 
 /// The kernel object built by build.rs, aligned as the ELF parser wants.
-static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/tagger-ebpf.o"));
+pub(crate) static OBJECT: &[u8] =
+    aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/tagger-ebpf.o"));
 
 #[derive(Debug, thiserror::Error)]
 pub enum EbpfError {

@@ -16,6 +16,7 @@ mod elf;
 pub mod error;
 pub mod offsets;
 pub mod pclntab;
+pub mod probe;
 pub mod probes;
 #[cfg(test)]
 mod tests;
