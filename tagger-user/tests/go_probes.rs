@@ -628,7 +628,11 @@ impl Drop for TempDir {
 /// `kernel.bpf_stats_enabled` on for the test, restored after; plus a
 /// BPF_ENABLE_STATS fd, which keeps stats counted even if another process
 /// on the machine turns the sysctl off meanwhile.
-struct BpfStats(String, std::os::fd::OwnedFd);
+struct BpfStats {
+    before: String,
+    /// Held, not read: stats stay on while it is open.
+    _enabled: std::os::fd::OwnedFd,
+}
 
 const BPF_STATS: &str = "/proc/sys/kernel/bpf_stats_enabled";
 
@@ -637,12 +641,15 @@ impl BpfStats {
         let before = std::fs::read_to_string(BPF_STATS).expect("read bpf_stats_enabled");
         std::fs::write(BPF_STATS, "1").expect("enable bpf stats");
         let fd = aya::sys::enable_stats(aya::sys::Stats::RunTime).expect("BPF_ENABLE_STATS");
-        BpfStats(before.trim().to_string(), fd)
+        BpfStats {
+            before: before.trim().to_string(),
+            _enabled: fd,
+        }
     }
 }
 
 impl Drop for BpfStats {
     fn drop(&mut self) {
-        let _ = std::fs::write(BPF_STATS, &self.0);
+        let _ = std::fs::write(BPF_STATS, &self.before);
     }
 }
