@@ -251,6 +251,32 @@ impl Drop for Cluster {
     }
 }
 
+/// A directory of the test's own in the temp dir, removed when dropped,
+/// also when the test fails.
+pub struct TestDir(PathBuf);
+
+impl TestDir {
+    pub fn new(name: &str) -> Self {
+        let path = std::env::temp_dir().join(format!("tagger-{name}-{}", std::process::id()));
+        std::fs::create_dir_all(&path).expect("creating a test directory");
+        TestDir(path)
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.0
+    }
+
+    pub fn join(&self, name: &str) -> PathBuf {
+        self.0.join(name)
+    }
+}
+
+impl Drop for TestDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
 /// Unix time in seconds, the clock `steady.py` stamps its lines with.
 pub fn now() -> f64 {
     SystemTime::now()

@@ -3,8 +3,8 @@
 use std::time::{Duration, Instant};
 
 use tagger_e2e::{
-    Cluster, cluster_file, eventually, flow_delta, host_leftovers, release_shared, requests_where,
-    shared, tagger_bin, text,
+    Cluster, TestDir, cluster_file, eventually, flow_delta, host_leftovers, release_shared,
+    requests_where, shared, tagger_bin, text,
 };
 
 const GRAY_CHAIN: &str = "a-gray -> b-gray -> c-gray";
@@ -162,7 +162,8 @@ fn malformed_http_gets_an_error_and_the_service_keeps_working() {
         "{}",
         text(&out.stderr)
     );
-    let huge = std::env::temp_dir().join(format!("tagger-huge-{}", std::process::id()));
+    let scratch = TestDir::new("huge");
+    let huge = scratch.join("request");
     let request = format!(
         "GET / HTTP/1.1\r\nHost: a\r\nx-big: {}\r\n\r\n",
         "y".repeat(600 * 1024)
@@ -178,7 +179,6 @@ fn malformed_http_gets_an_error_and_the_service_keeps_working() {
             &format!("@{}", huge.display()),
         ],
     );
-    std::fs::remove_file(&huge).unwrap();
     assert!(
         text(&out.stdout).starts_with("HTTP/1.1 431"),
         "{}",
@@ -250,8 +250,8 @@ fn cluster_up(run_dir: &std::path::Path, file: &std::path::Path) -> std::process
 fn bad_cluster_files_are_refused_naming_the_place_and_leave_nothing_behind() {
     // Up by hand, outside the harness: no other cluster may be up.
     release_shared();
-    let dir = std::env::temp_dir().join(format!("tagger-bad-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
+    let scratch = TestDir::new("bad");
+    let dir = scratch.path();
     // The copies live elsewhere: make the apps' paths absolute.
     let apps = tagger_e2e::workspace().join("tests/apps/");
     let valid = std::fs::read_to_string(cluster_file("abc.yaml")).unwrap();
@@ -334,18 +334,18 @@ fn bad_cluster_files_are_refused_naming_the_place_and_leave_nothing_behind() {
         "{stderr}"
     );
     assert_eq!(host_leftovers(), Vec::<String>::new());
-    std::fs::remove_dir_all(&dir).unwrap();
 }
 
 #[test]
 fn ctrl_c_during_up_leaves_nothing_behind() {
     // Up by hand, outside the harness: no other cluster may be up.
     release_shared();
-    let run_dir = std::env::temp_dir().join(format!("tagger-int-{}", std::process::id()));
+    let scratch = TestDir::new("int");
+    let run_dir = scratch.path();
     for delay_ms in [150, 600] {
         let child = std::process::Command::new(tagger_bin())
             .arg("--run-dir")
-            .arg(&run_dir)
+            .arg(run_dir)
             .args(["cluster", "up"])
             .arg(cluster_file("abc.yaml"))
             .stdout(std::process::Stdio::null())
@@ -367,14 +367,14 @@ fn ctrl_c_during_up_leaves_nothing_behind() {
             text(&out.stderr)
         );
     }
-    let _ = std::fs::remove_dir_all(&run_dir);
 }
 
 #[test]
 fn a_second_cluster_is_refused_and_the_first_keeps_working() {
     let cluster = shared("abc.yaml");
-    let other = std::env::temp_dir().join(format!("tagger-other-{}", std::process::id()));
-    let out = cluster_up(&other, &cluster_file("abc.yaml"));
+    let scratch = TestDir::new("other");
+    let other = scratch.path();
+    let out = cluster_up(other, &cluster_file("abc.yaml"));
     assert!(!out.status.success());
     assert!(
         text(&out.stderr).contains("another local cluster is up"),
@@ -385,5 +385,4 @@ fn a_second_cluster_is_refused_and_the_first_keeps_working() {
         cluster.curl("client", "http://a:8080/", &["x-lane: gray"]),
         GRAY_CHAIN
     );
-    let _ = std::fs::remove_dir_all(&other);
 }
