@@ -20,6 +20,9 @@ use tokio::net::{TcpListener, TcpStream};
 use tracing::{debug, info, warn};
 
 pub use error::ProxyError;
+/// The sniffer's verdict on first bytes, for the fuzz target (`crate::fuzzing`).
+#[doc(hidden)]
+pub use passthrough::{Sniffed, classify};
 
 use crate::{flows::FlowTable, propagation::ContextStore, state::StateHandle};
 
