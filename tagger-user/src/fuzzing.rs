@@ -22,8 +22,11 @@ use crate::{
     rules::{ConditionSpec, Mode, RequestView, Rule, RuleSet, RuleSpec},
 };
 
+/// A target's body: arbitrary bytes in, a panic when something is wrong.
+pub type Target = fn(&[u8]);
+
 /// Every target by name, for the regression test and `cargo xtask fuzz`.
-pub const TARGETS: [(&str, fn(&[u8])); 4] = [
+pub const TARGETS: [(&str, Target); 4] = [
     ("sniff", sniff),
     ("scan", scan),
     ("rules", rules),
