@@ -17,6 +17,7 @@ use http::{HeaderMap, HeaderName, HeaderValue};
 
 use crate::{
     config::{ClusterFile, LANE_HEADER_ALIAS},
+    daemon::RuleRow,
     propagation::scan::{self, InboundContext, Scan, Wanted},
     proxy::{Sniffed, classify},
     rules::{ConditionSpec, Mode, RequestView, Rule, RuleSet, RuleSpec},
@@ -197,7 +198,14 @@ pub fn rules(data: &[u8]) {
             Err(_) => break,
         }
     }
-    let compiled: Vec<Rule> = specs.iter().filter_map(|s| s.compile().ok()).collect();
+    let compiled: Vec<Rule> = specs
+        .iter()
+        .filter_map(|spec| {
+            let rule = spec.compile().ok()?;
+            listed_again(spec, &rule);
+            Some(rule)
+        })
+        .collect();
     if compiled.is_empty() {
         return;
     }
@@ -224,6 +232,29 @@ pub fn rules(data: &[u8]) {
         );
         let _ = set.reads_body(service);
     }
+}
+
+/// `tagger rules list` and the config dump send the rules in force as JSON
+/// (`daemon::RuleRow`), and `ctl` reads them back: a rule the daemon accepts
+/// must survive that unchanged.
+fn listed_again(spec: &RuleSpec, rule: &Rule) {
+    let row = RuleRow {
+        spec: spec.clone(),
+        hits: 0,
+    };
+    let json = serde_json::to_string(&row)
+        .unwrap_or_else(|e| panic!("an accepted rule does not serialise to JSON: {e}: {spec:?}"));
+    let back: RuleRow = serde_json::from_str(&json)
+        .unwrap_or_else(|e| panic!("a listed rule does not read back: {e}: {json}"));
+    let again = back
+        .spec
+        .compile()
+        .unwrap_or_else(|e| panic!("a listed rule no longer compiles: {e}: {json}"));
+    assert_eq!(
+        format!("{again:?}"),
+        format!("{rule:?}"),
+        "a listed rule compiles to another rule: {json}"
+    );
 }
 
 /// Words that make a rule compile and a request match more often than
