@@ -200,13 +200,15 @@ fn test(root: &Path, filter: Option<&str>) -> Result<()> {
     if filter.is_none() {
         println!("== format and lint");
         run(cargo(root).args(["fmt", "--all", "--check"]))?;
-        // The kernel crate is outside the workspace (its own target and lock).
+        // The kernel crate and the fuzz targets are outside the workspace
+        // (their own target and lock).
         run(cargo(root).args([
             "fmt",
             "--manifest-path",
             "tagger-ebpf/Cargo.toml",
             "--check",
         ]))?;
+        run(cargo(root).args(["fmt", "--manifest-path", "fuzz/Cargo.toml", "--check"]))?;
         run(cargo(root).args([
             "clippy",
             "--workspace",
