@@ -63,10 +63,26 @@ fn binary(root: &Path, target: &str) -> PathBuf {
         .join(target)
 }
 
+/// Where a run keeps the inputs it found new: the working corpus, or for
+/// the bounded run in `test` a scratch one emptied first, so that its time
+/// does not grow with what earlier long runs found.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Corpus {
+    Working,
+    Scratch,
+}
+
 /// Runs one target for `seconds`; findings go to fuzz/regressions.
-pub fn run_target(root: &Path, target: &str, seconds: u64) -> Result<Stats> {
+pub fn run_target(root: &Path, target: &str, seconds: u64, corpus: Corpus) -> Result<Stats> {
     let fuzz = root.join("fuzz");
-    let work = fuzz.join("work/corpus").join(target);
+    let work = match corpus {
+        Corpus::Working => fuzz.join("work/corpus").join(target),
+        Corpus::Scratch => {
+            let scratch = fuzz.join("work/scratch").join(target);
+            let _ = std::fs::remove_dir_all(&scratch);
+            scratch
+        }
+    };
     let artifacts = fuzz.join("work/artifacts").join(target);
     let seeds = fuzz.join("corpus").join(target);
     let regressions = fuzz.join("regressions").join(target);
@@ -160,11 +176,11 @@ fn parse_stats(log: &str) -> Stats {
 
 /// Builds and runs `targets` for `seconds` each; fails if any found
 /// something or could not run.
-pub fn fuzz(root: &Path, seconds: u64, targets: &[&str]) -> Result<Vec<Stats>> {
+pub fn fuzz(root: &Path, seconds: u64, targets: &[&str], corpus: Corpus) -> Result<Vec<Stats>> {
     build(root)?;
     let mut all = Vec::new();
     for target in targets {
-        all.push(run_target(root, target, seconds)?);
+        all.push(run_target(root, target, seconds, corpus)?);
     }
     Ok(all)
 }
@@ -174,7 +190,7 @@ pub fn fuzz(root: &Path, seconds: u64, targets: &[&str]) -> Result<Vec<Stats>> {
 /// did not run is a failed one).
 pub fn smoke(root: &Path, seconds: u64) -> Outcome {
     let started = Instant::now();
-    let result = fuzz(root, seconds, &TARGETS);
+    let result = fuzz(root, seconds, &TARGETS, Corpus::Scratch);
     let (passed, failed, problem) = match result {
         Err(e) => (0, TARGETS.len() as u64, Some(format!("{e:#}"))),
         Ok(stats) => {

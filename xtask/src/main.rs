@@ -116,7 +116,7 @@ fn main() -> Result<ExitCode> {
                     fuzz::TARGETS.join(", ")
                 ),
             };
-            let stats = fuzz::fuzz(&root, seconds, &targets)?;
+            let stats = fuzz::fuzz(&root, seconds, &targets, fuzz::Corpus::Working)?;
             let problems: Vec<String> = stats.iter().filter_map(fuzz::problem).collect();
             if !problems.is_empty() {
                 bail!("{}", problems.join("\n"));
