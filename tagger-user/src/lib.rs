@@ -13,6 +13,7 @@ pub mod ctl;
 pub mod daemon;
 pub mod ebpf;
 pub mod flows;
+pub mod fuzzing;
 pub mod golang;
 pub mod localcluster;
 pub mod propagation;

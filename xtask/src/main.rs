@@ -5,6 +5,7 @@
 //! on a fresh Debian/Ubuntu VM as root.
 mod bench;
 mod demo;
+mod fuzz;
 mod runner;
 mod setup;
 mod switch;
@@ -47,6 +48,15 @@ enum Task {
     },
     /// Remove everything `up` made.
     Down,
+    /// Fuzz the sniffer, header scanner, rules and cluster file parser
+    /// (libFuzzer); findings are kept in fuzz/regressions/.
+    Fuzz {
+        /// Seconds per target.
+        #[arg(long, default_value_t = 60)]
+        seconds: u64,
+        /// Only this target (sniff, scan, rules, cluster_file).
+        target: Option<String>,
+    },
     /// Measure a tagger hop against direct, Envoy and HAProxy; writes target/bench/.
     Bench {
         #[arg(long, value_enum, default_value = "full")]
@@ -96,6 +106,22 @@ fn main() -> Result<ExitCode> {
             return tagger(&root, &args);
         }
         Task::Down => return tagger(&root, &["cluster".as_ref(), "down".as_ref()]),
+        Task::Fuzz { seconds, target } => {
+            setup::ensure()?;
+            let targets: Vec<&str> = match target.as_deref() {
+                None => fuzz::TARGETS.to_vec(),
+                Some(t) if fuzz::TARGETS.contains(&t) => vec![t],
+                Some(t) => bail!(
+                    "no fuzz target {t:?}; the targets are {}",
+                    fuzz::TARGETS.join(", ")
+                ),
+            };
+            let stats = fuzz::fuzz(&root, seconds, &targets, fuzz::Corpus::Working)?;
+            let problems: Vec<String> = stats.iter().filter_map(fuzz::problem).collect();
+            if !problems.is_empty() {
+                bail!("{}", problems.join("\n"));
+            }
+        }
         Task::Bench { mode } => {
             require_root("the bench creates network namespaces, cgroups and loads eBPF")?;
             setup::ensure()?;
@@ -174,13 +200,15 @@ fn test(root: &Path, filter: Option<&str>) -> Result<()> {
     if filter.is_none() {
         println!("== format and lint");
         run(cargo(root).args(["fmt", "--all", "--check"]))?;
-        // The kernel crate is outside the workspace (its own target and lock).
+        // The kernel crate and the fuzz targets are outside the workspace
+        // (their own target and lock).
         run(cargo(root).args([
             "fmt",
             "--manifest-path",
             "tagger-ebpf/Cargo.toml",
             "--check",
         ]))?;
+        run(cargo(root).args(["fmt", "--manifest-path", "fuzz/Cargo.toml", "--check"]))?;
         run(cargo(root).args([
             "clippy",
             "--workspace",
@@ -206,6 +234,10 @@ fn test(root: &Path, filter: Option<&str>) -> Result<()> {
         &mut unit,
         limit,
     )?);
+    if filter.is_none() {
+        println!("== fuzz targets, a few seconds each (`cargo xtask fuzz` runs longer)");
+        outcomes.push(fuzz::smoke(root, fuzz_seconds()));
+    }
     println!("== privileged end-to-end tests");
     for binary in e2e_binaries(root)? {
         let mut e2e = cargo(root);
@@ -255,6 +287,14 @@ fn binary_limit() -> std::time::Duration {
         .and_then(|s| s.parse().ok())
         .unwrap_or(900);
     std::time::Duration::from_secs(secs)
+}
+
+/// Seconds per fuzz target in `test`: `TAGGER_TEST_FUZZ_SECONDS`, else 5.
+fn fuzz_seconds() -> u64 {
+    std::env::var("TAGGER_TEST_FUZZ_SECONDS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(5)
 }
 
 /// The end-to-end test binaries: one per file in tests/tests.

@@ -24,11 +24,16 @@ const PACKAGES: &[&str] = &[
     // Go 1.19: the Go binaries the Go inspector (tagger-user/src/golang) is
     // tested on are built with it (cgo builds use the gcc rustc already needs).
     "golang-go",
+    // libFuzzer (C++), which libfuzzer-sys builds for the fuzz targets.
+    "g++",
 ];
 /// Runtimes the end-to-end tests run apps in: (command, Debian package).
 /// A machine that already has the command (from elsewhere) keeps its own.
 const RUNTIMES: &[(&str, &str)] = &[("java", "default-jdk-headless"), ("node", "nodejs")];
 const BPF_LINKER_VERSION: &str = "0.13.0";
+/// The fuzz targets' driver (`cargo xtask fuzz`, and the bounded run in
+/// `cargo xtask test`).
+const CARGO_FUZZ_VERSION: &str = "0.13.2";
 /// aya-ebpf 0.2.1 needs at least this rustc for the kernel crate.
 const MIN_BPF_RUSTC: (u32, u32) = (1, 87);
 
@@ -36,6 +41,7 @@ pub fn ensure() -> Result<()> {
     ensure_packages()?;
     ensure_bpf_rustc()?;
     ensure_bpf_linker()?;
+    ensure_cargo_fuzz()?;
     Ok(())
 }
 
@@ -141,5 +147,25 @@ fn ensure_bpf_linker() -> Result<()> {
         // Without it the build finds LLVM 14 and fails.
         .env("LLVM_PREFIX", "/usr/lib/llvm-22"))
     .context("installing bpf-linker")?;
+    Ok(())
+}
+
+fn ensure_cargo_fuzz() -> Result<()> {
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let current = Command::new(&cargo)
+        .args(["fuzz", "--version"])
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+        .unwrap_or_default();
+    if current.contains(CARGO_FUZZ_VERSION) {
+        return Ok(());
+    }
+    println!("xtask: installing cargo-fuzz {CARGO_FUZZ_VERSION} from crates.io (about 2 minutes)");
+    run(Command::new(cargo).args([
+        "install",
+        &format!("cargo-fuzz@{CARGO_FUZZ_VERSION}"),
+        "--locked",
+    ]))
+    .context("installing cargo-fuzz")?;
     Ok(())
 }

@@ -110,6 +110,15 @@ fn looks_like_request_start(bytes: &[u8]) -> bool {
 }
 
 fn is_request_line(line: &[u8]) -> bool {
+    // The method starts the line, as `looks_like_request_start` wants while
+    // the line is incomplete: with a leading space the whole line was taken
+    // for HTTP but its first bytes were not (the daemon rescans as bytes
+    // come, so a request read in pieces was dropped as not HTTP). Apps'
+    // parsers refuse a leading space too. Found by fuzzing
+    // (fuzz/regressions/scan/crash-leading-space-request-line).
+    if line.first() == Some(&b' ') {
+        return false;
+    }
     let mut parts = line.split(|b| *b == b' ').filter(|p| !p.is_empty());
     let (Some(method), Some(_target), Some(version)) = (parts.next(), parts.next(), parts.next())
     else {
@@ -142,6 +151,15 @@ fn take_header(context: &mut InboundContext, name: &[u8], value: &[u8], wanted: 
         return;
     };
     if text.is_empty() {
+        return;
+    }
+    // A value with a byte no header value may hold (a bare CR inside it,
+    // NUL, DEL, other controls) is not taken for anything: apps' parsers
+    // (httparse, llhttp) refuse such a request, and the lane, pass-through
+    // values and ids must be sendable as header values on later hops. Found
+    // by fuzzing (fuzz/regressions/scan/crash-bare-cr-in-request-id: an id
+    // `463ac35c9f6413ad\ran` came out with its CR).
+    if HeaderValue::from_bytes(value).is_err() {
         return;
     }
     // The configured header wins over the alias, whatever their order.

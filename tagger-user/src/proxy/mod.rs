@@ -24,6 +24,9 @@ use tokio::{
 use tracing::{debug, info, warn};
 
 pub use error::ProxyError;
+/// The sniffer's verdict on first bytes, for the fuzz target (`crate::fuzzing`).
+#[doc(hidden)]
+pub use passthrough::{Sniffed, classify};
 
 use crate::{flows::FlowTable, propagation::ContextStore, state::StateHandle};
 

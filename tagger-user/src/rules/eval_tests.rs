@@ -762,7 +762,25 @@ fn bad_conditions_are_refused_with_the_field_and_reason() {
         ),
         (
             "{source: query, name: u, op: in, values: [[1]]}",
-            "expected strings or numbers",
+            "conditions[0].values: expected strings, numbers or booleans",
+        ),
+        // What the rules listing (JSON) could not carry, even where the
+        // operator does not read it (found by fuzzing).
+        (
+            "{source: path, op: '=', value: x, values: [{[1]: 2}]}",
+            "conditions[0].values: expected strings, numbers or booleans",
+        ),
+        (
+            "{source: path, op: '=', value: .nan}",
+            "conditions[0].value: expected a string, number or boolean",
+        ),
+        (
+            "{source: path, op: in, values: [a, -.inf]}",
+            "conditions[0].values",
+        ),
+        (
+            "{source: path, op: in, values: [a], value: {a: 1}}",
+            "conditions[0].value",
         ),
     ];
     for (yaml, expected) in cases {

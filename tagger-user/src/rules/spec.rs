@@ -118,6 +118,28 @@ pub fn check_unique_names(rules: &[RuleSpec]) -> Result<(), String> {
 type FieldError = (&'static str, String);
 
 fn compile_condition(spec: &ConditionSpec) -> Result<Condition, FieldError> {
+    // Whatever the operator (one may not read them), `value` and `values`
+    // hold only what a rule can compare: text, finite numbers, booleans.
+    // The rules in force are listed as JSON (`tagger rules list`, the
+    // config dump), which has no NaN or infinity and no non-text map keys:
+    // a rule with `value: .nan`, or a map with a list for a key in an unused
+    // `values`, was accepted and then broke the listing, or came back from
+    // it as another rule. Seen with the `rules` fuzz target's check that an
+    // accepted rule survives the listing (fuzz/regressions/rules/listing-*).
+    if let Some(value) = &spec.value
+        && as_text(value).is_none()
+    {
+        return Err((
+            "value",
+            format!("expected a string, number or boolean, got {}", show(value)),
+        ));
+    }
+    if let Some(bad) = spec.values.iter().flatten().find(|v| as_text(v).is_none()) {
+        return Err((
+            "values",
+            format!("expected strings, numbers or booleans, got {}", show(bad)),
+        ));
+    }
     let op = spec.op.trim();
     let source = match spec.source.as_deref() {
         None if op == "percentage" => None,
@@ -235,6 +257,8 @@ fn show(value: &serde_yaml::Value) -> String {
 fn as_text(value: &serde_yaml::Value) -> Option<String> {
     match value {
         serde_yaml::Value::String(s) => Some(s.clone()),
+        // NaN and infinity are no value to compare with (and JSON has none).
+        serde_yaml::Value::Number(n) if n.is_nan() || n.is_infinite() => None,
         serde_yaml::Value::Number(n) => Some(n.to_string()),
         serde_yaml::Value::Bool(b) => Some(b.to_string()),
         _ => None,
@@ -248,7 +272,7 @@ fn scalar(spec: &ConditionSpec) -> Result<String, FieldError> {
         .ok_or(("value", format!("operator {} needs a value", spec.op)))?;
     as_text(value).ok_or((
         "value",
-        format!("expected a string or number, got {}", show(value)),
+        format!("expected a string, number or boolean, got {}", show(value)),
     ))
 }
 
@@ -271,7 +295,7 @@ fn list(spec: &ConditionSpec) -> Result<Vec<String>, FieldError> {
         .map(|v| {
             as_text(v).ok_or((
                 "values",
-                format!("expected strings or numbers, got {}", show(v)),
+                format!("expected strings, numbers or booleans, got {}", show(v)),
             ))
         })
         .collect()

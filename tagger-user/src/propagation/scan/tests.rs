@@ -121,6 +121,18 @@ fn ids_apps_forward() {
 }
 
 #[test]
+fn values_no_header_may_hold_are_not_taken() {
+    // A bare CR (or another control byte) inside a value: apps refuse such
+    // a request, and nothing of it could be sent on as a header value.
+    let c = complete(
+        b"GET / HTTP/1.1\r\nx-b3-traceid: 463ac35c9f6413ad\ran\r\nx-lane: gr\x00ay\r\nmse-username: a\x7fb\r\nx-user-id: 7\r\n\r\n",
+    );
+    assert_eq!(c.lane, None);
+    assert!(c.ids.is_empty(), "{:?}", c.ids);
+    assert_eq!(pass(&c), vec![("x-user-id".into(), "7".into())]);
+}
+
+#[test]
 fn not_http() {
     let cases: &[&[u8]] = &[
         b"\x16\x03\x01\x02\x00",
@@ -130,6 +142,9 @@ fn not_http() {
         b"GETX / HTTP/1.1\r\n\r\n",
         b"GET / SPDY/3\r\n\r\n",
         b"hello world\n",
+        // A leading space: apps refuse it, and its first bytes alone
+        // already scan as not HTTP.
+        b" GET / HTTP/1.1\r\nx-lane: gray\r\n\r\n",
     ];
     for bytes in cases {
         assert_eq!(
