@@ -22,6 +22,8 @@ use crate::{
     proxy::{Sniffed, classify},
     rules::{ConditionSpec, Mode, RequestView, Rule, RuleSet, RuleSpec},
 };
+// The sniffer's own list: the oracle checks its logic, not a copy of it.
+use crate::proxy::HTTP_METHODS as SNIFF_METHODS;
 
 /// A target's body: arbitrary bytes in, a panic when something is wrong.
 pub type Target = fn(&[u8]);
@@ -35,18 +37,6 @@ pub const TARGETS: [(&str, Target); 4] = [
 ];
 
 // ---------------------------------------------------------------- sniff
-
-const SNIFF_METHODS: [&[u8]; 9] = [
-    b"GET ",
-    b"POST ",
-    b"PUT ",
-    b"DELETE ",
-    b"HEAD ",
-    b"OPTIONS ",
-    b"PATCH ",
-    b"TRACE ",
-    b"CONNECT ",
-];
 
 /// The first bytes of a connection, as `sniff_http` peeks them (at most 8
 /// at a time, growing): the verdict of every prefix agrees with the

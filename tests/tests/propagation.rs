@@ -390,15 +390,22 @@ fn node_burst_is_untrusted_and_safe() {
 /// on this node) carries the lane, and the decision is trusted again.
 #[test]
 fn node_forwarding_request_ids_is_correlated_by_id() {
-    let burst = burst(Runtime::NodeForwardingIds);
+    assert_inherited_by_id(2000, "x-request-id");
+}
+
+/// A burst of `requests` through the id-forwarding Node chain, each with a
+/// distinct id in `id_header`: every answer in its lane, and past the entry
+/// gray is reached only by inheriting the lane (2 hops per gray request),
+/// here at least partly by id.
+fn assert_inherited_by_id(requests: usize, id_header: &str) {
+    let burst = burst_with(Runtime::NodeForwardingIds, requests, id_header);
+    println!("{id_header}:");
     burst.print(Runtime::NodeForwardingIds);
     assert!(
         burst.wrong.is_empty(),
-        "{:?}",
+        "{id_header}: {:?}",
         &burst.wrong[..burst.wrong.len().min(5)]
     );
-    // Gray past the entry is reached only by inheriting the lane, and here
-    // mostly by id.
     let inherited = burst.hop_requests(|f| {
         f["lane"] == "gray"
             && f["correlation"] == "trusted"
@@ -406,10 +413,14 @@ fn node_forwarding_request_ids_is_correlated_by_id() {
                 .as_str()
                 .is_some_and(|r| r.starts_with("inherited-"))
     });
-    assert_eq!(inherited, 2000, "{:#?}", burst.hops);
+    assert_eq!(
+        inherited as usize, requests,
+        "{id_header}: {:#?}",
+        burst.hops
+    );
     let by_id = burst.hop_requests(|f| f["reason"] == "inherited-id");
-    println!("node with forwarded ids: {by_id} hop decisions inherited by id");
-    assert!(by_id > 0, "{:#?}", burst.hops);
+    println!("{id_header}: {by_id} hop decisions inherited by id");
+    assert!(by_id > 0, "{id_header}: {:#?}", burst.hops);
 }
 
 /// The same with the trace ids of W3C Trace Context (`traceparent`) and
@@ -417,27 +428,7 @@ fn node_forwarding_request_ids_is_correlated_by_id() {
 #[test]
 fn node_forwarding_traceparent_or_b3_is_correlated_by_id() {
     for id_header in ["traceparent", "b3"] {
-        let burst = burst_with(Runtime::NodeForwardingIds, 1000, id_header);
-        println!("{id_header}:");
-        burst.print(Runtime::NodeForwardingIds);
-        assert!(
-            burst.wrong.is_empty(),
-            "{id_header}: {:?}",
-            &burst.wrong[..burst.wrong.len().min(5)]
-        );
-        let inherited = burst.hop_requests(|f| {
-            f["lane"] == "gray"
-                && f["correlation"] == "trusted"
-                && f["reason"]
-                    .as_str()
-                    .is_some_and(|r| r.starts_with("inherited-"))
-        });
-        assert_eq!(inherited, 1000, "{id_header}: {:#?}", burst.hops);
-        assert!(
-            burst.hop_requests(|f| f["reason"] == "inherited-id") > 0,
-            "{id_header}: {:#?}",
-            burst.hops
-        );
+        assert_inherited_by_id(1000, id_header);
     }
 }
 

@@ -26,7 +26,7 @@ use tracing::{debug, info, warn};
 pub use error::ProxyError;
 /// The sniffer's verdict on first bytes, for the fuzz target (`crate::fuzzing`).
 #[doc(hidden)]
-pub use passthrough::{Sniffed, classify};
+pub use passthrough::{METHODS as HTTP_METHODS, Sniffed, classify};
 
 use crate::{flows::FlowTable, propagation::ContextStore, state::StateHandle};
 

@@ -11,7 +11,8 @@ use tracing::{debug, warn};
 use super::ProxyConfig;
 use crate::state::{Destination, Snapshot};
 
-const METHODS: [&[u8]; 9] = [
+/// The request-line starts that make a connection HTTP/1 (with the space).
+pub const METHODS: [&[u8]; 9] = [
     b"GET ",
     b"POST ",
     b"PUT ",
