@@ -74,6 +74,7 @@ mod pod_impls {
     use super::*;
     // SAFETY: #[repr(C)], integers only, padding spelled out.
     unsafe impl aya::Pod for GoOffsets {}
+    // SAFETY: as above.
     unsafe impl aya::Pod for GoEvent {}
 }
 

@@ -98,6 +98,7 @@ fn tcpconn_fd(tcpconn: u64, off: &GoOffsets) -> i32 {
 #[inline(always)]
 fn send(pid_tgid: u64, kind: u32, goid: u64, aux: u64, fd: i32) {
     let event = GoEvent {
+        // SAFETY: a helper without arguments.
         ts_ns: unsafe { bpf_ktime_get_ns() },
         pid_tgid,
         goid,
@@ -234,6 +235,7 @@ fn socket_io(kind: u32, direction: Direction, bound: u64) -> Option<()> {
         len = GO_CAPTURE_BYTES as u64;
     }
     let mut event = GoEvent {
+        // SAFETY: a helper without arguments.
         ts_ns: unsafe { bpf_ktime_get_ns() },
         pid_tgid,
         goid: goid(syscall_g(), &off),

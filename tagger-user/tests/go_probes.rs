@@ -45,6 +45,7 @@ const LOAD_SECS: u64 = 3;
 #[test]
 fn go_probes_attribute_backend_calls_to_their_handler() {
     assert_eq!(
+        // SAFETY: geteuid has no preconditions.
         unsafe { libc::geteuid() },
         0,
         "this test loads eBPF programs and uprobes: run it as root"
@@ -506,6 +507,7 @@ fn cpu_us(pid: u32) -> f64 {
     let fields: Vec<&str> = after_comm.split(' ').collect();
     // Fields 14 and 15 of stat(5); after the comm, indices 11 and 12.
     let ticks: u64 = fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap();
+    // SAFETY: sysconf only reads a system constant.
     let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
     ticks as f64 * 1e6 / hz
 }
