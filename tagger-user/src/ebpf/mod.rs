@@ -339,20 +339,7 @@ impl Datapath {
 
     /// Run counts and times of this daemon's programs, by their full names.
     pub fn program_stats(&self) -> Vec<ProgramStat> {
-        let mut stats: Vec<ProgramStat> = self
-            .ebpf
-            .programs()
-            .filter_map(|(name, program)| {
-                let info = program.info().ok()?;
-                Some(ProgramStat {
-                    name: name.to_string(),
-                    run_count: info.run_count(),
-                    run_time_ns: info.run_time().as_nanos() as u64,
-                })
-            })
-            .collect();
-        stats.sort_by(|a, b| a.name.cmp(&b.name));
-        stats
+        program_stats(&self.ebpf, |_| true)
     }
 
     /// The inbound-bytes ring buffer; there is one reader, so it is handed
@@ -395,6 +382,25 @@ pub struct ProgramStat {
     pub name: String,
     pub run_count: u64,
     pub run_time_ns: u64,
+}
+
+/// Run counts and times of the loaded programs of `ebpf` whose names `keep`
+/// accepts, sorted by name (programs not loaded have no stats).
+pub fn program_stats(ebpf: &aya::Ebpf, keep: impl Fn(&str) -> bool) -> Vec<ProgramStat> {
+    let mut stats: Vec<ProgramStat> = ebpf
+        .programs()
+        .filter(|(name, _)| keep(name))
+        .filter_map(|(name, program)| {
+            let info = program.info().ok()?;
+            Some(ProgramStat {
+                name: name.to_string(),
+                run_count: info.run_count(),
+                run_time_ns: info.run_time().as_nanos() as u64,
+            })
+        })
+        .collect();
+    stats.sort_by(|a, b| a.name.cmp(&b.name));
+    stats
 }
 
 /// The original destination recorded by the connect hook.

@@ -258,21 +258,7 @@ impl GoProbes {
     /// Run counts and times of the Go programs (counted while
     /// `kernel.bpf_stats_enabled` is 1).
     pub fn program_stats(&self) -> Vec<ProgramStat> {
-        let mut stats: Vec<ProgramStat> = self
-            .ebpf
-            .programs()
-            .filter(|(name, _)| name.starts_with("tagger_go_"))
-            .filter_map(|(name, program)| {
-                let info = program.info().ok()?;
-                Some(ProgramStat {
-                    name: name.to_string(),
-                    run_count: info.run_count(),
-                    run_time_ns: info.run_time().as_nanos() as u64,
-                })
-            })
-            .collect();
-        stats.sort_by(|a, b| a.name.cmp(&b.name));
-        stats
+        crate::ebpf::program_stats(&self.ebpf, |name| name.starts_with("tagger_go_"))
     }
 }
 
