@@ -27,31 +27,24 @@ pub mod names {
     pub const MAP_EVENTS: &str = "TAGGER_EVENTS";
     pub const MAP_POD_TAGGED: &str = "TAGGER_POD_TAGGED";
 
+    // Processes: which way each one's requests are correlated.
+    pub const MAP_PROC_KINDS: &str = "TAGGER_PROC_KINDS";
+    pub const MAP_PROC_EVENTS: &str = "TAGGER_PROC_EVENTS";
+
     // Go programs (uprobes at file offsets from `golang::inspect`).
-    pub const MAP_GO_OFFSETS: &str = "TAGGER_GO_OFFSETS";
-    pub const MAP_GO_EVENTS: &str = "TAGGER_GO_EVENTS";
-    /// (program, entry or RET): every Go uprobe program.
+    pub const MAP_GO_PROCS: &str = "TAGGER_GO_PROCS";
     pub const PROG_GO_SERVE: &str = "tagger_go_serve";
-    pub const PROG_GO_SERVE_RET: &str = "tagger_go_serve_ret";
     pub const PROG_GO_ROUND_TRIP: &str = "tagger_go_round_trip";
-    pub const PROG_GO_ROUND_TRIP_RET: &str = "tagger_go_round_trip_ret";
-    pub const PROG_GO_NEWPROC: &str = "tagger_go_newproc";
     pub const PROG_GO_NEWPROC_RET: &str = "tagger_go_newproc_ret";
-    pub const PROG_GO_GOEXIT: &str = "tagger_go_goexit";
-    /// Socket reads and writes of Go processes (spike: what the fd and the
-    /// goroutine of each are), BTF tracepoints.
-    pub const GO_SOCKET_TRACEPOINTS: [(&str, &str); 2] = [
-        ("tagger_go_sock_recv", "sock_recv_length"),
-        ("tagger_go_tcp_send", "tcp_sendmsg_locked"),
-    ];
     /// (program, tracepoint): every BTF tracepoint (`tp_btf`) the daemon
     /// attaches. None is a syscall tracepoint: those would slow every
     /// syscall of every task on the node.
-    pub const BTF_TRACEPOINTS: [(&str, &str); 4] = [
+    pub const BTF_TRACEPOINTS: [(&str, &str); 5] = [
         ("tagger_sock_recv", "sock_recv_length"),
         ("tagger_tcp_send", "tcp_sendmsg_locked"),
         ("tagger_sock_sent", "sock_send_length"),
         ("tagger_task_exit", "sched_process_exit"),
+        ("tagger_task_exec", "sched_process_exec"),
     ];
 }
 
@@ -188,9 +181,50 @@ pub const TAG_CONCURRENT: u32 = 1;
 /// served, never called a managed service) and just started calling: the
 /// request that caused this one was not seen, so nothing can be trusted.
 pub const TAG_UNSEEN: u32 = 2;
+/// The goroutine that wrote the request was serving the inbound request
+/// read on a connection: `pid_tgid` is `golang::conn_key(tgid, fd)`.
+pub const TAG_GOROUTINE: u32 = 4;
+/// The request may have been caused by an inbound request but tagger cannot
+/// tell which: a process not yet classified, a Go process that could not
+/// be probed, a goroutine whose request had already ended, or a Go request
+/// not sent through `net/http`'s Transport. Nothing is inherited.
+pub const TAG_UNTRUSTED: u32 = 8;
 /// Inbound requests a process serves without calling any managed service
 /// before the kernel stops capturing its reads (a leaf service).
 pub const LEAF_AFTER_REQUESTS: u32 = 64;
+
+/// How a process's requests are tied to the inbound requests that caused
+/// them (`TAGGER_PROC_KINDS`, by tgid). A process of a pod without an entry
+/// is unknown: the kernel asks the daemon to classify it and, until then,
+/// trusts nothing it sends.
+pub mod kind {
+    /// The daemon was asked to classify the process and has not answered.
+    pub const PENDING: u32 = 1;
+    /// Not Go: one request per thread at a time (thread correlation).
+    pub const THREADS: u32 = 2;
+    /// A Go program with tagger's uprobes attached (goroutine correlation).
+    pub const GO: u32 = 3;
+    /// A Go program that could not be probed: nothing it sends is trusted.
+    /// Thread correlation is never used for Go.
+    pub const GO_UNPROBED: u32 = 4;
+}
+
+/// What the kernel tells the daemon about a pod's process
+/// (`TAGGER_PROC_EVENTS`).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ProcEvent {
+    pub tgid: u32,
+    /// `PROC_*`.
+    pub what: u32,
+}
+
+/// The process is unknown or has just exec'd: classify it.
+pub const PROC_CLASSIFY: u32 = 1;
+/// A probed Go process exited: detach its uprobes.
+pub const PROC_EXIT: u32 = 2;
+/// Capacity of `TAGGER_PROC_KINDS`: processes of pods a node tracks.
+pub const MAX_PROCESSES: u32 = 16_384;
 
 /// Counters kept by the kernel programs (per-CPU array indices).
 pub mod stat {
@@ -222,6 +256,7 @@ mod pod_impls {
     unsafe impl aya::Pod for FlowOrigin {}
     unsafe impl aya::Pod for FlowKey {}
     unsafe impl aya::Pod for RequestTag {}
+    unsafe impl aya::Pod for ProcEvent {}
 }
 
 #[cfg(test)]
@@ -237,6 +272,7 @@ mod tests {
         assert_eq!(size_of::<FlowOrigin>(), 24);
         assert_eq!(size_of::<FlowKey>(), 8);
         assert_eq!(size_of::<RequestTag>(), 32);
+        assert_eq!(size_of::<ProcEvent>(), 8);
         assert_eq!(size_of::<InboundEvent>(), 32 + CAPTURE_BYTES);
     }
 }

@@ -1,71 +1,129 @@
-//! Go programs: uprobes on net/http and the runtime, placed by the daemon at
-//! the file offsets `golang::inspect` found (entries, and each RET
-//! instruction instead of uretprobes: Go moves goroutine stacks).
+//! Go programs: the lane follows goroutines, not threads.
 //!
-//! Go >= 1.17 register ABI on amd64: arguments in RAX, RBX, RCX, RDI, RSI,
-//! R8-R11 (receiver first), results from RAX; R14 holds the current `g` in
-//! Go code. The struct offsets come per process from `TAGGER_GO_OFFSETS`
-//! (keyed by tgid); a process without an entry is left alone.
+//! Go runs many requests on few threads and moves goroutines between them,
+//! and `net/http`'s client writes each request from the connection's own
+//! `writeLoop` goroutine. So for a Go process (kind `GO`) the context is
+//! carried this way, every step checked:
 //!
-//! * `tagger_go_serve` / `_ret` (`net/http.serverHandler.ServeHTTP`): a
-//!   handler goroutine starts on an inbound connection's fd / ends.
-//! * `tagger_go_round_trip` / `_ret` (`net/http.(*persistConn).roundTrip`):
-//!   the goroutine that sends a request, and the outbound connection's fd
-//!   (the request bytes are written later by the connection's writeLoop
-//!   goroutine, possibly on another thread).
-//! * `tagger_go_newproc` / `_ret` (`runtime.newproc1`): parent and child
-//!   goroutine (runs on the system stack: the parent is the RBX argument,
-//!   not R14).
-//! * `tagger_go_goexit` (`runtime.goexit1`): a goroutine ends.
-//! * `tagger_go_sock_recv` / `tagger_go_tcp_send` (BTF tracepoints): socket
-//!   reads and writes of a Go process, with the syscall's fd and the
-//!   goroutine that made it (R14 saved at the syscall).
+//! 1. **Read** (`sock_recv_length`, from propagation.rs): the start of an
+//!    HTTP request read on an accepted socket opens a context keyed by the
+//!    connection, `conn_key(tgid, fd)`, with a fresh `seq`; its bytes go to
+//!    userspace under that key.
+//! 2. **Handler** (uprobe at `net/http.serverHandler.ServeHTTP`): the
+//!    handler goroutine (goid from the g in R14) takes the context of its
+//!    connection, once: a second handler on the same unread context (a
+//!    pipelined request whose start was not seen) is untrusted.
+//! 3. **Fan-out** (uprobe at each RET of `runtime.newproc1`): a goroutine
+//!    started by one with a live context inherits it. The parent is the
+//!    thread's user goroutine (`g0.m.curg`: newproc1 runs on the system
+//!    stack), the child the returned g.
+//! 4. **Call** (uprobe at `net/http.(*persistConn).roundTrip`, on the
+//!    calling goroutine, before the request is handed to `writeLoop`): the
+//!    caller's context, if still live, is bound to the outbound
+//!    connection, `conn_key(tgid, fd)`. One request is in flight per
+//!    HTTP/1 connection, so the binding names the next request written.
+//! 5. **Write** (`tcp_sendmsg_locked`, propagation.rs): the start of a
+//!    request written on a redirected socket consumes the binding of its fd
+//!    and becomes the socket's request tag (`TAG_GOROUTINE`).
+//! 6. **Answer** (`sock_send_length`): an HTTP response (not 1xx) written on
+//!    the connection ends the context: goroutines that outlive their
+//!    request inherit nothing trusted.
 //!
-//! Spike: every observation is an event to userspace, which correlates.
-use core::ffi::c_void;
-
+//! Go >= 1.17 register ABI on amd64: arguments in RAX, RBX, RCX, RDI, ...,
+//! receiver first; R14 holds the current g. Struct offsets come per process
+//! from `TAGGER_GO_PROCS` (a process without an entry is left alone), and
+//! every `net.Conn` is checked to hold a TCP socket before its fd is used.
 use aya_ebpf::{
-    helpers::{
-        bpf_get_current_pid_tgid, bpf_ktime_get_ns, bpf_probe_read_user,
-        generated::{
-            bpf_get_current_task_btf, bpf_probe_read_user as probe_read_raw, bpf_task_pt_regs,
-        },
-    },
-    macros::{btf_tracepoint, map, uprobe},
-    maps::{HashMap, LruHashMap, RingBuf},
-    programs::{BtfTracePointContext, ProbeContext},
+    helpers::{bpf_get_current_pid_tgid, bpf_ktime_get_ns, bpf_probe_read_user},
+    macros::{map, uprobe},
+    maps::{HashMap, LruHashMap},
+    programs::ProbeContext,
 };
-use tagger_common::golang::{
-    GO_CAPTURE_BYTES, GO_EVENTS_RING_BYTES, GO_EXIT, GO_NEWPROC, GO_READ, GO_ROUND_TRIP,
-    GO_ROUND_TRIP_DONE, GO_SERVE, GO_SERVE_DONE, GO_WRITE, GoEvent, GoOffsets,
+use tagger_common::{
+    EVENT_FIRST, MAX_CAPTURE_PER_REQUEST, TAG_GOROUTINE, TAG_UNTRUSTED,
+    golang::{GoOffsets, conn_key},
+    stat,
 };
 
-use crate::propagation::{Direction, syscall_buffer};
+use crate::{bump, propagation};
 
-/// Go processes to observe, by tgid.
+/// Probed Go processes, by tgid.
 #[map]
-static TAGGER_GO_OFFSETS: HashMap<u32, GoOffsets> = HashMap::with_max_entries(4096, 0);
+static TAGGER_GO_PROCS: HashMap<u32, GoOffsets> = HashMap::with_max_entries(4096, 0);
+
+/// The newest inbound request of each accepted connection of a Go process.
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct GoConn {
+    seq: u64,
+    /// Bytes of the request sent to userspace.
+    captured: u32,
+    /// 1 once a handler took the context.
+    served: u32,
+    /// 1 once a response was written: the request is over.
+    done: u32,
+    _pad: u32,
+}
 
 #[map]
-static TAGGER_GO_EVENTS: RingBuf = RingBuf::with_byte_size(GO_EVENTS_RING_BYTES, 0);
+static TAGGER_GO_CONNS: LruHashMap<u64, GoConn> = LruHashMap::with_max_entries(65_536, 0);
 
-/// `runtime.newproc1`'s parent g, by thread, from its entry to its RET.
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct GoroutineKey {
+    tgid: u32,
+    _pad: u32,
+    goid: u64,
+}
+
+/// The inbound request a goroutine works for.
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct GoContext {
+    /// 0: the goroutine serves a request whose context is not known.
+    seq: u64,
+    /// The inbound connection's fd.
+    fd: u32,
+    _pad: u32,
+}
+
+/// Goroutines never reuse ids, so stale entries only age out of the LRU.
 #[map]
-static TAGGER_GO_NEWPROC: LruHashMap<u64, u64> = LruHashMap::with_max_entries(16_384, 0);
+static TAGGER_GO_ROUTINES: LruHashMap<GoroutineKey, GoContext> =
+    LruHashMap::with_max_entries(65_536, 0);
 
-/// Do not wake the reader on submit (a wakeup is an irq_work, microseconds
-/// in a VM): userspace polls.
-const BPF_RB_NO_WAKEUP: u64 = 1;
+/// What `roundTrip` bound to an outbound connection for its next request.
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct GoCall {
+    /// 0 with `untrusted` 0: the caller serves no request.
+    seq: u64,
+    bound_ns: u64,
+    /// The inbound connection's fd.
+    fd: u32,
+    untrusted: u32,
+}
 
-/// `recvmsg` flag: the bytes stay queued and will be read again.
-const MSG_PEEK: u64 = 2;
-/// Offset of r14 in `struct pt_regs` (x86_64).
-const REG_R14: usize = 8;
+#[map]
+static TAGGER_GO_CALLS: LruHashMap<u64, GoCall> = LruHashMap::with_max_entries(65_536, 0);
+
+/// A binding older than this is not the request being written (its
+/// roundTrip failed before writing; the fd was reused).
+const CALL_TTL_NS: u64 = 5_000_000_000;
+const AF_INET: u64 = 2;
+const AF_INET6: u64 = 10;
+const SOCK_STREAM: u64 = 1;
 
 #[inline(always)]
-fn offsets(pid_tgid: u64) -> Option<GoOffsets> {
+fn offsets(tgid: u32) -> Option<GoOffsets> {
     // SAFETY: plain value copied out at once.
-    unsafe { TAGGER_GO_OFFSETS.get(&((pid_tgid >> 32) as u32)) }.copied()
+    unsafe { TAGGER_GO_PROCS.get(&tgid) }.copied()
+}
+
+/// A process stops being probed (exit or exec).
+#[inline(always)]
+pub(crate) fn forget_process(tgid: u32) {
+    let _ = TAGGER_GO_PROCS.remove(&tgid);
 }
 
 #[inline(always)]
@@ -79,37 +137,98 @@ fn read_u64(addr: u64) -> Option<u64> {
 
 /// The goid of the g at `g`.
 #[inline(always)]
-fn goid(g: u64, off: &GoOffsets) -> u64 {
-    read_u64(g + off.goid).unwrap_or(0)
+fn goid(g: u64, off: &GoOffsets) -> Option<u64> {
+    read_u64(g + off.goid).filter(|&id| id != 0)
 }
 
-/// The socket fd behind a `*net.TCPConn`.
-/// ASSUMPTION (spike): the `net.Conn` holds a `*net.TCPConn` (not checked
-/// against the itab: a `*tls.Conn` would read garbage, which the daemon
-/// must rule out by comparing the itab's type with `*net.TCPConn`'s).
+/// The socket fd behind the data word of a `net.Conn` holding a
+/// `*net.TCPConn`. Anything else there (a `*tls.Conn`, a wrapper) has no
+/// TCP `netFD` at those offsets, which the family and type check catches.
 #[inline(always)]
-fn tcpconn_fd(tcpconn: u64, off: &GoOffsets) -> i32 {
-    let Some(netfd) = read_u64(tcpconn + off.tcpconn_conn + off.conn_fd) else {
-        return -1;
-    };
-    read_u64(netfd + off.netfd_pfd + off.fd_sysfd).map_or(-1, |fd| fd as i32)
+fn tcp_fd(tcpconn: u64, off: &GoOffsets) -> Option<u32> {
+    let netfd = read_u64(tcpconn + off.tcpconn_conn + off.conn_fd)?;
+    let family = read_u64(netfd + off.netfd_family)?;
+    let sotype = read_u64(netfd + off.netfd_sotype)?;
+    if (family != AF_INET && family != AF_INET6) || sotype != SOCK_STREAM {
+        return None;
+    }
+    read_u64(netfd + off.netfd_pfd + off.fd_sysfd).filter(|&fd| fd < 1 << 31).map(|fd| fd as u32)
 }
 
+/// Is the context still that of an open request?
 #[inline(always)]
-fn send(pid_tgid: u64, kind: u32, goid: u64, aux: u64, fd: i32) {
-    let event = GoEvent {
+fn live(tgid: u32, context: &GoContext) -> bool {
+    if context.seq == 0 {
+        return false;
+    }
+    // SAFETY: plain value read.
+    unsafe { TAGGER_GO_CONNS.get(&conn_key(tgid, context.fd)) }
+        .is_some_and(|conn| conn.seq == context.seq && conn.done == 0)
+}
+
+/// Step 1: a Go process read `len` bytes at `buf` from accepted socket `fd`.
+pub(crate) fn on_read(pid_tgid: u64, fd: u32, buf: u64, len: u64, first: u64) {
+    let tgid = (pid_tgid >> 32) as u32;
+    let key = conn_key(tgid, fd);
+    if propagation::is_request_start(first) {
+        bump(stat::INBOUND_REQUESTS);
+        propagation::count_inbound(pid_tgid);
         // SAFETY: a helper without arguments.
-        ts_ns: unsafe { bpf_ktime_get_ns() },
-        pid_tgid,
-        goid,
-        aux,
-        kind,
-        fd,
-        len: 0,
-        _pad: 0,
-        data: [0; GO_CAPTURE_BYTES],
+        let seq = unsafe { bpf_ktime_get_ns() };
+        let captured =
+            propagation::emit_read(key, seq, fd, buf, len, EVENT_FIRST, MAX_CAPTURE_PER_REQUEST);
+        let conn = GoConn {
+            seq,
+            captured,
+            served: 0,
+            done: 0,
+            _pad: 0,
+        };
+        let _ = TAGGER_GO_CONNS.insert(&key, &conn, 0);
+        return;
+    }
+    // More of a header block that did not fit in one read.
+    if let Some(conn) = TAGGER_GO_CONNS.get_ptr_mut(&key) {
+        // SAFETY: the map value lives while this program runs.
+        let conn = unsafe { &mut *conn };
+        if conn.served == 0 && conn.done == 0 && conn.captured < MAX_CAPTURE_PER_REQUEST {
+            let budget = MAX_CAPTURE_PER_REQUEST - conn.captured;
+            conn.captured += propagation::emit_read(key, conn.seq, fd, buf, len, 0, budget);
+        }
+    }
+}
+
+/// Step 6: an HTTP response was written on accepted socket `fd`.
+pub(crate) fn on_response(pid_tgid: u64, fd: u32) {
+    let key = conn_key((pid_tgid >> 32) as u32, fd);
+    if let Some(conn) = TAGGER_GO_CONNS.get_ptr_mut(&key) {
+        // SAFETY: the map value lives while this program runs.
+        unsafe { (*conn).done = 1 };
+    }
+}
+
+/// Step 5: the tag for a request a Go process is writing on redirected
+/// socket `fd`: (key, seq, flags), `None` for nothing to carry.
+pub(crate) fn take_call(pid_tgid: u64, fd: u32, now: u64) -> Option<(u64, u64, u32)> {
+    let tgid = (pid_tgid >> 32) as u32;
+    let key = conn_key(tgid, fd);
+    // SAFETY: plain value copied out at once.
+    let call = unsafe { TAGGER_GO_CALLS.get(&key) }.copied();
+    let Some(call) = call else {
+        // Not sent through net/http's Transport: cause unknown.
+        return propagation::untrusted_if_serving(pid_tgid);
     };
-    let _ = TAGGER_GO_EVENTS.output::<GoEvent>(&event, BPF_RB_NO_WAKEUP);
+    let _ = TAGGER_GO_CALLS.remove(&key);
+    if now.saturating_sub(call.bound_ns) > CALL_TTL_NS {
+        return propagation::untrusted_if_serving(pid_tgid);
+    }
+    if call.seq != 0 {
+        Some((conn_key(tgid, call.fd), call.seq, TAG_GOROUTINE))
+    } else if call.untrusted != 0 {
+        Some((pid_tgid, 0, TAG_UNTRUSTED))
+    } else {
+        None
+    }
 }
 
 #[inline(always)]
@@ -118,165 +237,125 @@ fn regs(ctx: &ProbeContext) -> &aya_ebpf::bindings::pt_regs {
     unsafe { &*ctx.regs }
 }
 
+/// Step 2. `serverHandler.ServeHTTP(sh, rw ResponseWriter, req)`: RAX = sh
+/// (its one field), RBX/RCX = rw's itab/data (`*response`).
 #[uprobe]
 pub fn tagger_go_serve(ctx: ProbeContext) -> u32 {
     let _ = try_serve(&ctx);
     0
 }
 
-/// `serverHandler.ServeHTTP(sh, rw ResponseWriter, req *Request)`: RAX = sh
-/// (its one field), RBX/RCX = rw's itab/data (`*response`), RDI = req.
 fn try_serve(ctx: &ProbeContext) -> Option<()> {
-    let pid_tgid = bpf_get_current_pid_tgid();
-    let off = offsets(pid_tgid)?;
+    let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
+    let off = offsets(tgid)?;
     let r = regs(ctx);
-    let g = goid(r.r14, &off);
-    let conn = read_u64(r.rcx + off.response_conn)?;
-    let tcpconn = read_u64(conn + off.conn_rwc + 8)?;
-    send(pid_tgid, GO_SERVE, g, r.rdi, tcpconn_fd(tcpconn, &off));
-    Some(())
-}
-
-#[uprobe]
-pub fn tagger_go_serve_ret(ctx: ProbeContext) -> u32 {
-    let _ = try_done(&ctx, GO_SERVE_DONE);
-    0
-}
-
-fn try_done(ctx: &ProbeContext, kind: u32) -> Option<()> {
-    let pid_tgid = bpf_get_current_pid_tgid();
-    let off = offsets(pid_tgid)?;
-    send(pid_tgid, kind, goid(regs(ctx).r14, &off), 0, -1);
-    Some(())
-}
-
-#[uprobe]
-pub fn tagger_go_round_trip(ctx: ProbeContext) -> u32 {
-    let _ = try_round_trip(&ctx);
-    0
-}
-
-/// `(*persistConn).roundTrip(pc, req)`: RAX = pc.
-fn try_round_trip(ctx: &ProbeContext) -> Option<()> {
-    let pid_tgid = bpf_get_current_pid_tgid();
-    let off = offsets(pid_tgid)?;
-    let r = regs(ctx);
-    let g = goid(r.r14, &off);
-    let tcpconn = read_u64(r.rax + off.persist_conn_conn + 8)?;
-    send(pid_tgid, GO_ROUND_TRIP, g, r.rax, tcpconn_fd(tcpconn, &off));
-    Some(())
-}
-
-#[uprobe]
-pub fn tagger_go_round_trip_ret(ctx: ProbeContext) -> u32 {
-    let _ = try_done(&ctx, GO_ROUND_TRIP_DONE);
-    0
-}
-
-#[uprobe]
-pub fn tagger_go_newproc(ctx: ProbeContext) -> u32 {
-    let pid_tgid = bpf_get_current_pid_tgid();
-    if offsets(pid_tgid).is_some() {
-        // newproc1(fn, callergp, callerpc): RBX = callergp. Copied to the
-        // stack first: map helpers do not take context pointers.
-        // SAFETY: a load from the context the verifier checks.
-        let parent: u64 = unsafe { core::ptr::read_volatile(&raw const (*ctx.regs).rbx) };
-        let _ = TAGGER_GO_NEWPROC.insert(&pid_tgid, &parent, 0);
+    let goid = goid(r.r14, &off)?;
+    let fd = read_u64(r.rcx + off.response_conn)
+        .and_then(|conn| read_u64(conn + off.conn_rwc + 8))
+        .and_then(|tcpconn| tcp_fd(tcpconn, &off));
+    let mut context = GoContext {
+        seq: 0,
+        fd: 0,
+        _pad: 0,
+    };
+    if let Some(fd) = fd
+        && let Some(conn) = TAGGER_GO_CONNS.get_ptr_mut(&conn_key(tgid, fd))
+    {
+        // SAFETY: the map value lives while this program runs.
+        let conn = unsafe { &mut *conn };
+        context.fd = fd;
+        if conn.served == 0 && conn.done == 0 {
+            conn.served = 1;
+            context.seq = conn.seq;
+        }
     }
-    0
+    let key = GoroutineKey {
+        tgid,
+        _pad: 0,
+        goid,
+    };
+    let _ = TAGGER_GO_ROUTINES.insert(&key, &context, 0);
+    Some(())
 }
 
+/// Step 3. At each RET of `newproc1(fn, callergp, callerpc) *g`: RAX = the
+/// new g (its goid set); R14 = g0, whose m's `curg` is the parent.
 #[uprobe]
 pub fn tagger_go_newproc_ret(ctx: ProbeContext) -> u32 {
     let _ = try_newproc_ret(&ctx);
     0
 }
 
-/// At newproc1's RET: RAX = the new g, its goid already set.
 fn try_newproc_ret(ctx: &ProbeContext) -> Option<()> {
-    let pid_tgid = bpf_get_current_pid_tgid();
-    let off = offsets(pid_tgid)?;
-    // SAFETY: plain value copied out at once.
-    let parent = unsafe { TAGGER_GO_NEWPROC.get(&pid_tgid) }.copied()?;
-    let _ = TAGGER_GO_NEWPROC.remove(&pid_tgid);
-    let child = goid(regs(ctx).rax, &off);
-    send(pid_tgid, GO_NEWPROC, goid(parent, &off), child, -1);
-    Some(())
-}
-
-#[uprobe]
-pub fn tagger_go_goexit(ctx: ProbeContext) -> u32 {
-    let _ = try_done(&ctx, GO_EXIT);
-    0
-}
-
-/// The goroutine that made the current syscall: the g in R14 when it
-/// entered the kernel (Go keeps g in R14 down to `Syscall6`'s SYSCALL).
-#[inline(always)]
-fn syscall_g() -> u64 {
-    // SAFETY: the helpers return pointers the verifier knows by BTF.
-    unsafe {
-        let regs = bpf_task_pt_regs(bpf_get_current_task_btf()) as *const u8;
-        core::ptr::read_volatile(regs.add(REG_R14).cast::<u64>())
-    }
-}
-
-#[inline(always)]
-fn socket_io(kind: u32, direction: Direction, bound: u64) -> Option<()> {
-    let pid_tgid = bpf_get_current_pid_tgid();
-    let off = offsets(pid_tgid)?;
-    let buffer = syscall_buffer(direction)?;
-    let mut len = if buffer.len < bound {
-        buffer.len
-    } else {
-        bound
-    };
-    if len > GO_CAPTURE_BYTES as u64 {
-        len = GO_CAPTURE_BYTES as u64;
-    }
-    let mut event = GoEvent {
-        // SAFETY: a helper without arguments.
-        ts_ns: unsafe { bpf_ktime_get_ns() },
-        pid_tgid,
-        goid: goid(syscall_g(), &off),
-        aux: 0,
-        kind,
-        fd: buffer.fd as i32,
-        len: 0,
+    let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
+    let off = offsets(tgid)?;
+    let r = regs(ctx);
+    let m = read_u64(r.r14 + off.g_m)?;
+    let parent = read_u64(m + off.m_curg).and_then(|g| goid(g, &off))?;
+    let key = GoroutineKey {
+        tgid,
         _pad: 0,
-        data: [0; GO_CAPTURE_BYTES],
+        goid: parent,
     };
-    if len > 0 {
-        // SAFETY: `len` is at most the array's size; the helper checks the
-        // user address.
-        let rc = unsafe {
-            probe_read_raw(
-                event.data.as_mut_ptr().cast::<c_void>(),
-                len as u32,
-                buffer.addr as *const c_void,
-            )
-        };
-        if rc == 0 {
-            event.len = len as u32;
-        }
+    // SAFETY: plain value copied out at once.
+    let context = unsafe { TAGGER_GO_ROUTINES.get(&key) }.copied()?;
+    if !live(tgid, &context) {
+        return None;
     }
-    let _ = TAGGER_GO_EVENTS.output::<GoEvent>(&event, BPF_RB_NO_WAKEUP);
+    let child = GoroutineKey {
+        tgid,
+        _pad: 0,
+        goid: goid(r.rax, &off)?,
+    };
+    let _ = TAGGER_GO_ROUTINES.insert(&child, &context, 0);
     Some(())
 }
 
-/// `sock_recv_length(struct sock *sk, int ret, int flags)`.
-#[btf_tracepoint(function = "sock_recv_length")]
-pub fn tagger_go_sock_recv(ctx: BtfTracePointContext) -> i32 {
-    let received = i64::from(ctx.arg::<u64>(1) as i32);
-    if received > 0 && ctx.arg::<u64>(2) & MSG_PEEK == 0 {
-        let _ = socket_io(GO_READ, Direction::Receive, received as u64);
-    }
+/// Step 4. `(*persistConn).roundTrip(pc, req)`: RAX = pc.
+#[uprobe]
+pub fn tagger_go_round_trip(ctx: ProbeContext) -> u32 {
+    let _ = try_round_trip(&ctx);
     0
 }
 
-/// `tcp_sendmsg_locked(sk, msg, skb, size_goal)`: before the bytes are queued.
-#[btf_tracepoint(function = "tcp_sendmsg_locked")]
-pub fn tagger_go_tcp_send(_ctx: BtfTracePointContext) -> i32 {
-    let _ = socket_io(GO_WRITE, Direction::Send, u64::MAX);
-    0
+fn try_round_trip(ctx: &ProbeContext) -> Option<()> {
+    let pid_tgid = bpf_get_current_pid_tgid();
+    let tgid = (pid_tgid >> 32) as u32;
+    let off = offsets(tgid)?;
+    let r = regs(ctx);
+    let fd = read_u64(r.rax + off.persist_conn_conn + 8).and_then(|c| tcp_fd(c, &off))?;
+    let goid = goid(r.r14, &off)?;
+    let key = GoroutineKey {
+        tgid,
+        _pad: 0,
+        goid,
+    };
+    // SAFETY: a helper without arguments.
+    let now = unsafe { bpf_ktime_get_ns() };
+    // SAFETY: plain value copied out at once.
+    let call = match unsafe { TAGGER_GO_ROUTINES.get(&key) }.copied() {
+        Some(context) if live(tgid, &context) => GoCall {
+            seq: context.seq,
+            bound_ns: now,
+            fd: context.fd,
+            untrusted: 0,
+        },
+        // Its request is over, or was never known.
+        Some(_) => GoCall {
+            seq: 0,
+            bound_ns: now,
+            fd: 0,
+            untrusted: 1,
+        },
+        // A goroutine no handler started (a pool, a timer): its cause is
+        // unknown if the process serves requests.
+        None => GoCall {
+            seq: 0,
+            bound_ns: now,
+            fd: 0,
+            untrusted: u32::from(propagation::untrusted_if_serving(pid_tgid).is_some()),
+        },
+    };
+    let _ = TAGGER_GO_CALLS.insert(&conn_key(tgid, fd), &call, 0);
+    Some(())
 }

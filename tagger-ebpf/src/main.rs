@@ -15,7 +15,8 @@
 //!   request tags.
 //!
 //! The programs that carry lanes through unmodified apps are in
-//! `propagation.rs`.
+//! `propagation.rs` (threads), `golang.rs` (goroutines) and `procs.rs`
+//! (which of the two a process gets).
 //!
 //! Each program is a thin entry that calls a `try_` function and always lets
 //! the connection proceed: a failure here must never break an app's connect.
@@ -23,6 +24,7 @@
 #![no_main]
 
 mod golang;
+mod procs;
 mod propagation;
 
 use aya_ebpf::{

@@ -42,10 +42,10 @@ use aya_ebpf::{
 use tagger_common::{
     BPF_F_MMAPABLE, CAPTURE_BYTES, EVENT_FIRST, EVENTS_RING_BYTES, InboundEvent,
     LEAF_AFTER_REQUESTS, MAX_CAPTURE_PER_REQUEST, MAX_FLOWS, MAX_POD_SLOTS, RequestTag,
-    TAG_CONCURRENT, TAG_UNSEEN, stat,
+    TAG_CONCURRENT, TAG_UNSEEN, TAG_UNTRUSTED, kind, stat,
 };
 
-use crate::bump;
+use crate::{bump, golang, procs};
 
 const MAX_THREADS: u32 = 65_536;
 /// `recvmsg` flag: the bytes stay queued and will be read again.
@@ -196,7 +196,7 @@ fn is_leaf(pid_tgid: u64) -> bool {
 
 /// Counts an inbound request; a process that only serves becomes a leaf.
 #[inline(always)]
-fn count_inbound(pid_tgid: u64) {
+pub(crate) fn count_inbound(pid_tgid: u64) {
     let tgid = (pid_tgid >> 32) as u32;
     if let Some(process) = TAGGER_PROCESSES.get_ptr_mut(&tgid) {
         // SAFETY: as above.
@@ -226,6 +226,34 @@ fn just_woke(pid_tgid: u64, now: u64) -> bool {
         .is_some_and(|p| p.woke_ns != 0 && now.saturating_sub(p.woke_ns) < WAKE_GRACE_NS)
 }
 
+/// Is the cgroup a pod's?
+#[inline(always)]
+pub(crate) fn in_pod(cgroup_id: u64) -> bool {
+    // SAFETY: plain value read.
+    unsafe { TAGGER_POD_CGROUPS.get(&cgroup_id) }.is_some()
+}
+
+/// A process execs: what was counted for its old image goes.
+#[inline(always)]
+pub(crate) fn forget_process(tgid: u32) {
+    // SAFETY: plain value read.
+    if unsafe { TAGGER_PROCESSES.get(&tgid) }.is_some() {
+        let _ = TAGGER_PROCESSES.remove(&tgid);
+    }
+}
+
+/// An untrusted tag for a request whose cause cannot be told, when the
+/// process serves inbound requests (one of them may have caused it); none
+/// for a pure client, whose requests have no cause to inherit.
+#[inline(always)]
+pub(crate) fn untrusted_if_serving(pid_tgid: u64) -> Option<(u64, u64, u32)> {
+    let tgid = (pid_tgid >> 32) as u32;
+    // SAFETY: plain value read.
+    unsafe { TAGGER_PROCESSES.get(&tgid) }
+        .is_some_and(|p| p.inbound_requests > 0)
+        .then_some((pid_tgid, 0, TAG_UNTRUSTED))
+}
+
 #[map]
 static TAGGER_EVENTS: RingBuf = RingBuf::with_byte_size(EVENTS_RING_BYTES, 0);
 
@@ -252,7 +280,7 @@ const fn word(text: &[u8; 4]) -> u32 {
 /// Does a message start like an HTTP/1 request? The first four bytes of
 /// the methods apps send; userspace parses properly.
 #[inline(always)]
-fn is_request_start(head: u64) -> bool {
+pub(crate) fn is_request_start(head: u64) -> bool {
     let first = head as u32;
     first == word(b"GET ")
         || first == word(b"POST")
@@ -284,7 +312,7 @@ const MAX_CHUNKS: u64 = 4;
 /// Sends up to MAX_CHUNKS chunks of a read to userspace; returns the bytes sent.
 /// Inlined: BPF functions take at most five arguments.
 #[inline(always)]
-fn emit_read(
+pub(crate) fn emit_read(
     pid_tgid: u64,
     seq: u64,
     fd: u32,
@@ -500,14 +528,12 @@ pub(crate) fn syscall_buffer(direction: Direction) -> Option<UserBuffer> {
 }
 
 /// A thread is sending on a TCP socket (before the bytes are queued). On a
-/// redirected socket, the start of an HTTP request gets the thread's
-/// context as its tag.
+/// redirected socket, the start of an HTTP request gets a tag naming the
+/// inbound request that caused it, found the way the process's kind says.
 fn on_tcp_send(sk: *mut c_void) {
     if sock_role(sk) != ROLE_REDIRECTED {
         return;
     }
-    // SAFETY: `sk` is the tracepoint's socket argument, typed by BTF.
-    let cookie = unsafe { bpf_get_socket_cookie(sk) };
     let pid_tgid = bpf_get_current_pid_tgid();
     let state = TAGGER_THREADS.get_ptr_mut(&pid_tgid);
     // SAFETY: map values live while this program runs.
@@ -523,33 +549,11 @@ fn on_tcp_send(sk: *mut c_void) {
         return;
     }
     let now = unsafe { bpf_ktime_get_ns() };
-    // SAFETY: as above.
-    let (seq, flags) = match state.map(|state| unsafe { &mut *state }) {
-        Some(state) => {
-            state.sending = 1;
-            if state.open > 0 {
-                (
-                    state.seq,
-                    if state.concurrent != 0 {
-                        TAG_CONCURRENT
-                    } else {
-                        0
-                    },
-                )
-            } else {
-                (
-                    0,
-                    if just_woke(pid_tgid, now) {
-                        TAG_UNSEEN
-                    } else {
-                        0
-                    },
-                )
-            }
-        }
+    // The send is being tagged: later passes of the same send are not.
+    let state = match state {
+        // SAFETY: as above.
+        Some(state) => unsafe { &mut *state },
         None => {
-            // No inbound request seen on this thread: either none, or unseen
-            // in leaf mode. The entry only marks the send.
             let fresh = ThreadState {
                 seq: 0,
                 fd: 0,
@@ -560,32 +564,62 @@ fn on_tcp_send(sk: *mut c_void) {
                 _pad: 0,
             };
             let _ = TAGGER_THREADS.insert(&pid_tgid, &fresh, 0);
-            (
-                0,
-                if just_woke(pid_tgid, now) {
-                    TAG_UNSEEN
-                } else {
-                    0
-                },
-            )
+            match TAGGER_THREADS.get_ptr_mut(&pid_tgid) {
+                // SAFETY: as above.
+                Some(state) => unsafe { &mut *state },
+                None => return,
+            }
         }
     };
-    if seq == 0 && flags == 0 {
+    state.sending = 1;
+    let tag = match procs::kind_of(pid_tgid) {
+        Some(kind::THREADS) => thread_tag(state, pid_tgid, now),
+        Some(kind::GO) => golang::take_call(pid_tgid, buffer.fd, now),
+        None => {
+            procs::ask_classify(pid_tgid);
+            untrusted_if_serving(pid_tgid)
+        }
+        // Pending, or a Go program that could not be probed.
+        Some(_) => untrusted_if_serving(pid_tgid),
+    };
+    let Some((key, seq, flags)) = tag else {
         // Nothing to carry. The proxy tells the previous request's tag,
         // still in the map, by its write time: it serves one request only.
         return;
-    }
+    };
     mark_pod_tagged();
     let tag = RequestTag {
-        pid_tgid,
+        pid_tgid: key,
         seq,
         written_ns: now,
         flags,
         _pad: 0,
     };
+    // SAFETY: `sk` is the tracepoint's socket argument, typed by BTF.
+    let cookie = unsafe { bpf_get_socket_cookie(sk) };
     if TAGGER_REQUEST_TAGS.insert(&cookie, &tag, 0).is_ok() {
         bump(stat::OUTBOUND_TAGGED);
     }
+}
+
+/// The tag of a thread-per-request process: the thread's open inbound
+/// request, untrusted when it has several open (an event loop).
+#[inline(always)]
+fn thread_tag(state: &ThreadState, pid_tgid: u64, now: u64) -> Option<(u64, u64, u32)> {
+    let (seq, flags) = if state.open > 0 {
+        let flags = if state.concurrent != 0 {
+            TAG_CONCURRENT
+        } else {
+            0
+        };
+        (state.seq, flags)
+    } else if just_woke(pid_tgid, now) {
+        // No inbound request seen: unseen in leaf mode, just ended.
+        (0, TAG_UNSEEN)
+    } else {
+        (0, 0)
+    };
+    (seq != 0 || flags != 0).then_some((pid_tgid, seq, flags))
 }
 
 /// Sets the current pod's flag before its first tag is written: the proxy,
@@ -608,35 +642,51 @@ fn mark_pod_tagged() {
 }
 
 /// A socket send returned. On a redirected socket, the thread is done with
-/// the send it may have tagged; on an accepted one, a thread with an open
-/// inbound request that wrote an HTTP response has answered it.
+/// the send it may have tagged; on an accepted one, an HTTP response ends
+/// the inbound request it answers (the thread's, or a Go connection's).
 fn on_send_done(sk: *mut c_void, sent: i64) {
     let role = sock_role(sk);
     if role != ROLE_REDIRECTED && role != ROLE_PASSIVE {
         return;
     }
     let pid_tgid = bpf_get_current_pid_tgid();
-    let Some(state) = TAGGER_THREADS.get_ptr_mut(&pid_tgid) else {
-        return;
-    };
-    // SAFETY: the map value lives while this program runs.
-    let state = unsafe { &mut *state };
+    let state = TAGGER_THREADS.get_ptr_mut(&pid_tgid);
     if role == ROLE_REDIRECTED {
-        state.sending = 0;
+        if let Some(state) = state {
+            // SAFETY: the map value lives while this program runs.
+            unsafe { (*state).sending = 0 };
+        }
         return;
     }
-    if sent <= 0 || state.open == 0 {
+    if sent <= 0 {
+        return;
+    }
+    let go = procs::kind_of(pid_tgid) == Some(kind::GO);
+    // SAFETY: as above.
+    if !go && state.is_none_or(|state| unsafe { (*state).open } == 0) {
         return;
     }
     let Some(buffer) = syscall_buffer(Direction::Send) else {
         return;
     };
-    if buffer.len < 8 || !head(buffer.addr).is_some_and(is_response_start) {
+    if buffer.len < 16 || !head(buffer.addr).is_some_and(is_response_start) {
         return;
     }
-    state.open -= 1;
-    if state.open == 0 {
-        state.concurrent = 0;
+    // "HTTP/1.1 1xx": an interim response (100 Continue), not the answer.
+    if head(buffer.addr + 8).is_some_and(|rest| (rest >> 8) as u8 == b'1') {
+        return;
+    }
+    if go {
+        golang::on_response(pid_tgid, buffer.fd);
+        return;
+    }
+    if let Some(state) = state {
+        // SAFETY: as above.
+        let state = unsafe { &mut *state };
+        state.open -= 1;
+        if state.open == 0 {
+            state.concurrent = 0;
+        }
     }
 }
 
@@ -658,8 +708,21 @@ fn on_receive(sk: *mut c_void, received: i64, flags: u64) {
     } else {
         received as u64
     };
-    if len >= 8 {
-        on_read(pid_tgid, buffer.fd, buffer.addr, len);
+    if len < 8 {
+        return;
+    }
+    match procs::kind_of(pid_tgid) {
+        Some(kind::GO) => {
+            if let Some(first) = head(buffer.addr) {
+                golang::on_read(pid_tgid, buffer.fd, buffer.addr, len, first);
+            }
+        }
+        kind => {
+            if kind.is_none() {
+                procs::ask_classify(pid_tgid);
+            }
+            on_read(pid_tgid, buffer.fd, buffer.addr, len);
+        }
     }
 }
 
@@ -705,8 +768,11 @@ pub fn tagger_task_exit(_ctx: BtfTracePointContext) -> i32 {
         let _ = TAGGER_THREADS.remove(&pid_tgid);
     }
     let tgid = (pid_tgid >> 32) as u32;
-    if pid_tgid as u32 == tgid && unsafe { TAGGER_PROCESSES.get(&tgid) }.is_some() {
-        let _ = TAGGER_PROCESSES.remove(&tgid);
+    if pid_tgid as u32 == tgid {
+        if unsafe { TAGGER_PROCESSES.get(&tgid) }.is_some() {
+            let _ = TAGGER_PROCESSES.remove(&tgid);
+        }
+        procs::on_process_exit(tgid);
     }
     0
 }

@@ -16,6 +16,7 @@ use crate::{
     config::{ClusterFile, ConfigError},
     ebpf::{Datapath, EbpfError, KernelStats},
     flows::FlowTable,
+    procs::Classifier,
     propagation::{ContextStore, events::EventPump},
     proxy::{Proxy, ProxyConfig},
     rules::{RuleSet, RuleSpec},
@@ -79,6 +80,8 @@ pub struct Controller {
     datapath: Mutex<Option<Arc<Datapath>>>,
     /// The proxy's connection counts, once it runs.
     gate: Mutex<Option<Arc<crate::proxy::limits::ConnectionGate>>>,
+    /// How each pod process is correlated (threads, Go), once classified.
+    classifier: Mutex<Option<Arc<Classifier>>>,
     sources: Mutex<Sources>,
 }
 
@@ -99,6 +102,9 @@ pub struct ConfigDump<'a> {
     /// Proxied connections open, refused over a limit, and cut by the
     /// header read timeout.
     pub proxy: Option<crate::proxy::limits::GateStats>,
+    /// Pod processes by how their requests are correlated: Go programs with
+    /// their version, offsets' source and uprobes, or why not probed.
+    pub processes: Vec<crate::procs::ProcessRow>,
 }
 
 #[derive(Serialize)]
@@ -149,6 +155,7 @@ impl Controller {
             contexts: Arc::new(ContextStore::default()),
             datapath: Mutex::new(None),
             gate: Mutex::new(None),
+            classifier: Mutex::new(None),
             sources: Mutex::new(Sources {
                 config_path: config_path.to_path_buf(),
                 placement_path: placement_path.to_path_buf(),
@@ -167,6 +174,10 @@ impl Controller {
 
     pub fn set_connection_gate(&self, gate: Arc<crate::proxy::limits::ConnectionGate>) {
         *self.gate.lock().expect("gate lock") = Some(gate);
+    }
+
+    pub fn set_classifier(&self, classifier: Arc<Classifier>) {
+        *self.classifier.lock().expect("classifier lock") = Some(classifier);
     }
 
     pub fn set_datapath(&self, datapath: Arc<Datapath>) -> Result<(), EbpfError> {
@@ -380,6 +391,13 @@ impl Controller {
                 .expect("gate lock")
                 .as_ref()
                 .map(|g| g.stats()),
+            processes: self
+                .classifier
+                .lock()
+                .expect("classifier lock")
+                .as_ref()
+                .map(|c| c.rows())
+                .unwrap_or_default(),
         };
         serde_json::to_value(&dump)
             .unwrap_or_else(|e| serde_json::json!({ "error": e.to_string() }))
@@ -447,6 +465,22 @@ pub async fn run(args: DaemonArgs) -> Result<(), DaemonError> {
         ProxyConfig::default(),
     );
     controller.set_connection_gate(proxy.gate());
+    // Every process already in a pod is classified (Go ones probed) before
+    // redirection starts; later ones when the kernel first sees them.
+    let classifier = Arc::new(Classifier::new(datapath.clone()));
+    if let Some(ring) = datapath.take_proc_events() {
+        tokio::spawn(classifier.clone().run(ring));
+    }
+    let pod_cgroups = controller
+        .state
+        .load()
+        .pods
+        .iter()
+        .map(|p| p.cgroup_id)
+        .collect();
+    let scan = classifier.clone();
+    let _ = tokio::task::spawn_blocking(move || scan.scan(&pod_cgroups)).await;
+    controller.set_classifier(classifier);
     tokio::spawn(proxy.serve(listener));
     tokio::spawn(crate::admin::serve(admin, controller.clone()));
     {

@@ -16,6 +16,7 @@ pub mod flows;
 pub mod fuzzing;
 pub mod golang;
 pub mod localcluster;
+pub mod procs;
 pub mod propagation;
 pub mod proxy;
 pub mod routing;

@@ -4,6 +4,7 @@
 //!
 //! These tests need root. Without it they fail (never skip): `cargo xtask
 //! test` is the way to run them.
+mod goapps;
 mod host;
 mod load;
 mod shared;
@@ -101,6 +102,7 @@ impl Cluster {
             file: file.to_string(),
             _watchdog: watchdog,
         };
+        goapps::prepare(&cluster_file(file));
         let out = cluster.tagger(&["cluster", "up", cluster_file(file).to_str().unwrap()]);
         assert!(
             out.status.success(),

@@ -20,8 +20,10 @@ use tagger_common::{DestInfo, DestKey, FlowKey, FlowOrigin, ProxyConfig, Request
 
 use crate::state::Destination;
 
+mod go;
 mod pod_flags;
 
+pub use go::{GoAttachError, go_offsets};
 pub use pod_flags::PodFlags;
 use pod_flags::PodSlots;
 
@@ -83,9 +85,15 @@ pub struct KernelStats {
     pub events_dropped: u64,
 }
 
-pub struct Datapath {
+/// The kernel object and what attaches to it after start (Go uprobes).
+struct Loaded {
     // Owns the programs and their links: dropping it detaches everything.
     ebpf: Ebpf,
+    go: go::GoPrograms,
+}
+
+pub struct Datapath {
+    loaded: Mutex<Loaded>,
     config: Mutex<Array<MapData, ProxyConfig>>,
     managed: Mutex<BpfHashMap<MapData, DestKey, DestInfo>>,
     flows: Mutex<BpfHashMap<MapData, FlowKey, FlowOrigin>>,
@@ -96,6 +104,7 @@ pub struct Datapath {
     pod_flags: Arc<PodFlags>,
     request_tags: Mutex<BpfHashMap<MapData, u64, RequestTag>>,
     events: Mutex<Option<RingBuf<MapData>>>,
+    proc_events: Mutex<Option<RingBuf<MapData>>>,
 }
 
 fn dest_key(addr: SocketAddrV4) -> DestKey {
@@ -167,6 +176,9 @@ impl Datapath {
             .map_err(map_error(names::MAP_REQUEST_TAGS))?;
         let events = RingBuf::try_from(take_map(&mut ebpf, names::MAP_EVENTS)?)
             .map_err(map_error(names::MAP_EVENTS))?;
+        let proc_events = RingBuf::try_from(take_map(&mut ebpf, names::MAP_PROC_EVENTS)?)
+            .map_err(map_error(names::MAP_PROC_EVENTS))?;
+        let go = go::GoPrograms::load(&mut ebpf)?;
         let pod_flags = match take_map(&mut ebpf, names::MAP_POD_TAGGED)? {
             aya::maps::Map::Array(data) => {
                 PodFlags::map(data).map_err(|source| EbpfError::Mmap {
@@ -177,7 +189,7 @@ impl Datapath {
             _ => return Err(EbpfError::Missing(names::MAP_POD_TAGGED)),
         };
         Ok(Self {
-            ebpf,
+            loaded: Mutex::new(Loaded { ebpf, go }),
             config: Mutex::new(config),
             managed: Mutex::new(managed),
             flows: Mutex::new(flows),
@@ -188,6 +200,7 @@ impl Datapath {
             pod_flags: Arc::new(pod_flags),
             request_tags: Mutex::new(request_tags),
             events: Mutex::new(Some(events)),
+            proc_events: Mutex::new(Some(proc_events)),
         })
     }
 
@@ -339,7 +352,13 @@ impl Datapath {
 
     /// Run counts and times of this daemon's programs, by their full names.
     pub fn program_stats(&self) -> Vec<ProgramStat> {
-        program_stats(&self.ebpf, |_| true)
+        program_stats(&self.loaded.lock().expect("ebpf lock").ebpf, |_| true)
+    }
+
+    /// The ring of questions about processes (classify, detach); one
+    /// reader, handed out once.
+    pub fn take_proc_events(&self) -> Option<RingBuf<MapData>> {
+        self.proc_events.lock().expect("proc events lock").take()
     }
 
     /// The inbound-bytes ring buffer; there is one reader, so it is handed

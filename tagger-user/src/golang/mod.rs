@@ -16,7 +16,6 @@ mod elf;
 pub mod error;
 pub mod offsets;
 pub mod pclntab;
-pub mod probe;
 pub mod probes;
 #[cfg(test)]
 mod tests;

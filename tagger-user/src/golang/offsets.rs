@@ -26,10 +26,21 @@ pub enum Field {
     NetFdPfd,
     /// `internal/poll.FD.Sysfd`: the socket's file descriptor.
     PollFdSysfd,
+    /// `net.netFD.family`: AF_INET or AF_INET6 for a TCP connection. With
+    /// `sotype`, checks that a `net.Conn` really holds a `*net.TCPConn`
+    /// (a TLS or wrapped connection reads other memory there).
+    NetFdFamily,
+    /// `net.netFD.sotype`: SOCK_STREAM.
+    NetFdSotype,
+    /// `runtime.g.m`: the thread running the goroutine.
+    GM,
+    /// `runtime.m.curg`: the user goroutine of a thread on its system
+    /// stack (the goroutine that called `newproc1`, its parent).
+    MCurg,
 }
 
 impl Field {
-    pub const COUNT: usize = 8;
+    pub const COUNT: usize = 12;
     pub const ALL: [Field; Field::COUNT] = [
         Field::GGoid,
         Field::PersistConnConn,
@@ -39,6 +50,10 @@ impl Field {
         Field::NetConnFd,
         Field::NetFdPfd,
         Field::PollFdSysfd,
+        Field::NetFdFamily,
+        Field::NetFdSotype,
+        Field::GM,
+        Field::MCurg,
     ];
 
     /// (struct type, member) as they appear in Go's DWARF.
@@ -52,6 +67,10 @@ impl Field {
             Field::NetConnFd => ("net.conn", "fd"),
             Field::NetFdPfd => ("net.netFD", "pfd"),
             Field::PollFdSysfd => ("internal/poll.FD", "Sysfd"),
+            Field::NetFdFamily => ("net.netFD", "family"),
+            Field::NetFdSotype => ("net.netFD", "sotype"),
+            Field::GM => ("runtime.g", "m"),
+            Field::MCurg => ("runtime.m", "curg"),
         }
     }
 
@@ -72,7 +91,7 @@ impl std::fmt::Display for Field {
 /// against the DWARF of fresh builds by the tests. Other versions are left
 /// out until read from a binary of theirs the same way.
 const VERSION_TABLE: &[((u32, u32), [u64; Field::COUNT])] =
-    &[((1, 19), [152, 80, 16, 0, 0, 0, 0, 16])];
+    &[((1, 19), [152, 80, 16, 0, 0, 0, 0, 16, 56, 64, 48, 192])];
 
 /// Where the offsets came from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

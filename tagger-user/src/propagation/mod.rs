@@ -25,7 +25,10 @@ use std::{
 
 use http::HeaderMap;
 use serde::{Deserialize, Serialize};
-use tagger_common::{EVENT_FIRST, MAX_CAPTURE_PER_REQUEST, RequestTag, TAG_CONCURRENT, TAG_UNSEEN};
+use tagger_common::{
+    EVENT_FIRST, MAX_CAPTURE_PER_REQUEST, RequestTag, TAG_CONCURRENT, TAG_GOROUTINE, TAG_UNSEEN,
+    TAG_UNTRUSTED,
+};
 use tokio::sync::Notify;
 
 pub use scan::InboundContext;
@@ -80,7 +83,12 @@ pub struct Inherited {
 pub enum InheritSource {
     #[default]
     None,
+    /// The thread that read the inbound request wrote this one.
     Thread,
+    /// The goroutine that served the inbound request (or one it started)
+    /// sent this one (a Go process).
+    Goroutine,
+    /// The app forwarded a request id the inbound request carried.
     Id,
 }
 
@@ -241,7 +249,7 @@ impl ContextStore {
     ) -> Inherited {
         let fresh =
             |t: &RequestTag| now_ns.saturating_sub(t.written_ns) < CONTEXT_TTL.as_nanos() as u64;
-        let unseen = tag.is_some_and(|t| t.flags & TAG_UNSEEN != 0 && fresh(&t));
+        let unseen = tag.is_some_and(|t| t.flags & (TAG_UNSEEN | TAG_UNTRUSTED) != 0 && fresh(&t));
         let tag = tag.filter(|t| t.seq != 0 && fresh(t));
         let ids: Vec<String> = headers
             .iter()
@@ -269,8 +277,9 @@ impl ContextStore {
             correlation: Correlation::Untrusted,
         };
         if unseen {
-            // The process had just left leaf mode: the request that caused
-            // this one was not captured.
+            // The process had just left leaf mode (the request that caused
+            // this one was not captured), or the kernel could not tell the
+            // cause (see TAG_UNTRUSTED).
             return by_id().unwrap_or(untrusted);
         }
         let Some(tag) = tag else {
@@ -284,7 +293,11 @@ impl ContextStore {
         match self.thread_context(tag.pid_tgid, tag.seq).await {
             Some(context) => Inherited {
                 context: context.filter(|c| !c.is_empty()),
-                source: InheritSource::Thread,
+                source: if tag.flags & TAG_GOROUTINE != 0 {
+                    InheritSource::Goroutine
+                } else {
+                    InheritSource::Thread
+                },
                 correlation: Correlation::Trusted,
             },
             // The kernel tagged it but the bytes never came (ring buffer full).

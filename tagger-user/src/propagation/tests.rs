@@ -163,3 +163,63 @@ async fn a_request_right_after_leaf_mode_ends_is_untrusted() {
         (None, Correlation::Untrusted)
     );
 }
+
+/// A Go connection's context is found by its key (`conn_key(tgid, fd)`) the
+/// same way a thread's is, and reported as inherited by a goroutine.
+#[tokio::test]
+async fn a_goroutine_tag_inherits_its_connections_request() {
+    let store = ContextStore::default();
+    let key = tagger_common::golang::conn_key(42, 9);
+    store.on_inbound(
+        event(key, 3, true, b"GET / HTTP/1.1\r\nx-lane: gray\r\n\r\n"),
+        &settings(),
+    );
+    let got = store
+        .inherit(Some(tag(key, 3, TAG_GOROUTINE)), &HeaderMap::new(), 2_000)
+        .await;
+    assert_eq!(
+        (got.correlation, got.source),
+        (Correlation::Trusted, InheritSource::Goroutine)
+    );
+    assert_eq!(got.context.unwrap().lane.as_deref(), Some("gray"));
+    // A later request on the same connection (new seq) is not the old one.
+    store.on_inbound(event(key, 4, true, b"GET / HTTP/1.1\r\n\r\n"), &settings());
+    let stale = store
+        .inherit(Some(tag(key, 3, TAG_GOROUTINE)), &HeaderMap::new(), 2_000)
+        .await;
+    assert_eq!(stale.correlation, Correlation::Untrusted);
+    assert!(stale.context.is_none());
+}
+
+/// An untrusted tag (cause unknown: unclassified process, unprobed Go,
+/// a goroutine outliving its request) inherits nothing, unless a forwarded
+/// id names the request.
+#[tokio::test]
+async fn an_untrusted_tag_inherits_nothing_but_a_forwarded_id() {
+    let store = ContextStore::default();
+    store.on_inbound(
+        event(
+            7,
+            1,
+            true,
+            b"GET / HTTP/1.1\r\nx-lane: gray\r\nx-request-id: r1\r\n\r\n",
+        ),
+        &settings(),
+    );
+    let none = store
+        .inherit(Some(tag(7, 0, TAG_UNTRUSTED)), &HeaderMap::new(), 2_000)
+        .await;
+    assert_eq!(
+        (none.correlation, none.source, none.context),
+        (Correlation::Untrusted, InheritSource::None, None)
+    );
+    let mut headers = HeaderMap::new();
+    headers.insert("x-request-id", HeaderValue::from_static("r1"));
+    let by_id = store
+        .inherit(Some(tag(7, 0, TAG_UNTRUSTED)), &headers, 2_000)
+        .await;
+    assert_eq!(
+        (by_id.correlation, by_id.source),
+        (Correlation::Trusted, InheritSource::Id)
+    );
+}

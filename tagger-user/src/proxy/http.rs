@@ -24,7 +24,7 @@ use super::{
 };
 use crate::{
     flows::RequestRecord,
-    propagation::{Correlation, InheritSource},
+    propagation::Correlation,
     routing::{LaneDecision, LaneInputs, choose_endpoint, decide_lane},
     rules::RequestView,
     state::{Endpoint, Service, Snapshot},
@@ -182,7 +182,7 @@ impl RequestContext {
             .context
             .as_ref()
             .and_then(|c| c.lane.as_deref())
-            .map(|lane| (lane, inherited.source == InheritSource::Id));
+            .map(|lane| (lane, inherited.source));
         let header_lane = snapshot.settings.lane_from_headers(&parts.headers);
         // Rules come after an explicit or inherited lane: evaluate them (and
         // count their hits) only when they can decide.

@@ -4,6 +4,8 @@ use std::fmt;
 
 use serde::Serialize;
 
+use crate::propagation::InheritSource;
+
 /// Why a request is in its lane. Shown in `tagger flows`.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, PartialOrd, Ord)]
 #[serde(rename_all = "kebab-case", tag = "kind", content = "rule")]
@@ -13,6 +15,9 @@ pub enum Reason {
     /// The lane of the inbound request that caused this call, found by the
     /// thread that read it and wrote this one.
     InheritedThread,
+    /// The same, found by the goroutine that served it (or one it started)
+    /// and sent this one: a Go process.
+    InheritedGoroutine,
     /// The same, found by a request id the app forwarded.
     InheritedId,
     /// A routing rule of the destination service matched.
@@ -28,6 +33,7 @@ impl fmt::Display for Reason {
         match self {
             Self::Header => f.write_str("header"),
             Self::InheritedThread => f.write_str("inherited-thread"),
+            Self::InheritedGoroutine => f.write_str("inherited-goroutine"),
             Self::InheritedId => f.write_str("inherited-id"),
             Self::Rule(name) => write!(f, "rule:{name}"),
             Self::PodLane => f.write_str("pod-lane"),
@@ -42,9 +48,9 @@ impl fmt::Display for Reason {
 pub struct LaneInputs<'a> {
     /// Lane header on the request itself.
     pub header: Option<&'a str>,
-    /// Lane of the inbound request that caused this one, and whether it was
-    /// found by a forwarded id (else by the thread).
-    pub inherited: Option<(&'a str, bool)>,
+    /// Lane of the inbound request that caused this one, and how it was
+    /// found.
+    pub inherited: Option<(&'a str, InheritSource)>,
     /// (lane, rule name) of the first matching rule of the destination.
     pub rule: Option<(&'a str, &'a str)>,
     /// The caller pod's lane.
@@ -72,11 +78,11 @@ pub fn decide_lane(inputs: &LaneInputs<'_>, is_sticky: impl Fn(&str) -> bool) ->
     if let Some(lane) = inputs.header.filter(|l| !l.is_empty()) {
         return decided(lane, Reason::Header, true);
     }
-    if let Some((lane, by_id)) = inputs.inherited.filter(|(l, _)| !l.is_empty()) {
-        let reason = if by_id {
-            Reason::InheritedId
-        } else {
-            Reason::InheritedThread
+    if let Some((lane, source)) = inputs.inherited.filter(|(l, _)| !l.is_empty()) {
+        let reason = match source {
+            InheritSource::Id => Reason::InheritedId,
+            InheritSource::Goroutine => Reason::InheritedGoroutine,
+            InheritSource::Thread | InheritSource::None => Reason::InheritedThread,
         };
         // A lane that reached this pod in a header keeps travelling: it was
         // sticky or explicit where it started.

@@ -25,7 +25,7 @@ fn lane_decision_order() {
             name: "header beats everything",
             inputs: LaneInputs {
                 header: Some("blue"),
-                inherited: Some(("gray", false)),
+                inherited: Some(("gray", InheritSource::Thread)),
                 rule: Some(("gray", "r1")),
                 caller_lane: Some("gray"),
             },
@@ -46,7 +46,7 @@ fn lane_decision_order() {
         Case {
             name: "inherited beats rule",
             inputs: LaneInputs {
-                inherited: Some(("gray", false)),
+                inherited: Some(("gray", InheritSource::Thread)),
                 rule: Some(("blue", "r1")),
                 ..LaneInputs::default()
             },
@@ -57,12 +57,24 @@ fn lane_decision_order() {
         Case {
             name: "inherited by id, even a non-sticky lane that came in a header",
             inputs: LaneInputs {
-                inherited: Some(("blue", true)),
+                inherited: Some(("blue", InheritSource::Id)),
                 caller_lane: Some("gray"),
                 ..LaneInputs::default()
             },
             lane: Some("blue"),
             reason: Reason::InheritedId,
+            carry: true,
+        },
+        Case {
+            name: "inherited by a goroutine (a Go process) beats rule and pod lane",
+            inputs: LaneInputs {
+                inherited: Some(("gray", InheritSource::Goroutine)),
+                rule: Some(("blue", "r1")),
+                caller_lane: Some("blue"),
+                ..LaneInputs::default()
+            },
+            lane: Some("gray"),
+            reason: Reason::InheritedGoroutine,
             carry: true,
         },
         Case {

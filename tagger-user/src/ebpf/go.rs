@@ -1,0 +1,248 @@
+//! Process kinds and the Go uprobes, in the daemon's one kernel object (the
+//! Go programs share their maps with the socket programs).
+//!
+//! Each probed process gets its own uprobes (perf events opened for that
+//! process only, at file offsets `golang::inspect` found), so other
+//! processes running the same file, and the rest of the node, never trap.
+//! Its struct offsets are in the kernel before the first probe can fire.
+use std::{collections::HashMap, num::NonZeroU32, path::Path};
+
+use aya::{
+    Ebpf,
+    maps::{HashMap as BpfHashMap, MapData},
+    programs::{
+        ProgramError, UProbe,
+        uprobe::{UProbeAttachLocation, UProbeLinkId, UProbeScope},
+    },
+};
+use tagger_common::{golang::GoOffsets, names};
+
+use super::{Datapath, EbpfError, Loaded};
+use crate::golang::{Field, GoBinary, ProbeSymbol};
+
+/// Why a Go process is not probed. It is then left exactly as it was, and
+/// nothing it sends is trusted.
+#[derive(Debug, thiserror::Error)]
+pub enum GoAttachError {
+    #[error("the kernel refused the Go uprobe programs: {0}")]
+    Unsupported(String),
+    #[error("the binary has no {0} (no net/http server or client?)")]
+    NoSymbol(&'static str),
+    #[error("no offset known for {0}")]
+    NoOffset(Field),
+    #[error("uprobe {name} at file offset {offset:#x}: {source}")]
+    Attach {
+        name: &'static str,
+        offset: u64,
+        source: Box<ProgramError>,
+    },
+    #[error("map {map}: {source}")]
+    Map {
+        map: &'static str,
+        source: aya::maps::MapError,
+    },
+    #[error("pid 0 cannot be probed")]
+    NoPid,
+}
+
+/// Where each program goes: at the function's entry, or at each RET.
+#[derive(Clone, Copy)]
+enum At {
+    Entry,
+    Rets,
+}
+
+const PLACEMENT: [(ProbeSymbol, &str, At); 3] = [
+    (
+        ProbeSymbol::ServerHandlerServeHttp,
+        names::PROG_GO_SERVE,
+        At::Entry,
+    ),
+    (
+        ProbeSymbol::PersistConnRoundTrip,
+        names::PROG_GO_ROUND_TRIP,
+        At::Entry,
+    ),
+    (ProbeSymbol::Newproc1, names::PROG_GO_NEWPROC_RET, At::Rets),
+];
+
+/// The offsets the programs read through, all of which must be known.
+pub fn go_offsets(binary: &GoBinary) -> Result<GoOffsets, GoAttachError> {
+    let get = |field| {
+        binary
+            .offsets
+            .get(field)
+            .ok_or(GoAttachError::NoOffset(field))
+    };
+    Ok(GoOffsets {
+        goid: get(Field::GGoid)?,
+        g_m: get(Field::GM)?,
+        m_curg: get(Field::MCurg)?,
+        persist_conn_conn: get(Field::PersistConnConn)?,
+        conn_rwc: get(Field::HttpConnRwc)?,
+        response_conn: get(Field::HttpResponseConn)?,
+        tcpconn_conn: get(Field::TcpConnConn)?,
+        conn_fd: get(Field::NetConnFd)?,
+        netfd_pfd: get(Field::NetFdPfd)?,
+        netfd_family: get(Field::NetFdFamily)?,
+        netfd_sotype: get(Field::NetFdSotype)?,
+        fd_sysfd: get(Field::PollFdSysfd)?,
+    })
+}
+
+/// The Go side of the data path.
+pub(super) struct GoPrograms {
+    /// `Err`: the uprobe programs did not load (why), so no Go process can
+    /// be probed.
+    loaded: Result<(), String>,
+    procs: BpfHashMap<MapData, u32, GoOffsets>,
+    kinds: BpfHashMap<MapData, u32, u32>,
+    links: HashMap<u32, Vec<(&'static str, UProbeLinkId)>>,
+}
+
+impl GoPrograms {
+    /// Takes the maps and loads (verifies) the uprobe programs; attaches
+    /// nothing. A kernel that refuses them still routes, and probes no Go.
+    pub(super) fn load(ebpf: &mut Ebpf) -> Result<Self, EbpfError> {
+        let loaded = PLACEMENT.iter().try_for_each(|&(_, name, _)| {
+            uprobe(ebpf, name)
+                .and_then(|p| p.load().map_err(Box::new).map_err(program_error(name)))
+                .map_err(|e| e.to_string())
+        });
+        if let Err(why) = &loaded {
+            tracing::warn!(%why, "Go programs cannot be probed on this kernel; their calls stay untrusted");
+        }
+        let map_error = |map: &'static str| move |source| EbpfError::Map { map, source };
+        let take = |ebpf: &mut Ebpf, name| ebpf.take_map(name).ok_or(EbpfError::Missing(name));
+        Ok(Self {
+            loaded,
+            procs: BpfHashMap::try_from(take(ebpf, names::MAP_GO_PROCS)?)
+                .map_err(map_error(names::MAP_GO_PROCS))?,
+            kinds: BpfHashMap::try_from(take(ebpf, names::MAP_PROC_KINDS)?)
+                .map_err(map_error(names::MAP_PROC_KINDS))?,
+            links: HashMap::new(),
+        })
+    }
+}
+
+fn program_error(name: &'static str) -> impl Fn(Box<ProgramError>) -> GoAttachError {
+    move |source| GoAttachError::Attach {
+        name,
+        offset: 0,
+        source,
+    }
+}
+
+fn uprobe<'a>(ebpf: &'a mut Ebpf, name: &'static str) -> Result<&'a mut UProbe, GoAttachError> {
+    ebpf.program_mut(name)
+        .ok_or(GoAttachError::Unsupported(format!(
+            "the eBPF object has no {name}"
+        )))?
+        .try_into()
+        .map_err(Box::new)
+        .map_err(program_error(name))
+}
+
+impl Datapath {
+    /// Tells the kernel how process `pid`'s requests are correlated
+    /// (`tagger_common::kind`).
+    pub fn set_process_kind(&self, pid: u32, kind: u32) -> Result<(), EbpfError> {
+        let mut loaded = self.loaded.lock().expect("ebpf lock");
+        loaded
+            .go
+            .kinds
+            .insert(pid, kind, 0)
+            .map_err(|source| EbpfError::Map {
+                map: names::MAP_PROC_KINDS,
+                source,
+            })
+    }
+
+    /// The kind the kernel has for `pid`, if any.
+    pub fn process_kind(&self, pid: u32) -> Option<u32> {
+        let loaded = self.loaded.lock().expect("ebpf lock");
+        loaded.go.kinds.get(&pid, 0).ok()
+    }
+
+    /// Probes Go process `pid`, which runs `exe` (a path the kernel can
+    /// open, e.g. `/proc/PID/exe`), as `binary` describes it. Returns the
+    /// number of uprobes placed. On error whatever was placed is removed.
+    pub fn attach_go(
+        &self,
+        pid: u32,
+        exe: &Path,
+        binary: &GoBinary,
+    ) -> Result<usize, GoAttachError> {
+        let target = NonZeroU32::new(pid).ok_or(GoAttachError::NoPid)?;
+        let offsets = go_offsets(binary)?;
+        let mut points = Vec::new();
+        for (symbol, name, at) in PLACEMENT {
+            let found = binary
+                .probe(symbol)
+                .ok_or(GoAttachError::NoSymbol(symbol.name()))?;
+            match at {
+                At::Entry => points.push((name, found.entry_offset)),
+                At::Rets => points.extend(found.ret_offsets.iter().map(|&o| (name, o))),
+            }
+        }
+        let mut guard = self.loaded.lock().expect("ebpf lock");
+        let Loaded { ebpf, go } = &mut *guard;
+        if let Err(why) = &go.loaded {
+            return Err(GoAttachError::Unsupported(why.clone()));
+        }
+        detach(ebpf, go, pid);
+        go.procs
+            .insert(pid, offsets, 0)
+            .map_err(|source| GoAttachError::Map {
+                map: names::MAP_GO_PROCS,
+                source,
+            })?;
+        for (name, offset) in points {
+            let attached = uprobe(ebpf, name).and_then(|program| {
+                program
+                    .attach(
+                        UProbeAttachLocation::AbsoluteOffset(offset),
+                        exe,
+                        UProbeScope::OneProcess(target),
+                    )
+                    .map_err(|source| GoAttachError::Attach {
+                        name,
+                        offset,
+                        source: Box::new(source),
+                    })
+            });
+            match attached {
+                Ok(link) => go.links.entry(pid).or_default().push((name, link)),
+                Err(error) => {
+                    detach(ebpf, go, pid);
+                    return Err(error);
+                }
+            }
+        }
+        Ok(go.links.get(&pid).map_or(0, Vec::len))
+    }
+
+    /// Removes process `pid`'s uprobes and offsets (it exited or exec'd).
+    pub fn detach_go(&self, pid: u32) {
+        let mut guard = self.loaded.lock().expect("ebpf lock");
+        let Loaded { ebpf, go } = &mut *guard;
+        detach(ebpf, go, pid);
+    }
+
+    /// Processes with uprobes attached.
+    pub fn go_probed(&self) -> Vec<u32> {
+        let guard = self.loaded.lock().expect("ebpf lock");
+        let mut pids: Vec<u32> = guard.go.links.keys().copied().collect();
+        pids.sort_unstable();
+        pids
+    }
+}
+
+fn detach(ebpf: &mut Ebpf, go: &mut GoPrograms, pid: u32) {
+    for (name, link) in go.links.remove(&pid).unwrap_or_default() {
+        if let Ok(program) = uprobe(ebpf, name) {
+            let _ = program.detach(link);
+        }
+    }
+    let _ = go.procs.remove(&pid);
+}

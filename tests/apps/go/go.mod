@@ -1,0 +1,3 @@
+module tagger.test/hop
+
+go 1.19
