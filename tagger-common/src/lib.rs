@@ -221,7 +221,7 @@ pub struct ProcEvent {
 
 /// The process is unknown or has just exec'd: classify it.
 pub const PROC_CLASSIFY: u32 = 1;
-/// A probed Go process exited: detach its uprobes.
+/// A Go process exited or exec'd: detach its uprobes, forget it.
 pub const PROC_EXIT: u32 = 2;
 /// Capacity of `TAGGER_PROC_KINDS`: processes of pods a node tracks.
 pub const MAX_PROCESSES: u32 = 16_384;

@@ -58,7 +58,8 @@ pub(crate) fn ask_classify(pid_tgid: u64) {
 }
 
 /// The process's main thread exits: its kind goes with it (a new process
-/// reusing the pid starts unknown), and a probed Go process is detached.
+/// reusing the pid starts unknown), and the daemon forgets a Go process
+/// (detaching its uprobes). Other exits are not told: they are many.
 #[inline(always)]
 pub(crate) fn on_process_exit(tgid: u32) {
     // SAFETY: plain value copied out at once.
@@ -66,7 +67,7 @@ pub(crate) fn on_process_exit(tgid: u32) {
         return;
     };
     let _ = TAGGER_PROC_KINDS.remove(&tgid);
-    if was == kind::GO {
+    if was == kind::GO || was == kind::GO_UNPROBED {
         golang::forget_process(tgid);
         tell(tgid, PROC_EXIT);
     }
@@ -81,7 +82,7 @@ pub fn tagger_task_exec(_ctx: BtfTracePointContext) -> i32 {
     // SAFETY: plain value copied out at once.
     match (unsafe { TAGGER_PROC_KINDS.get(&tgid) }).copied() {
         Some(was) => {
-            if was == kind::GO {
+            if was == kind::GO || was == kind::GO_UNPROBED {
                 golang::forget_process(tgid);
                 tell(tgid, PROC_EXIT);
             }

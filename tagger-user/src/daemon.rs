@@ -104,7 +104,7 @@ pub struct ConfigDump<'a> {
     pub proxy: Option<crate::proxy::limits::GateStats>,
     /// Pod processes by how their requests are correlated: Go programs with
     /// their version, offsets' source and uprobes, or why not probed.
-    pub processes: Vec<crate::procs::ProcessRow>,
+    pub processes: crate::procs::ProcessesDump,
 }
 
 #[derive(Serialize)]
@@ -396,7 +396,7 @@ impl Controller {
                 .lock()
                 .expect("classifier lock")
                 .as_ref()
-                .map(|c| c.rows())
+                .map(|c| c.dump())
                 .unwrap_or_default(),
         };
         serde_json::to_value(&dump)

@@ -17,7 +17,10 @@ use std::{
     collections::{BTreeMap, HashMap, HashSet},
     os::{fd::AsFd, unix::fs::MetadataExt},
     path::{Path, PathBuf},
-    sync::{Arc, Mutex},
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicU64, Ordering},
+    },
 };
 
 use aya::maps::{MapData, RingBuf};
@@ -87,10 +90,19 @@ pub struct ProcessRow {
     pub kind: ProcessKind,
 }
 
+#[derive(Debug, Clone, Serialize, Default)]
+pub struct ProcessesDump {
+    pub go: Vec<ProcessRow>,
+    pub threads_classified: u64,
+}
+
 pub struct Classifier {
     datapath: Arc<Datapath>,
     inspected: Mutex<HashMap<ExeId, Inspection>>,
+    /// Go processes, by pid.
     rows: Mutex<BTreeMap<u32, ProcessRow>>,
+    /// Processes classified as thread-per-request so far.
+    threads: AtomicU64,
 }
 
 impl Classifier {
@@ -99,17 +111,23 @@ impl Classifier {
             datapath,
             inspected: Mutex::new(HashMap::new()),
             rows: Mutex::new(BTreeMap::new()),
+            threads: AtomicU64::new(0),
         }
     }
 
-    /// The classified processes, by pid.
-    pub fn rows(&self) -> Vec<ProcessRow> {
-        self.rows
-            .lock()
-            .expect("rows lock")
-            .values()
-            .cloned()
-            .collect()
+    /// The Go processes (probed or not), by pid, and how many processes
+    /// were classified thread-per-request.
+    pub fn dump(&self) -> ProcessesDump {
+        ProcessesDump {
+            go: self
+                .rows
+                .lock()
+                .expect("rows lock")
+                .values()
+                .cloned()
+                .collect(),
+            threads_classified: self.threads.load(Ordering::Relaxed),
+        }
     }
 
     /// Classifies every process whose cgroup is one of `pod_cgroups`
@@ -145,11 +163,16 @@ impl Classifier {
             if exe_id(&exe).ok() != Some(before) {
                 continue;
             }
-            let path = std::fs::read_link(&exe).unwrap_or(exe.clone());
-            if !matches!(kind, ProcessKind::Threads) {
-                info!(pid, exe = %path.display(), ?kind, "Go process");
+            let mut rows = self.rows.lock().expect("rows lock");
+            if matches!(kind, ProcessKind::Threads) {
+                // Not kept: the kernel tells no exit of these (too many).
+                rows.remove(&pid);
+                self.threads.fetch_add(1, Ordering::Relaxed);
+                return;
             }
-            self.rows.lock().expect("rows lock").insert(
+            let path = std::fs::read_link(&exe).unwrap_or(exe.clone());
+            info!(pid, exe = %path.display(), ?kind, "Go process");
+            rows.insert(
                 pid,
                 ProcessRow {
                     pid,

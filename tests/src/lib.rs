@@ -4,6 +4,7 @@
 //!
 //! These tests need root. Without it they fail (never skip): `cargo xtask
 //! test` is the way to run them.
+pub mod chains;
 mod goapps;
 mod host;
 mod load;

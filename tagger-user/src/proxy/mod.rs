@@ -104,8 +104,9 @@ impl FlowLookup for crate::ebpf::Datapath {
 /// Tunables of the data path.
 #[derive(Debug, Clone)]
 pub struct ProxyConfig {
-    /// How long to wait for a client's first bytes before treating the
-    /// connection as opaque (server-speaks-first protocols).
+    /// How long to wait for a client's first bytes before also connecting
+    /// upstream, to let a server-speaks-first protocol greet (the client
+    /// may still speak first: an HTTP request is then routed).
     pub detect_timeout: Duration,
     pub upstream_connect_timeout: Duration,
     pub pool_idle_timeout: Duration,
@@ -208,10 +209,31 @@ impl Proxy {
             passthrough::splice(stream, origin.original_destination, &self.config).await;
             return;
         };
-        match passthrough::sniff_http(&stream, self.config.detect_timeout).await {
+        let header_read_timeout =
+            Duration::from_millis(snapshot.settings.limits.header_read_timeout_ms);
+        let opaque_target =
+            || passthrough::opaque_target(&snapshot, origin.original_destination, destination);
+        let sniffed = match passthrough::sniff_http(&stream, self.config.detect_timeout).await {
+            passthrough::Sniffed::Silent => {
+                let Some(target) = opaque_target() else {
+                    warn!(dest = %origin.original_destination, "no endpoint for silent flow");
+                    return;
+                };
+                match passthrough::first_speaker(&stream, target, &self.config, header_read_timeout)
+                    .await
+                {
+                    passthrough::Speaker::ClientHttp => passthrough::Sniffed::Http,
+                    passthrough::Speaker::Splice(upstream) => {
+                        passthrough::splice_with(stream, upstream).await;
+                        return;
+                    }
+                    passthrough::Speaker::Nobody => return,
+                }
+            }
+            sniffed => sniffed,
+        };
+        match sniffed {
             passthrough::Sniffed::Http => {
-                let header_read_timeout =
-                    Duration::from_millis(snapshot.settings.limits.header_read_timeout_ms);
                 let (source_name, source_lane) =
                     source.unwrap_or_else(|| (format!("{}", peer.ip()), None));
                 let conn = http::Connection {
@@ -225,17 +247,13 @@ impl Proxy {
                 };
                 conn.serve(stream).await;
             }
-            passthrough::Sniffed::Opaque => {
-                let target =
-                    passthrough::opaque_target(&snapshot, origin.original_destination, destination);
-                match target {
-                    Some(target) => passthrough::splice(stream, target, &self.config).await,
-                    None => {
-                        warn!(dest = %origin.original_destination, "no endpoint for opaque flow")
-                    }
+            passthrough::Sniffed::Opaque => match opaque_target() {
+                Some(target) => passthrough::splice(stream, target, &self.config).await,
+                None => {
+                    warn!(dest = %origin.original_destination, "no endpoint for opaque flow")
                 }
-            }
-            passthrough::Sniffed::Closed => {}
+            },
+            passthrough::Sniffed::Closed | passthrough::Sniffed::Silent => {}
         }
     }
 

@@ -29,6 +29,10 @@ pub enum Sniffed {
     Http,
     Opaque,
     Closed,
+    /// Nothing sent within the window: a client that waits for a server
+    /// greeting, or one that connected ahead of need (a pool dialling
+    /// spare connections, as Go's Transport does). See [`first_speaker`].
+    Silent,
 }
 
 /// Classifies what the first bytes say: HTTP/1, not HTTP, or not known yet
@@ -49,8 +53,7 @@ pub fn classify(first: &[u8]) -> Option<Sniffed> {
 }
 
 /// Peeks (without consuming) until the first bytes tell whether the client
-/// speaks HTTP/1. A client that says nothing within `wait` is opaque: it may
-/// be waiting for a server greeting.
+/// speaks HTTP/1. A client that says nothing within `wait` is `Silent`.
 pub async fn sniff_http(stream: &TcpStream, wait: Duration) -> Sniffed {
     let deadline = Instant::now() + wait;
     let mut buf = [0u8; 8];
@@ -61,7 +64,7 @@ pub async fn sniff_http(stream: &TcpStream, wait: Duration) -> Sniffed {
         )
         .await
         {
-            Err(_) => return Sniffed::Opaque,
+            Err(_) => return Sniffed::Silent,
             Ok(Err(_)) | Ok(Ok(0)) => return Sniffed::Closed,
             Ok(Ok(n)) => n,
         };
@@ -97,24 +100,81 @@ pub fn opaque_target(
     }
 }
 
-/// Copies bytes both ways until both sides are done.
-pub async fn splice(mut client: TcpStream, target: SocketAddrV4, config: &ProxyConfig) {
-    let mut upstream =
-        match timeout(config.upstream_connect_timeout, TcpStream::connect(target)).await {
-            Ok(Ok(stream)) => stream,
-            Ok(Err(error)) => {
-                warn!(%target, %error, "opaque flow: upstream connect failed");
-                return;
-            }
-            Err(_) => {
-                warn!(%target, "opaque flow: upstream connect timed out");
-                return;
-            }
+/// Who spoke first on a connection that was silent through the sniff
+/// window.
+#[derive(Debug)]
+pub enum Speaker {
+    /// The client, with an HTTP request: route it (the speculative
+    /// upstream connection was never written to and is dropped).
+    ClientHttp,
+    /// The server greeted first, or the client sent bytes that are not
+    /// HTTP: splice the two.
+    Splice(TcpStream),
+    /// Nobody within `idle_limit`, or the client left.
+    Nobody,
+}
+
+/// For a client silent through the sniff window, connects to the opaque
+/// target and waits for whichever side speaks first. A server-first
+/// protocol gets its greeting through; an HTTP client that merely connected
+/// early (a pooled connection used seconds later) is still routed by lane,
+/// never spliced to wherever the connection happened to go.
+pub async fn first_speaker(
+    client: &TcpStream,
+    target: SocketAddrV4,
+    config: &ProxyConfig,
+    idle_limit: Duration,
+) -> Speaker {
+    let Some(upstream) = connect(target, config).await else {
+        return match sniff_http(client, idle_limit).await {
+            Sniffed::Http => Speaker::ClientHttp,
+            _ => Speaker::Nobody,
         };
-    let _ = upstream.set_nodelay(true);
+    };
+    let client_first = tokio::select! {
+        verdict = sniff_http(client, idle_limit) => Some(verdict),
+        // Readable: a greeting, or the server hung up. Either way the
+        // client must see it.
+        _ = upstream.readable() => None,
+    };
+    match client_first {
+        None | Some(Sniffed::Opaque) => Speaker::Splice(upstream),
+        Some(Sniffed::Http) => Speaker::ClientHttp,
+        Some(_) => Speaker::Nobody,
+    }
+}
+
+async fn connect(target: SocketAddrV4, config: &ProxyConfig) -> Option<TcpStream> {
+    match timeout(config.upstream_connect_timeout, TcpStream::connect(target)).await {
+        Ok(Ok(stream)) => {
+            let _ = stream.set_nodelay(true);
+            Some(stream)
+        }
+        Ok(Err(error)) => {
+            warn!(%target, %error, "opaque flow: upstream connect failed");
+            None
+        }
+        Err(_) => {
+            warn!(%target, "opaque flow: upstream connect timed out");
+            None
+        }
+    }
+}
+
+/// Copies bytes both ways until both sides are done.
+pub async fn splice(client: TcpStream, target: SocketAddrV4, config: &ProxyConfig) {
+    if let Some(upstream) = connect(target, config).await {
+        splice_with(client, upstream).await;
+    }
+}
+
+/// Copies bytes both ways between two connected sockets until both sides
+/// are done.
+pub async fn splice_with(mut client: TcpStream, mut upstream: TcpStream) {
+    let target = upstream.peer_addr().ok();
     match copy_bidirectional(&mut client, &mut upstream).await {
-        Ok((up, down)) => debug!(%target, up, down, "opaque flow done"),
-        Err(error) => debug!(%target, %error, "opaque flow ended with error"),
+        Ok((up, down)) => debug!(?target, up, down, "opaque flow done"),
+        Err(error) => debug!(?target, %error, "opaque flow ended with error"),
     }
 }
 

@@ -1,0 +1,235 @@
+//! Lanes through unmodified Go apps (SPEC section D's Go rows): net/http
+//! servers whose handlers call the next hop through one shared
+//! `http.Client` (pooled keep-alive connections, each request written by
+//! the connection's `writeLoop` goroutine), copying no header. Built from
+//! tests/apps/go with Debian's Go, as `go build` makes it and with
+//! `-ldflags='-s -w'`; one shared cluster (tests/clusters/go.yaml) whose
+//! chains enter at a baseline pod with a non-sticky lane, so every gray
+//! answer past the entry was carried through goroutines by tagger.
+use std::time::Duration;
+
+use serde_json::Value;
+use tagger_e2e::{
+    chains::{
+        Runtime, b2_lane_header, b3_per_hop_rule, b4_fallback_and_return, burst_is_exact, entry,
+    },
+    eventually, flow_delta, requests_where, shared, text, workspace,
+};
+
+const GO: &str = "go.yaml";
+
+#[test]
+fn go_b2() {
+    b2_lane_header(Runtime::Go);
+}
+
+#[test]
+fn go_b3() {
+    b3_per_hop_rule(Runtime::Go);
+}
+
+#[test]
+fn go_b4() {
+    b4_fallback_and_return(Runtime::Go);
+}
+
+/// 2000 requests at concurrency 32, half gray: 0 wrong, every hop decision
+/// trusted, every gray one inherited by a goroutine.
+#[test]
+fn go_lane_correctness_burst() {
+    burst_is_exact(Runtime::Go);
+}
+
+/// The same with binaries without symbols or DWARF (offsets from the
+/// version table), c's gray pod exec'd by a shell (classified again at
+/// exec).
+#[test]
+fn go_stripped_b2_and_burst() {
+    b2_lane_header(Runtime::GoStripped);
+    burst_is_exact(Runtime::GoStripped);
+}
+
+/// The daemon found every Go process from its executable and says how it
+/// probed it: the stripped build from the version table, the one with an
+/// unknown version not at all (and why).
+#[test]
+fn go_processes_are_probed_from_their_binaries() {
+    let cluster = shared(GO);
+    // Classification runs at exec and at the first request: make sure each
+    // pod has served one.
+    for pod in ["go-a-base", "gos-a-base", "gou-a-base"] {
+        cluster.curl_from_node(&format!("http://{}:8080/", cluster.pod_ip(pod)), &[]);
+    }
+    let dump = cluster.config_dump();
+    let go = dump["processes"]["go"].as_array().unwrap().clone();
+    let by_exe = |name: &str| -> Vec<&Value> {
+        go.iter()
+            .filter(|p| p["exe"].as_str().unwrap().ends_with(&format!("/{name}")))
+            .collect()
+    };
+    // go.yaml: 6 pods of hop-go, 5 of hop-go-stripped, 1 of hop-go-unknown.
+    let (plain, stripped, unknown) = (
+        by_exe("hop-go"),
+        by_exe("hop-go-stripped"),
+        by_exe("hop-go-unknown"),
+    );
+    assert_eq!(
+        (plain.len(), stripped.len(), unknown.len()),
+        (6, 5, 1),
+        "{go:#?}"
+    );
+    for p in &plain {
+        assert_eq!((&p["kind"], &p["offsets"]), (&"go".into(), &"dwarf".into()));
+        assert_eq!(p["uprobes"].as_u64(), Some(3), "{p}");
+    }
+    for p in &stripped {
+        assert_eq!(
+            (&p["kind"], &p["offsets"]),
+            (&"go".into(), &"version-table".into())
+        );
+    }
+    assert_eq!(unknown[0]["kind"], "go-unprobed");
+    let reason = unknown[0]["reason"].as_str().unwrap();
+    assert!(reason.contains("1.99"), "{reason}");
+}
+
+/// A handler that starts two goroutines calling two services at once:
+/// both calls, and the call the second service makes, carry the lane. 2000
+/// requests, half gray, 3 hop decisions each, all trusted.
+#[test]
+fn go_fan_out_goroutines_inherit_the_lane() {
+    let cluster = shared(GO);
+    let before = cluster.flows();
+    let load = workspace().join("tests/apps/load.py");
+    let out = cluster.exec(
+        "client",
+        &[
+            "python3",
+            load.to_str().unwrap(),
+            "http://gof-a:8080/",
+            "2000",
+            "32",
+            "x-request-id",
+        ],
+    );
+    assert!(out.status.success(), "load failed: {}", text(&out.stderr));
+    let mut wrong = Vec::new();
+    for line in text(&out.stdout).lines() {
+        let row: Value = serde_json::from_str(line).unwrap();
+        let i = row["i"].as_u64().unwrap();
+        let l = if row["gray"].as_bool().unwrap() {
+            "gray"
+        } else {
+            "base"
+        };
+        let expected = format!("gof-a-base -> [go-b-{l} -> go-c-{l}(m={i}) | go-c-{l}(m={i})]");
+        if row["answer"] != expected.as_str() {
+            wrong.push(format!("{}: expected {expected}", row["answer"]));
+        }
+    }
+    let hops: Vec<Value> = flow_delta(&before, &cluster.flows())
+        .into_iter()
+        .filter(|f| f["source"] != "client")
+        .collect();
+    assert!(
+        wrong.is_empty(),
+        "{} wrong: {:?}\n{hops:#?}",
+        wrong.len(),
+        &wrong[..wrong.len().min(5)]
+    );
+    assert_eq!(requests_where(&hops, |_| true), 6000, "{hops:#?}");
+    assert_eq!(
+        requests_where(&hops, |f| f["correlation"] == "trusted"),
+        6000,
+        "{hops:#?}"
+    );
+    assert_eq!(
+        requests_where(&hops, |f| f["lane"] == "gray"
+            && f["reason"] == "inherited-goroutine"),
+        3000,
+        "{hops:#?}"
+    );
+}
+
+/// A goroutine the handler starts that calls out after the answer was
+/// sent (it outlives its request) inherits nothing: its call is untrusted
+/// and baseline, while the handler's own call in the same request is gray.
+#[test]
+fn go_a_goroutine_outliving_its_request_inherits_nothing() {
+    let cluster = shared(GO);
+    let url = format!("http://{}:8080/?late=1", cluster.pod_ip("go-a-base"));
+    let late_calls = |flows: &[Value]| {
+        requests_where(flows, |f| {
+            f["source"] == "go-a-base" && f["service"] == "go-c"
+        })
+    };
+    let before = cluster.flows();
+    for _ in 0..5 {
+        assert_eq!(
+            cluster.curl_from_node(&url, &["x-lane: gray"]),
+            "go-a-base -> go-b-gray -> go-c-gray(late=1)"
+        );
+    }
+    // The late calls come 50 ms after each answer.
+    let settled = eventually(Duration::from_secs(5), || {
+        let flows = flow_delta(&before, &cluster.flows());
+        (late_calls(&flows) == 5).then_some(flows)
+    });
+    let flows = settled.expect("5 late calls from go-a-base to go-c");
+    let late = requests_where(&flows, |f| {
+        f["source"] == "go-a-base"
+            && f["service"] == "go-c"
+            && f["correlation"] == "untrusted"
+            && f["lane"] == Value::Null
+            && f["endpoint"] == "go-c-base"
+    });
+    assert_eq!(late, 5, "{flows:#?}");
+}
+
+/// A Go binary tagger cannot probe (a version without offsets, no DWARF)
+/// is left alone: its calls are untrusted and take the safe default, never
+/// a lane guessed from a thread.
+#[test]
+fn go_an_unprobeable_binary_is_untrusted_and_safe() {
+    let cluster = shared(GO);
+    let before = cluster.flows();
+    let url = format!("http://{}:8080/", cluster.pod_ip("gou-a-base"));
+    for _ in 0..5 {
+        assert_eq!(
+            cluster.curl_from_node(&url, &["x-lane: gray"]),
+            "gou-a-base -> go-c-base()"
+        );
+    }
+    let flows = flow_delta(&before, &cluster.flows());
+    let row = flows
+        .iter()
+        .find(|f| f["source"] == "gou-a-base")
+        .unwrap_or_else(|| panic!("{flows:#?}"));
+    assert_eq!(
+        (
+            row["correlation"].as_str(),
+            &row["lane"],
+            row["requests"].as_u64()
+        ),
+        (Some("untrusted"), &Value::Null, Some(5)),
+        "{row}"
+    );
+}
+
+/// Go apps started before the daemon (a restart: new process, programs
+/// and maps) are found and probed again before redirection resumes.
+#[test]
+fn go_apps_running_before_the_daemon_are_probed() {
+    {
+        let cluster = shared(GO);
+        let out = cluster.tagger(&["cluster", "restart-daemon"]);
+        assert!(out.status.success(), "{}", text(&out.stderr));
+    }
+    b2_lane_header(Runtime::Go);
+    b2_lane_header(Runtime::GoStripped);
+    let cluster = shared(GO);
+    assert_eq!(
+        entry(&cluster, Runtime::Go, &["x-user-id: 100"]),
+        Runtime::Go.chain("gray", "base", "")
+    );
+}
