@@ -117,13 +117,13 @@ const SOCK_STREAM: u64 = 1;
 #[inline(always)]
 fn offsets(tgid: u32) -> Option<GoOffsets> {
     // SAFETY: plain value copied out at once.
-    unsafe { TAGGER_GO_PROCS.get(&tgid) }.copied()
+    unsafe { TAGGER_GO_PROCS.get(tgid) }.copied()
 }
 
 /// A process stops being probed (exit or exec).
 #[inline(always)]
 pub(crate) fn forget_process(tgid: u32) {
-    let _ = TAGGER_GO_PROCS.remove(&tgid);
+    let _ = TAGGER_GO_PROCS.remove(tgid);
 }
 
 #[inline(always)]
@@ -152,7 +152,9 @@ fn tcp_fd(tcpconn: u64, off: &GoOffsets) -> Option<u32> {
     if (family != AF_INET && family != AF_INET6) || sotype != SOCK_STREAM {
         return None;
     }
-    read_u64(netfd + off.netfd_pfd + off.fd_sysfd).filter(|&fd| fd < 1 << 31).map(|fd| fd as u32)
+    read_u64(netfd + off.netfd_pfd + off.fd_sysfd)
+        .filter(|&fd| fd < 1 << 31)
+        .map(|fd| fd as u32)
 }
 
 /// Is the context still that of an open request?
@@ -162,7 +164,7 @@ fn live(tgid: u32, context: &GoContext) -> bool {
         return false;
     }
     // SAFETY: plain value read.
-    unsafe { TAGGER_GO_CONNS.get(&conn_key(tgid, context.fd)) }
+    unsafe { TAGGER_GO_CONNS.get(conn_key(tgid, context.fd)) }
         .is_some_and(|conn| conn.seq == context.seq && conn.done == 0)
 }
 
@@ -184,11 +186,11 @@ pub(crate) fn on_read(pid_tgid: u64, fd: u32, buf: u64, len: u64, first: u64) {
             done: 0,
             _pad: 0,
         };
-        let _ = TAGGER_GO_CONNS.insert(&key, &conn, 0);
+        let _ = TAGGER_GO_CONNS.insert(key, conn, 0);
         return;
     }
     // More of a header block that did not fit in one read.
-    if let Some(conn) = TAGGER_GO_CONNS.get_ptr_mut(&key) {
+    if let Some(conn) = TAGGER_GO_CONNS.get_ptr_mut(key) {
         // SAFETY: the map value lives while this program runs.
         let conn = unsafe { &mut *conn };
         if conn.served == 0 && conn.done == 0 && conn.captured < MAX_CAPTURE_PER_REQUEST {
@@ -201,7 +203,7 @@ pub(crate) fn on_read(pid_tgid: u64, fd: u32, buf: u64, len: u64, first: u64) {
 /// Step 6: an HTTP response was written on accepted socket `fd`.
 pub(crate) fn on_response(pid_tgid: u64, fd: u32) {
     let key = conn_key((pid_tgid >> 32) as u32, fd);
-    if let Some(conn) = TAGGER_GO_CONNS.get_ptr_mut(&key) {
+    if let Some(conn) = TAGGER_GO_CONNS.get_ptr_mut(key) {
         // SAFETY: the map value lives while this program runs.
         unsafe { (*conn).done = 1 };
     }
@@ -213,12 +215,12 @@ pub(crate) fn take_call(pid_tgid: u64, fd: u32, now: u64) -> Option<(u64, u64, u
     let tgid = (pid_tgid >> 32) as u32;
     let key = conn_key(tgid, fd);
     // SAFETY: plain value copied out at once.
-    let call = unsafe { TAGGER_GO_CALLS.get(&key) }.copied();
+    let call = unsafe { TAGGER_GO_CALLS.get(key) }.copied();
     let Some(call) = call else {
         // Not sent through net/http's Transport: cause unknown.
         return propagation::untrusted_if_serving(pid_tgid);
     };
-    let _ = TAGGER_GO_CALLS.remove(&key);
+    let _ = TAGGER_GO_CALLS.remove(key);
     if now.saturating_sub(call.bound_ns) > CALL_TTL_NS {
         return propagation::untrusted_if_serving(pid_tgid);
     }
@@ -259,7 +261,7 @@ fn try_serve(ctx: &ProbeContext) -> Option<()> {
         _pad: 0,
     };
     if let Some(fd) = fd
-        && let Some(conn) = TAGGER_GO_CONNS.get_ptr_mut(&conn_key(tgid, fd))
+        && let Some(conn) = TAGGER_GO_CONNS.get_ptr_mut(conn_key(tgid, fd))
     {
         // SAFETY: the map value lives while this program runs.
         let conn = unsafe { &mut *conn };
@@ -274,7 +276,7 @@ fn try_serve(ctx: &ProbeContext) -> Option<()> {
         _pad: 0,
         goid,
     };
-    let _ = TAGGER_GO_ROUTINES.insert(&key, &context, 0);
+    let _ = TAGGER_GO_ROUTINES.insert(key, context, 0);
     Some(())
 }
 
@@ -298,7 +300,7 @@ fn try_newproc_ret(ctx: &ProbeContext) -> Option<()> {
         goid: parent,
     };
     // SAFETY: plain value copied out at once.
-    let context = unsafe { TAGGER_GO_ROUTINES.get(&key) }.copied()?;
+    let context = unsafe { TAGGER_GO_ROUTINES.get(key) }.copied()?;
     if !live(tgid, &context) {
         return None;
     }
@@ -307,7 +309,7 @@ fn try_newproc_ret(ctx: &ProbeContext) -> Option<()> {
         _pad: 0,
         goid: goid(r.rax, &off)?,
     };
-    let _ = TAGGER_GO_ROUTINES.insert(&child, &context, 0);
+    let _ = TAGGER_GO_ROUTINES.insert(child, context, 0);
     Some(())
 }
 
@@ -333,7 +335,7 @@ fn try_round_trip(ctx: &ProbeContext) -> Option<()> {
     // SAFETY: a helper without arguments.
     let now = unsafe { bpf_ktime_get_ns() };
     // SAFETY: plain value copied out at once.
-    let call = match unsafe { TAGGER_GO_ROUTINES.get(&key) }.copied() {
+    let call = match unsafe { TAGGER_GO_ROUTINES.get(key) }.copied() {
         Some(context) if live(tgid, &context) => GoCall {
             seq: context.seq,
             bound_ns: now,
@@ -356,6 +358,6 @@ fn try_round_trip(ctx: &ProbeContext) -> Option<()> {
             untrusted: u32::from(propagation::untrusted_if_serving(pid_tgid).is_some()),
         },
     };
-    let _ = TAGGER_GO_CALLS.insert(&conn_key(tgid, fd), &call, 0);
+    let _ = TAGGER_GO_CALLS.insert(conn_key(tgid, fd), call, 0);
     Some(())
 }

@@ -164,7 +164,7 @@ fn redirect_target(ctx: &SockAddrContext, ip: u32, port: u32) -> Result<Option<P
         _pad: 0,
     };
     // SAFETY: read-only lookup of a plain-old-data value.
-    if unsafe { TAGGER_MANAGED.get(&dest) }.is_none() {
+    if unsafe { TAGGER_MANAGED.get(dest) }.is_none() {
         return Ok(None);
     }
     let cookie = unsafe { bpf_get_socket_cookie(ctx.sock_addr.cast()) };
@@ -175,7 +175,7 @@ fn redirect_target(ctx: &SockAddrContext, ip: u32, port: u32) -> Result<Option<P
         cgroup_id,
         cookie,
     };
-    if TAGGER_PENDING.insert(&cookie, &origin, 0).is_err() {
+    if TAGGER_PENDING.insert(cookie, origin, 0).is_err() {
         // Without a record the proxy could not tell where to go: do not redirect.
         bump(stat::MAP_ERRORS);
         return Ok(None);
@@ -211,7 +211,7 @@ fn try_sock_ops(ctx: &SockOpsContext) -> Result<(), i64> {
 /// reused, so this only frees space).
 fn forget_socket(ctx: &SockOpsContext) {
     let cookie = unsafe { bpf_get_socket_cookie(ctx.ops.cast()) };
-    let _ = propagation::TAGGER_REQUEST_TAGS.remove(&cookie);
+    let _ = propagation::TAGGER_REQUEST_TAGS.remove(cookie);
 }
 
 /// Gives the context's socket a propagation role (see propagation.rs).
@@ -234,7 +234,7 @@ fn link_flow(ctx: &SockOpsContext) -> Result<(), i64> {
     }
     let cookie = unsafe { bpf_get_socket_cookie(ctx.ops.cast()) };
     // SAFETY: read of a plain-old-data value we copy out at once.
-    let origin = match unsafe { TAGGER_PENDING.get(&cookie) } {
+    let origin = match unsafe { TAGGER_PENDING.get(cookie) } {
         Some(origin) => *origin,
         None => return Ok(()),
     };
@@ -244,12 +244,12 @@ fn link_flow(ctx: &SockOpsContext) -> Result<(), i64> {
         src_port: (ctx.local_port() as u16).to_be(),
         _pad: 0,
     };
-    if TAGGER_FLOWS.insert(&key, &origin, 0).is_err() {
+    if TAGGER_FLOWS.insert(key, origin, 0).is_err() {
         bump(stat::MAP_ERRORS);
     } else {
         bump(stat::FLOW_LINKED);
     }
-    let _ = TAGGER_PENDING.remove(&cookie);
+    let _ = TAGGER_PENDING.remove(cookie);
     set_role(ctx, propagation::ROLE_REDIRECTED);
     // Ask for state callbacks on this socket only, to see it close.
     let _ = ctx.set_cb_flags(BPF_SOCK_OPS_STATE_CB_FLAG as i32);

@@ -33,7 +33,7 @@ static TAGGER_PROC_EVENTS: RingBuf = RingBuf::with_byte_size(16 * 1024, 0);
 #[inline(always)]
 pub(crate) fn kind_of(pid_tgid: u64) -> Option<u32> {
     // SAFETY: plain value copied out at once.
-    unsafe { TAGGER_PROC_KINDS.get(&((pid_tgid >> 32) as u32)) }.copied()
+    unsafe { TAGGER_PROC_KINDS.get((pid_tgid >> 32) as u32) }.copied()
 }
 
 #[inline(always)]
@@ -50,7 +50,7 @@ pub(crate) fn ask_classify(pid_tgid: u64) {
     }
     let tgid = (pid_tgid >> 32) as u32;
     if TAGGER_PROC_KINDS
-        .insert(&tgid, &kind::PENDING, u64::from(BPF_NOEXIST))
+        .insert(tgid, kind::PENDING, u64::from(BPF_NOEXIST))
         .is_ok()
     {
         tell(tgid, PROC_CLASSIFY);
@@ -63,10 +63,10 @@ pub(crate) fn ask_classify(pid_tgid: u64) {
 #[inline(always)]
 pub(crate) fn on_process_exit(tgid: u32) {
     // SAFETY: plain value copied out at once.
-    let Some(was) = (unsafe { TAGGER_PROC_KINDS.get(&tgid) }).copied() else {
+    let Some(was) = (unsafe { TAGGER_PROC_KINDS.get(tgid) }).copied() else {
         return;
     };
-    let _ = TAGGER_PROC_KINDS.remove(&tgid);
+    let _ = TAGGER_PROC_KINDS.remove(tgid);
     if was == kind::GO || was == kind::GO_UNPROBED {
         golang::forget_process(tgid);
         tell(tgid, PROC_EXIT);
@@ -80,14 +80,14 @@ pub fn tagger_task_exec(_ctx: BtfTracePointContext) -> i32 {
     let pid_tgid = bpf_get_current_pid_tgid();
     let tgid = (pid_tgid >> 32) as u32;
     // SAFETY: plain value copied out at once.
-    match (unsafe { TAGGER_PROC_KINDS.get(&tgid) }).copied() {
+    match (unsafe { TAGGER_PROC_KINDS.get(tgid) }).copied() {
         Some(was) => {
             if was == kind::GO || was == kind::GO_UNPROBED {
                 golang::forget_process(tgid);
                 tell(tgid, PROC_EXIT);
             }
             propagation::forget_process(tgid);
-            let _ = TAGGER_PROC_KINDS.insert(&tgid, &kind::PENDING, 0);
+            let _ = TAGGER_PROC_KINDS.insert(tgid, kind::PENDING, 0);
             tell(tgid, PROC_CLASSIFY);
         }
         None => {

@@ -167,7 +167,7 @@ const WAKE_GRACE_NS: u64 = 2_000_000_000;
 #[inline(always)]
 pub(crate) fn note_call_out(pid_tgid: u64) {
     let tgid = (pid_tgid >> 32) as u32;
-    if let Some(process) = TAGGER_PROCESSES.get_ptr_mut(&tgid) {
+    if let Some(process) = TAGGER_PROCESSES.get_ptr_mut(tgid) {
         // SAFETY: map value, valid while this program runs.
         let process = unsafe { &mut *process };
         if process.leaf != 0 {
@@ -183,7 +183,7 @@ pub(crate) fn note_call_out(pid_tgid: u64) {
             _pad: 0,
             woke_ns: 0,
         };
-        let _ = TAGGER_PROCESSES.insert(&tgid, &fresh, 0);
+        let _ = TAGGER_PROCESSES.insert(tgid, fresh, 0);
     }
 }
 
@@ -191,14 +191,14 @@ pub(crate) fn note_call_out(pid_tgid: u64) {
 fn is_leaf(pid_tgid: u64) -> bool {
     let tgid = (pid_tgid >> 32) as u32;
     // SAFETY: plain value read.
-    unsafe { TAGGER_PROCESSES.get(&tgid) }.is_some_and(|p| p.leaf != 0)
+    unsafe { TAGGER_PROCESSES.get(tgid) }.is_some_and(|p| p.leaf != 0)
 }
 
 /// Counts an inbound request; a process that only serves becomes a leaf.
 #[inline(always)]
 pub(crate) fn count_inbound(pid_tgid: u64) {
     let tgid = (pid_tgid >> 32) as u32;
-    if let Some(process) = TAGGER_PROCESSES.get_ptr_mut(&tgid) {
+    if let Some(process) = TAGGER_PROCESSES.get_ptr_mut(tgid) {
         // SAFETY: as above.
         let process = unsafe { &mut *process };
         process.inbound_requests = process.inbound_requests.saturating_add(1);
@@ -213,7 +213,7 @@ pub(crate) fn count_inbound(pid_tgid: u64) {
             _pad: 0,
             woke_ns: 0,
         };
-        let _ = TAGGER_PROCESSES.insert(&tgid, &fresh, 0);
+        let _ = TAGGER_PROCESSES.insert(tgid, fresh, 0);
     }
 }
 
@@ -222,7 +222,7 @@ pub(crate) fn count_inbound(pid_tgid: u64) {
 fn just_woke(pid_tgid: u64, now: u64) -> bool {
     let tgid = (pid_tgid >> 32) as u32;
     // SAFETY: plain value read.
-    unsafe { TAGGER_PROCESSES.get(&tgid) }
+    unsafe { TAGGER_PROCESSES.get(tgid) }
         .is_some_and(|p| p.woke_ns != 0 && now.saturating_sub(p.woke_ns) < WAKE_GRACE_NS)
 }
 
@@ -230,15 +230,15 @@ fn just_woke(pid_tgid: u64, now: u64) -> bool {
 #[inline(always)]
 pub(crate) fn in_pod(cgroup_id: u64) -> bool {
     // SAFETY: plain value read.
-    unsafe { TAGGER_POD_CGROUPS.get(&cgroup_id) }.is_some()
+    unsafe { TAGGER_POD_CGROUPS.get(cgroup_id) }.is_some()
 }
 
 /// A process execs: what was counted for its old image goes.
 #[inline(always)]
 pub(crate) fn forget_process(tgid: u32) {
     // SAFETY: plain value read.
-    if unsafe { TAGGER_PROCESSES.get(&tgid) }.is_some() {
-        let _ = TAGGER_PROCESSES.remove(&tgid);
+    if unsafe { TAGGER_PROCESSES.get(tgid) }.is_some() {
+        let _ = TAGGER_PROCESSES.remove(tgid);
     }
 }
 
@@ -249,7 +249,7 @@ pub(crate) fn forget_process(tgid: u32) {
 pub(crate) fn untrusted_if_serving(pid_tgid: u64) -> Option<(u64, u64, u32)> {
     let tgid = (pid_tgid >> 32) as u32;
     // SAFETY: plain value read.
-    unsafe { TAGGER_PROCESSES.get(&tgid) }
+    unsafe { TAGGER_PROCESSES.get(tgid) }
         .is_some_and(|p| p.inbound_requests > 0)
         .then_some((pid_tgid, 0, TAG_UNTRUSTED))
 }
@@ -389,8 +389,8 @@ fn on_read(pid_tgid: u64, fd: u32, buf: u64, len: u64) {
         let seq = unsafe { bpf_ktime_get_ns() };
         // SAFETY: plain values copied out at once.
         let woke_ns =
-            unsafe { TAGGER_PROCESSES.get(&((pid_tgid >> 32) as u32)) }.map_or(0, |p| p.woke_ns);
-        let open = match unsafe { TAGGER_THREADS.get(&pid_tgid) } {
+            unsafe { TAGGER_PROCESSES.get((pid_tgid >> 32) as u32) }.map_or(0, |p| p.woke_ns);
+        let open = match unsafe { TAGGER_THREADS.get(pid_tgid) } {
             // State from before leaf mode is stale: responses written while
             // a leaf were not seen.
             Some(previous) if previous.seq > woke_ns => previous.open + 1,
@@ -414,11 +414,11 @@ fn on_read(pid_tgid: u64, fd: u32, buf: u64, len: u64) {
             sending: 0,
             _pad: 0,
         };
-        let _ = TAGGER_THREADS.insert(&pid_tgid, &state, 0);
+        let _ = TAGGER_THREADS.insert(pid_tgid, state, 0);
         return;
     }
     // More of a header block that did not fit in one read.
-    if let Some(state) = TAGGER_THREADS.get_ptr_mut(&pid_tgid) {
+    if let Some(state) = TAGGER_THREADS.get_ptr_mut(pid_tgid) {
         // SAFETY: the map value lives while we hold the pointer in this program.
         let state = unsafe { &mut *state };
         if state.open > 0 && state.fd == fd && state.captured < MAX_CAPTURE_PER_REQUEST {
@@ -535,7 +535,7 @@ fn on_tcp_send(sk: *mut c_void) {
         return;
     }
     let pid_tgid = bpf_get_current_pid_tgid();
-    let state = TAGGER_THREADS.get_ptr_mut(&pid_tgid);
+    let state = TAGGER_THREADS.get_ptr_mut(pid_tgid);
     // SAFETY: map values live while this program runs.
     if let Some(state) = state
         && unsafe { (*state).sending } != 0
@@ -563,8 +563,8 @@ fn on_tcp_send(sk: *mut c_void) {
                 sending: 1,
                 _pad: 0,
             };
-            let _ = TAGGER_THREADS.insert(&pid_tgid, &fresh, 0);
-            match TAGGER_THREADS.get_ptr_mut(&pid_tgid) {
+            let _ = TAGGER_THREADS.insert(pid_tgid, fresh, 0);
+            match TAGGER_THREADS.get_ptr_mut(pid_tgid) {
                 // SAFETY: as above.
                 Some(state) => unsafe { &mut *state },
                 None => return,
@@ -597,7 +597,7 @@ fn on_tcp_send(sk: *mut c_void) {
     };
     // SAFETY: `sk` is the tracepoint's socket argument, typed by BTF.
     let cookie = unsafe { bpf_get_socket_cookie(sk) };
-    if TAGGER_REQUEST_TAGS.insert(&cookie, &tag, 0).is_ok() {
+    if TAGGER_REQUEST_TAGS.insert(cookie, tag, 0).is_ok() {
         bump(stat::OUTBOUND_TAGGED);
     }
 }
@@ -628,7 +628,7 @@ fn thread_tag(state: &ThreadState, pid_tgid: u64, now: u64) -> Option<(u64, u64,
 fn mark_pod_tagged() {
     let cgroup = unsafe { bpf_get_current_cgroup_id() };
     // SAFETY: plain value copied out.
-    let Some(slot) = (unsafe { TAGGER_POD_CGROUPS.get(&cgroup) }).copied() else {
+    let Some(slot) = (unsafe { TAGGER_POD_CGROUPS.get(cgroup) }).copied() else {
         return;
     };
     if let Some(flag) = TAGGER_POD_TAGGED.get_ptr_mut(slot) {
@@ -650,7 +650,7 @@ fn on_send_done(sk: *mut c_void, sent: i64) {
         return;
     }
     let pid_tgid = bpf_get_current_pid_tgid();
-    let state = TAGGER_THREADS.get_ptr_mut(&pid_tgid);
+    let state = TAGGER_THREADS.get_ptr_mut(pid_tgid);
     if role == ROLE_REDIRECTED {
         if let Some(state) = state {
             // SAFETY: the map value lives while this program runs.
@@ -764,13 +764,13 @@ pub fn tagger_sock_sent(ctx: BtfTracePointContext) -> i32 {
 pub fn tagger_task_exit(_ctx: BtfTracePointContext) -> i32 {
     let pid_tgid = bpf_get_current_pid_tgid();
     // SAFETY: lookups of plain values.
-    if unsafe { TAGGER_THREADS.get(&pid_tgid) }.is_some() {
-        let _ = TAGGER_THREADS.remove(&pid_tgid);
+    if unsafe { TAGGER_THREADS.get(pid_tgid) }.is_some() {
+        let _ = TAGGER_THREADS.remove(pid_tgid);
     }
     let tgid = (pid_tgid >> 32) as u32;
     if pid_tgid as u32 == tgid {
-        if unsafe { TAGGER_PROCESSES.get(&tgid) }.is_some() {
-            let _ = TAGGER_PROCESSES.remove(&tgid);
+        if unsafe { TAGGER_PROCESSES.get(tgid) }.is_some() {
+            let _ = TAGGER_PROCESSES.remove(tgid);
         }
         procs::on_process_exit(tgid);
     }

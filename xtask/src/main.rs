@@ -217,6 +217,16 @@ fn test(root: &Path, filter: Option<&str>) -> Result<()> {
             "-D",
             "warnings",
         ]))?;
+        // The kernel crate too, checked for the host (clippy's lints do not
+        // depend on the target; its build for bpfel needs build-std).
+        run(cargo(root).args([
+            "clippy",
+            "--manifest-path",
+            "tagger-ebpf/Cargo.toml",
+            "--",
+            "-D",
+            "warnings",
+        ]))?;
     }
     println!("== build");
     build(root)?;
