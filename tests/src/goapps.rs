@@ -11,15 +11,19 @@ use crate::workspace;
 const BUILDS: [(&str, &[&str]); 2] = [("hop-go", &[]), ("hop-go-stripped", &["-ldflags=-s -w"])];
 
 /// Builds the apps once per test process if the cluster file runs them.
-pub(crate) fn prepare(cluster_file: &Path) {
+pub fn prepare(cluster_file: &Path) {
     static BUILT: Once = Once::new();
     let text = std::fs::read_to_string(cluster_file).unwrap_or_default();
     if text.contains("apps/bin/") {
-        BUILT.call_once(build);
+        BUILT.call_once(|| {
+            build();
+        });
     }
 }
 
-fn build() {
+/// Builds `hop-go`, `hop-go-stripped` and `hop-go-unknown` into
+/// `tests/apps/bin/` (also used by `cargo xtask bench`); returns that dir.
+pub fn build() -> std::path::PathBuf {
     let root = workspace();
     let bin = root.join("tests/apps/bin");
     std::fs::create_dir_all(&bin).unwrap();
@@ -49,6 +53,7 @@ fn build() {
         std::fs::rename(&partial, bin.join(name)).unwrap();
     }
     unknown_version(&bin);
+    bin
 }
 
 /// `hop-go-unknown`: the stripped build claiming a Go version tagger has no

@@ -5,7 +5,7 @@
 //! These tests need root. Without it they fail (never skip): `cargo xtask
 //! test` is the way to run them.
 pub mod chains;
-mod goapps;
+pub mod goapps;
 mod host;
 mod load;
 mod shared;

@@ -34,10 +34,10 @@ pub enum Mode {
     Smoke,
 }
 
-struct Plan {
-    runs: usize,
-    fixed: u32,
-    saturation: u32,
+pub(crate) struct Plan {
+    pub(crate) runs: usize,
+    pub(crate) fixed: u32,
+    pub(crate) saturation: u32,
     warmup: bool,
     header_sizes: &'static [usize],
     /// With/without-programs pairs for case (d): its difference is small
@@ -48,7 +48,7 @@ struct Plan {
 }
 
 impl Mode {
-    fn plan(self) -> Plan {
+    pub(crate) fn plan(self) -> Plan {
         match self {
             Mode::Full => Plan {
                 runs: 3,
@@ -253,26 +253,36 @@ fn haproxy_config(dir: &Path, web: &str) -> Result<PathBuf> {
 
 /// One oha result: requests per second and latency percentiles in µs.
 #[derive(Debug, Clone, Copy, Default)]
-struct Sample {
-    rps: f64,
-    p50: f64,
-    p99: f64,
-    p999: f64,
-    success: f64,
-    requests: f64,
+pub(crate) struct Sample {
+    pub(crate) rps: f64,
+    pub(crate) p50: f64,
+    pub(crate) p99: f64,
+    pub(crate) p999: f64,
+    pub(crate) success: f64,
+    pub(crate) requests: f64,
+}
+
+/// oha in the `load` pod of the cluster whose run dir is `run_dir`.
+pub(crate) struct Oha<'a> {
+    tagger: &'a Path,
+    run_dir: &'static str,
 }
 
 struct Bench<'a> {
-    tagger: &'a Path,
+    oha: Oha<'a>,
     urls: BTreeMap<&'static str, String>,
 }
 
-impl Bench<'_> {
-    fn oha(&self, url: &str, args: &[String]) -> Result<Sample> {
+impl<'a> Oha<'a> {
+    pub(crate) fn new(tagger: &'a Path, run_dir: &'static str) -> Self {
+        Self { tagger, run_dir }
+    }
+
+    pub(crate) fn oha(&self, url: &str, args: &[String]) -> Result<Sample> {
         let out = Command::new(self.tagger)
             .args([
                 "--run-dir",
-                RUN_DIR,
+                self.run_dir,
                 "cluster",
                 "exec",
                 "load",
@@ -305,14 +315,21 @@ impl Bench<'_> {
     }
 
     /// Two seconds of closed-loop load: connections open, caches warm.
-    fn warm_up(&self, plan: &Plan, path: &str) -> Result<()> {
+    pub(crate) fn warm_up(&self, plan: &Plan, url: &str) -> Result<()> {
         if plan.warmup {
-            self.oha(
-                &self.urls[path],
-                &["-z".into(), "2s".into(), "-c".into(), "16".into()],
-            )?;
+            self.oha(url, &["-z".into(), "2s".into(), "-c".into(), "16".into()])?;
         }
         Ok(())
+    }
+}
+
+impl Bench<'_> {
+    fn oha(&self, url: &str, args: &[String]) -> Result<Sample> {
+        self.oha.oha(url, args)
+    }
+
+    fn warm_up(&self, plan: &Plan, path: &str) -> Result<()> {
+        self.oha.warm_up(plan, &self.urls[path])
     }
 
     /// The median (by each field separately) of the plan's runs, after a
@@ -333,7 +350,7 @@ impl Bench<'_> {
 
 impl Sample {
     /// The median of each field separately.
-    fn median_of(samples: &[Sample]) -> Sample {
+    pub(crate) fn median_of(samples: &[Sample]) -> Sample {
         let median = |f: fn(&Sample) -> f64| median(&mut samples.iter().map(f).collect::<Vec<_>>());
         Sample {
             rps: median(|s| s.rps),
@@ -348,7 +365,7 @@ impl Sample {
 
 /// CPU time (ms) and RSS (KiB) of a process.
 /// CPU time of a process in ms: (user, system).
-fn cpu_ms(pid: u32) -> (f64, f64) {
+pub(crate) fn cpu_ms(pid: u32) -> (f64, f64) {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
     let fields: Vec<&str> = stat
         .rsplit_once(')')
@@ -459,7 +476,7 @@ pub fn run_bench(root: &Path, tagger: &Path, mode: Mode) -> Result<()> {
     wait_port(&format!("10.77.0.1:{RELAY_PORT}"))?;
 
     let bench = Bench {
-        tagger,
+        oha: Oha::new(tagger, RUN_DIR),
         urls: BTreeMap::from([
             ("direct", format!("http://{web}:8081/")),
             ("tagger", "http://web:8080/".to_string()),
@@ -475,24 +492,7 @@ pub fn run_bench(root: &Path, tagger: &Path, mode: Mode) -> Result<()> {
         _ => None,
     };
 
-    let fixed_args = |secs: u32| -> Vec<String> {
-        [
-            "-z",
-            &format!("{secs}s"),
-            "-c",
-            "16",
-            "-q",
-            "1000",
-            "--latency-correction",
-        ]
-        .map(String::from)
-        .to_vec()
-    };
-    let saturation_args = |secs: u32| -> Vec<String> {
-        ["-z", &format!("{secs}s"), "-c", "16"]
-            .map(String::from)
-            .to_vec()
-    };
+    let fixed_args = |secs: u32| fixed_args(secs, 1000);
     let churn_args = |secs: u32| -> Vec<String> {
         [
             "-z",
@@ -640,6 +640,12 @@ pub fn run_bench(root: &Path, tagger: &Path, mode: Mode) -> Result<()> {
     results.insert(
         "live_changes".into(),
         crate::switch::measure(root, tagger, plan.switch_rounds)?,
+    );
+
+    println!("bench: Go chain probed vs not probed (the uprobes' cost)");
+    results.insert(
+        "go".into(),
+        crate::gobench::measure(tagger, &dir, mode)?,
     );
 
     let report = json!({
@@ -814,6 +820,49 @@ fn render(report: &Value) -> String {
             f(&live["failed_requests_per_daemon_stop"])
         );
     }
+    let go = &r["go"];
+    if go.is_object() {
+        let _ = writeln!(
+            out,
+            "\nGo chain front -> back (net/http, one shared client), both hops through tagger: probed vs the same source left unprobed (its Go version string patched):\n"
+        );
+        let _ = writeln!(
+            out,
+            "| chain | p50 µs @500rps | p99 µs | saturation rps | Go processes' CPU ms / 1000 req |\n|---|---|---|---|---|"
+        );
+        for chain in ["go-probed", "go-unprobed"] {
+            let c = &go[chain];
+            let _ = writeln!(
+                out,
+                "| {chain} | {} | {} | {} | {} |",
+                f(&c["fixed_500rps"]["p50_us"]),
+                f(&c["fixed_500rps"]["p99_us"]),
+                f(&c["saturation_rps"]),
+                c["go_cpu_ms_per_1000_requests"]
+                    .as_f64()
+                    .map_or("-".into(), |x| format!("{x:.1}")),
+            );
+        }
+        let u = &go["uprobes"];
+        let _ = writeln!(
+            out,
+            "\nUprobe hits per request through the chain: {:.2}; added Go CPU per request {:.1} µs, {:.1} µs per hit (trap + program).\n",
+            u["hits_per_request"].as_f64().unwrap_or(0.0),
+            u["added_cpu_us_per_request"].as_f64().unwrap_or(0.0),
+            u["added_cpu_us_per_hit"].as_f64().unwrap_or(0.0),
+        );
+        let _ = writeln!(out, "| Go program | hits per request | ns per run |\n|---|---|---|");
+        if let Some(programs) = u["programs"].as_object() {
+            for (name, p) in programs {
+                let _ = writeln!(
+                    out,
+                    "| {name} | {:.2} | {} |",
+                    p["hits_per_request"].as_f64().unwrap_or(0.0),
+                    f(&p["ns_per_run"])
+                );
+            }
+        }
+    }
     if let Some(programs) = r["programs"].as_array() {
         let _ = writeln!(out, "\n| program | runs | ns per run |\n|---|---|---|");
         for p in programs {
@@ -857,6 +906,18 @@ pub fn check_report(dir: &Path) -> Result<()> {
     {
         bail!("no eBPF program stats in the report");
     }
+    let go = &report["results"]["go"];
+    for chain in ["go-probed", "go-unprobed"] {
+        if go[chain]["saturation_rps"].as_f64().is_none_or(|r| r <= 0.0) {
+            bail!("Go chain {chain} not measured: {go}");
+        }
+    }
+    if go["uprobes"]["hits_per_request"]
+        .as_f64()
+        .is_none_or(|h| h <= 0.0)
+    {
+        bail!("the probed Go chain made no uprobe hits: {go}");
+    }
     let live = &report["results"]["live_changes"];
     for key in [
         "rule_disable_ms",
@@ -879,6 +940,29 @@ fn stop_daemon(daemon: u32) -> Result<()> {
         std::thread::sleep(Duration::from_millis(20));
     }
     Ok(())
+}
+
+/// oha's arguments for `secs` seconds at a fixed `rate` over 16
+/// connections, latency measured from when each request was due.
+pub(crate) fn fixed_args(secs: u32, rate: u32) -> Vec<String> {
+    [
+        "-z",
+        &format!("{secs}s"),
+        "-c",
+        "16",
+        "-q",
+        &rate.to_string(),
+        "--latency-correction",
+    ]
+    .map(String::from)
+    .to_vec()
+}
+
+/// oha's arguments for `secs` seconds as fast as 16 connections go.
+pub(crate) fn saturation_args(secs: u32) -> Vec<String> {
+    ["-z", &format!("{secs}s"), "-c", "16"]
+        .map(String::from)
+        .to_vec()
 }
 
 pub fn median(values: &mut [f64]) -> f64 {

@@ -8,6 +8,7 @@ mod demo;
 mod fuzz;
 mod runner;
 mod setup;
+mod gobench;
 mod switch;
 
 use std::{
