@@ -16,10 +16,6 @@ pub struct GoOffsets {
     pub m_curg: u64,
     /// `net/http.persistConn.conn` (`net.Conn`).
     pub persist_conn_conn: u64,
-    /// `net/http.conn.rwc` (`net.Conn`).
-    pub conn_rwc: u64,
-    /// `net/http.response.conn` (`*conn`).
-    pub response_conn: u64,
     /// `net.TCPConn.conn` (embedded `net.conn`).
     pub tcpconn_conn: u64,
     /// `net.conn.fd` (`*netFD`).
@@ -57,7 +53,7 @@ mod tests {
 
     #[test]
     fn layouts_have_no_implicit_padding() {
-        assert_eq!(size_of::<GoOffsets>(), 96);
+        assert_eq!(size_of::<GoOffsets>(), 80);
     }
 
     #[test]

@@ -33,7 +33,6 @@ pub mod names {
 
     // Go programs (uprobes at file offsets from `golang::inspect`).
     pub const MAP_GO_PROCS: &str = "TAGGER_GO_PROCS";
-    pub const PROG_GO_SERVE: &str = "tagger_go_serve";
     pub const PROG_GO_ROUND_TRIP: &str = "tagger_go_round_trip";
     pub const PROG_GO_NEWPROC_RET: &str = "tagger_go_newproc_ret";
     /// (program, tracepoint): every BTF tracepoint (`tp_btf`) the daemon

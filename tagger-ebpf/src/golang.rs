@@ -9,10 +9,12 @@
 //!    HTTP request read on an accepted socket opens a context keyed by the
 //!    connection, `conn_key(tgid, fd)`, with a fresh `seq`; its bytes go to
 //!    userspace under that key.
-//! 2. **Handler** (uprobe at `net/http.serverHandler.ServeHTTP`): the
-//!    handler goroutine (goid from the g in R14) takes the context of its
-//!    connection, once: a second handler on the same unread context (a
-//!    pipelined request whose start was not seen) is untrusted.
+//! 2. **Handler**: the goroutine that made that read (its g is in R14 at
+//!    the syscall, which the kernel saved with the user registers) takes the
+//!    context. In net/http it is the connection's goroutine, which runs the
+//!    handler; a server that hands requests to other goroutines over
+//!    channels gets nothing trusted (step 4 finds no context). No uprobe:
+//!    the read is already traced.
 //! 3. **Fan-out** (uprobe at each RET of `runtime.newproc1`): a goroutine
 //!    started by one with a live context inherits it. The parent is the
 //!    thread's user goroutine (`g0.m.curg`: newproc1 runs on the system
@@ -27,14 +29,18 @@
 //!    and becomes the socket's request tag (`TAG_GOROUTINE`).
 //! 6. **Answer** (`sock_send_length`): an HTTP response (not 1xx) written on
 //!    the connection ends the context: goroutines that outlive their
-//!    request inherit nothing trusted.
+//!    request inherit nothing trusted, and neither does the handler of a
+//!    pipelined request read in the same buffer (its start was not seen).
 //!
 //! Go >= 1.17 register ABI on amd64: arguments in RAX, RBX, RCX, RDI, ...,
 //! receiver first; R14 holds the current g. Struct offsets come per process
 //! from `TAGGER_GO_PROCS` (a process without an entry is left alone), and
 //! every `net.Conn` is checked to hold a TCP socket before its fd is used.
 use aya_ebpf::{
-    helpers::{bpf_get_current_pid_tgid, bpf_ktime_get_ns, bpf_probe_read_user},
+    helpers::{
+        bpf_get_current_pid_tgid, bpf_ktime_get_ns, bpf_probe_read_user,
+        generated::{bpf_get_current_task_btf, bpf_task_pt_regs},
+    },
     macros::{map, uprobe},
     maps::{HashMap, LruHashMap},
     programs::ProbeContext,
@@ -58,11 +64,8 @@ struct GoConn {
     seq: u64,
     /// Bytes of the request sent to userspace.
     captured: u32,
-    /// 1 once a handler took the context.
-    served: u32,
     /// 1 once a response was written: the request is over.
     done: u32,
-    _pad: u32,
 }
 
 #[map]
@@ -80,7 +83,6 @@ struct GoroutineKey {
 #[repr(C)]
 #[derive(Clone, Copy)]
 struct GoContext {
-    /// 0: the goroutine serves a request whose context is not known.
     seq: u64,
     /// The inbound connection's fd.
     fd: u32,
@@ -110,6 +112,8 @@ static TAGGER_GO_CALLS: LruHashMap<u64, GoCall> = LruHashMap::with_max_entries(6
 /// A binding older than this is not the request being written (its
 /// roundTrip failed before writing; the fd was reused).
 const CALL_TTL_NS: u64 = 5_000_000_000;
+/// Offset of r14 in `struct pt_regs` (x86_64).
+const REG_R14: usize = 8;
 const AF_INET: u64 = 2;
 const AF_INET6: u64 = 10;
 const SOCK_STREAM: u64 = 1;
@@ -168,7 +172,20 @@ fn live(tgid: u32, context: &GoContext) -> bool {
         .is_some_and(|conn| conn.seq == context.seq && conn.done == 0)
 }
 
-/// Step 1: a Go process read `len` bytes at `buf` from accepted socket `fd`.
+/// The g that made the current syscall: R14 when it entered the kernel (Go
+/// keeps g in R14 down to the SYSCALL instruction).
+#[inline(always)]
+fn syscall_g() -> u64 {
+    // SAFETY: both helpers return pointers the verifier knows by BTF; the
+    // load is checked against `struct pt_regs` and cannot fault.
+    unsafe {
+        let regs = bpf_task_pt_regs(bpf_get_current_task_btf()) as *const u8;
+        core::ptr::read_volatile(regs.add(REG_R14).cast::<u64>())
+    }
+}
+
+/// Steps 1 and 2: a Go process read `len` bytes at `buf` from accepted
+/// socket `fd`.
 pub(crate) fn on_read(pid_tgid: u64, fd: u32, buf: u64, len: u64, first: u64) {
     let tgid = (pid_tgid >> 32) as u32;
     let key = conn_key(tgid, fd);
@@ -182,18 +199,27 @@ pub(crate) fn on_read(pid_tgid: u64, fd: u32, buf: u64, len: u64, first: u64) {
         let conn = GoConn {
             seq,
             captured,
-            served: 0,
             done: 0,
-            _pad: 0,
         };
         let _ = TAGGER_GO_CONNS.insert(key, conn, 0);
+        if let Some(off) = offsets(tgid)
+            && let Some(goid) = goid(syscall_g(), &off)
+        {
+            let reader = GoroutineKey {
+                tgid,
+                _pad: 0,
+                goid,
+            };
+            let context = GoContext { seq, fd, _pad: 0 };
+            let _ = TAGGER_GO_ROUTINES.insert(reader, context, 0);
+        }
         return;
     }
     // More of a header block that did not fit in one read.
     if let Some(conn) = TAGGER_GO_CONNS.get_ptr_mut(key) {
         // SAFETY: the map value lives while this program runs.
         let conn = unsafe { &mut *conn };
-        if conn.served == 0 && conn.done == 0 && conn.captured < MAX_CAPTURE_PER_REQUEST {
+        if conn.done == 0 && conn.captured < MAX_CAPTURE_PER_REQUEST {
             let budget = MAX_CAPTURE_PER_REQUEST - conn.captured;
             conn.captured += propagation::emit_read(key, conn.seq, fd, buf, len, 0, budget);
         }
@@ -237,47 +263,6 @@ pub(crate) fn take_call(pid_tgid: u64, fd: u32, now: u64) -> Option<(u64, u64, u
 fn regs(ctx: &ProbeContext) -> &aya_ebpf::bindings::pt_regs {
     // SAFETY: a uprobe's context is the user registers at the probe.
     unsafe { &*ctx.regs }
-}
-
-/// Step 2. `serverHandler.ServeHTTP(sh, rw ResponseWriter, req)`: RAX = sh
-/// (its one field), RBX/RCX = rw's itab/data (`*response`).
-#[uprobe]
-pub fn tagger_go_serve(ctx: ProbeContext) -> u32 {
-    let _ = try_serve(&ctx);
-    0
-}
-
-fn try_serve(ctx: &ProbeContext) -> Option<()> {
-    let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
-    let off = offsets(tgid)?;
-    let r = regs(ctx);
-    let goid = goid(r.r14, &off)?;
-    let fd = read_u64(r.rcx + off.response_conn)
-        .and_then(|conn| read_u64(conn + off.conn_rwc + 8))
-        .and_then(|tcpconn| tcp_fd(tcpconn, &off));
-    let mut context = GoContext {
-        seq: 0,
-        fd: 0,
-        _pad: 0,
-    };
-    if let Some(fd) = fd
-        && let Some(conn) = TAGGER_GO_CONNS.get_ptr_mut(conn_key(tgid, fd))
-    {
-        // SAFETY: the map value lives while this program runs.
-        let conn = unsafe { &mut *conn };
-        context.fd = fd;
-        if conn.served == 0 && conn.done == 0 {
-            conn.served = 1;
-            context.seq = conn.seq;
-        }
-    }
-    let key = GoroutineKey {
-        tgid,
-        _pad: 0,
-        goid,
-    };
-    let _ = TAGGER_GO_ROUTINES.insert(key, context, 0);
-    Some(())
 }
 
 /// Step 3. At each RET of `newproc1(fn, callergp, callerpc) *g`: RAX = the

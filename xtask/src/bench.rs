@@ -643,10 +643,7 @@ pub fn run_bench(root: &Path, tagger: &Path, mode: Mode) -> Result<()> {
     );
 
     println!("bench: Go chain probed vs not probed (the uprobes' cost)");
-    results.insert(
-        "go".into(),
-        crate::gobench::measure(tagger, &dir, mode)?,
-    );
+    results.insert("go".into(), crate::gobench::measure(tagger, &dir, mode)?);
 
     let report = json!({
         "mode": format!("{mode:?}").to_lowercase(),
@@ -851,7 +848,10 @@ fn render(report: &Value) -> String {
             u["added_cpu_us_per_request"].as_f64().unwrap_or(0.0),
             u["added_cpu_us_per_hit"].as_f64().unwrap_or(0.0),
         );
-        let _ = writeln!(out, "| Go program | hits per request | ns per run |\n|---|---|---|");
+        let _ = writeln!(
+            out,
+            "| Go program | hits per request | ns per run |\n|---|---|---|"
+        );
         if let Some(programs) = u["programs"].as_object() {
             for (name, p) in programs {
                 let _ = writeln!(
@@ -908,7 +908,10 @@ pub fn check_report(dir: &Path) -> Result<()> {
     }
     let go = &report["results"]["go"];
     for chain in ["go-probed", "go-unprobed"] {
-        if go[chain]["saturation_rps"].as_f64().is_none_or(|r| r <= 0.0) {
+        if go[chain]["saturation_rps"]
+            .as_f64()
+            .is_none_or(|r| r <= 0.0)
+        {
             bail!("Go chain {chain} not measured: {go}");
         }
     }

@@ -99,7 +99,11 @@ fn go_program_stats(tagger: &Path) -> Result<BTreeMap<String, (f64, f64)>> {
         .as_array()
         .into_iter()
         .flatten()
-        .filter(|p| p["name"].as_str().is_some_and(|n| n.starts_with("tagger_go_")))
+        .filter(|p| {
+            p["name"]
+                .as_str()
+                .is_some_and(|n| n.starts_with("tagger_go_"))
+        })
         .map(|p| {
             (
                 p["name"].as_str().unwrap_or("").to_string(),
@@ -128,18 +132,21 @@ pub fn measure(tagger: &Path, dir: &Path, mode: Mode) -> Result<Value> {
             .arg(&cluster)
             .stdout(Stdio::null()),
     )?;
-    let record: Value = serde_json::from_slice(&std::fs::read(
-        Path::new(RUN_DIR).join("cluster.json"),
-    )?)
-    .context("the cluster's record")?;
+    let record: Value =
+        serde_json::from_slice(&std::fs::read(Path::new(RUN_DIR).join("cluster.json"))?)
+            .context("the cluster's record")?;
     let processes = |front: &str| {
         let back = front.replace("front", "back");
         [pod_pids(&record, front), pod_pids(&record, &back)].concat()
     };
     // The probed chain must be probed, the other not: else the comparison
     // would say nothing.
-    let dump: Value = serde_json::from_slice(&tagger_cmd(tagger).arg("config-dump").output()?.stdout)?;
-    let go = dump["processes"]["go"].as_array().cloned().unwrap_or_default();
+    let dump: Value =
+        serde_json::from_slice(&tagger_cmd(tagger).arg("config-dump").output()?.stdout)?;
+    let go = dump["processes"]["go"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
     let probed = go.iter().filter(|p| p["kind"] == "go").count();
     let unprobed = go.iter().filter(|p| p["kind"] == "go-unprobed").count();
     if (probed, unprobed) != (2, 2) {
@@ -210,7 +217,8 @@ pub fn measure(tagger: &Path, dir: &Path, mode: Mode) -> Result<Value> {
             )
         })
         .collect();
-    let total_hits: f64 = hits.values().map(|(runs, _)| runs).sum::<f64>() / probed_requests.max(1.0);
+    let total_hits: f64 =
+        hits.values().map(|(runs, _)| runs).sum::<f64>() / probed_requests.max(1.0);
     // ms per 1000 requests is µs per request.
     let added_cpu_us = results["go-probed"]["go_cpu_ms_per_1000_requests"]
         .as_f64()

@@ -6,9 +6,9 @@
 mod bench;
 mod demo;
 mod fuzz;
+mod gobench;
 mod runner;
 mod setup;
-mod gobench;
 mod switch;
 
 use std::{

@@ -52,12 +52,7 @@ enum At {
     Rets,
 }
 
-const PLACEMENT: [(ProbeSymbol, &str, At); 3] = [
-    (
-        ProbeSymbol::ServerHandlerServeHttp,
-        names::PROG_GO_SERVE,
-        At::Entry,
-    ),
+const PLACEMENT: [(ProbeSymbol, &str, At); 2] = [
     (
         ProbeSymbol::PersistConnRoundTrip,
         names::PROG_GO_ROUND_TRIP,
@@ -79,8 +74,6 @@ pub fn go_offsets(binary: &GoBinary) -> Result<GoOffsets, GoAttachError> {
         g_m: get(Field::GM)?,
         m_curg: get(Field::MCurg)?,
         persist_conn_conn: get(Field::PersistConnConn)?,
-        conn_rwc: get(Field::HttpConnRwc)?,
-        response_conn: get(Field::HttpResponseConn)?,
         tcpconn_conn: get(Field::TcpConnConn)?,
         conn_fd: get(Field::NetConnFd)?,
         netfd_pfd: get(Field::NetFdPfd)?,
