@@ -7,8 +7,12 @@ use std::{path::Path, process::Command, sync::Once};
 
 use crate::workspace;
 
-/// (binary name, extra `go build` flags).
-const BUILDS: [(&str, &[&str]); 2] = [("hop-go", &[]), ("hop-go-stripped", &["-ldflags=-s -w"])];
+/// (binary name, extra `go build` flags, CGO_ENABLED).
+const BUILDS: [(&str, &[&str], &str); 3] = [
+    ("hop-go", &[], "1"),
+    ("hop-go-stripped", &["-ldflags=-s -w"], "1"),
+    ("hop-go-static", &[], "0"),
+];
 
 /// Builds the apps once per test process if the cluster file runs them.
 pub fn prepare(cluster_file: &Path) {
@@ -21,13 +25,13 @@ pub fn prepare(cluster_file: &Path) {
     }
 }
 
-/// Builds `hop-go`, `hop-go-stripped` and `hop-go-unknown` into
+/// Builds `hop-go`, `hop-go-stripped`, `hop-go-static` and `hop-go-unknown` into
 /// `tests/apps/bin/` (also used by `cargo xtask bench`); returns that dir.
 pub fn build() -> std::path::PathBuf {
     let root = workspace();
     let bin = root.join("tests/apps/bin");
     std::fs::create_dir_all(&bin).unwrap();
-    for (name, flags) in BUILDS {
+    for (name, flags, cgo) in BUILDS {
         let partial = bin.join(format!(".{name}.partial"));
         let out = Command::new("go")
             .arg("build")
@@ -40,6 +44,7 @@ pub fn build() -> std::path::PathBuf {
             .env("GOPROXY", "off")
             .env("GOFLAGS", "-mod=mod")
             .env("GOTOOLCHAIN", "local")
+            .env("CGO_ENABLED", cgo)
             .output()
             .unwrap_or_else(|e| {
                 panic!("`go` cannot run ({e}): `cargo xtask setup` installs golang-go")

@@ -67,9 +67,10 @@ fn go_processes_are_probed_from_their_binaries() {
             .filter(|p| p["exe"].as_str().unwrap().ends_with(&format!("/{name}")))
             .collect()
     };
-    // go.yaml: 6 pods of hop-go, 5 of hop-go-stripped, 1 of hop-go-unknown.
+    // go.yaml: 5 pods of hop-go (cgo), 1 of hop-go-static, 5 of
+    // hop-go-stripped, 1 of hop-go-unknown.
     let (plain, stripped, unknown) = (
-        by_exe("hop-go"),
+        [by_exe("hop-go"), by_exe("hop-go-static")].concat(),
         by_exe("hop-go-stripped"),
         by_exe("hop-go-unknown"),
     );
@@ -96,7 +97,8 @@ fn go_processes_are_probed_from_their_binaries() {
 
 /// A handler that starts two goroutines calling two services at once:
 /// both calls, and the call the second service makes, carry the lane. 2000
-/// requests, half gray, 3 hop decisions each, all trusted.
+/// requests, half gray, 3 hop decisions each, all trusted. (A static
+/// build: CGO_ENABLED=0.)
 #[test]
 fn go_fan_out_goroutines_inherit_the_lane() {
     let cluster = shared(GO);
@@ -269,4 +271,67 @@ fn go_a_pipelined_request_never_inherits_the_previous_ones_lane() {
         f["source"] == "go-a-base" && f["lane"] == "gray"
     });
     assert_eq!(gray, 1, "{flows:#?}");
+}
+
+/// The Go uprobes attached on the host, as the kernel lists them: bpf links
+/// of type perf_event whose program is one of tagger's Go programs.
+fn go_uprobes() -> usize {
+    let bpftool = |what: &str| -> Vec<Value> {
+        let out = std::process::Command::new("bpftool")
+            .args(["-j", what, "list"])
+            .output()
+            .expect("bpftool (cargo xtask setup installs it)");
+        serde_json::from_slice(&out.stdout).unwrap_or_default()
+    };
+    // Program names are cut to 15 bytes by the kernel.
+    let go_programs: Vec<Value> = bpftool("prog")
+        .into_iter()
+        .filter(|p| {
+            p["name"]
+                .as_str()
+                .is_some_and(|n| n.starts_with("tagger_go_"))
+        })
+        .map(|p| p["id"].clone())
+        .collect();
+    bpftool("link")
+        .iter()
+        .filter(|l| l["type"] == "perf_event" && go_programs.contains(&l["prog_id"]))
+        .count()
+}
+
+/// A Go process that exits loses its uprobes at once (the kernel tells the
+/// daemon); the one that replaces it is probed when it starts.
+#[test]
+fn go_uprobes_follow_processes_that_exit_and_start() {
+    let cluster = shared(GO);
+    let go_rows = || {
+        cluster.config_dump()["processes"]["go"]
+            .as_array()
+            .unwrap()
+            .len()
+    };
+    let (rows, uprobes) = (go_rows(), go_uprobes());
+    assert!(
+        uprobes >= 2 * 11,
+        "11 probed Go processes, {uprobes} uprobes"
+    );
+    let out = cluster.tagger(&["cluster", "stop-pod", "go-c-gray"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let gone = eventually(Duration::from_secs(5), || {
+        (go_rows() == rows - 1).then_some(go_uprobes())
+    });
+    let restart = cluster.tagger(&["cluster", "start-pod", "go-c-gray"]);
+    assert!(restart.status.success(), "{}", text(&restart.stderr));
+    let left = gone.expect("the stopped process is forgotten");
+    assert_eq!(uprobes - left, uprobes / 11, "its uprobes detached");
+    let back = eventually(Duration::from_secs(5), || {
+        (go_rows() == rows && go_uprobes() == uprobes).then_some(())
+    });
+    assert!(back.is_some(), "the new process is probed");
+    // And it serves in its lane, inheriting as before.
+    let settled = eventually(Duration::from_secs(10), || {
+        (entry(&cluster, Runtime::Go, &["x-lane: gray"]) == Runtime::Go.chain("gray", "gray", ""))
+            .then_some(())
+    });
+    assert!(settled.is_some());
 }
