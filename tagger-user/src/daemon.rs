@@ -105,6 +105,8 @@ pub struct ConfigDump<'a> {
     /// Pod processes by how their requests are correlated: Go programs with
     /// their version, offsets' source and uprobes, or why not probed.
     pub processes: crate::procs::ProcessesDump,
+    /// Entries of the kernel maps the daemon holds.
+    pub maps: Option<crate::ebpf::MapFill>,
 }
 
 #[derive(Serialize)]
@@ -398,6 +400,7 @@ impl Controller {
                 .as_ref()
                 .map(|c| c.dump())
                 .unwrap_or_default(),
+            maps: self.datapath().map(|d| d.map_fill()),
         };
         serde_json::to_value(&dump)
             .unwrap_or_else(|e| serde_json::json!({ "error": e.to_string() }))

@@ -222,6 +222,15 @@ impl Datapath {
         detach(ebpf, go, pid);
     }
 
+    /// Entries of the process-kind and Go-process maps.
+    pub(super) fn go_map_fill(&self) -> (usize, usize) {
+        let loaded = self.loaded.lock().expect("ebpf lock");
+        (
+            loaded.go.kinds.keys().count(),
+            loaded.go.procs.keys().count(),
+        )
+    }
+
     /// Processes with uprobes attached.
     pub fn go_probed(&self) -> Vec<u32> {
         let guard = self.loaded.lock().expect("ebpf lock");

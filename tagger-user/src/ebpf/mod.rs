@@ -350,6 +350,30 @@ impl Datapath {
             .ok()
     }
 
+    /// How full the maps are (one key walk each: for dumps, not hot paths).
+    pub fn map_fill(&self) -> MapFill {
+        let (process_kinds, go_processes) = self.go_map_fill();
+        MapFill {
+            flows: self.flows.lock().expect("flows map lock").keys().count(),
+            request_tags: self
+                .request_tags
+                .lock()
+                .expect("request tags lock")
+                .keys()
+                .count(),
+            pod_cgroups: self
+                .pod_cgroups
+                .lock()
+                .expect("pod cgroups lock")
+                .keys()
+                .count(),
+            process_kinds,
+            go_processes,
+            capacity_flows: tagger_common::MAX_FLOWS,
+            capacity_processes: tagger_common::MAX_PROCESSES,
+        }
+    }
+
     /// Run counts and times of this daemon's programs, by their full names.
     pub fn program_stats(&self) -> Vec<ProgramStat> {
         program_stats(&self.loaded.lock().expect("ebpf lock").ebpf, |_| true)
@@ -384,6 +408,19 @@ impl Datapath {
             events_dropped: sum(stat::EVENTS_DROPPED),
         }
     }
+}
+
+/// Entries in the maps userspace holds, against their capacity: what a
+/// soak watches stay flat.
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct MapFill {
+    pub flows: usize,
+    pub request_tags: usize,
+    pub pod_cgroups: usize,
+    pub process_kinds: usize,
+    pub go_processes: usize,
+    pub capacity_flows: u32,
+    pub capacity_processes: u32,
 }
 
 /// One pod cgroup's slot in the kernel's pod flags.
