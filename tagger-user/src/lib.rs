@@ -15,6 +15,7 @@ pub mod ebpf;
 pub mod flows;
 pub mod fuzzing;
 pub mod golang;
+pub mod kubernetes;
 pub mod localcluster;
 pub mod procs;
 pub mod propagation;
