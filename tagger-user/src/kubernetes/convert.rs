@@ -10,8 +10,7 @@ use std::collections::HashSet;
 use kube::ResourceExt;
 
 use super::crd::{
-    ACCEPTED, RuleCondition, RuleMode, StatusCondition, TrafficLane, TrafficRule,
-    TrafficRuleStatus,
+    ACCEPTED, RuleCondition, RuleMode, StatusCondition, TrafficLane, TrafficRule, TrafficRuleStatus,
 };
 use crate::{
     config::{LaneSpec, check_name, check_rule},

@@ -106,20 +106,26 @@ fn rules_convert_with_the_messages_rules_apply_gives() {
             "a list where a value goes",
             serde_json::json!({"service": "charge", "lane": "gray",
                 "conditions": [{"source": "header", "name": "x-user", "op": "=", "value": ["a"]}]}),
-            Err("rule \"charge-gray\", conditions[0].value: expected a string, number or boolean, got - a"),
+            Err(
+                "rule \"charge-gray\", conditions[0].value: expected a string, number or boolean, got - a",
+            ),
         ),
         (
             "a header condition without a name",
             serde_json::json!({"service": "charge", "lane": "gray",
                 "conditions": [{"source": "query", "name": "userId", "op": "exists"},
                                {"source": "header", "op": "=", "value": "x"}]}),
-            Err("rule \"charge-gray\", conditions[1].name: a header condition needs the header's name"),
+            Err(
+                "rule \"charge-gray\", conditions[1].name: a header condition needs the header's name",
+            ),
         ),
         (
             "mod100 out of range",
             serde_json::json!({"service": "charge", "lane": "gray",
                 "conditions": [{"source": "query", "name": "userId", "op": "mod100", "value": 100}]}),
-            Err("rule \"charge-gray\", conditions[0].value: mod100 compares with a whole number 0..99, not 100"),
+            Err(
+                "rule \"charge-gray\", conditions[0].value: mod100 compares with a whole number 0..99, not 100",
+            ),
         ),
         (
             "no conditions",
@@ -144,7 +150,11 @@ fn rules_convert_with_the_messages_rules_apply_gives() {
         let got = checked_rule_spec(&rule, &services, &lanes);
         match (&got, expect) {
             (Ok(spec), Ok(())) => {
-                assert_eq!(rules_apply_message(spec), None, "{what}: rules apply refuses it")
+                assert_eq!(
+                    rules_apply_message(spec),
+                    None,
+                    "{what}: rules apply refuses it"
+                )
             }
             (Err(message), Err(want)) => {
                 assert_eq!(message, want, "{what}");
@@ -194,7 +204,10 @@ spec:
     .unwrap();
     let spec = rule_spec(&from_cr);
     assert_eq!(spec, from_file[0]);
-    assert_eq!((spec.priority, spec.enabled, spec.mode), (100, true, Mode::Any));
+    assert_eq!(
+        (spec.priority, spec.enabled, spec.mode),
+        (100, true, Mode::Any)
+    );
     // And it compiles to the same rule.
     assert_eq!(
         format!("{:?}", spec.compile().unwrap()),
@@ -212,8 +225,12 @@ fn lanes_convert_and_bad_names_are_refused() {
         }))
         .unwrap()
     };
-    let cases: Vec<(TrafficLane, Result<(&str, bool), &str>)> = vec![
-        (lane("gray", serde_json::json!({"sticky": true})), Ok(("gray", true))),
+    type Want = Result<(&'static str, bool), &'static str>;
+    let cases: Vec<(TrafficLane, Want)> = vec![
+        (
+            lane("gray", serde_json::json!({"sticky": true})),
+            Ok(("gray", true)),
+        ),
         (lane("blue", serde_json::json!({})), Ok(("blue", false))),
         (
             lane("gray.v2", serde_json::json!({})),
@@ -225,7 +242,9 @@ fn lanes_convert_and_bad_names_are_refused() {
     for (object, expect) in cases {
         let got = lane_spec(&object);
         match (got, expect) {
-            (Ok(spec), Ok((name, sticky))) => assert_eq!((spec.name.as_str(), spec.sticky), (name, sticky)),
+            (Ok(spec), Ok((name, sticky))) => {
+                assert_eq!((spec.name.as_str(), spec.sticky), (name, sticky))
+            }
             (Err(e), Err(want)) => assert_eq!(e.to_string(), want),
             (got, want) => panic!("got {got:?}, want {want:?}"),
         }
@@ -233,7 +252,11 @@ fn lanes_convert_and_bad_names_are_refused() {
 }
 
 fn accepted(status: &TrafficRuleStatus) -> &StatusCondition {
-    status.conditions.iter().find(|c| c.type_ == "Accepted").expect("Accepted")
+    status
+        .conditions
+        .iter()
+        .find(|c| c.type_ == "Accepted")
+        .expect("Accepted")
 }
 
 #[test]
@@ -252,7 +275,10 @@ fn status_says_accepted_and_keeps_its_transition_time() {
         (c.status.as_str(), c.reason.as_str(), c.observed_generation),
         ("False", "Invalid", Some(3))
     );
-    assert!(c.message.starts_with("rule \"charge-gray\", conditions[0].op: \"within\""));
+    assert!(
+        c.message
+            .starts_with("rule \"charge-gray\", conditions[0].op: \"within\"")
+    );
     // Checked again, unchanged: the very same status, so no write is needed.
     let again = rule_status(Some(&first), &bad, Some(3), "2026-11-24T07:05:00Z");
     assert_eq!(again, first);
@@ -269,7 +295,11 @@ fn status_says_accepted_and_keeps_its_transition_time() {
     let fixed = rule_status(Some(&with_other), &good, Some(4), "2026-11-24T07:06:00Z");
     let c = accepted(&fixed);
     assert_eq!(
-        (c.status.as_str(), c.reason.as_str(), c.last_transition_time.as_deref()),
+        (
+            c.status.as_str(),
+            c.reason.as_str(),
+            c.last_transition_time.as_deref()
+        ),
         ("True", "Valid", Some("2026-11-24T07:06:00Z"))
     );
     assert!(fixed.conditions.iter().any(|c| c.type_ == "Reviewed"));
