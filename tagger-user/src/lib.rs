@@ -17,6 +17,7 @@ pub mod fuzzing;
 pub mod golang;
 pub mod kubernetes;
 pub mod localcluster;
+pub mod metrics;
 pub mod procs;
 pub mod propagation;
 pub mod proxy;

@@ -68,14 +68,14 @@ fn every_manifest_passes_kubernetes_validate_strict() {
     let files = manifests();
     for version in ["1.33.0", "1.37.0"] {
         let fixed = ["-m", "kubernetes_validate", "--strict", "-k", version];
-        let mut args: Vec<&std::ffi::OsStr> = fixed
-            .iter()
-            .map(std::ffi::OsStr::new)
-            .collect();
+        let mut args: Vec<&std::ffi::OsStr> = fixed.iter().map(std::ffi::OsStr::new).collect();
         args.extend(files.iter().map(|p| p.as_os_str()));
         let out = python(&args);
         let report = text(&out.stdout) + &text(&out.stderr);
-        assert!(out.status.success(), "kubernetes-validate {version}:\n{report}");
+        assert!(
+            out.status.success(),
+            "kubernetes-validate {version}:\n{report}"
+        );
         // Its only warnings may be that it has no schema for our own kinds
         // (checked against our CRDs below); anything else it skipped is a
         // manifest nobody checked.
@@ -85,7 +85,10 @@ fn every_manifest_passes_kubernetes_validate_strict() {
                 "kubernetes-validate {version} did not check: {line}"
             );
         }
-        let passed = report.lines().filter(|l| l.contains(" passed for resource ")).count();
+        let passed = report
+            .lines()
+            .filter(|l| l.contains(" passed for resource "))
+            .count();
         // CRDs 2, Namespace + quota 2, RBAC 3, DaemonSet 1, sample Namespace 1.
         assert!(passed >= 9, "only {passed} resources checked:\n{report}");
     }
@@ -152,7 +155,10 @@ metadata: {name: no-spec, namespace: shop}
         "error TrafficRule no-conditions: spec.priority: 'high' is not of type 'integer'",
         "error TrafficLane no-spec: (root): 'spec' is a required property",
     ] {
-        assert!(report.lines().any(|l| l == want), "missing {want:?} in:\n{report}");
+        assert!(
+            report.lines().any(|l| l == want),
+            "missing {want:?} in:\n{report}"
+        );
     }
 }
 
@@ -166,8 +172,12 @@ fn samples_are_accepted_by_tagger() {
     for document in serde_yaml::Deserializer::from_str(&text) {
         let value = serde_yaml::Value::deserialize(document).unwrap();
         match value.get("kind").and_then(|k| k.as_str()) {
-            Some("TrafficLane") => lanes.push(serde_yaml::from_value::<TrafficLane>(value).unwrap()),
-            Some("TrafficRule") => rules.push(serde_yaml::from_value::<TrafficRule>(value).unwrap()),
+            Some("TrafficLane") => {
+                lanes.push(serde_yaml::from_value::<TrafficLane>(value).unwrap())
+            }
+            Some("TrafficRule") => {
+                rules.push(serde_yaml::from_value::<TrafficRule>(value).unwrap())
+            }
             _ => {}
         }
     }
@@ -205,9 +215,15 @@ fn daemonset_runs_the_fixed_interface() {
     let docs = documents("tagger-daemonset.yaml");
     let pod = &of_kind(&docs, "DaemonSet")["spec"]["template"]["spec"];
     assert_eq!(pod["hostNetwork"].as_bool(), Some(true));
-    assert_eq!(pod["priorityClassName"].as_str(), Some("system-node-critical"));
+    assert_eq!(
+        pod["priorityClassName"].as_str(),
+        Some("system-node-critical")
+    );
     let container = &pod["containers"][0];
-    assert_eq!(container["securityContext"]["privileged"].as_bool(), Some(true));
+    assert_eq!(
+        container["securityContext"]["privileged"].as_bool(),
+        Some(true)
+    );
     let args: Vec<&str> = container["args"]
         .as_sequence()
         .unwrap()

@@ -64,7 +64,13 @@ pub fn ensure() -> Result<()> {
 /// `ensure`'s for it, so that the image's builder (deploy/Dockerfile) and a
 /// developer's machine build alike.
 pub fn ensure_build_only() -> Result<()> {
-    install_debian(BUILD_PACKAGES.iter().copied().filter(|p| !installed(p)).collect())?;
+    install_debian(
+        BUILD_PACKAGES
+            .iter()
+            .copied()
+            .filter(|p| !installed(p))
+            .collect(),
+    )?;
     ensure_bpf_rustc()?;
     ensure_bpf_linker()?;
     Ok(())
