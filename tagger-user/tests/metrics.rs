@@ -138,3 +138,83 @@ async fn a_scrape_counts_exactly_the_requests_sent() {
     );
     assert_eq!(get(metrics_addr, "/nope").await.0, 404);
 }
+
+struct NoKernel;
+
+impl tagger::metrics::KernelSource for NoKernel {
+    fn stats(&self) -> tagger::ebpf::KernelStats {
+        tagger::ebpf::KernelStats {
+            connect_seen: 0,
+            connect_redirected: 0,
+            flow_linked: 0,
+            map_errors: 0,
+            inbound_requests: 0,
+            outbound_tagged: 0,
+            events_dropped: 0,
+        }
+    }
+    fn program_stats(&self) -> Vec<tagger::ebpf::ProgramStat> {
+        Vec::new()
+    }
+    fn map_fill(&self) -> Vec<tagger::metrics::MapFill> {
+        Vec::new()
+    }
+}
+
+/// Every metric the Grafana dashboard (deploy/grafana/tagger-lanes.json)
+/// queries is one the daemon exposes: renaming a metric without the
+/// dashboard fails here.
+#[test]
+fn the_dashboard_queries_only_metrics_that_exist() {
+    let hub = Hub::new(Arc::default());
+    hub.set_gate(Arc::default());
+    hub.set_kernel(Arc::new(NoKernel));
+    let exposition = hub.render();
+    let types: std::collections::HashMap<&str, &str> = exposition
+        .lines()
+        .filter_map(|l| l.strip_prefix("# TYPE "))
+        .filter_map(|l| l.split_once(' '))
+        .collect();
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../deploy/grafana/tagger-lanes.json");
+    let dashboard: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+    let mut exprs = Vec::new();
+    let mut variables = Vec::new();
+    for panel in dashboard["panels"].as_array().unwrap() {
+        for target in panel["targets"].as_array().into_iter().flatten() {
+            exprs.push(target["expr"].as_str().unwrap().to_string());
+        }
+    }
+    for variable in dashboard["templating"]["list"].as_array().unwrap() {
+        if let Some(query) = variable["definition"].as_str() {
+            variables.push(query.to_string());
+        }
+    }
+    assert!(exprs.len() >= 10, "{exprs:?}");
+    let name = regex::Regex::new(r"tagger_[a-z0-9_]+").unwrap();
+    let mut checked = 0;
+    for expr in exprs.iter().chain(&variables) {
+        for found in name.find_iter(expr) {
+            let metric = found.as_str();
+            let known = types.contains_key(metric)
+                || ["_bucket", "_sum", "_count"].iter().any(|suffix| {
+                    metric
+                        .strip_suffix(suffix)
+                        .is_some_and(|base| types.get(base) == Some(&"histogram"))
+                });
+            assert!(
+                known,
+                "the dashboard queries {metric}, which /metrics does not have: {expr}"
+            );
+            checked += 1;
+        }
+    }
+    assert!(checked >= 15);
+    // The per-lane view per service is there.
+    assert!(
+        exprs
+            .iter()
+            .any(|e| e.starts_with("sum by (lane) (rate(tagger_requests_total{"))
+    );
+}
