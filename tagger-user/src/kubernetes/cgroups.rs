@@ -99,6 +99,16 @@ impl PodCgroup {
         }
         dirs
     }
+
+    /// The cgroup ids (what `bpf_get_current_cgroup_id()` returns) of
+    /// [`PodCgroup::dirs`], for the kernel's pod cgroup map. A directory
+    /// gone meanwhile (a container that just ended) is left out.
+    pub fn cgroup_ids(&self) -> Vec<u64> {
+        self.dirs()
+            .iter()
+            .filter_map(|dir| crate::cgroup::id_of(dir).ok())
+            .collect()
+    }
 }
 
 fn descendants(dir: &Path, out: &mut Vec<PathBuf>) {

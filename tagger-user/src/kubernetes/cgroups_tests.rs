@@ -255,6 +255,16 @@ fn dirs_cover_nested_cgroups() {
     assert_eq!(dirs.len(), 1 + 3 + 1, "{dirs:#?}");
     assert!(dirs.contains(&pod_dir) && dirs.contains(&nested));
     assert!(!dirs.iter().any(|d| d.to_string_lossy().contains("conmon")));
+    // Ids are the directories' inodes, one per directory.
+    let ids = pod.cgroup_ids();
+    let inodes: Vec<u64> = dirs
+        .iter()
+        .map(|d| std::os::unix::fs::MetadataExt::ino(&std::fs::metadata(d).unwrap()))
+        .collect();
+    assert_eq!(ids, inodes);
+    // A container gone since the scan is left out, not an error.
+    std::fs::remove_dir_all(&nested).unwrap();
+    assert_eq!(pod.cgroup_ids().len(), 4);
 }
 
 #[test]
