@@ -189,7 +189,9 @@ impl RequestMetrics {
             "tagger_proxy_errors_total",
             "counter",
             "Requests tagger answered with its own error, by service, whose fault (downstream, \
-             upstream) and status code",
+             upstream) and status code; those that reached an endpoint first (502, a body that \
+             broke off) also count in tagger_requests_total as errors, a 503 (no endpoint) only \
+             here",
         );
         for ((service, side, status), count) in &errors {
             out.sample(
