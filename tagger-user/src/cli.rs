@@ -59,6 +59,10 @@ pub struct DaemonCli {
     /// Address the proxy listens on; must be reachable from the pods.
     #[arg(long)]
     pub proxy_addr: SocketAddrV4,
+    /// Serve Prometheus metrics at http://ADDR:PORT/metrics (and /ready,
+    /// /healthz); off unless given.
+    #[arg(long = "metrics-address", value_name = "ADDR:PORT")]
+    pub metrics_address: Option<std::net::SocketAddr>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -145,6 +149,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 cgroup: args.cgroup,
                 proxy_addr: args.proxy_addr,
                 admin_socket: socket,
+                metrics_addr: args.metrics_address,
             })
             .await?;
         }

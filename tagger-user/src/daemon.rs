@@ -59,6 +59,9 @@ pub struct DaemonArgs {
     pub cgroup: PathBuf,
     pub proxy_addr: SocketAddrV4,
     pub admin_socket: PathBuf,
+    /// Where Prometheus metrics, `/ready` and `/healthz` are served; none
+    /// if `None`.
+    pub metrics_addr: Option<std::net::SocketAddr>,
 }
 
 /// The sources the state is built from, and the rules in force (which
@@ -432,6 +435,17 @@ impl Controller {
 pub async fn run(args: DaemonArgs) -> Result<(), DaemonError> {
     let controller = Arc::new(Controller::load(&args.config, &args.placement)?);
     controller.check_health().await;
+    // Metrics first, so that liveness answers while the rest starts.
+    let metrics = Arc::new(crate::metrics::Hub::new(controller.flows.clone()));
+    if let Some(addr) = args.metrics_addr {
+        let listener = TcpListener::bind(addr)
+            .await
+            .map_err(|source| DaemonError::Listen {
+                addr: addr.to_string(),
+                source,
+            })?;
+        tokio::spawn(crate::metrics::serve(listener, metrics.clone()));
+    }
 
     let listener =
         TcpListener::bind(args.proxy_addr)
@@ -468,6 +482,8 @@ pub async fn run(args: DaemonArgs) -> Result<(), DaemonError> {
         ProxyConfig::default(),
     );
     controller.set_connection_gate(proxy.gate());
+    metrics.set_gate(proxy.gate());
+    metrics.set_kernel(datapath.clone());
     // Every process already in a pod is classified (Go ones probed) before
     // redirection starts; later ones when the kernel first sees them.
     let classifier = Arc::new(Classifier::new(datapath.clone()));
@@ -503,9 +519,11 @@ pub async fn run(args: DaemonArgs) -> Result<(), DaemonError> {
     // Only now, with the proxy accepting, start redirecting.
     let own_cgroup = crate::cgroup::own_id().map_err(DaemonError::OwnCgroup)?;
     datapath.enable(args.proxy_addr, own_cgroup)?;
+    metrics.set_ready(true);
     info!(proxy = %args.proxy_addr, cgroup = %args.cgroup.display(), "tagger daemon ready");
 
     wait_for_shutdown().await;
+    metrics.set_ready(false);
     // Fail open first: from here on new connections go direct.
     if let Err(e) = datapath.disable() {
         warn!(error = %e, "could not switch redirection off; links close on exit anyway");

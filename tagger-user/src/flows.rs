@@ -171,6 +171,8 @@ struct LaneCounter {
 pub struct FlowTable {
     flows: Mutex<HashMap<FlowId, FlowStats>>,
     lanes: Mutex<HashMap<LaneKey, LaneCounter>>,
+    /// Prometheus counters of the same requests (lock-free).
+    metrics: crate::metrics::RequestMetrics,
 }
 
 fn unix_second() -> u64 {
@@ -181,7 +183,13 @@ fn unix_second() -> u64 {
 }
 
 impl FlowTable {
+    /// The Prometheus side of the table; the proxy adds its latencies here.
+    pub fn metrics(&self) -> &crate::metrics::RequestMetrics {
+        &self.metrics
+    }
+
     pub fn record(&self, r: RequestRecord<'_>) {
+        self.metrics.request(&r);
         let now = Instant::now();
         let id = FlowIdRef {
             source: r.source,

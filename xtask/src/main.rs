@@ -29,7 +29,11 @@ struct Cli {
 #[derive(Subcommand)]
 enum Task {
     /// Install what building and testing need (idempotent).
-    Setup,
+    Setup {
+        /// Only what building the `tagger` binary needs (the image's builder).
+        #[arg(long)]
+        build_only: bool,
+    },
     /// Build the workspace (the eBPF programs come with it).
     Build,
     /// Every test: format and lint checks, unit tests, privileged end-to-end tests.
@@ -69,7 +73,8 @@ fn main() -> Result<ExitCode> {
     let cli = Cli::parse();
     let root = workspace_root();
     match cli.command {
-        Task::Setup => setup::ensure()?,
+        Task::Setup { build_only: false } => setup::ensure()?,
+        Task::Setup { build_only: true } => setup::ensure_build_only()?,
         Task::Build => {
             setup::ensure()?;
             build(&root)?;

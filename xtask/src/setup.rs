@@ -13,6 +13,8 @@ const PACKAGES: &[&str] = &[
     "rustc-web",
     "rust-web-src",
     "llvm-22-dev",
+    // The tests validate deploy/ with PyPI packages (PYPI_PACKAGES).
+    "python3-pip",
     "iproute2",
     "iptables",
     "curl",
@@ -30,6 +32,18 @@ const PACKAGES: &[&str] = &[
 /// Runtimes the end-to-end tests run apps in: (command, Debian package).
 /// A machine that already has the command (from elsewhere) keeps its own.
 const RUNTIMES: &[(&str, &str)] = &[("java", "default-jdk-headless"), ("node", "nodejs")];
+/// What building the `tagger` binary alone needs (the container image's
+/// builder stage, `cargo xtask setup --build-only`): the eBPF crate's
+/// rustc and its std source, and LLVM for bpf-linker.
+const BUILD_PACKAGES: &[&str] = &["rustc-web", "rust-web-src", "llvm-22-dev"];
+/// PyPI packages the tests use: `kubernetes-validate` (Kubernetes' schemas
+/// bundled, so offline) checks every manifest in deploy/, `jsonschema` the
+/// sample custom resources against the generated CRDs
+/// (tagger-user/tests/deploy.rs). (import name, pinned requirement)
+const PYPI_PACKAGES: &[(&str, &str)] = &[
+    ("kubernetes_validate", "kubernetes-validate==1.37.0"),
+    ("jsonschema", "jsonschema==4.26.0"),
+];
 const BPF_LINKER_VERSION: &str = "0.13.0";
 /// The fuzz targets' driver (`cargo xtask fuzz`, and the bounded run in
 /// `cargo xtask test`).
@@ -42,7 +56,49 @@ pub fn ensure() -> Result<()> {
     ensure_bpf_rustc()?;
     ensure_bpf_linker()?;
     ensure_cargo_fuzz()?;
+    ensure_pypi()?;
     Ok(())
+}
+
+/// Only what building the `tagger` binary needs: the same steps as
+/// `ensure`'s for it, so that the image's builder (deploy/Dockerfile) and a
+/// developer's machine build alike.
+pub fn ensure_build_only() -> Result<()> {
+    install_debian(
+        BUILD_PACKAGES
+            .iter()
+            .copied()
+            .filter(|p| !installed(p))
+            .collect(),
+    )?;
+    ensure_bpf_rustc()?;
+    ensure_bpf_linker()?;
+    Ok(())
+}
+
+fn python_has(module: &str) -> bool {
+    Command::new("python3")
+        .args(["-c", &format!("import {module}")])
+        .output()
+        .map(|o| o.status.success())
+        .unwrap_or(false)
+}
+
+fn ensure_pypi() -> Result<()> {
+    let missing: Vec<&str> = PYPI_PACKAGES
+        .iter()
+        .filter(|(module, _)| !python_has(module))
+        .map(|(_, requirement)| *requirement)
+        .collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    println!("xtask: installing PyPI packages: {}", missing.join(" "));
+    // Debian's Python refuses a plain `pip install` (PEP 668); these are
+    // test tools with no Debian package, installed for root's python3.
+    run(Command::new("python3")
+        .args(["-m", "pip", "install", "-q", "--break-system-packages"])
+        .args(&missing))
 }
 
 fn installed(package: &str) -> bool {
@@ -69,6 +125,10 @@ fn ensure_packages() -> Result<()> {
             .filter(|(cmd, _)| !on_path(cmd))
             .map(|(_, package)| *package),
     );
+    install_debian(missing)
+}
+
+fn install_debian(missing: Vec<&str>) -> Result<()> {
     if missing.is_empty() {
         return Ok(());
     }

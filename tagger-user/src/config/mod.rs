@@ -277,23 +277,14 @@ impl ClusterFile {
         let services: HashSet<&str> = self.services.iter().map(|s| s.name.as_str()).collect();
         let lanes: HashSet<&str> = self.lanes.iter().map(|l| l.name.as_str()).collect();
         for (i, rule) in self.rules.iter().enumerate() {
-            let place = format!("rules[{i}]");
-            rule.compile().map_err(|e| (place.clone(), e.to_string()))?;
-            if !services.contains(rule.service.as_str()) {
-                return Err((
-                    format!("{place}.service"),
-                    format!(
-                        "rule {:?} guards unknown service {:?}",
-                        rule.name, rule.service
-                    ),
-                ));
-            }
-            if !lanes.contains(rule.lane.as_str()) {
-                return Err((
-                    format!("{place}.lane"),
-                    format!("rule {:?} names unknown lane {:?}", rule.name, rule.lane),
-                ));
-            }
+            check_rule(rule, &services, &lanes).map_err(|(field, message)| {
+                let place = if field.is_empty() {
+                    format!("rules[{i}]")
+                } else {
+                    format!("rules[{i}].{field}")
+                };
+                (place, message)
+            })?;
         }
         crate::rules::check_unique_names(&self.rules).map_err(|m| ("rules".to_string(), m))?;
         Ok(())
@@ -302,6 +293,35 @@ impl ClusterFile {
     pub fn lane(&self, name: &str) -> Option<&LaneSpec> {
         self.lanes.iter().find(|l| l.name == name)
     }
+}
+
+/// Checks one rule against the services and lanes it may name: the checks
+/// of `validate_rules`, shared with the Kubernetes source so that a
+/// `TrafficRule` is refused with the words `tagger rules apply` uses. The
+/// place is relative to the rule (`""` for the rule itself, `service`,
+/// `lane`).
+pub(crate) fn check_rule(
+    rule: &RuleSpec,
+    services: &HashSet<&str>,
+    lanes: &HashSet<&str>,
+) -> Result<(), (&'static str, String)> {
+    rule.compile().map_err(|e| ("", e.to_string()))?;
+    if !services.contains(rule.service.as_str()) {
+        return Err((
+            "service",
+            format!(
+                "rule {:?} guards unknown service {:?}",
+                rule.name, rule.service
+            ),
+        ));
+    }
+    if !lanes.contains(rule.lane.as_str()) {
+        return Err((
+            "lane",
+            format!("rule {:?} names unknown lane {:?}", rule.name, rule.lane),
+        ));
+    }
+    Ok(())
 }
 
 fn join_or_none<'a>(names: impl Iterator<Item = &'a &'a str>) -> String {
@@ -315,7 +335,7 @@ fn join_or_none<'a>(names: impl Iterator<Item = &'a &'a str>) -> String {
 }
 
 /// DNS-label-like names: they become host names and interface names.
-fn check_name(name: &str) -> Result<(), String> {
+pub(crate) fn check_name(name: &str) -> Result<(), String> {
     let ok = !name.is_empty()
         && name.len() <= 63
         && name

@@ -374,6 +374,11 @@ impl Datapath {
         }
     }
 
+    /// Destinations in `TAGGER_MANAGED` (for its fill level in metrics).
+    pub fn managed_count(&self) -> usize {
+        self.installed.lock().expect("installed lock").len()
+    }
+
     /// Run counts and times of this daemon's programs, by their full names.
     pub fn program_stats(&self) -> Vec<ProgramStat> {
         program_stats(&self.loaded.lock().expect("ebpf lock").ebpf, |_| true)

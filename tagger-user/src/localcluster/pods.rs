@@ -75,6 +75,9 @@ pub fn spawn(
     })
 }
 
+/// Where the local cluster's daemon serves metrics, if set.
+pub const METRICS_ADDRESS_ENV: &str = "TAGGER_METRICS_ADDRESS";
+
 pub fn spawn_daemon(
     exe: &Path,
     record: &ClusterRecord,
@@ -85,7 +88,8 @@ pub fn spawn_daemon(
     let err = out
         .try_clone()
         .map_err(io_error("duplicating log handle"))?;
-    Command::new(exe)
+    let mut command = Command::new(exe);
+    command
         .arg("daemon")
         .arg("--config")
         .arg(&record.config)
@@ -96,7 +100,14 @@ pub fn spawn_daemon(
         .arg("--proxy-addr")
         .arg(proxy.to_string())
         .arg("--admin-socket")
-        .arg(run_dir.admin_socket())
+        .arg(run_dir.admin_socket());
+    // Prometheus metrics for a local cluster: `TAGGER_METRICS_ADDRESS=
+    // 127.0.0.1:15090 cargo xtask up FILE` (the daemon is started here, so
+    // its flags are not the user's to give).
+    if let Some(addr) = std::env::var_os(METRICS_ADDRESS_ENV) {
+        command.arg("--metrics-address").arg(addr);
+    }
+    command
         .stdin(Stdio::null())
         .stdout(out)
         .stderr(err)

@@ -142,6 +142,11 @@ impl RequestContext {
             Ok(response) => response,
             Err(error) => {
                 warn!(source = %self.source, service = %self.service, side = error.side(), %error, "request failed");
+                self.proxy.flows.metrics().proxy_error(
+                    &self.service,
+                    error.side(),
+                    error.status().as_u16(),
+                );
                 let mut response = Response::new(body::full(format!("tagger: {error}\n")));
                 *response.status_mut() = error.status();
                 response
@@ -153,6 +158,7 @@ impl RequestContext {
     }
 
     async fn forward(&self, request: Request<Incoming>) -> Result<Response<ProxyBody>, ProxyError> {
+        let arrived = std::time::Instant::now();
         let snapshot = self.proxy.state.load_full();
         let service =
             snapshot
@@ -202,6 +208,10 @@ impl RequestContext {
             },
             |lane| snapshot.is_sticky(lane),
         );
+        self.proxy
+            .flows
+            .metrics()
+            .observe_decision(arrived.elapsed());
         prepare_headers(&mut parts.headers, &snapshot, &decision);
         self.send(service, parts, body, &decision, inherited.correlation)
             .await
@@ -260,7 +270,12 @@ impl RequestContext {
                 body.take().expect("a body is sent once")
             };
             let upstream = upstream.map(|()| attempt_body);
+            let sent = std::time::Instant::now();
             let result = self.proxy.client.request(upstream).await;
+            self.proxy
+                .flows
+                .metrics()
+                .observe_upstream(&service.name, sent.elapsed());
             let ok = matches!(&result, Ok(r) if !r.status().is_server_error());
             match result {
                 Ok(response) => {

@@ -28,6 +28,8 @@ pub enum Refusal {
 #[derive(Debug, Default)]
 pub struct ConnectionGate {
     open: AtomicUsize,
+    /// Connections admitted since start.
+    admitted: AtomicU64,
     per_pod: Mutex<HashMap<u64, usize>>,
     refused_total: AtomicU64,
     refused_pod: AtomicU64,
@@ -44,6 +46,7 @@ pub struct Admitted {
 #[derive(Debug, Clone, Copy, Serialize, PartialEq, Eq)]
 pub struct GateStats {
     pub connections_open: usize,
+    pub connections_total: u64,
     pub refused_over_total_limit: u64,
     pub refused_over_pod_limit: u64,
     pub closed_by_header_read_timeout: u64,
@@ -68,6 +71,7 @@ impl ConnectionGate {
         }
         *count += 1;
         self.open.fetch_add(1, Ordering::Relaxed);
+        self.admitted.fetch_add(1, Ordering::Relaxed);
         Ok(Admitted {
             gate: self.clone(),
             pod,
@@ -81,6 +85,7 @@ impl ConnectionGate {
     pub fn stats(&self) -> GateStats {
         GateStats {
             connections_open: self.open.load(Ordering::Relaxed),
+            connections_total: self.admitted.load(Ordering::Relaxed),
             refused_over_total_limit: self.refused_total.load(Ordering::Relaxed),
             refused_over_pod_limit: self.refused_pod.load(Ordering::Relaxed),
             closed_by_header_read_timeout: self.header_timeouts.load(Ordering::Relaxed),
