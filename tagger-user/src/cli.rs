@@ -6,7 +6,7 @@ use clap::{Args, Parser, Subcommand};
 
 use crate::{
     ctl::{self, ViewOptions},
-    daemon::{self, DaemonArgs},
+    daemon::{self, DaemonArgs, SourceArgs},
     localcluster::{self, RunDir},
 };
 
@@ -45,24 +45,115 @@ pub enum Command {
     ConfigDump,
 }
 
+/// `tagger daemon`: a local cluster's (`--config`, `--placement`,
+/// `--cgroup`, `--proxy-addr`, as `tagger cluster up` starts it) or a
+/// Kubernetes node's (`--kubernetes`, SPEC.md's fixed interface).
 #[derive(Debug, Args)]
 pub struct DaemonCli {
+    /// Run from the Kubernetes API (in-cluster service account, else
+    /// KUBECONFIG) instead of a local cluster file.
+    #[arg(long)]
+    pub kubernetes: bool,
     /// The cluster file (lanes, services, rules).
-    #[arg(long)]
-    pub config: PathBuf,
+    #[arg(
+        long,
+        required_unless_present = "kubernetes",
+        conflicts_with = "kubernetes"
+    )]
+    pub config: Option<PathBuf>,
     /// Where the pods run (addresses, cgroup ids), JSON.
-    #[arg(long)]
-    pub placement: PathBuf,
+    #[arg(
+        long,
+        required_unless_present = "kubernetes",
+        conflicts_with = "kubernetes"
+    )]
+    pub placement: Option<PathBuf>,
     /// cgroup v2 directory to attach the eBPF programs to.
-    #[arg(long)]
-    pub cgroup: PathBuf,
+    #[arg(
+        long,
+        required_unless_present = "kubernetes",
+        conflicts_with = "kubernetes"
+    )]
+    pub cgroup: Option<PathBuf>,
     /// Address the proxy listens on; must be reachable from the pods.
-    #[arg(long)]
-    pub proxy_addr: SocketAddrV4,
+    /// Kubernetes: default $HOST_IP:15001.
+    #[arg(
+        long = "proxy-addr",
+        visible_alias = "proxy-address",
+        value_name = "IP:PORT"
+    )]
+    pub proxy_addr: Option<SocketAddrV4>,
     /// Serve Prometheus metrics at http://ADDR:PORT/metrics (and /ready,
     /// /healthz); off unless given.
     #[arg(long = "metrics-address", value_name = "ADDR:PORT")]
     pub metrics_address: Option<std::net::SocketAddr>,
+    /// Kubernetes: this node's name (default: env NODE_NAME).
+    #[arg(long, requires = "kubernetes")]
+    pub node_name: Option<String>,
+    /// Kubernetes: the cgroup v2 directory kubelet's pod cgroups are under;
+    /// the programs attach here.
+    #[arg(long, requires = "kubernetes", default_value = "/sys/fs/cgroup")]
+    pub cgroup_root: PathBuf,
+    /// Kubernetes: the header that carries the lane.
+    #[arg(long, requires = "kubernetes", default_value = crate::config::DEFAULT_LANE_HEADER)]
+    pub lane_header: String,
+    /// Kubernetes: a header copied from a pod's inbound request onto the
+    /// calls it causes (repeatable).
+    #[arg(long = "passthrough-header", requires = "kubernetes")]
+    pub passthrough_headers: Vec<String>,
+}
+
+impl DaemonCli {
+    /// The daemon's arguments; `env` reads NODE_NAME and HOST_IP (the
+    /// DaemonSet's downward API) where a flag is not given.
+    pub fn daemon_args(
+        self,
+        admin_socket: PathBuf,
+        env: impl Fn(&str) -> Option<String>,
+    ) -> anyhow::Result<DaemonArgs> {
+        use anyhow::anyhow;
+        let (source, cgroup, proxy_addr) = if self.kubernetes {
+            let node_name = self
+                .node_name
+                .or_else(|| env("NODE_NAME"))
+                .ok_or_else(|| anyhow!("--kubernetes needs --node-name or NODE_NAME"))?;
+            let proxy_addr = match self.proxy_addr {
+                Some(addr) => addr,
+                None => {
+                    let host = env("HOST_IP")
+                        .ok_or_else(|| anyhow!("--kubernetes needs --proxy-address or HOST_IP"))?;
+                    let ip = host
+                        .parse()
+                        .map_err(|e| anyhow!("HOST_IP {host:?} is not an IPv4 address: {e}"))?;
+                    SocketAddrV4::new(ip, crate::source::kube::DEFAULT_PROXY_PORT)
+                }
+            };
+            let config = crate::source::kube::KubeConfig {
+                node_name,
+                cgroup_root: self.cgroup_root.clone(),
+                lane_header: self.lane_header,
+                passthrough_headers: self.passthrough_headers,
+            };
+            (SourceArgs::Kubernetes(config), self.cgroup_root, proxy_addr)
+        } else {
+            let missing = |flag: &str| anyhow!("{flag} is required without --kubernetes");
+            (
+                SourceArgs::File {
+                    config: self.config.ok_or_else(|| missing("--config"))?,
+                    placement: self.placement.ok_or_else(|| missing("--placement"))?,
+                },
+                self.cgroup.ok_or_else(|| missing("--cgroup"))?,
+                self.proxy_addr.ok_or_else(|| missing("--proxy-addr"))?,
+            )
+        };
+        Ok(DaemonArgs {
+            source,
+            cgroup,
+            proxy_addr,
+            admin_socket,
+            metrics_addr: self.metrics_address,
+        })
+    }
 }
 
 #[derive(Debug, Subcommand)]
@@ -143,15 +234,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         .unwrap_or_else(|| run_dir.admin_socket());
     match cli.command {
         Command::Daemon(args) => {
-            daemon::run(DaemonArgs {
-                config: args.config,
-                placement: args.placement,
-                cgroup: args.cgroup,
-                proxy_addr: args.proxy_addr,
-                admin_socket: socket,
-                metrics_addr: args.metrics_address,
-            })
-            .await?;
+            daemon::run(args.daemon_args(socket, |name| std::env::var(name).ok())?).await?;
         }
         Command::Cluster(command) => return cluster(command, &run_dir).await,
         Command::Flows(view) => {

@@ -28,7 +28,7 @@ use tracing::{debug, warn};
 
 pub use client::{AdminClient, AdminError};
 
-use crate::daemon::Controller;
+use crate::controller::Controller;
 
 /// Largest rules file the API takes.
 const MAX_BODY: usize = 1 << 20;

@@ -88,8 +88,11 @@ fn default_lane_header() -> String {
     DEFAULT_LANE_HEADER.to_string()
 }
 
+/// Largest body prefix a `body` rule condition reads, unless configured.
+pub const DEFAULT_BODY_MATCH_LIMIT: usize = 64 * 1024;
+
 fn default_body_limit() -> usize {
-    64 * 1024
+    DEFAULT_BODY_MATCH_LIMIT
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -276,23 +279,34 @@ impl ClusterFile {
     pub(crate) fn validate_rules(&self) -> Result<(), (String, String)> {
         let services: HashSet<&str> = self.services.iter().map(|s| s.name.as_str()).collect();
         let lanes: HashSet<&str> = self.lanes.iter().map(|l| l.name.as_str()).collect();
-        for (i, rule) in self.rules.iter().enumerate() {
-            check_rule(rule, &services, &lanes).map_err(|(field, message)| {
-                let place = if field.is_empty() {
-                    format!("rules[{i}]")
-                } else {
-                    format!("rules[{i}].{field}")
-                };
-                (place, message)
-            })?;
-        }
-        crate::rules::check_unique_names(&self.rules).map_err(|m| ("rules".to_string(), m))?;
-        Ok(())
+        validate_rules(&self.rules, &services, &lanes)
     }
 
     pub fn lane(&self, name: &str) -> Option<&LaneSpec> {
         self.lanes.iter().find(|l| l.name == name)
     }
+}
+
+/// Checks rules against the services and lanes there are: what the cluster
+/// file checks, and what `tagger rules apply` checks against the state in
+/// force. The error is (place, message), the place `rules[N].field`.
+pub(crate) fn validate_rules(
+    rules: &[RuleSpec],
+    services: &HashSet<&str>,
+    lanes: &HashSet<&str>,
+) -> Result<(), (String, String)> {
+    for (i, rule) in rules.iter().enumerate() {
+        check_rule(rule, services, lanes).map_err(|(field, message)| {
+            let place = if field.is_empty() {
+                format!("rules[{i}]")
+            } else {
+                format!("rules[{i}].{field}")
+            };
+            (place, message)
+        })?;
+    }
+    crate::rules::check_unique_names(rules).map_err(|m| ("rules".to_string(), m))?;
+    Ok(())
 }
 
 /// Checks one rule against the services and lanes it may name: the checks

@@ -23,7 +23,7 @@ use tracing::{info, warn};
 use crate::{
     admin::AdminClient,
     config::{ClusterFile, ConfigError},
-    state::{PlacedPod, PlacedService, Placement},
+    source::file::{PlacedPod, PlacedService, Placement},
 };
 
 use net::NODE_IP;

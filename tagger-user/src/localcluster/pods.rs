@@ -11,7 +11,7 @@ use std::{
 };
 
 use super::{ClusterError, ClusterRecord, PodRecord, RunDir, io_error};
-use crate::{config::ClusterFile, config::PodSpec, state::Placement};
+use crate::{config::ClusterFile, config::PodSpec, source::file::Placement};
 
 /// A command that runs `command` inside the pod. It joins the pod's cgroup
 /// first and then enters the namespace with `ip netns exec`, which also

@@ -69,6 +69,8 @@ pub struct Connection {
     /// The destination service; each request looks it up in the snapshot
     /// current at that moment (rules and endpoints change live).
     pub service: String,
+    /// The service port connected to (a service may have several).
+    pub port: Option<u16>,
     /// The client socket's cookie, for the kernel's request tags.
     pub cookie: u64,
     pub tag_watch: TagWatch,
@@ -84,6 +86,7 @@ impl Connection {
             source: self.source,
             source_lane: self.source_lane,
             service: self.service,
+            port: self.port,
             cookie: self.cookie,
             tag_watch: self.tag_watch,
             last_tag_ns: std::sync::atomic::AtomicU64::new(0),
@@ -118,6 +121,7 @@ struct RequestContext {
     source: String,
     source_lane: Option<String>,
     service: String,
+    port: Option<u16>,
     cookie: u64,
     tag_watch: TagWatch,
     /// Write time of the newest kernel tag used on this connection: a tag
@@ -160,13 +164,12 @@ impl RequestContext {
     async fn forward(&self, request: Request<Incoming>) -> Result<Response<ProxyBody>, ProxyError> {
         let arrived = std::time::Instant::now();
         let snapshot = self.proxy.state.load_full();
-        let service =
-            snapshot
-                .service_by_name(&self.service)
-                .ok_or_else(|| ProxyError::NoEndpoint {
-                    service: self.service.clone(),
-                    lane: "any".into(),
-                })?;
+        let service = snapshot
+            .service_at(&self.service, self.port)
+            .ok_or_else(|| ProxyError::NoEndpoint {
+                service: self.service.clone(),
+                lane: "any".into(),
+            })?;
         let (mut parts, incoming) = request.into_parts();
         // What the app's inbound request carried, when the kernel could tie
         // this request to it: its pass-through headers join this request

@@ -241,6 +241,7 @@ impl Proxy {
                     source: source_name,
                     source_lane,
                     service: snapshot.services[destination.service()].name.clone(),
+                    port: snapshot.services[destination.service()].port,
                     cookie: origin.cookie,
                     tag_watch: self.kernel.tag_watch(origin.cgroup_id),
                     header_read_timeout,

@@ -1,8 +1,17 @@
 //! The daemon's one model of the cluster: pods, services, endpoints, lanes and
-//! rules. It is built from a source (the local cluster file plus where its
-//! pods were placed; the Kubernetes API in a cluster) and swapped atomically
-//! on every change, so the proxy reads a consistent snapshot per request
-//! without locks.
+//! rules. It is built from an [`Inventory`] that a source sends (the local
+//! cluster file plus where its pods were placed, `crate::source::file`; the
+//! Kubernetes API, `crate::source::kube`) and swapped atomically on every
+//! change, so the proxy reads a consistent snapshot per request without
+//! locks.
+mod inventory;
+#[cfg(test)]
+mod tests;
+
+pub use inventory::{
+    EndpointEntry, Inventory, PodEntry, PortMap, Readiness, RulesOrigin, ServiceEntry, SettingsSpec,
+};
+
 use std::{
     collections::HashMap,
     net::{Ipv4Addr, SocketAddrV4},
@@ -13,43 +22,20 @@ use std::{
 };
 
 use arc_swap::ArcSwap;
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 
 use crate::{
-    config::{ClusterFile, LANE_HEADER_ALIAS},
+    config::LANE_HEADER_ALIAS,
     routing::Candidate,
-    rules::{RuleError, RuleSet},
+    rules::{RuleError, RuleSet, RuleSpec},
 };
-
-/// Where the pods of a source run: addresses and cgroups. The local cluster
-/// writes it when it starts pods; in Kubernetes it comes from the API and the
-/// kubelet's cgroups.
-#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
-pub struct Placement {
-    pub pods: Vec<PlacedPod>,
-    pub services: Vec<PlacedService>,
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-pub struct PlacedPod {
-    pub name: String,
-    pub ip: Ipv4Addr,
-    pub cgroup_id: u64,
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-pub struct PlacedService {
-    pub name: String,
-    /// The virtual address callers reach the service by.
-    pub address: Ipv4Addr,
-}
 
 #[derive(Debug, Clone, Serialize)]
 pub struct Pod {
     pub name: String,
-    pub service: String,
     pub ip: Ipv4Addr,
-    pub cgroup_id: u64,
+    /// The cgroups its processes run in; empty for a pod of another node.
+    pub cgroup_ids: Vec<u64>,
     pub lane: Option<String>,
 }
 
@@ -61,9 +47,13 @@ pub struct Endpoint {
     #[serde(skip)]
     pub authority: http::uri::Authority,
     pub lane: Option<String>,
-    /// Flipped by the health checker; shared across snapshots by pod name.
+    /// Flipped by the health checker and by connect failures; set from the
+    /// source's readiness where it has one. Shared across snapshots by
+    /// address, so a reload does not forget what was learnt.
     #[serde(serialize_with = "ser_atomic_bool")]
     pub ready: Arc<AtomicBool>,
+    /// What the source said, and so whether the daemon probes it.
+    pub readiness: Readiness,
 }
 
 /// `ip:port` is always a valid URI authority.
@@ -85,12 +75,18 @@ impl Candidate for Endpoint {
     }
 }
 
+/// One port of a service: what a destination address stands for. A
+/// service with several ports is several of these, of one name (rules and
+/// flows are per service name); a plain pod group is one without a port.
 #[derive(Debug, Serialize)]
 pub struct Service {
     pub name: String,
+    pub port: Option<u16>,
+    /// The virtual address and this port.
     pub address: Option<SocketAddrV4>,
+    /// Each at the target port of `port`.
     pub endpoints: Vec<Endpoint>,
-    /// Round-robin position, shared across snapshots by service name.
+    /// Round-robin position, shared across snapshots by name and port.
     #[serde(skip)]
     pub turn: Arc<AtomicUsize>,
 }
@@ -139,7 +135,8 @@ const LANE_ALIAS: http::HeaderName = http::HeaderName::from_static(LANE_HEADER_A
 /// What a managed destination address stands for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Destination {
-    /// The service's virtual address.
+    /// The service's virtual address (`service` indexes
+    /// [`Snapshot::services`]: a service port).
     ServiceAddress { service: usize },
     /// One endpoint's own address (registry-style clients).
     Endpoint { service: usize, endpoint: usize },
@@ -156,6 +153,7 @@ impl Destination {
 #[derive(Debug, Serialize)]
 pub struct Snapshot {
     pub settings: Settings,
+    pub namespaces: Vec<String>,
     pub lanes: Vec<Lane>,
     pub pods: Vec<Pod>,
     pub services: Vec<Service>,
@@ -171,96 +169,96 @@ pub struct Snapshot {
 
 #[derive(Debug, thiserror::Error)]
 pub enum StateError {
-    #[error("pod {pod:?} of the cluster file has no placement (was it started?)")]
-    Unplaced { pod: String },
+    #[error("{what} {name:?} is not a valid header name")]
+    Header { what: &'static str, name: String },
     #[error(transparent)]
     Rule(#[from] RuleError),
 }
 
-impl Snapshot {
-    /// Builds the model. `previous` lends its shared counters (readiness,
-    /// round-robin, rule hits) so that a reload does not reset them.
-    pub fn build(
-        file: &ClusterFile,
-        placement: &Placement,
-        previous: Option<&Snapshot>,
-    ) -> Result<Self, StateError> {
-        let rules = file
-            .rules
-            .iter()
-            .map(|r| r.compile())
-            .collect::<Result<Vec<_>, _>>()?;
-        Self::build_with_rules(
-            file,
-            placement,
-            RuleSet::new(rules, previous.map(|p| &*p.rules)),
-            previous,
-        )
-    }
+fn header(what: &'static str, name: &str) -> Result<http::HeaderName, StateError> {
+    http::HeaderName::from_bytes(name.as_bytes()).map_err(|_| StateError::Header {
+        what,
+        name: name.to_string(),
+    })
+}
 
-    pub fn build_with_rules(
-        file: &ClusterFile,
-        placement: &Placement,
-        rules: RuleSet,
+impl Snapshot {
+    /// Builds the model from a source's inventory and the rules in force
+    /// (the inventory's, or what `tagger rules` made of them). `previous`
+    /// lends its shared counters (readiness, round-robin, rule hits) so
+    /// that a reload does not reset them. Fails only on a rule that does
+    /// not compile or a bad header name; nothing else in an inventory can
+    /// be wrong for the model.
+    pub fn build(
+        inventory: &Inventory,
+        rules: &[RuleSpec],
         previous: Option<&Snapshot>,
     ) -> Result<Self, StateError> {
-        let placed: HashMap<&str, &PlacedPod> = placement
+        let compiled = rules
+            .iter()
+            .map(RuleSpec::compile)
+            .collect::<Result<Vec<_>, _>>()?;
+        let rules = RuleSet::new(compiled, previous.map(|p| &*p.rules));
+        let settings = Settings {
+            lane_header: header("lane header", &inventory.settings.lane_header)?,
+            passthrough_headers: inventory
+                .settings
+                .passthrough_headers
+                .iter()
+                .map(|h| header("pass-through header", h))
+                .collect::<Result<_, _>>()?,
+            body_match_limit: inventory.settings.body_match_limit,
+            limits: inventory.settings.limits,
+        };
+        let pods: Vec<Pod> = inventory
             .pods
             .iter()
-            .map(|p| (p.name.as_str(), p))
+            .map(|p| Pod {
+                name: p.name.clone(),
+                ip: p.ip,
+                cgroup_ids: p.cgroup_ids.clone(),
+                lane: p.lane().map(str::to_string),
+            })
             .collect();
-        let addresses: HashMap<&str, Ipv4Addr> = placement
-            .services
+        let lane_of: HashMap<&str, Option<&str>> = pods
             .iter()
-            .map(|s| (s.name.as_str(), s.address))
+            .map(|p| (p.name.as_str(), p.lane.as_deref()))
             .collect();
-        let mut pods = Vec::new();
         let mut services = Vec::new();
-        for spec in &file.services {
-            let mut endpoints = Vec::new();
-            for pod_spec in &spec.pods {
-                let placed =
-                    placed
-                        .get(pod_spec.name.as_str())
-                        .ok_or_else(|| StateError::Unplaced {
-                            pod: pod_spec.name.clone(),
-                        })?;
-                let lane = pod_spec.effective_lane().map(str::to_string);
-                pods.push(Pod {
-                    name: pod_spec.name.clone(),
-                    service: spec.name.clone(),
-                    ip: placed.ip,
-                    cgroup_id: placed.cgroup_id,
-                    lane: lane.clone(),
+        for spec in &inventory.services {
+            if spec.ports.is_empty() {
+                services.push(Service {
+                    name: spec.name.clone(),
+                    port: None,
+                    address: None,
+                    endpoints: Vec::new(),
+                    turn: previous
+                        .and_then(|p| p.service_at(&spec.name, None))
+                        .map(|s| s.turn.clone())
+                        .unwrap_or_default(),
                 });
-                if let Some(port) = spec.port {
-                    let ready = previous
-                        .and_then(|p| p.endpoint_ready_flag(&pod_spec.name))
-                        .unwrap_or_default();
-                    let addr = SocketAddrV4::new(placed.ip, port);
-                    endpoints.push(Endpoint {
-                        pod: pod_spec.name.clone(),
-                        addr,
-                        authority: authority_of(addr),
-                        lane,
-                        ready,
-                    });
-                }
             }
-            let address = match (spec.port, addresses.get(spec.name.as_str())) {
-                (Some(port), Some(ip)) => Some(SocketAddrV4::new(*ip, port)),
-                _ => None,
-            };
-            let turn = previous
-                .and_then(|p| p.services.iter().find(|s| s.name == spec.name))
-                .map(|s| s.turn.clone())
-                .unwrap_or_default();
-            services.push(Service {
-                name: spec.name.clone(),
-                address,
-                endpoints,
-                turn,
-            });
+            for &port in &spec.ports {
+                let endpoints = spec
+                    .endpoints
+                    .iter()
+                    .filter_map(|e| {
+                        let target = e.ports.iter().find(|p| p.port == port)?.target_port;
+                        let addr = SocketAddrV4::new(e.ip, target);
+                        Some(endpoint(e, addr, lane_of.get(e.pod.as_str()), previous))
+                    })
+                    .collect();
+                services.push(Service {
+                    name: spec.name.clone(),
+                    port: Some(port),
+                    address: spec.address.map(|ip| SocketAddrV4::new(ip, port)),
+                    endpoints,
+                    turn: previous
+                        .and_then(|p| p.service_at(&spec.name, Some(port)))
+                        .map(|s| s.turn.clone())
+                        .unwrap_or_default(),
+                });
+            }
         }
         let mut destinations = HashMap::new();
         for (si, service) in services.iter().enumerate() {
@@ -280,32 +278,25 @@ impl Snapshot {
         let pods_by_cgroup = pods
             .iter()
             .enumerate()
-            .map(|(i, p)| (p.cgroup_id, i))
+            .flat_map(|(i, p)| p.cgroup_ids.iter().map(move |id| (*id, i)))
             .collect();
         let pods_by_ip = pods.iter().enumerate().map(|(i, p)| (p.ip, i)).collect();
-        let settings = Settings {
-            lane_header: http::HeaderName::from_bytes(file.lane_header.as_bytes())
-                .expect("validated with the file"),
-            passthrough_headers: file
-                .passthrough_headers
-                .iter()
-                .map(|h| {
-                    http::HeaderName::from_bytes(h.as_bytes()).expect("validated with the file")
-                })
-                .collect(),
-            body_match_limit: file.body_match_limit,
-            limits: file.limits,
-        };
+        // A lane two namespaces declare is sticky if either says so: the
+        // lane travels by name on the wire.
+        let mut lanes: Vec<Lane> = Vec::new();
+        for spec in &inventory.lanes {
+            match lanes.iter_mut().find(|l| l.name == spec.name) {
+                Some(lane) => lane.sticky |= spec.sticky,
+                None => lanes.push(Lane {
+                    name: spec.name.clone(),
+                    sticky: spec.sticky,
+                }),
+            }
+        }
         Ok(Self {
             settings,
-            lanes: file
-                .lanes
-                .iter()
-                .map(|l| Lane {
-                    name: l.name.clone(),
-                    sticky: l.sticky,
-                })
-                .collect(),
+            namespaces: inventory.namespaces.clone(),
+            lanes,
             pods,
             services,
             rules: Arc::new(rules),
@@ -315,12 +306,13 @@ impl Snapshot {
         })
     }
 
-    fn endpoint_ready_flag(&self, pod: &str) -> Option<Arc<AtomicBool>> {
-        self.services
-            .iter()
-            .flat_map(|s| &s.endpoints)
-            .find(|e| e.pod == pod)
-            .map(|e| e.ready.clone())
+    fn endpoint_ready_flag(&self, addr: SocketAddrV4) -> Option<Arc<AtomicBool>> {
+        match self.destinations.get(&addr)? {
+            Destination::Endpoint { service, endpoint } => {
+                Some(self.services[*service].endpoints[*endpoint].ready.clone())
+            }
+            Destination::ServiceAddress { .. } => None,
+        }
     }
 
     pub fn destination(&self, addr: SocketAddrV4) -> Option<Destination> {
@@ -345,10 +337,44 @@ impl Snapshot {
         self.lanes.iter().any(|l| l.name == lane && l.sticky)
     }
 
-    pub fn service_by_name(&self, name: &str) -> Option<&Service> {
-        self.services.iter().find(|s| s.name == name)
+    /// The service port a connection was made to (`None`: a pod group).
+    pub fn service_at(&self, name: &str, port: Option<u16>) -> Option<&Service> {
+        self.services
+            .iter()
+            .find(|s| s.port == port && s.name == name)
+    }
+
+    /// Every cgroup of this node's pods, for the kernel's pod cgroup map.
+    pub fn pod_cgroups(&self) -> std::collections::HashSet<u64> {
+        self.pods_by_cgroup.keys().copied().collect()
     }
 }
 
 /// The live model, swapped as a whole.
 pub type StateHandle = Arc<ArcSwap<Snapshot>>;
+
+/// An endpoint of the model, its readiness flag lent by `previous` and set
+/// from the source where the source knows.
+fn endpoint(
+    entry: &EndpointEntry,
+    addr: SocketAddrV4,
+    lane: Option<&Option<&str>>,
+    previous: Option<&Snapshot>,
+) -> Endpoint {
+    let ready = previous
+        .and_then(|p| p.endpoint_ready_flag(addr))
+        .unwrap_or_default();
+    match entry.readiness {
+        Readiness::Probe => {}
+        Readiness::Ready => ready.store(true, Ordering::Relaxed),
+        Readiness::NotReady | Readiness::Terminating => ready.store(false, Ordering::Relaxed),
+    }
+    Endpoint {
+        pod: entry.pod.clone(),
+        addr,
+        authority: authority_of(addr),
+        lane: lane.copied().flatten().map(str::to_string),
+        ready,
+        readiness: entry.readiness,
+    }
+}

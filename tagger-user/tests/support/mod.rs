@@ -24,7 +24,8 @@ use tagger::{
     config::ClusterFile,
     flows::FlowTable,
     proxy::{FlowLookup, Origin, Proxy, ProxyConfig},
-    state::{PlacedPod, PlacedService, Placement, Snapshot, StateHandle},
+    source::file::{PlacedPod, PlacedService, Placement, inventory},
+    state::{Snapshot, StateHandle},
 };
 use tokio::{
     io::{AsyncReadExt, AsyncWriteExt},
@@ -203,6 +204,11 @@ rules:
       - {source: body, name: user.vip, op: '=', value: 'true'}
 "#;
 
+/// The model of a cluster file placed as `placement`.
+pub fn file_snapshot(file: &ClusterFile, placement: &Placement) -> Snapshot {
+    Snapshot::build(&inventory(file, placement, 0).unwrap(), &file.rules, None).unwrap()
+}
+
 pub struct Setup {
     pub proxy_addr: SocketAddr,
     pub state: StateHandle,
@@ -259,7 +265,7 @@ pub async fn setup_with(caller_pod: &str, gray_up: bool, settings: &str) -> Setu
             address: Ipv4Addr::new(127, 0, 0, 9),
         }],
     };
-    let snapshot = Snapshot::build(&file, &placement, None).unwrap();
+    let snapshot = file_snapshot(&file, &placement);
     for endpoint in &snapshot.services[0].endpoints {
         endpoint.ready.store(true, Ordering::Relaxed);
     }
@@ -268,7 +274,7 @@ pub async fn setup_with(caller_pod: &str, gray_up: bool, settings: &str) -> Setu
         .iter()
         .find(|p| p.name == caller_pod)
         .unwrap()
-        .cgroup_id;
+        .cgroup_ids[0];
     let state: StateHandle = Arc::new(ArcSwap::from_pointee(snapshot));
     let flows = Arc::new(FlowTable::default());
     let origins = Arc::new(FixedOrigin::new(
@@ -368,9 +374,7 @@ pub async fn opaque_proxy(dest: SocketAddrV4) -> SocketAddr {
             .collect(),
         services: vec![],
     };
-    let state: StateHandle = Arc::new(ArcSwap::from_pointee(
-        Snapshot::build(&file, &placement, None).unwrap(),
-    ));
+    let state: StateHandle = Arc::new(ArcSwap::from_pointee(file_snapshot(&file, &placement)));
     let origins = Arc::new(FixedOrigin::new(dest, 4));
     let proxy = Proxy::new(
         state,

@@ -1,0 +1,329 @@
+//! The Kubernetes source (SPEC.md section E, "Kubernetes mode"): watchers
+//! on the API, reached as kubectl reaches it, joined into inventories.
+//!
+//! | watch | why |
+//! |-------|-----|
+//! | Namespaces labelled `tagger.io/lanes=enabled` | which pods are managed |
+//! | Services, EndpointSlices | addresses, ports, endpoints and their readiness |
+//! | every Pod's metadata | each endpoint's lane (its labels) |
+//! | this node's Pods (`spec.nodeName`) | addresses and, through kubelet's cgroups, cgroup ids |
+//! | `TrafficLane`, `TrafficRule` | lanes and rules; each rule's `Accepted` status is written back |
+//!
+//! Each watcher relists with the default backoff when its watch breaks (a
+//! 410 Gone included); a relist replaces its kind whole ([`store`]). Events
+//! are joined after a 50 ms settle, so a burst is one inventory and a change
+//! is in force well within a second.
+mod join;
+pub mod objects;
+mod store;
+
+#[cfg(test)]
+mod objects_tests;
+
+use std::{
+    collections::HashMap,
+    path::{Path, PathBuf},
+    time::Duration,
+};
+
+use futures::{StreamExt, stream::BoxStream};
+use k8s_openapi::api::{
+    core::v1::{Namespace, Pod, Service},
+    discovery::v1::EndpointSlice,
+};
+use kube::{
+    Api, Client,
+    api::{PartialObjectMeta, Patch, PatchParams},
+    runtime::{
+        WatchStreamExt,
+        watcher::{self, Event, watcher},
+    },
+};
+use tokio::time::Instant;
+use tracing::{info, warn};
+
+pub use join::{RuleVerdict, Stores, join};
+
+use super::{Source, Updates, publish};
+use crate::{
+    config::LimitsSpec,
+    kubernetes::{
+        TrafficLane, TrafficRule, TrafficRuleStatus,
+        cgroups::{self, QosClass},
+        convert::{now_rfc3339, rule_status, status_patch},
+    },
+    state::SettingsSpec,
+};
+
+/// Where the proxy listens when `--proxy-address` is not given: on
+/// `$HOST_IP`, this port.
+pub const DEFAULT_PROXY_PORT: u16 = 15001;
+/// Events closer than this are joined into one inventory.
+const SETTLE: Duration = Duration::from_millis(50);
+/// How often pods of this node whose cgroups were not found yet are looked
+/// for again (a pod the API shows before kubelet made its cgroup).
+const CGROUP_RETRY: Duration = Duration::from_millis(500);
+/// How often every pod's cgroups are read again (a restarted container
+/// has a new one).
+const CGROUP_REFRESH: Duration = Duration::from_secs(5);
+
+#[derive(Debug, Clone)]
+pub struct KubeConfig {
+    pub node_name: String,
+    /// The cgroup v2 directory kubelet's pod cgroups are under.
+    pub cgroup_root: PathBuf,
+    pub lane_header: String,
+    pub passthrough_headers: Vec<String>,
+}
+
+impl KubeConfig {
+    fn settings(&self) -> SettingsSpec {
+        SettingsSpec {
+            lane_header: self.lane_header.clone(),
+            passthrough_headers: self.passthrough_headers.clone(),
+            body_match_limit: crate::config::DEFAULT_BODY_MATCH_LIMIT,
+            limits: LimitsSpec::default(),
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum KubeError {
+    #[error(
+        "cannot find the Kubernetes API (KUBECONFIG, else the in-cluster service account): {0}"
+    )]
+    Config(#[from] kube::config::InferConfigError),
+    #[error("Kubernetes client: {0}")]
+    Client(#[from] kube::Error),
+}
+
+pub struct KubeSource {
+    client: Client,
+    config: KubeConfig,
+}
+
+/// One watcher's event, of whichever kind. Each is applied to its store
+/// as it arrives and dropped, one at a time: the variants' sizes do not add
+/// up to anything.
+#[allow(clippy::large_enum_variant)]
+enum Change {
+    Namespace(Event<Namespace>),
+    Service(Event<Service>),
+    Slice(Event<EndpointSlice>),
+    Pod(Event<PartialObjectMeta<Pod>>),
+    NodePod(Event<Pod>),
+    Lane(Event<TrafficLane>),
+    Rule(Event<TrafficRule>),
+}
+
+type Changes = BoxStream<'static, Result<Change, watcher::Error>>;
+
+fn watch<K, F>(api: Api<K>, config: watcher::Config, wrap: F) -> Changes
+where
+    K: kube::Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug + Send + 'static,
+    F: Fn(Event<K>) -> Change + Send + 'static,
+{
+    watcher(api, config)
+        .default_backoff()
+        .map(move |event| event.map(&wrap))
+        .boxed()
+}
+
+impl KubeSource {
+    /// The API as kubectl finds it: `KUBECONFIG` (a plain `http://` server
+    /// works), else the pod's service account.
+    pub async fn connect(config: KubeConfig) -> Result<Self, KubeError> {
+        let client = Client::try_from(kube::Config::infer().await?)?;
+        Ok(Self::new(client, config))
+    }
+
+    pub fn new(client: Client, config: KubeConfig) -> Self {
+        Self { client, config }
+    }
+
+    fn changes(&self) -> Changes {
+        let c = &self.client;
+        let managed = format!("{}={}", objects::MANAGED_LABEL, objects::MANAGED_VALUE);
+        let on_node = format!("spec.nodeName={}", self.config.node_name);
+        let all = watcher::Config::default;
+        futures::stream::select_all([
+            watch(
+                Api::all(c.clone()),
+                all().labels(&managed),
+                Change::Namespace,
+            ),
+            watch(Api::all(c.clone()), all(), Change::Service),
+            watch(Api::all(c.clone()), all(), Change::Slice),
+            watch(Api::all(c.clone()), all().fields(&on_node), Change::NodePod),
+            watch(Api::all(c.clone()), all(), Change::Lane),
+            watch(Api::all(c.clone()), all(), Change::Rule),
+            // Labels suffice for other pods: metadata only.
+            watch(
+                Api::<PartialObjectMeta<Pod>>::all(c.clone()),
+                all(),
+                Change::Pod,
+            ),
+        ])
+        .boxed()
+    }
+
+    /// Applies one change; whether what the stores answer changed.
+    fn apply(&self, stores: &mut Stores, change: Change) -> bool {
+        match change {
+            Change::Namespace(e) => stores.namespaces.apply(e, objects::namespace),
+            Change::Service(e) => stores.services.apply(e, objects::service),
+            Change::Slice(e) => stores.slices.apply(e, objects::endpoint_slice),
+            Change::Pod(e) => stores.pods.apply(e, objects::pod_labels),
+            Change::NodePod(e) => stores.node_pods.apply(e, objects::node_pod),
+            Change::Lane(e) => stores.lanes.apply(e, objects::lane),
+            Change::Rule(e) => stores.rules.apply(e, join::rule),
+        }
+    }
+
+    /// Writes each rule's `Accepted` condition where it is not what the
+    /// check says (skipping what was just written and not seen back yet).
+    fn write_statuses(
+        &self,
+        verdicts: Vec<RuleVerdict>,
+        written: &mut HashMap<(String, String), TrafficRuleStatus>,
+    ) {
+        let now = now_rfc3339();
+        for verdict in verdicts {
+            let status = rule_status(
+                verdict.status.as_ref(),
+                &verdict.outcome,
+                verdict.generation,
+                &now,
+            );
+            let key = (verdict.namespace.clone(), verdict.name.clone());
+            if verdict.status.as_ref() == Some(&status) || written.get(&key) == Some(&status) {
+                continue;
+            }
+            if let Err(message) = &verdict.outcome {
+                info!(rule = %format!("{}/{}", key.0, key.1), %message, "TrafficRule refused");
+            }
+            written.insert(key, status.clone());
+            let api: Api<TrafficRule> = Api::namespaced(self.client.clone(), &verdict.namespace);
+            tokio::spawn(async move {
+                let patch = Patch::Merge(status_patch(&status));
+                if let Err(e) = api
+                    .patch_status(&verdict.name, &PatchParams::default(), &patch)
+                    .await
+                {
+                    warn!(rule = %verdict.name, namespace = %verdict.namespace, error = %e, "cannot write the rule's status");
+                }
+            });
+        }
+    }
+}
+
+/// The cgroup ids of a pod of this node; empty until kubelet made them.
+fn pod_cgroup_ids(root: &Path, uid: &str, qos: Option<QosClass>) -> Vec<u64> {
+    let found = match qos {
+        Some(qos) => cgroups::find_pod(root, uid, qos),
+        None => cgroups::scan(root)
+            .ok()
+            .and_then(|pods| pods.into_iter().find(|p| p.uid == uid)),
+    };
+    found.map(|pod| pod.cgroup_ids()).unwrap_or_default()
+}
+
+/// Reads the cgroups of this node's pods: every pod's when `all`, else
+/// those not found yet. Whether any changed.
+fn refresh_cgroups(
+    root: &Path,
+    stores: &Stores,
+    cgroups: &mut HashMap<String, Vec<u64>>,
+    all: bool,
+) -> bool {
+    let mut changed = false;
+    let mut seen = Vec::new();
+    for (_, pod) in stores.node_pods.iter() {
+        seen.push(pod.cgroup_uid.as_str());
+        let known = cgroups
+            .get(&pod.cgroup_uid)
+            .is_some_and(|ids| !ids.is_empty());
+        if known && !all {
+            continue;
+        }
+        let ids = pod_cgroup_ids(root, &pod.cgroup_uid, pod.qos);
+        let before = cgroups.insert(pod.cgroup_uid.clone(), ids.clone());
+        changed |= before.unwrap_or_default() != ids;
+    }
+    let mut gone = false;
+    cgroups.retain(|uid, ids| {
+        let keep = seen.contains(&uid.as_str());
+        gone |= !keep && !ids.is_empty();
+        keep
+    });
+    changed || gone
+}
+
+impl Source for KubeSource {
+    type Error = KubeError;
+
+    async fn run(self, updates: Updates) -> Result<(), KubeError> {
+        let mut changes = self.changes();
+        let settings = self.config.settings();
+        let root = self.config.cgroup_root.clone();
+        let mut stores = Stores::default();
+        let mut cgroups: HashMap<String, Vec<u64>> = HashMap::new();
+        let mut written = HashMap::new();
+        let mut retry = tokio::time::interval(CGROUP_RETRY);
+        let mut last_refresh = Instant::now();
+        let mut settle_at: Option<Instant> = None;
+        let mut first = true;
+        loop {
+            let mut changed = false;
+            tokio::select! {
+                change = changes.next() => match change {
+                    Some(Ok(change)) => {
+                        let node_pod = matches!(change, Change::NodePod(_));
+                        changed = self.apply(&mut stores, change);
+                        // A pod's containers may have come or gone.
+                        if node_pod && changed {
+                            refresh_cgroups(&root, &stores, &mut cgroups, true);
+                        }
+                    }
+                    Some(Err(e)) => warn!(error = %e, "Kubernetes watch failed; retrying"),
+                    None => return Ok(()),
+                },
+                _ = retry.tick() => {
+                    let all = last_refresh.elapsed() >= CGROUP_REFRESH;
+                    if all {
+                        last_refresh = Instant::now();
+                    }
+                    changed = refresh_cgroups(&root, &stores, &mut cgroups, all);
+                }
+                () = sleep_until(settle_at) => {
+                    settle_at = None;
+                    if stores.synced() {
+                        let (inventory, verdicts) = join(&stores, &cgroups, &settings);
+                        if first {
+                            info!(
+                                services = inventory.services.len(),
+                                pods = inventory.pods.len(),
+                                rules = inventory.rules.len(),
+                                "first sync with the Kubernetes API done"
+                            );
+                            first = false;
+                        }
+                        publish(&updates, inventory);
+                        self.write_statuses(verdicts, &mut written);
+                    }
+                }
+                () = updates.closed() => return Ok(()),
+            }
+            if changed && settle_at.is_none() {
+                settle_at = Some(Instant::now() + SETTLE);
+            }
+        }
+    }
+}
+
+async fn sleep_until(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}
