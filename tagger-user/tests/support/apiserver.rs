@@ -1,0 +1,484 @@
+//! A small Kubernetes API server for in-process tests of the Kubernetes
+//! source: list and `?watch=1` of the kinds the daemon reads, from objects
+//! the test puts in, with resourceVersions, bookmarks, label and field
+//! selectors, metadata-only lists (`as=PartialObjectMetadata`), merge
+//! patches of a `TrafficRule`'s status, and compaction: a watch from before
+//! it gets `410 Gone` and the client must relist.
+use std::{
+    collections::BTreeMap,
+    convert::Infallible,
+    net::SocketAddr,
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full, StreamBody, combinators::BoxBody};
+use hyper::{Request, Response, body::Frame, service::service_fn};
+use hyper_util::rt::TokioIo;
+use serde_json::{Value, json};
+use tokio::{net::TcpListener, sync::watch};
+
+/// A collection the daemon lists and watches: (URL path, kind, apiVersion).
+const KINDS: [(&str, &str, &str); 6] = [
+    ("/api/v1/namespaces", "Namespace", "v1"),
+    ("/api/v1/services", "Service", "v1"),
+    ("/api/v1/pods", "Pod", "v1"),
+    (
+        "/apis/discovery.k8s.io/v1/endpointslices",
+        "EndpointSlice",
+        "discovery.k8s.io/v1",
+    ),
+    (
+        "/apis/tagger.io/v1alpha1/trafficlanes",
+        "TrafficLane",
+        "tagger.io/v1alpha1",
+    ),
+    (
+        "/apis/tagger.io/v1alpha1/trafficrules",
+        "TrafficRule",
+        "tagger.io/v1alpha1",
+    ),
+];
+
+/// An object's identity: (kind, namespace, name).
+type Id = (String, String, String);
+
+fn id_of(object: &Value) -> Id {
+    let text = |v: &Value| v.as_str().unwrap_or_default().to_string();
+    (
+        text(&object["kind"]),
+        text(&object["metadata"]["namespace"]),
+        text(&object["metadata"]["name"]),
+    )
+}
+
+/// One change, as a watch shows it: the object before (to tell a selector
+/// it stopped matching) and after (`None`: deleted).
+struct Change {
+    rv: u64,
+    before: Option<Value>,
+    after: Option<Value>,
+}
+
+#[derive(Default)]
+struct World {
+    rv: u64,
+    objects: BTreeMap<Id, Value>,
+    log: Vec<Change>,
+    /// Watches from before this are answered 410 Gone.
+    compacted: u64,
+    /// Bumped by a compaction: open watches end.
+    epoch: u64,
+    /// Status patches received: (namespace, name, body).
+    patches: Vec<(String, String, Value)>,
+    /// Watches answered 410 Gone.
+    gone: usize,
+}
+
+pub struct ApiServer {
+    pub addr: SocketAddr,
+    world: Arc<Mutex<World>>,
+    /// The newest resourceVersion, for watches to wake on.
+    notify: watch::Sender<u64>,
+}
+
+impl ApiServer {
+    pub async fn start(objects: Vec<Value>) -> Arc<Self> {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let server = Arc::new(Self {
+            addr: listener.local_addr().unwrap(),
+            world: Arc::default(),
+            notify: watch::Sender::new(0),
+        });
+        for object in objects {
+            server.apply(object);
+        }
+        let accept = server.clone();
+        tokio::spawn(async move {
+            loop {
+                let Ok((stream, _)) = listener.accept().await else {
+                    continue;
+                };
+                let server = accept.clone();
+                tokio::spawn(async move {
+                    let service = service_fn(move |request| {
+                        let server = server.clone();
+                        async move { Ok::<_, Infallible>(server.handle(request).await) }
+                    });
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(TokioIo::new(stream), service)
+                        .await;
+                });
+            }
+        });
+        server
+    }
+
+    /// A client that talks plain HTTP to this server.
+    pub fn client(&self) -> kube::Client {
+        let config = kube::Config::new(format!("http://{}", self.addr).parse().unwrap());
+        kube::Client::try_from(config).unwrap()
+    }
+
+    fn changed(&self, world: &mut World, before: Option<Value>, after: Option<Value>) {
+        let rv = world.rv;
+        world.log.push(Change { rv, before, after });
+        self.notify.send_replace(world.rv);
+    }
+
+    /// Creates or replaces an object (as `kubectl apply` would), giving it
+    /// a new resourceVersion (and generation, for a changed spec).
+    pub fn apply(&self, mut object: Value) {
+        let mut world = self.world.lock().unwrap();
+        world.rv += 1;
+        let id = id_of(&object);
+        let before = world.objects.get(&id).cloned();
+        let generation = match &before {
+            Some(old) if old["spec"] == object["spec"] => old["metadata"]["generation"].clone(),
+            Some(old) => json!(old["metadata"]["generation"].as_i64().unwrap_or(0) + 1),
+            None => json!(1),
+        };
+        if let Some(old) = &before
+            && object.get("status").is_none()
+            && old.get("status").is_some()
+        {
+            object["status"] = old["status"].clone();
+        }
+        object["metadata"]["resourceVersion"] = json!(world.rv.to_string());
+        object["metadata"]["generation"] = generation;
+        if object["metadata"]["uid"].is_null() {
+            object["metadata"]["uid"] = json!(format!("00000000-0000-4000-8000-{:012}", world.rv));
+        }
+        world.objects.insert(id, object.clone());
+        self.changed(&mut world, before, Some(object));
+    }
+
+    pub fn delete(&self, kind: &str, namespace: &str, name: &str) {
+        let mut world = self.world.lock().unwrap();
+        let id = (kind.to_string(), namespace.to_string(), name.to_string());
+        let Some(mut before) = world.objects.remove(&id) else {
+            panic!("no {kind} {namespace}/{name} to delete")
+        };
+        world.rv += 1;
+        before["metadata"]["resourceVersion"] = json!(world.rv.to_string());
+        self.changed(&mut world, Some(before), None);
+    }
+
+    /// Changes objects with no watch event for them (as if the events were
+    /// lost), then compacts: every open watch ends, and resuming from
+    /// before this answers 410 Gone, so clients must relist.
+    pub fn replace_silently_and_compact(&self, apply: Vec<Value>, delete: &[(&str, &str, &str)]) {
+        let mut world = self.world.lock().unwrap();
+        for (kind, ns, name) in delete {
+            world
+                .objects
+                .remove(&(kind.to_string(), ns.to_string(), name.to_string()));
+        }
+        for mut object in apply {
+            world.rv += 1;
+            object["metadata"]["resourceVersion"] = json!(world.rv.to_string());
+            object["metadata"]["generation"] = json!(1);
+            world.objects.insert(id_of(&object), object);
+        }
+        world.rv += 1;
+        world.compacted = world.rv;
+        world.epoch += 1;
+        world.log.clear();
+        self.notify.send_replace(world.rv);
+    }
+
+    pub fn object(&self, kind: &str, namespace: &str, name: &str) -> Option<Value> {
+        let world = self.world.lock().unwrap();
+        world
+            .objects
+            .get(&(kind.to_string(), namespace.to_string(), name.to_string()))
+            .cloned()
+    }
+
+    /// Watches answered 410 Gone so far.
+    pub fn gone(&self) -> usize {
+        self.world.lock().unwrap().gone
+    }
+
+    /// Status patches received so far.
+    pub fn patches(&self) -> usize {
+        self.world.lock().unwrap().patches.len()
+    }
+
+    async fn handle(
+        &self,
+        request: Request<hyper::body::Incoming>,
+    ) -> Response<BoxBody<Bytes, Infallible>> {
+        let path = request.uri().path().to_string();
+        let query = parse_query(request.uri().query().unwrap_or(""));
+        let metadata_only = request
+            .headers()
+            .get("accept")
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.contains("as=PartialObjectMetadata"));
+        if request.method() == hyper::Method::PATCH {
+            let body = request.into_body().collect().await.unwrap().to_bytes();
+            return self.patch_status(&path, serde_json::from_slice(&body).unwrap());
+        }
+        let Some(&(_, kind, api_version)) = KINDS.iter().find(|(p, _, _)| *p == path) else {
+            return respond(404, json!({"kind": "Status", "code": 404, "message": path}));
+        };
+        let selector = Selector::new(&query);
+        let shape = |o: &Value| shape(o, metadata_only);
+        if query.get("watch").is_some_and(|w| w == "true" || w == "1") {
+            let from: u64 = query
+                .get("resourceVersion")
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(0);
+            let bookmarks = query
+                .get("allowWatchBookmarks")
+                .is_some_and(|v| v == "true");
+            return self.watch(kind, api_version, from, selector, bookmarks, metadata_only);
+        }
+        let world = self.world.lock().unwrap();
+        let items: Vec<Value> = world
+            .objects
+            .values()
+            .filter(|o| o["kind"] == kind && selector.matches(o))
+            .map(shape)
+            .collect();
+        let (list_kind, list_version) = if metadata_only {
+            ("PartialObjectMetadataList".to_string(), "meta.k8s.io/v1")
+        } else {
+            (format!("{kind}List"), api_version)
+        };
+        respond(
+            200,
+            json!({
+                "kind": list_kind, "apiVersion": list_version,
+                "metadata": {"resourceVersion": world.rv.to_string()},
+                "items": items
+            }),
+        )
+    }
+
+    fn patch_status(&self, path: &str, patch: Value) -> Response<BoxBody<Bytes, Infallible>> {
+        // /apis/tagger.io/v1alpha1/namespaces/NS/trafficrules/NAME/status
+        let parts: Vec<&str> = path.trim_matches('/').split('/').collect();
+        let [
+            "apis",
+            "tagger.io",
+            "v1alpha1",
+            "namespaces",
+            ns,
+            "trafficrules",
+            name,
+            "status",
+        ] = parts[..]
+        else {
+            return respond(404, json!({"kind": "Status", "code": 404, "message": path}));
+        };
+        let mut world = self.world.lock().unwrap();
+        let id = ("TrafficRule".to_string(), ns.to_string(), name.to_string());
+        let Some(before) = world.objects.get(&id).cloned() else {
+            return respond(404, json!({"kind": "Status", "code": 404, "message": path}));
+        };
+        world
+            .patches
+            .push((ns.to_string(), name.to_string(), patch.clone()));
+        world.rv += 1;
+        let mut after = before.clone();
+        after["status"] = patch["status"].clone();
+        after["metadata"]["resourceVersion"] = json!(world.rv.to_string());
+        world.objects.insert(id, after.clone());
+        self.changed(&mut world, Some(before), Some(after.clone()));
+        respond(200, after)
+    }
+
+    fn watch(
+        &self,
+        kind: &'static str,
+        api_version: &'static str,
+        from: u64,
+        selector: Selector,
+        bookmarks: bool,
+        metadata_only: bool,
+    ) -> Response<BoxBody<Bytes, Infallible>> {
+        let (tx, rx) = tokio::sync::mpsc::channel::<Bytes>(64);
+        let world = self.world.clone();
+        let mut notify = self.notify.subscribe();
+        let line = |event: Value| Bytes::from(format!("{event}\n"));
+        tokio::spawn(async move {
+            let (compacted, epoch) = {
+                let w = world.lock().unwrap();
+                (w.compacted, w.epoch)
+            };
+            if from < compacted {
+                world.lock().unwrap().gone += 1;
+                let gone = json!({"type": "ERROR", "object": {
+                    "kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
+                    "message": format!("too old resource version: {from} ({compacted})"),
+                    "reason": "Expired", "code": 410}});
+                let _ = tx.send(line(gone)).await;
+                return;
+            }
+            let mut cursor = from;
+            loop {
+                let events: Vec<Value> = {
+                    let w = world.lock().unwrap();
+                    if w.epoch != epoch {
+                        return;
+                    }
+                    let events = w
+                        .log
+                        .iter()
+                        .filter(|c| c.rv > cursor)
+                        .filter_map(|c| event(c, kind, &selector, metadata_only))
+                        .collect();
+                    cursor = w.rv;
+                    events
+                };
+                for event in events {
+                    if tx.send(line(event)).await.is_err() {
+                        return;
+                    }
+                }
+                if bookmarks {
+                    let mut mark = json!({"kind": kind, "apiVersion": api_version,
+                                          "metadata": {"resourceVersion": cursor.to_string()}});
+                    if metadata_only {
+                        mark = json!({"kind": "PartialObjectMetadata", "apiVersion": "meta.k8s.io/v1",
+                                      "metadata": {"resourceVersion": cursor.to_string()}});
+                    }
+                    if tx
+                        .send(line(json!({"type": "BOOKMARK", "object": mark})))
+                        .await
+                        .is_err()
+                    {
+                        return;
+                    }
+                }
+                // Woken by a change, or a bookmark now and then.
+                let _ = tokio::time::timeout(Duration::from_millis(500), notify.changed()).await;
+            }
+        });
+        let stream = futures::stream::unfold(rx, |mut rx| async move {
+            let chunk = rx.recv().await?;
+            Some((Ok::<_, Infallible>(Frame::data(chunk)), rx))
+        });
+        Response::builder()
+            .header("content-type", "application/json")
+            .body(BodyExt::boxed(StreamBody::new(stream)))
+            .unwrap()
+    }
+}
+
+/// A change as the watch event a selector sees: an object that starts or
+/// stops matching is ADDED or DELETED.
+fn event(change: &Change, kind: &str, selector: &Selector, metadata_only: bool) -> Option<Value> {
+    let of_kind = |o: &&Value| o["kind"] == kind;
+    let before = change
+        .before
+        .as_ref()
+        .filter(of_kind)
+        .filter(|o| selector.matches(o));
+    let after = change
+        .after
+        .as_ref()
+        .filter(of_kind)
+        .filter(|o| selector.matches(o));
+    let (kind, object) = match (before, after) {
+        (None, Some(after)) => ("ADDED", after.clone()),
+        (Some(_), Some(after)) => ("MODIFIED", after.clone()),
+        // Deleted, or no longer selected: the object as it is now.
+        (Some(before), None) => (
+            "DELETED",
+            change.after.clone().unwrap_or_else(|| before.clone()),
+        ),
+        (None, None) => return None,
+    };
+    Some(json!({"type": kind, "object": shape(&object, metadata_only)}))
+}
+
+/// The object, or its metadata only.
+fn shape(object: &Value, metadata_only: bool) -> Value {
+    if metadata_only {
+        json!({"kind": "PartialObjectMetadata", "apiVersion": "meta.k8s.io/v1",
+               "metadata": object["metadata"]})
+    } else {
+        object.clone()
+    }
+}
+
+fn respond(status: u16, body: Value) -> Response<BoxBody<Bytes, Infallible>> {
+    Response::builder()
+        .status(status)
+        .header("content-type", "application/json")
+        .body(BodyExt::boxed(Full::new(Bytes::from(body.to_string()))))
+        .unwrap()
+}
+
+fn parse_query(query: &str) -> BTreeMap<String, String> {
+    query
+        .split('&')
+        .filter_map(|pair| pair.split_once('='))
+        .map(|(k, v)| (decode(k), decode(v)))
+        .collect()
+}
+
+fn decode(text: &str) -> String {
+    let bytes = text.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'%' if i + 2 < bytes.len() => {
+                let hex = std::str::from_utf8(&bytes[i + 1..i + 3]).unwrap_or("");
+                out.push(u8::from_str_radix(hex, 16).unwrap_or(b'?'));
+                i += 3;
+            }
+            b'+' => {
+                out.push(b' ');
+                i += 1;
+            }
+            b => {
+                out.push(b);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// `labelSelector` and `fieldSelector` of equalities (`a=b,c=d`); the only
+/// field selector supported is `spec.nodeName`.
+struct Selector {
+    labels: Vec<(String, String)>,
+    fields: Vec<(String, String)>,
+}
+
+impl Selector {
+    fn new(query: &BTreeMap<String, String>) -> Self {
+        let pairs = |key: &str| -> Vec<(String, String)> {
+            query
+                .get(key)
+                .map(|s| {
+                    s.split(',')
+                        .filter_map(|p| p.split_once('='))
+                        .map(|(k, v)| (k.trim_end_matches('=').to_string(), v.to_string()))
+                        .collect()
+                })
+                .unwrap_or_default()
+        };
+        Self {
+            labels: pairs("labelSelector"),
+            fields: pairs("fieldSelector"),
+        }
+    }
+
+    fn matches(&self, object: &Value) -> bool {
+        self.labels
+            .iter()
+            .all(|(k, v)| object["metadata"]["labels"][k].as_str() == Some(v))
+            && self.fields.iter().all(|(k, v)| match k.as_str() {
+                "spec.nodeName" => object["spec"]["nodeName"].as_str() == Some(v),
+                other => panic!("field selector {other} not supported by the test server"),
+            })
+    }
+}
