@@ -158,6 +158,13 @@ fn redirect_target(ctx: &SockAddrContext, ip: u32, port: u32) -> Result<Option<P
     if cgroup_id == config.daemon_cgroup_id {
         return Ok(None);
     }
+    // Only pods' processes. On a Kubernetes node the programs hang at the
+    // cgroup root, where kubelet (probing pod addresses), the node's agents
+    // and hostNetwork pods run too: they reach every address as it is. The
+    // daemon puts only managed pods' cgroups in this map.
+    if !propagation::in_pod(cgroup_id) {
+        return Ok(None);
+    }
     let dest = DestKey {
         ip,
         port: port as u16,
