@@ -8,8 +8,12 @@
 pub mod admin;
 pub mod cgroup;
 pub mod cli;
+#[cfg(test)]
+mod cli_tests;
 pub mod config;
 pub mod controller;
+#[cfg(test)]
+mod controller_tests;
 pub mod ctl;
 pub mod daemon;
 pub mod ebpf;

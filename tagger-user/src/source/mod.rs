@@ -41,3 +41,6 @@ pub fn publish(updates: &Updates, inventory: Inventory) {
         true
     });
 }
+
+#[cfg(test)]
+mod file_tests;
