@@ -3,18 +3,20 @@
 //! inventories it pushes on a first sync, on objects added, changed and
 //! deleted (each within a second), on a relist forced by 410 Gone (swapped
 //! whole), and the `Accepted` status it writes on each `TrafficRule`.
-#[path = "support/apiserver.rs"]
+#[path = "support/apiserver/mod.rs"]
 mod apiserver;
+#[path = "support/kube_fixture.rs"]
+mod fixture;
 
 use std::{
     collections::BTreeSet,
-    path::{Path, PathBuf},
+    path::Path,
     sync::Arc,
     time::{Duration, Instant},
 };
 
 use apiserver::ApiServer;
-use serde_json::{Value, json};
+use fixture::*;
 use tagger::{
     source::{
         Source,
@@ -24,197 +26,10 @@ use tagger::{
 };
 use tokio::sync::watch;
 
-const NODE: &str = "node-a";
 /// SPEC.md: changes apply within 1 s of the API event.
 const IN_FORCE: Duration = Duration::from_secs(1);
 /// A relist waits for the watcher's backoff (about a second, jittered).
 const RELIST: Duration = Duration::from_secs(10);
-const UID_V1: &str = "11111111-1111-4111-8111-111111111111";
-const UID_V2: &str = "22222222-2222-4222-8222-222222222222";
-const UID_NEW: &str = "33333333-3333-4333-8333-333333333333";
-
-fn namespace(name: &str, managed: bool) -> Value {
-    let labels = if managed {
-        json!({"tagger.io/lanes": "enabled"})
-    } else {
-        json!({})
-    };
-    json!({"apiVersion": "v1", "kind": "Namespace",
-           "metadata": {"name": name, "labels": labels}, "status": {"phase": "Active"}})
-}
-
-/// A Service with ports `(name, port)`, each to the pods' named port.
-fn service(ns: &str, name: &str, ip: &str, ports: &[(&str, u16)]) -> Value {
-    json!({"apiVersion": "v1", "kind": "Service",
-           "metadata": {"name": name, "namespace": ns},
-           "spec": {"type": "ClusterIP", "clusterIP": ip, "clusterIPs": [ip], "selector": {"app": name},
-                    "ports": ports.iter().map(|(n, p)| json!({"name": n, "port": p, "protocol": "TCP", "targetPort": n})).collect::<Vec<_>>()}})
-}
-
-/// An EndpointSlice of `service`: endpoints `(ip, pod, ready, terminating)`,
-/// ports `(name, target port)`.
-fn slice(
-    ns: &str,
-    service: &str,
-    endpoints: &[(&str, &str, bool, bool)],
-    ports: &[(&str, u16)],
-) -> Value {
-    json!({"apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice", "addressType": "IPv4",
-           "metadata": {"name": format!("{service}-abc12"), "namespace": ns,
-                        "labels": {"kubernetes.io/service-name": service}},
-           "endpoints": endpoints.iter().map(|(ip, pod, ready, terminating)| json!({
-               "addresses": [ip], "conditions": {"ready": ready, "serving": true, "terminating": terminating},
-               "targetRef": {"kind": "Pod", "namespace": ns, "name": pod}})).collect::<Vec<_>>(),
-           "ports": ports.iter().map(|(n, p)| json!({"name": n, "port": p, "protocol": "TCP"})).collect::<Vec<_>>()})
-}
-
-fn pod(
-    ns: &str,
-    name: &str,
-    uid: &str,
-    node: &str,
-    ip: &str,
-    lane: Option<&str>,
-    host_network: bool,
-) -> Value {
-    let mut labels = json!({"app": name.rsplit_once('-').map_or(name, |(a, _)| a)});
-    if let Some(lane) = lane {
-        labels["tagger.io/lane"] = json!(lane);
-    }
-    json!({"apiVersion": "v1", "kind": "Pod",
-           "metadata": {"name": name, "namespace": ns, "uid": uid, "labels": labels},
-           "spec": {"nodeName": node, "hostNetwork": host_network, "containers": [{"name": "app", "image": "app:1"}]},
-           "status": {"phase": "Running", "qosClass": "Burstable", "podIP": ip, "podIPs": [{"ip": ip}]}})
-}
-
-fn lane(ns: &str, name: &str, sticky: bool) -> Value {
-    json!({"apiVersion": "tagger.io/v1alpha1", "kind": "TrafficLane",
-           "metadata": {"name": name, "namespace": ns}, "spec": {"sticky": sticky}})
-}
-
-fn rule(ns: &str, name: &str, service: &str, op: &str) -> Value {
-    json!({"apiVersion": "tagger.io/v1alpha1", "kind": "TrafficRule",
-           "metadata": {"name": name, "namespace": ns},
-           "spec": {"service": service, "lane": "gray", "mode": "any",
-                    "conditions": [{"source": "query", "name": "userId", "op": op, "values": ["111", "222"]}]}})
-}
-
-/// The fixture: namespace `shop` managed, `plain` not; `charge` (two
-/// ports) with a baseline and a gray pod on this node, `order` with a pod
-/// on another node; a hostNetwork pod; a lane, a valid and an invalid rule.
-fn fixture() -> Vec<Value> {
-    vec![
-        namespace("shop", true),
-        namespace("plain", false),
-        service(
-            "shop",
-            "charge",
-            "10.96.0.20",
-            &[("http", 8080), ("admin", 9000)],
-        ),
-        slice(
-            "shop",
-            "charge",
-            &[
-                ("10.244.1.5", "charge-v1", true, false),
-                ("10.244.1.6", "charge-v2", true, false),
-            ],
-            &[("http", 8081), ("admin", 9090)],
-        ),
-        service("shop", "order", "10.96.0.21", &[("http", 8080)]),
-        slice(
-            "shop",
-            "order",
-            &[("10.244.2.7", "order-v1", true, false)],
-            &[("http", 8080)],
-        ),
-        pod("shop", "charge-v1", UID_V1, NODE, "10.244.1.5", None, false),
-        pod(
-            "shop",
-            "charge-v2",
-            UID_V2,
-            NODE,
-            "10.244.1.6",
-            Some("gray"),
-            false,
-        ),
-        pod(
-            "shop",
-            "order-v1",
-            "44444444-4444-4444-8444-444444444444",
-            "node-b",
-            "10.244.2.7",
-            None,
-            false,
-        ),
-        pod(
-            "shop",
-            "agent",
-            "55555555-5555-4555-8555-555555555555",
-            NODE,
-            "10.0.0.11",
-            None,
-            true,
-        ),
-        service("plain", "web", "10.96.0.30", &[("http", 80)]),
-        slice(
-            "plain",
-            "web",
-            &[("10.244.1.8", "web-1", true, false)],
-            &[("http", 80)],
-        ),
-        pod(
-            "plain",
-            "web-1",
-            "66666666-6666-4666-8666-666666666666",
-            NODE,
-            "10.244.1.8",
-            None,
-            false,
-        ),
-        lane("shop", "gray", true),
-        rule("shop", "charge-gray", "charge", "in"),
-        rule("shop", "bad-op", "charge", "within"),
-    ]
-}
-
-/// A kubelet-shaped cgroup tree (systemd driver, containerd), removed when
-/// dropped.
-struct CgroupTree(PathBuf);
-
-impl CgroupTree {
-    fn new(name: &str) -> Self {
-        let dir = std::env::temp_dir().join(format!("tagger-kube-{name}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
-        Self(dir)
-    }
-
-    /// A Burstable pod with one container; its directories' cgroup ids
-    /// (inode numbers, as for cgroupfs).
-    fn add_pod(&self, uid: &str) -> BTreeSet<u64> {
-        let pod = self
-            .0
-            .join("kubepods.slice/kubepods-burstable.slice")
-            .join(format!(
-                "kubepods-burstable-pod{}.slice",
-                uid.replace('-', "_")
-            ));
-        let container = pod.join(format!("cri-containerd-{}.scope", "ab".repeat(32)));
-        std::fs::create_dir_all(&container).unwrap();
-        [pod, container]
-            .iter()
-            .map(|d| tagger::cgroup::id_of(d).unwrap())
-            .collect()
-    }
-}
-
-impl Drop for CgroupTree {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
 type Inventories = watch::Receiver<Option<Arc<Inventory>>>;
 
 async fn start(server: &ApiServer, cgroup_root: &Path) -> Inventories {
@@ -537,4 +352,35 @@ async fn a_relist_after_410_gone_swaps_the_state_whole() {
             "half a relist was pushed: {services:?} (all: {seen:?})"
         );
     }
+}
+
+/// kubectl's way in, with a plain `http://` server (as the end-to-end test
+/// API server is reached).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_kubeconfig_naming_a_plain_http_server_is_enough() {
+    let tree = CgroupTree::new("kubeconfig");
+    let server = ApiServer::start(fixture()).await;
+    let path = tree.0.join("kubeconfig");
+    std::fs::write(
+        &path,
+        format!(
+            "apiVersion: v1\nkind: Config\ncurrent-context: test\n\
+             clusters: [{{name: test, cluster: {{server: 'http://{}'}}}}]\n\
+             users: [{{name: test, user: {{}}}}]\n\
+             contexts: [{{name: test, context: {{cluster: test, user: test, namespace: shop}}}}]\n",
+            server.addr
+        ),
+    )
+    .unwrap();
+    let config = KubeConfig {
+        node_name: NODE.into(),
+        cgroup_root: tree.0.clone(),
+        lane_header: "x-lane".into(),
+        passthrough_headers: vec![],
+    };
+    let source = KubeSource::from_kubeconfig(&path, config).await.unwrap();
+    let (tx, mut rx) = watch::channel(None);
+    tokio::spawn(source.run(tx));
+    let inventory = wait_for(&mut rx, "first sync", Duration::from_secs(5), |_| true).await;
+    assert_eq!(inventory.services.len(), 2);
 }

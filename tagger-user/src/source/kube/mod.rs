@@ -93,6 +93,8 @@ pub enum KubeError {
         "cannot find the Kubernetes API (KUBECONFIG, else the in-cluster service account): {0}"
     )]
     Config(#[from] kube::config::InferConfigError),
+    #[error("kubeconfig: {0}")]
+    Kubeconfig(#[from] kube::config::KubeconfigError),
     #[error("Kubernetes client: {0}")]
     Client(#[from] kube::Error),
 }
@@ -130,10 +132,23 @@ where
 }
 
 impl KubeSource {
-    /// The API as kubectl finds it: `KUBECONFIG` (a plain `http://` server
-    /// works), else the pod's service account.
+    /// The API as SPEC.md's fixed interface says: the pod's service
+    /// account in a cluster, else the file `KUBECONFIG` names (or
+    /// `~/.kube/config`, as kubectl; a plain `http://` server works).
     pub async fn connect(config: KubeConfig) -> Result<Self, KubeError> {
-        let client = Client::try_from(kube::Config::infer().await?)?;
+        let client_config = match kube::Config::incluster() {
+            Ok(in_cluster) => in_cluster,
+            Err(_) => kube::Config::infer().await?,
+        };
+        Ok(Self::new(Client::try_from(client_config)?, config))
+    }
+
+    /// The API a kubeconfig file names (what `KUBECONFIG` does for
+    /// [`KubeSource::connect`]).
+    pub async fn from_kubeconfig(path: &Path, config: KubeConfig) -> Result<Self, KubeError> {
+        let file = kube::config::Kubeconfig::read_from(path)?;
+        let options = kube::config::KubeConfigOptions::default();
+        let client = Client::try_from(kube::Config::from_custom_kubeconfig(file, &options).await?)?;
         Ok(Self::new(client, config))
     }
 

@@ -9,15 +9,20 @@ use std::{
     convert::Infallible,
     net::SocketAddr,
     sync::{Arc, Mutex},
-    time::Duration,
 };
 
 use bytes::Bytes;
-use http_body_util::{BodyExt, Full, StreamBody, combinators::BoxBody};
-use hyper::{Request, Response, body::Frame, service::service_fn};
+use http_body_util::{BodyExt, Full, combinators::BoxBody};
+use hyper::{Request, Response, service::service_fn};
 use hyper_util::rt::TokioIo;
 use serde_json::{Value, json};
 use tokio::{net::TcpListener, sync::watch};
+
+mod query;
+mod stream;
+
+use query::{Selector, parse_query};
+use stream::shape;
 
 /// A collection the daemon lists and watches: (URL path, kind, apiVersion).
 const KINDS: [(&str, &str, &str); 6] = [
@@ -290,120 +295,6 @@ impl ApiServer {
         self.changed(&mut world, Some(before), Some(after.clone()));
         respond(200, after)
     }
-
-    fn watch(
-        &self,
-        kind: &'static str,
-        api_version: &'static str,
-        from: u64,
-        selector: Selector,
-        bookmarks: bool,
-        metadata_only: bool,
-    ) -> Response<BoxBody<Bytes, Infallible>> {
-        let (tx, rx) = tokio::sync::mpsc::channel::<Bytes>(64);
-        let world = self.world.clone();
-        let mut notify = self.notify.subscribe();
-        let line = |event: Value| Bytes::from(format!("{event}\n"));
-        tokio::spawn(async move {
-            let (compacted, epoch) = {
-                let w = world.lock().unwrap();
-                (w.compacted, w.epoch)
-            };
-            if from < compacted {
-                world.lock().unwrap().gone += 1;
-                let gone = json!({"type": "ERROR", "object": {
-                    "kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
-                    "message": format!("too old resource version: {from} ({compacted})"),
-                    "reason": "Expired", "code": 410}});
-                let _ = tx.send(line(gone)).await;
-                return;
-            }
-            let mut cursor = from;
-            loop {
-                let events: Vec<Value> = {
-                    let w = world.lock().unwrap();
-                    if w.epoch != epoch {
-                        return;
-                    }
-                    let events = w
-                        .log
-                        .iter()
-                        .filter(|c| c.rv > cursor)
-                        .filter_map(|c| event(c, kind, &selector, metadata_only))
-                        .collect();
-                    cursor = w.rv;
-                    events
-                };
-                for event in events {
-                    if tx.send(line(event)).await.is_err() {
-                        return;
-                    }
-                }
-                if bookmarks {
-                    let mut mark = json!({"kind": kind, "apiVersion": api_version,
-                                          "metadata": {"resourceVersion": cursor.to_string()}});
-                    if metadata_only {
-                        mark = json!({"kind": "PartialObjectMetadata", "apiVersion": "meta.k8s.io/v1",
-                                      "metadata": {"resourceVersion": cursor.to_string()}});
-                    }
-                    if tx
-                        .send(line(json!({"type": "BOOKMARK", "object": mark})))
-                        .await
-                        .is_err()
-                    {
-                        return;
-                    }
-                }
-                // Woken by a change, or a bookmark now and then.
-                let _ = tokio::time::timeout(Duration::from_millis(500), notify.changed()).await;
-            }
-        });
-        let stream = futures::stream::unfold(rx, |mut rx| async move {
-            let chunk = rx.recv().await?;
-            Some((Ok::<_, Infallible>(Frame::data(chunk)), rx))
-        });
-        Response::builder()
-            .header("content-type", "application/json")
-            .body(BodyExt::boxed(StreamBody::new(stream)))
-            .unwrap()
-    }
-}
-
-/// A change as the watch event a selector sees: an object that starts or
-/// stops matching is ADDED or DELETED.
-fn event(change: &Change, kind: &str, selector: &Selector, metadata_only: bool) -> Option<Value> {
-    let of_kind = |o: &&Value| o["kind"] == kind;
-    let before = change
-        .before
-        .as_ref()
-        .filter(of_kind)
-        .filter(|o| selector.matches(o));
-    let after = change
-        .after
-        .as_ref()
-        .filter(of_kind)
-        .filter(|o| selector.matches(o));
-    let (kind, object) = match (before, after) {
-        (None, Some(after)) => ("ADDED", after.clone()),
-        (Some(_), Some(after)) => ("MODIFIED", after.clone()),
-        // Deleted, or no longer selected: the object as it is now.
-        (Some(before), None) => (
-            "DELETED",
-            change.after.clone().unwrap_or_else(|| before.clone()),
-        ),
-        (None, None) => return None,
-    };
-    Some(json!({"type": kind, "object": shape(&object, metadata_only)}))
-}
-
-/// The object, or its metadata only.
-fn shape(object: &Value, metadata_only: bool) -> Value {
-    if metadata_only {
-        json!({"kind": "PartialObjectMetadata", "apiVersion": "meta.k8s.io/v1",
-               "metadata": object["metadata"]})
-    } else {
-        object.clone()
-    }
 }
 
 fn respond(status: u16, body: Value) -> Response<BoxBody<Bytes, Infallible>> {
@@ -412,73 +303,4 @@ fn respond(status: u16, body: Value) -> Response<BoxBody<Bytes, Infallible>> {
         .header("content-type", "application/json")
         .body(BodyExt::boxed(Full::new(Bytes::from(body.to_string()))))
         .unwrap()
-}
-
-fn parse_query(query: &str) -> BTreeMap<String, String> {
-    query
-        .split('&')
-        .filter_map(|pair| pair.split_once('='))
-        .map(|(k, v)| (decode(k), decode(v)))
-        .collect()
-}
-
-fn decode(text: &str) -> String {
-    let bytes = text.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        match bytes[i] {
-            b'%' if i + 2 < bytes.len() => {
-                let hex = std::str::from_utf8(&bytes[i + 1..i + 3]).unwrap_or("");
-                out.push(u8::from_str_radix(hex, 16).unwrap_or(b'?'));
-                i += 3;
-            }
-            b'+' => {
-                out.push(b' ');
-                i += 1;
-            }
-            b => {
-                out.push(b);
-                i += 1;
-            }
-        }
-    }
-    String::from_utf8_lossy(&out).into_owned()
-}
-
-/// `labelSelector` and `fieldSelector` of equalities (`a=b,c=d`); the only
-/// field selector supported is `spec.nodeName`.
-struct Selector {
-    labels: Vec<(String, String)>,
-    fields: Vec<(String, String)>,
-}
-
-impl Selector {
-    fn new(query: &BTreeMap<String, String>) -> Self {
-        let pairs = |key: &str| -> Vec<(String, String)> {
-            query
-                .get(key)
-                .map(|s| {
-                    s.split(',')
-                        .filter_map(|p| p.split_once('='))
-                        .map(|(k, v)| (k.trim_end_matches('=').to_string(), v.to_string()))
-                        .collect()
-                })
-                .unwrap_or_default()
-        };
-        Self {
-            labels: pairs("labelSelector"),
-            fields: pairs("fieldSelector"),
-        }
-    }
-
-    fn matches(&self, object: &Value) -> bool {
-        self.labels
-            .iter()
-            .all(|(k, v)| object["metadata"]["labels"][k].as_str() == Some(v))
-            && self.fields.iter().all(|(k, v)| match k.as_str() {
-                "spec.nodeName" => object["spec"]["nodeName"].as_str() == Some(v),
-                other => panic!("field selector {other} not supported by the test server"),
-            })
-    }
 }
