@@ -23,6 +23,7 @@ mod objects_tests;
 use std::{
     collections::HashMap,
     path::{Path, PathBuf},
+    sync::{Arc, Mutex},
     time::Duration,
 };
 
@@ -197,11 +198,7 @@ impl KubeSource {
 
     /// Writes each rule's `Accepted` condition where it is not what the
     /// check says (skipping what was just written and not seen back yet).
-    fn write_statuses(
-        &self,
-        verdicts: Vec<RuleVerdict>,
-        written: &mut HashMap<(String, String), TrafficRuleStatus>,
-    ) {
+    fn write_statuses(&self, verdicts: Vec<RuleVerdict>, written: &Written) {
         let now = now_rfc3339();
         for verdict in verdicts {
             let status = rule_status(
@@ -211,14 +208,17 @@ impl KubeSource {
                 &now,
             );
             let key = (verdict.namespace.clone(), verdict.name.clone());
-            if verdict.status.as_ref() == Some(&status) || written.get(&key) == Some(&status) {
+            let mut pending = written.lock().expect("written lock");
+            if verdict.status.as_ref() == Some(&status) || pending.get(&key) == Some(&status) {
                 continue;
             }
             if let Err(message) = &verdict.outcome {
                 info!(rule = %format!("{}/{}", key.0, key.1), %message, "TrafficRule refused");
             }
-            written.insert(key, status.clone());
+            pending.insert(key.clone(), status.clone());
+            drop(pending);
             let api: Api<TrafficRule> = Api::namespaced(self.client.clone(), &verdict.namespace);
+            let written = written.clone();
             tokio::spawn(async move {
                 let patch = Patch::Merge(status_patch(&status));
                 if let Err(e) = api
@@ -226,11 +226,16 @@ impl KubeSource {
                     .await
                 {
                     warn!(rule = %verdict.name, namespace = %verdict.namespace, error = %e, "cannot write the rule's status");
+                    // Not written: the next change of anything tries again.
+                    written.lock().expect("written lock").remove(&key);
                 }
             });
         }
     }
 }
+
+/// Statuses written and not seen back yet, so that each is written once.
+type Written = Arc<Mutex<HashMap<(String, String), TrafficRuleStatus>>>;
 
 /// The cgroup ids of a pod of this node; empty until kubelet made them.
 fn pod_cgroup_ids(root: &Path, uid: &str, qos: Option<QosClass>) -> Vec<u64> {
@@ -253,7 +258,15 @@ fn refresh_cgroups(
 ) -> bool {
     let mut changed = false;
     let mut seen = Vec::new();
-    for (_, pod) in stores.node_pods.iter() {
+    // Only managed pods' cgroups matter (and only they are looked for
+    // again and again until found).
+    let managed = |ns: &String| {
+        stores
+            .namespaces
+            .get(&(String::new(), ns.clone()))
+            .is_some()
+    };
+    for (_, pod) in stores.node_pods.iter().filter(|((ns, _), _)| managed(ns)) {
         seen.push(pod.cgroup_uid.as_str());
         let known = cgroups
             .get(&pod.cgroup_uid)
@@ -283,7 +296,7 @@ impl Source for KubeSource {
         let root = self.config.cgroup_root.clone();
         let mut stores = Stores::default();
         let mut cgroups: HashMap<String, Vec<u64>> = HashMap::new();
-        let mut written = HashMap::new();
+        let written = Written::default();
         let mut retry = tokio::time::interval(CGROUP_RETRY);
         let mut last_refresh = Instant::now();
         let mut settle_at: Option<Instant> = None;
@@ -293,9 +306,10 @@ impl Source for KubeSource {
             tokio::select! {
                 change = changes.next() => match change {
                     Some(Ok(change)) => {
-                        let node_pod = matches!(change, Change::NodePod(_));
+                        let node_pod = matches!(change, Change::NodePod(_) | Change::Namespace(_));
                         changed = self.apply(&mut stores, change);
-                        // A pod's containers may have come or gone.
+                        // A pod's containers may have come or gone, or a
+                        // namespace's pods become managed.
                         if node_pod && changed {
                             refresh_cgroups(&root, &stores, &mut cgroups, true);
                         }
@@ -324,7 +338,7 @@ impl Source for KubeSource {
                             first = false;
                         }
                         publish(&updates, inventory);
-                        self.write_statuses(verdicts, &mut written);
+                        self.write_statuses(verdicts, &written);
                     }
                 }
                 () = updates.closed() => return Ok(()),
