@@ -4,6 +4,8 @@
 //! selectors, metadata-only lists (`as=PartialObjectMetadata`), merge
 //! patches of a `TrafficRule`'s status, and compaction: a watch from before
 //! it gets `410 Gone` and the client must relist.
+// Each test binary uses a part of this.
+#![allow(dead_code)]
 use std::{
     collections::BTreeMap,
     convert::Infallible,
