@@ -1,0 +1,102 @@
+//! One accepted HTTP connection, HTTP/1.1 or HTTP/2 (prior knowledge, as
+//! the sniffer saw it), served by hyper: every request, every stream of a
+//! multiplexed connection, is handed to [`RequestContext::handle`] and
+//! decided on its own. When the proxy stops, each connection is shut down
+//! gracefully: HTTP/2 sends GOAWAY and finishes the streams it accepted,
+//! HTTP/1.1 finishes the request in flight and closes.
+use std::{convert::Infallible, future::Future, pin::Pin, sync::Arc, time::Duration};
+
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use tokio::{net::TcpStream, sync::watch};
+use tracing::debug;
+
+use super::{Proxy, TagWatch, http::RequestContext};
+
+/// One accepted HTTP connection from a pod to a managed service.
+pub struct Connection {
+    pub proxy: Arc<Proxy>,
+    pub source: String,
+    pub source_lane: Option<String>,
+    /// The destination service; each request looks it up in the snapshot
+    /// current at that moment (rules and endpoints change live).
+    pub service: String,
+    /// The client socket's cookie, for the kernel's request tags.
+    pub cookie: u64,
+    pub tag_watch: TagWatch,
+    /// The settings' `limits.header_read_timeout_ms`, when it was accepted.
+    pub header_read_timeout: Duration,
+    /// The client opened with the HTTP/2 preface.
+    pub http2: bool,
+}
+
+impl Connection {
+    pub async fn serve(self, stream: TcpStream) {
+        let gate = self.proxy.gate();
+        let mut stop = self.proxy.stopping();
+        let (http2, header_read_timeout) = (self.http2, self.header_read_timeout);
+        let context = Arc::new(RequestContext::new(
+            self.proxy,
+            self.source,
+            self.source_lane,
+            self.service,
+            self.cookie,
+            self.tag_watch,
+        ));
+        let service = service_fn(move |request| {
+            let context = context.clone();
+            async move { Ok::<_, Infallible>(context.handle(request).await) }
+        });
+        let io = TokioIo::new(stream);
+        let result = if http2 {
+            let conn = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+                .timer(TokioTimer::new())
+                .serve_connection(io, service);
+            until_stopped(conn, &mut stop, |conn| conn.graceful_shutdown()).await
+        } else {
+            let conn = hyper::server::conn::http1::Builder::new()
+                .timer(TokioTimer::new())
+                // A head not whole in time (slowloris), or a kept-alive
+                // connection idle that long: closed.
+                .header_read_timeout(header_read_timeout)
+                .keep_alive(true)
+                // As for the upstream client (see `upstream::Upstreams`).
+                .writev(false)
+                .serve_connection(io, service)
+                // WebSocket and other upgrades (`upgrade`).
+                .with_upgrades();
+            until_stopped(conn, &mut stop, |conn| conn.graceful_shutdown()).await
+        };
+        if let Err(error) = result {
+            if error.is_timeout() {
+                gate.header_timed_out();
+            }
+            // Malformed requests get hyper's 400/431 before this; this is the
+            // connection-level reason, for the operator.
+            debug!(%error, http2, "downstream connection ended with error");
+        }
+    }
+}
+
+/// Runs `conn` to its end; if the proxy stops first, asks it to shut down
+/// gracefully (`shutdown`) and runs it to its end still.
+async fn until_stopped<C: Future>(
+    conn: C,
+    stop: &mut watch::Receiver<bool>,
+    shutdown: impl FnOnce(Pin<&mut C>),
+) -> C::Output {
+    tokio::pin!(conn);
+    tokio::select! {
+        output = conn.as_mut() => return output,
+        () = stopped(stop) => shutdown(conn.as_mut()),
+    }
+    conn.await
+}
+
+/// Completes when the proxy is told to stop; never if it cannot be.
+pub async fn stopped(stop: &mut watch::Receiver<bool>) {
+    if stop.wait_for(|stopping| *stopping).await.is_err() {
+        // The sender is gone: no stop will come.
+        std::future::pending::<()>().await;
+    }
+}
