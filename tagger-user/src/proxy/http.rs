@@ -146,7 +146,7 @@ impl RequestContext {
         // Rules come after an explicit or inherited lane: evaluate them (and
         // count their hits) only when they can decide.
         let (rule, body) = if header_lane.is_none() && inherited_lane.is_none() {
-            matching_rule(&snapshot, service, &parts, incoming).await?
+            matching_rule(&snapshot, service, &parts, incoming, grpc).await?
         } else {
             (None, incoming.boxed_unsync())
         };
@@ -313,15 +313,19 @@ fn monotonic_ns() -> u64 {
 
 /// The first rule of `service` that matches the request, as (lane, rule
 /// name), and the body to forward. The body is read (a bounded prefix, then
-/// forwarded whole) only when a rule of the service looks at it.
+/// forwarded whole) only when a rule of the service looks at it, and never
+/// for a gRPC call: its messages are length-prefixed protobuf, which no body
+/// condition (JSON, form) reads, and holding a bidirectional stream's first
+/// messages back until the prefix is full would stall it.
 async fn matching_rule(
     snapshot: &Snapshot,
     service: &Service,
     parts: &http::request::Parts,
     incoming: Incoming,
+    grpc: bool,
 ) -> Result<(Option<(String, String)>, ProxyBody), ProxyError> {
     let rules = &snapshot.rules;
-    let (prefix, truncated, body) = if rules.reads_body(&service.name) {
+    let (prefix, truncated, body) = if rules.reads_body(&service.name) && !grpc {
         let (prefix, truncated, rest) =
             body::read_prefix(incoming, snapshot.settings.body_match_limit)
                 .await

@@ -4,6 +4,8 @@
 //! by [`within`].
 // Each test binary uses a part of this.
 #![allow(dead_code)]
+pub mod h2;
+
 use std::{
     future::Future,
     net::{Ipv4Addr, SocketAddr, SocketAddrV4},
@@ -215,6 +217,8 @@ pub struct Setup {
     pub gray: Arc<UpstreamLog>,
     /// The proxy's connection counts.
     pub gate: Arc<tagger::proxy::limits::ConnectionGate>,
+    /// The proxy itself (to drain it).
+    pub proxy: Arc<Proxy>,
 }
 
 /// Upstreams "base" on 127.0.0.2 and "gray" on 127.0.0.3 (same port), the
@@ -229,7 +233,36 @@ pub async fn setup_with(caller_pod: &str, gray_up: bool, settings: &str) -> Setu
     let port = base.local_addr().unwrap().port();
     let base = upstream("base", base);
     let gray = gray.map_or_else(Arc::default, |gray| upstream("gray", gray));
-    let text = format!("{settings}\n{CONFIG}").replace("port: 1", &format!("port: {port}"));
+    let p = start_proxy(&format!("{settings}\n{CONFIG}"), port, caller_pod).await;
+    Setup {
+        proxy_addr: p.proxy_addr,
+        state: p.state,
+        flows: p.flows,
+        origins: p.origins,
+        port,
+        base,
+        gray,
+        gate: p.gate,
+        proxy: p.proxy,
+    }
+}
+
+/// A running proxy and what a test reads or changes of it.
+pub struct Proxied {
+    pub proxy_addr: SocketAddr,
+    pub state: StateHandle,
+    pub flows: Arc<FlowTable>,
+    pub origins: Arc<FixedOrigin>,
+    pub gate: Arc<tagger::proxy::limits::ConnectionGate>,
+    pub proxy: Arc<Proxy>,
+}
+
+/// The proxy for cluster file `text` (its `port: 1` made `port`), with the
+/// pods of [`CONFIG`] placed on 127.0.0.2-5, the first service's address
+/// 127.0.0.9 (where every connection meant to go), every endpoint ready,
+/// and its callers being `caller_pod`.
+pub async fn start_proxy(text: &str, port: u16, caller_pod: &str) -> Proxied {
+    let text = text.replace("port: 1\n", &format!("port: {port}\n"));
     let file = ClusterFile::parse(&text, Path::new("test.yaml")).unwrap();
     let placement = Placement {
         pods: vec![
@@ -285,16 +318,14 @@ pub async fn setup_with(caller_pod: &str, gray_up: bool, settings: &str) -> Setu
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let proxy_addr = listener.local_addr().unwrap();
     let gate = proxy.gate();
-    tokio::spawn(proxy.serve(listener));
-    Setup {
+    tokio::spawn(proxy.clone().serve(listener));
+    Proxied {
         proxy_addr,
         state,
         flows,
         origins,
-        port,
-        base,
-        gray,
         gate,
+        proxy,
     }
 }
 
