@@ -88,6 +88,7 @@ async fn every_stream_of_one_connection_goes_to_its_own_lane() {
         answered += 1;
     }
     assert_eq!(answered, 300);
+    assert_eq!(s.p.origins.taken(), 1);
     assert_eq!((s.base.connections(), s.gray.connections()), (1, 1));
     assert!(
         s.base

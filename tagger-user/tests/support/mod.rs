@@ -60,6 +60,8 @@ pub async fn wait_until(what: &str, done: impl Fn() -> bool) {
 pub struct FixedOrigin {
     pub dest: Mutex<SocketAddrV4>,
     pub caller_cgroup: std::sync::atomic::AtomicU64,
+    /// Connections the proxy accepted (each asks for its origin once).
+    pub taken: AtomicUsize,
 }
 
 impl FixedOrigin {
@@ -67,7 +69,12 @@ impl FixedOrigin {
         Self {
             dest: Mutex::new(dest),
             caller_cgroup: caller_cgroup.into(),
+            taken: AtomicUsize::new(0),
         }
+    }
+
+    pub fn taken(&self) -> usize {
+        self.taken.load(Ordering::SeqCst)
     }
 
     /// Later connections come from the pod with this cgroup.
@@ -82,6 +89,7 @@ impl FixedOrigin {
 
 impl FlowLookup for FixedOrigin {
     fn take_origin(&self, _peer: SocketAddrV4) -> Option<Origin> {
+        self.taken.fetch_add(1, Ordering::SeqCst);
         Some(Origin {
             original_destination: *self.dest.lock().unwrap(),
             cgroup_id: self.caller_cgroup.load(Ordering::SeqCst),
