@@ -218,11 +218,11 @@ async fn deadlines_reach_the_server() {
     let summary = client(&s, "deadline").await;
     let deadlines = summary["deadlines"].as_array().unwrap();
     assert_eq!(deadlines.len(), 1);
-    let remaining = deadlines[0].as_f64().unwrap();
-    assert!(
-        remaining > 0.0 && remaining <= 0.5,
-        "the server saw {remaining} s left of 0.5"
-    );
+    // The deadline came with the call (a call without one has none at the
+    // server: null). `grpc-timeout` is rounded up on the wire, and time
+    // passes on the way: about what the client gave, never much more.
+    let remaining = deadlines[0].as_f64().expect("the server saw no deadline");
+    assert!(remaining <= 0.6, "the server saw {remaining} s left of 0.5");
 }
 
 /// A call the client cancels is cancelled at the server: the reset crosses

@@ -88,7 +88,8 @@ fn handshake(path: &str, lane: Option<&str>, protocol: &str) -> String {
 }
 
 /// A WebSocket handshake goes to its lane's endpoint; after the 101 the
-/// client talks to that endpoint byte for byte, both ways.
+/// client talks to that endpoint byte for byte, both ways, and the joined
+/// connection keeps its place under the connection limits until it ends.
 #[tokio::test]
 async fn a_websocket_handshake_is_routed_by_lane_then_bytes_pass() {
     let p = upgrade_setup().await;
@@ -116,7 +117,13 @@ async fn a_websocket_handshake_is_routed_by_lane_then_bytes_pass() {
             let got: Vec<u8> = buffer.drain(..want.len()).collect();
             assert_eq!(String::from_utf8(got).unwrap(), want, "{case}");
         }
+        // The joined connection still counts under the limits.
+        assert!(p.gate.stats().connections_open >= 1, "{case}");
     }
+    wait_until("closed tunnels give their places back", || {
+        p.gate.stats().connections_open == 0
+    })
+    .await;
     let mut lanes: Vec<(Option<String>, String)> = p
         .flows
         .rows()

@@ -16,6 +16,7 @@ use super::{
     body::{self, ProxyBody},
     grpc,
     headers::{endpoint_uri, host_from_authority, prepare_headers, strip_hop_by_hop},
+    limits::Admitted,
     upgrade, upstream,
 };
 use crate::{
@@ -40,46 +41,40 @@ struct Shape {
     upgrade: Option<upgrade::Wanted>,
 }
 
+/// What every request of one downstream connection shares.
 pub struct RequestContext {
-    proxy: Arc<Proxy>,
-    source: String,
-    source_lane: Option<String>,
-    service: String,
-    cookie: u64,
-    tag_watch: TagWatch,
+    pub proxy: Arc<Proxy>,
+    pub source: String,
+    pub source_lane: Option<String>,
+    pub service: String,
+    pub cookie: u64,
+    pub tag_watch: TagWatch,
+    /// HTTP/2: many requests in flight on the connection at once.
+    pub multiplexed: bool,
+    /// The connection's place under the limits, handed to an upgraded
+    /// connection that outlives the serving of this one.
+    pub admitted: Arc<Admitted>,
     /// Write time of the newest kernel tag used on this connection: a tag
     /// serves one request, never a later one on the same connection.
-    last_tag_ns: std::sync::atomic::AtomicU64,
+    pub last_tag_ns: std::sync::atomic::AtomicU64,
 }
 
 impl RequestContext {
-    pub fn new(
-        proxy: Arc<Proxy>,
-        source: String,
-        source_lane: Option<String>,
-        service: String,
-        cookie: u64,
-        tag_watch: TagWatch,
-    ) -> Self {
-        Self {
-            proxy,
-            source,
-            source_lane,
-            service,
-            cookie,
-            tag_watch,
-            last_tag_ns: std::sync::atomic::AtomicU64::new(0),
-        }
-    }
-
     /// The kernel's tag for the request being handled, if the app wrote one
-    /// since the last request on this connection.
+    /// since the last request on this connection. The kernel keeps one tag
+    /// per connection: on a multiplexed (HTTP/2) connection it cannot say
+    /// which stream it was written for, so it is taken as written while
+    /// several requests were open (only a forwarded id can then decide;
+    /// else untrusted and the safe default, never a guessed lane).
     fn fresh_tag(&self) -> Option<tagger_common::RequestTag> {
         if !self.tag_watch.may_have_tags() {
             return None;
         }
-        let tag = self.proxy.kernel.request_tag(self.cookie)?;
+        let mut tag = self.proxy.kernel.request_tag(self.cookie)?;
         let previous = self.last_tag_ns.swap(tag.written_ns, Ordering::Relaxed);
+        if self.multiplexed {
+            tag.flags |= tagger_common::TAG_CONCURRENT;
+        }
         (tag.written_ns != previous).then_some(tag)
     }
 
@@ -170,7 +165,9 @@ impl RequestContext {
         if let Some(wanted) = &shape.upgrade {
             wanted.restore_request_headers(&mut parts.headers);
         }
-        if shape.upstream != parts.version {
+        // Between HTTP/1.x and HTTP/2 the version changes (HTTP/1.0 stays
+        // HTTP/1.0 to an HTTP/1.1 endpoint, as before).
+        if (shape.upstream == Version::HTTP_2) != (parts.version == Version::HTTP_2) {
             if parts.version == Version::HTTP_2 {
                 host_from_authority(&mut parts.headers, &parts.uri);
             }
@@ -256,7 +253,7 @@ impl RequestContext {
                     let switched = shape
                         .upgrade
                         .take()
-                        .is_some_and(|wanted| wanted.finish(&mut response));
+                        .is_some_and(|wanted| wanted.finish(&mut response, self.admitted.clone()));
                     let (mut parts, incoming) = response.into_parts();
                     if switched {
                         upgrade::strip_keeping_switch(&mut parts.headers, strip_hop_by_hop);

@@ -225,8 +225,8 @@ impl Proxy {
             .source_pod(origin.cgroup_id, *peer.ip())
             .map(|p| (p.name.clone(), p.lane.clone()));
         // Held until the connection ends; over a bound, refused at once.
-        let _admitted = match self.gate.admit(origin.cgroup_id, &snapshot.settings.limits) {
-            Ok(admitted) => admitted,
+        let admitted = match self.gate.admit(origin.cgroup_id, &snapshot.settings.limits) {
+            Ok(admitted) => Arc::new(admitted),
             Err(refusal) => {
                 let pod = source
                     .as_ref()
@@ -258,6 +258,7 @@ impl Proxy {
                     tag_watch: self.kernel.tag_watch(origin.cgroup_id),
                     header_read_timeout,
                     http2: sniffed == passthrough::Sniffed::Http2,
+                    admitted,
                 };
                 conn.serve(stream).await;
             }

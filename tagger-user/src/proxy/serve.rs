@@ -11,7 +11,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::{net::TcpStream, sync::watch};
 use tracing::debug;
 
-use super::{Proxy, TagWatch, http::RequestContext};
+use super::{Proxy, TagWatch, http::RequestContext, limits::Admitted};
 
 /// One accepted HTTP connection from a pod to a managed service.
 pub struct Connection {
@@ -28,6 +28,9 @@ pub struct Connection {
     pub header_read_timeout: Duration,
     /// The client opened with the HTTP/2 preface.
     pub http2: bool,
+    /// The connection's place under the limits; an upgraded (WebSocket)
+    /// connection keeps it after this serving ends.
+    pub admitted: Arc<Admitted>,
 }
 
 impl Connection {
@@ -35,14 +38,17 @@ impl Connection {
         let gate = self.proxy.gate();
         let mut stop = self.proxy.stopping();
         let (http2, header_read_timeout) = (self.http2, self.header_read_timeout);
-        let context = Arc::new(RequestContext::new(
-            self.proxy,
-            self.source,
-            self.source_lane,
-            self.service,
-            self.cookie,
-            self.tag_watch,
-        ));
+        let context = Arc::new(RequestContext {
+            proxy: self.proxy,
+            source: self.source,
+            source_lane: self.source_lane,
+            service: self.service,
+            cookie: self.cookie,
+            tag_watch: self.tag_watch,
+            multiplexed: http2,
+            admitted: self.admitted,
+            last_tag_ns: std::sync::atomic::AtomicU64::new(0),
+        });
         let service = service_fn(move |request| {
             let context = context.clone();
             async move { Ok::<_, Infallible>(context.handle(request).await) }
@@ -87,6 +93,8 @@ async fn until_stopped<C: Future>(
 ) -> C::Output {
     tokio::pin!(conn);
     tokio::select! {
+        // The connection first: it is the one that is ready nearly always.
+        biased;
         output = conn.as_mut() => return output,
         () = stopped(stop) => shutdown(conn.as_mut()),
     }

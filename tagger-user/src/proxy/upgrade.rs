@@ -4,6 +4,8 @@
 //! client's and the endpoint's connections are joined byte for byte: what
 //! follows is no longer HTTP, and stays with the endpoint the handshake
 //! chose.
+use std::sync::Arc;
+
 use http::{HeaderMap, HeaderValue, Request, Response, StatusCode, Version, header};
 use hyper::{
     body::Incoming,
@@ -11,6 +13,8 @@ use hyper::{
 };
 use hyper_util::rt::TokioIo;
 use tracing::debug;
+
+use super::limits::Admitted;
 
 /// A client's wish to switch protocols, taken before the request is
 /// forwarded (the upgrade is tied to the downstream request).
@@ -64,12 +68,17 @@ impl Wanted {
     /// When the endpoint switched protocols (101): joins the two
     /// connections once hyper hands them over, after the 101 is written to
     /// the client. Whether it did.
-    pub fn finish(self, response: &mut Response<Incoming>) -> bool {
+    /// `admitted` is the client connection's place under the limits, held
+    /// until the joined connections end.
+    pub fn finish(self, response: &mut Response<Incoming>, admitted: Arc<Admitted>) -> bool {
         if response.status() != StatusCode::SWITCHING_PROTOCOLS {
             return false;
         }
         let upstream = hyper::upgrade::on(response);
-        tokio::spawn(join(self.downstream, upstream));
+        tokio::spawn(async move {
+            join(self.downstream, upstream).await;
+            drop(admitted);
+        });
         true
     }
 }
