@@ -17,7 +17,7 @@ use http::{HeaderMap, HeaderValue, Request, Version};
 use http_body_util::{BodyExt, StreamBody};
 use hyper::body::Frame;
 use support::{h2::*, *};
-use tokio::{sync::mpsc, task::JoinSet};
+use tokio::{io::AsyncWriteExt, sync::mpsc, task::JoinSet};
 
 /// Two lanes and no rules: streams go by their lane header. `PROTOCOL` is
 /// replaced by a test that sets the service's `protocol:`.
@@ -44,11 +44,16 @@ struct H2Setup {
 
 /// h2c upstreams "base" (127.0.0.2) and "gray" (127.0.0.3) and the proxy.
 async fn h2_setup(protocol: &str) -> H2Setup {
+    h2_setup_with(protocol, "").await
+}
+
+/// [`h2_setup`] with more top-level cluster-file settings (YAML lines).
+async fn h2_setup_with(protocol: &str, settings: &str) -> H2Setup {
     let (base, gray) = endpoint_listeners(true).await;
     let port = base.local_addr().unwrap().port();
     let base = h2_upstream("base", base);
     let gray = h2_upstream("gray", gray.unwrap());
-    let config = H2_CONFIG.replace("PROTOCOL", protocol);
+    let config = format!("{settings}\n{}", H2_CONFIG.replace("PROTOCOL", protocol));
     let p = start_proxy(&config, port, "caller").await;
     H2Setup { p, base, gray }
 }
@@ -349,4 +354,59 @@ async fn no_endpoint_for_plain_http2_is_a_503() {
     let (status, body, _) = h2_send(&mut sender, h2_get("/x", None)).await;
     assert_eq!(status, 503);
     assert!(body.contains("service svc has no ready endpoint"), "{body}");
+}
+
+/// An HTTP/2 peer that stops answering (gone without a FIN) is found by a
+/// keep-alive ping after the header read timeout and its connection closed;
+/// a live client idle for many such periods keeps its connection.
+#[tokio::test]
+async fn a_silent_http2_peer_is_closed_and_a_live_idle_one_kept() {
+    let s = h2_setup_with("", "limits: {header_read_timeout_ms: 100}").await;
+    let mut live = h2_connect(s.p.proxy_addr).await;
+    let (status, _, _) = h2_send(&mut live, h2_get("/before", None)).await;
+    assert_eq!(status, 200);
+    // The preface and an empty SETTINGS frame, then nothing, not even an
+    // answer to the proxy's SETTINGS or PING.
+    let mut silent = raw_connect(s.p.proxy_addr).await;
+    let mut hello = tagger::proxy::H2_PREFACE.to_vec();
+    hello.extend_from_slice(&[0, 0, 0, 4, 0, 0, 0, 0, 0]);
+    within("send the preface", silent.write_all(&hello))
+        .await
+        .unwrap();
+    wait_until("the silent peer is opened", || {
+        s.p.gate.stats().connections_open == 2
+    })
+    .await;
+    wait_until("the silent peer is closed", || {
+        s.p.gate.stats().connections_open == 1
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let (status, body, _) = h2_send(&mut live, h2_get("/after", None)).await;
+    assert_eq!((status, body.as_str()), (200, "base lane=- path=/after"));
+    assert_eq!(
+        s.p.origins.taken(),
+        2,
+        "the live client kept its connection"
+    );
+}
+
+/// An endpoint that closes its HTTP/2 connection (GOAWAY, as a server being
+/// stopped or rolled does) is reached again over a new one: no stream
+/// after it fails.
+#[tokio::test]
+async fn an_upstream_goaway_is_followed_by_a_new_connection() {
+    let s = h2_setup("").await;
+    let mut sender = h2_connect(s.p.proxy_addr).await;
+    let (status, _, _) = h2_send(&mut sender, h2_get("/goaway", None)).await;
+    assert_eq!(status, 200);
+    for i in 0..50 {
+        let path = format!("/after/{i}");
+        let (status, body, _) = h2_send(&mut sender, h2_get(&path, None)).await;
+        assert_eq!(
+            (status, body.as_str()),
+            (200, format!("base lane=- path={path}").as_str())
+        );
+    }
+    assert_eq!(s.base.connections(), 2);
 }

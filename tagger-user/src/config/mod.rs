@@ -64,6 +64,8 @@ pub struct LimitsSpec {
     /// (or from the end of the previous answer on a kept-alive connection);
     /// else the connection is closed. HAProxy's `timeout http-request`,
     /// Envoy's `request_headers_timeout`, nginx's `client_header_timeout`.
+    /// On HTTP/2 connections (which may idle for long), the interval of the
+    /// keep-alive ping that finds a peer gone silent.
     pub header_read_timeout_ms: u64,
     /// Proxied connections open at once, from every pod together.
     pub max_connections: usize,

@@ -13,6 +13,9 @@ use tracing::debug;
 
 use super::{Proxy, TagWatch, http::RequestContext, limits::Admitted};
 
+/// How long an HTTP/2 peer has to answer a keep-alive ping.
+const PING_TIMEOUT: Duration = Duration::from_secs(20);
+
 /// One accepted HTTP connection from a pod to a managed service.
 pub struct Connection {
     pub proxy: Arc<Proxy>,
@@ -57,6 +60,13 @@ impl Connection {
         let result = if http2 {
             let conn = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
                 .timer(TokioTimer::new())
+                // A live HTTP/2 connection may idle for long (a gRPC channel
+                // between calls) and is not cut as an idle HTTP/1.1 one is;
+                // a peer gone without a word (its pod's namespace deleted)
+                // is found by a ping it does not answer, and its place
+                // under the limits given back.
+                .keep_alive_interval(header_read_timeout)
+                .keep_alive_timeout(header_read_timeout.min(PING_TIMEOUT))
                 .serve_connection(io, service);
             until_stopped(conn, &mut stop, |conn| conn.graceful_shutdown()).await
         } else {

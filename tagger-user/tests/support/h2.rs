@@ -84,6 +84,8 @@ fn header(headers: &HeaderMap, name: &str) -> Option<String> {
 /// - `/slow?n=N`: N chunks "tick", 20 ms apart (default 200), then
 ///   trailers; counts a stream the peer reset as cancelled;
 /// - `/reset`: one chunk, then resets the stream;
+/// - `/goaway`: answers, and shuts its connection down gracefully (GOAWAY),
+///   as a server that is being stopped does;
 /// - anything else: "`name` lane=`x-lane` path=`path`" and trailer
 ///   `x-served-by`.
 pub fn h2_upstream(name: &'static str, listener: TcpListener) -> Arc<H2Log> {
@@ -92,16 +94,29 @@ pub fn h2_upstream(name: &'static str, listener: TcpListener) -> Arc<H2Log> {
     tokio::spawn(async move {
         loop {
             let (stream, _) = listener.accept().await.unwrap();
+            // As servers that answer RPCs do: a small answer goes out now,
+            // not after the peer's delayed ACK.
+            stream.set_nodelay(true).unwrap();
             accept_log.connections.fetch_add(1, Ordering::SeqCst);
             let log = accept_log.clone();
             tokio::spawn(async move {
+                let goaway = Arc::new(tokio::sync::Notify::new());
+                let asked = goaway.clone();
                 let service = service_fn(move |request: Request<Incoming>| {
                     let log = log.clone();
+                    if request.uri().path() == "/goaway" {
+                        asked.notify_one();
+                    }
                     async move { Ok::<_, io::Error>(answer(name, &log, request)) }
                 });
-                let _ = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
-                    .serve_connection(TokioIo::new(stream), service)
-                    .await;
+                let conn = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+                    .serve_connection(TokioIo::new(stream), service);
+                tokio::pin!(conn);
+                tokio::select! {
+                    _ = conn.as_mut() => return,
+                    () = goaway.notified() => conn.as_mut().graceful_shutdown(),
+                }
+                let _ = conn.await;
             });
         }
     });
