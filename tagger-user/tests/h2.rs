@@ -315,8 +315,11 @@ async fn an_http1_client_reaches_an_http2_service() {
         };
         assert_eq!((status, body.as_str()), (200, expected));
     }
-    assert_eq!(s.gray.requests()[0].version, Version::HTTP_2);
-    assert_eq!(s.base.requests()[0].version, Version::HTTP_2);
+    for seen in [&s.gray.requests()[0], &s.base.requests()[0]] {
+        assert_eq!(seen.version, Version::HTTP_2);
+        // Its host is `:authority`; no `Host` that could differ from it.
+        assert_eq!(seen.host, None);
+    }
 }
 
 /// `protocol: http1` on a service: an HTTP/2 client's streams go to its
@@ -342,6 +345,8 @@ async fn an_http2_client_reaches_an_http1_service() {
     let (status, body, _) = h2_send(&mut sender, request).await;
     assert_eq!((status, body.as_str()), (200, "base lane=- len=3 sum=294"));
     assert_eq!(base.paths(), ["/up"]);
+    // `:authority` (http://svc/...) became the Host header.
+    assert_eq!(base.requests()[0].host.as_deref(), Some("svc"));
 }
 
 /// Without a gRPC content type, tagger's own failure on HTTP/2 is the

@@ -170,6 +170,11 @@ impl RequestContext {
         if (shape.upstream == Version::HTTP_2) != (parts.version == Version::HTTP_2) {
             if parts.version == Version::HTTP_2 {
                 host_from_authority(&mut parts.headers, &parts.uri);
+            } else {
+                // HTTP/2 names the host in `:authority` (the endpoint's,
+                // which keys its pooled connection); a `Host` that differs
+                // from it must not be sent (RFC 9113 8.3.1).
+                parts.headers.remove(header::HOST);
             }
             parts.version = shape.upstream;
         }

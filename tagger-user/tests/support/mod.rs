@@ -105,6 +105,7 @@ pub struct Seen {
     pub path: String,
     pub content_length: Option<String>,
     pub transfer_encoding: Option<String>,
+    pub host: Option<String>,
     pub body_len: usize,
 }
 
@@ -154,6 +155,7 @@ pub fn upstream(name: &'static str, listener: TcpListener) -> Arc<UpstreamLog> {
                             path: request.uri().path().to_string(),
                             content_length: header("content-length"),
                             transfer_encoding: header("transfer-encoding"),
+                            host: header("host"),
                             body_len: 0,
                         };
                         let body = request.into_body().collect().await?.to_bytes();
