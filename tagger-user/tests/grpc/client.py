@@ -169,8 +169,10 @@ def deadline(echo):
 
 
 def cancel(echo):
-    """A call the client cancels is cancelled at the server (RST_STREAM
-    through the proxy), and the connection goes on."""
+    """Calls the client cancels are cancelled at the server (RST_STREAM
+    through the proxy): a stream after its first messages, and a unary call
+    still waiting for its answer (no deadline: only the reset can end it).
+    The connection goes on."""
     call = echo.slow_stream(b"500", metadata=lane_metadata("gray"), timeout=20)
     first = [next(call) for _ in range(3)]
     expect(all(m.startswith(b"gray tick") for m in first), f"{first}")
@@ -180,17 +182,27 @@ def cancel(echo):
             pass
     except grpc.RpcError as error:
         expect_code(error, grpc.StatusCode.CANCELLED, "SlowStream")
-    stats = wait_for_ended(echo, "gray")
+    wait_for_ended(echo, "gray", 1)
+    waiting = echo.slow.future(b"", metadata=lane_metadata("gray"))
+    # The call is at the server once its deadline list grows.
+    deadline = time.monotonic() + 5
+    while not echo.stats()["deadlines"]:
+        expect(time.monotonic() < deadline, "the unary call never reached the server")
+        time.sleep(0.02)
+    waiting.cancel()
+    stats = wait_for_ended(echo, "gray", 2)
+    # grpc reports "no deadline" as a time_remaining of ~292 years.
+    expect(stats["deadlines"][0] > 1e9, f"a deadline appeared: {stats}")
     text = echo.unary(b"after", timeout=5).decode()
     expect(text.startswith("base"), text)
     return stats
 
 
-def wait_for_ended(echo, name):
+def wait_for_ended(echo, name, count=1):
     deadline = time.monotonic() + 5
     while True:
         stats = echo.stats()
-        if stats["ended_early"][name] >= 1:
+        if stats["ended_early"][name] >= count:
             return stats
         expect(time.monotonic() < deadline, f"the server never saw it end: {stats}")
         time.sleep(0.02)
