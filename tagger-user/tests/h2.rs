@@ -58,16 +58,17 @@ async fn h2_setup_with(protocol: &str, settings: &str) -> H2Setup {
     H2Setup { p, base, gray }
 }
 
-/// Many concurrent streams of mixed lanes on one client connection: each
-/// is answered by its lane's upstream (blue has none: baseline serves it,
-/// the header stays on), and each upstream is reached over one HTTP/2
-/// connection that all its streams share.
+/// Many concurrent streams of mixed lanes on one client connection (900:
+/// more than the 200 a hyper HTTP/2 server takes at once, at both hops, so
+/// streams also wait for room): each is answered by its lane's upstream
+/// (blue has none: baseline serves it, the header stays on), and each
+/// upstream is reached over one HTTP/2 connection all its streams share.
 #[tokio::test]
 async fn every_stream_of_one_connection_goes_to_its_own_lane() {
     let s = h2_setup("").await;
     let sender = h2_connect(s.p.proxy_addr).await;
     let mut streams = JoinSet::new();
-    for i in 0..300 {
+    for i in 0..900 {
         let lane = [Some("gray"), None, Some("blue")][i % 3];
         let mut sender = sender.clone();
         streams.spawn(async move {
@@ -92,7 +93,7 @@ async fn every_stream_of_one_connection_goes_to_its_own_lane() {
         assert_eq!(served_by, expected.split(' ').next().unwrap(), "stream {i}");
         answered += 1;
     }
-    assert_eq!(answered, 300);
+    assert_eq!(answered, 900);
     assert_eq!(s.p.origins.taken(), 1);
     assert_eq!((s.base.connections(), s.gray.connections()), (1, 1));
     assert!(
@@ -111,9 +112,9 @@ async fn every_stream_of_one_connection_goes_to_its_own_lane() {
     assert_eq!(
         decided,
         HashMap::from([
-            ((Some("gray".into()), "gray".into(), false), 100),
-            ((None, "base".into(), false), 100),
-            ((Some("blue".into()), "base".into(), true), 100),
+            ((Some("gray".into()), "gray".into(), false), 300),
+            ((None, "base".into(), false), 300),
+            ((Some("blue".into()), "base".into(), true), 300),
         ])
     );
     // Plain HTTP/2 is not gRPC: no method is counted.
@@ -416,4 +417,51 @@ async fn an_upstream_goaway_is_followed_by_a_new_connection() {
         );
     }
     assert_eq!(s.base.connections(), 2);
+}
+
+/// Bytes that are not HTTP/2 after the preface end that connection (a
+/// GOAWAY, then close) and no other: an open connection and a new one are
+/// served as before.
+#[tokio::test]
+async fn a_broken_http2_connection_ends_alone() {
+    let s = h2_setup("").await;
+    let mut open = h2_connect(s.p.proxy_addr).await;
+    let mut broken = raw_connect(s.p.proxy_addr).await;
+    let mut bytes = tagger::proxy::H2_PREFACE.to_vec();
+    // A frame header claiming a 16 MiB DATA frame on stream 0.
+    bytes.extend_from_slice(&[0xff, 0xff, 0xff, 0, 0, 0, 0, 0, 0]);
+    bytes.extend_from_slice(b"not a frame at all");
+    within("send garbage", broken.write_all(&bytes))
+        .await
+        .unwrap();
+    let mut sink = Vec::new();
+    // Closed (a reset counts too) well within the step.
+    let _ = within("the broken connection closes", async {
+        tokio::io::AsyncReadExt::read_to_end(&mut broken, &mut sink).await
+    })
+    .await;
+    assert!(
+        frame_types(&sink).contains(&GOAWAY),
+        "no GOAWAY before the close: {sink:?}"
+    );
+    for sender in [&mut open, &mut h2_connect(s.p.proxy_addr).await] {
+        let (status, body, _) = h2_send(sender, h2_get("/fine", None)).await;
+        assert_eq!((status, body.as_str()), (200, "base lane=- path=/fine"));
+    }
+    assert!(s.base.requests().iter().all(|r| r.path == "/fine"));
+}
+
+const GOAWAY: u8 = 0x7;
+
+/// The types of the whole HTTP/2 frames in `bytes` (server to client: no
+/// preface).
+fn frame_types(mut bytes: &[u8]) -> Vec<u8> {
+    let mut types = Vec::new();
+    while bytes.len() >= 9 {
+        let length =
+            usize::from(bytes[0]) << 16 | usize::from(bytes[1]) << 8 | usize::from(bytes[2]);
+        types.push(bytes[3]);
+        bytes = &bytes[(9 + length).min(bytes.len())..];
+    }
+    types
 }
