@@ -156,10 +156,13 @@ impl RequestContext {
             },
             |lane| snapshot.is_sticky(lane),
         );
+        let version = upstream::version_for(service, parts.version);
         let shape = Shape {
-            upstream: upstream::version_for(service, parts.version),
+            upstream: version,
             grpc,
-            upgrade,
+            // An HTTP/2 endpoint cannot take an HTTP/1.1 upgrade: it answers
+            // the request as it is.
+            upgrade: upgrade.filter(|_| version != Version::HTTP_2),
         };
         prepare_headers(&mut parts.headers, &snapshot, &decision, shape.upstream);
         if let Some(wanted) = &shape.upgrade {

@@ -67,9 +67,8 @@ impl Wanted {
 
     /// When the endpoint switched protocols (101): joins the two
     /// connections once hyper hands them over, after the 101 is written to
-    /// the client. Whether it did.
-    /// `admitted` is the client connection's place under the limits, held
-    /// until the joined connections end.
+    /// the client, and says so. `admitted` is the client connection's place
+    /// under the limits, held until the joined connections end.
     pub fn finish(self, response: &mut Response<Incoming>, admitted: Arc<Admitted>) -> bool {
         if response.status() != StatusCode::SWITCHING_PROTOCOLS {
             return false;
