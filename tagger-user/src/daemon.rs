@@ -431,6 +431,10 @@ impl Controller {
     }
 }
 
+/// How long a stopping daemon waits for open proxied connections to finish
+/// (well within Kubernetes' default 30 s termination grace period).
+const DRAIN_GRACE: Duration = Duration::from_secs(10);
+
 /// Runs the daemon until SIGINT or SIGTERM.
 pub async fn run(args: DaemonArgs) -> Result<(), DaemonError> {
     let controller = Arc::new(Controller::load(&args.config, &args.placement)?);
@@ -500,7 +504,7 @@ pub async fn run(args: DaemonArgs) -> Result<(), DaemonError> {
     let scan = classifier.clone();
     let _ = tokio::task::spawn_blocking(move || scan.scan(&pod_cgroups)).await;
     controller.set_classifier(classifier);
-    tokio::spawn(proxy.serve(listener));
+    tokio::spawn(proxy.clone().serve(listener));
     tokio::spawn(crate::admin::serve(admin, controller.clone()));
     {
         let controller = controller.clone();
@@ -527,6 +531,11 @@ pub async fn run(args: DaemonArgs) -> Result<(), DaemonError> {
     // Fail open first: from here on new connections go direct.
     if let Err(e) = datapath.disable() {
         warn!(error = %e, "could not switch redirection off; links close on exit anyway");
+    }
+    // Then let the connections already here finish: HTTP/2 clients get
+    // GOAWAY and their accepted streams are served to the end.
+    if !proxy.drain(DRAIN_GRACE).await {
+        warn!(grace = ?DRAIN_GRACE, "connections still open after the grace period; closing them");
     }
     let _ = std::fs::remove_file(&args.admin_socket);
     info!("tagger daemon stopped");

@@ -175,11 +175,7 @@ pub fn run(root: &Path, tagger_bin: &Path, seconds: u64) -> Result<()> {
     let _ = client.wait();
     let _ = reader.join();
     let tally = tally.lock().unwrap();
-    samples.push(sample(
-        tagger_bin,
-        start.elapsed().as_secs_f64(),
-        &tally,
-    )?);
+    samples.push(sample(tagger_bin, start.elapsed().as_secs_f64(), &tally)?);
     report(root, seconds, &samples, &tally, turn)
 }
 
@@ -192,7 +188,13 @@ fn apply(tagger_bin: &Path, verb: &str, name: &str) -> Result<()> {
 }
 
 /// Checks the outcome and writes target/soak/results.{json,md}.
-fn report(root: &Path, seconds: u64, samples: &[Value], tally: &Tally, changes: usize) -> Result<()> {
+fn report(
+    root: &Path,
+    seconds: u64,
+    samples: &[Value],
+    tally: &Tally,
+    changes: usize,
+) -> Result<()> {
     let warm = WARM_UP.as_secs_f64().min(seconds as f64 / 3.0);
     let after: Vec<&Value> = samples
         .iter()
@@ -233,7 +235,10 @@ fn report(root: &Path, seconds: u64, samples: &[Value], tally: &Tally, changes: 
     });
     let dir = root.join("target/soak");
     std::fs::create_dir_all(&dir)?;
-    std::fs::write(dir.join("results.json"), serde_json::to_string_pretty(&result)?)?;
+    std::fs::write(
+        dir.join("results.json"),
+        serde_json::to_string_pretty(&result)?,
+    )?;
     let mut md = format!(
         "Soak: {seconds} s, {changes} changes (pod stop/start, rule disable/enable), {ok} answers right, {wrong} in a wrong lane, {failed} failed\n\n| figure | first half peak | second half peak | flat |\n|---|---|---|---|\n"
     );
@@ -250,7 +255,10 @@ fn report(root: &Path, seconds: u64, samples: &[Value], tally: &Tally, changes: 
         bail!("soak: no request was answered");
     }
     if wrong > 0 {
-        bail!("soak: {wrong} answers in a wrong lane, e.g. {:?}", tally.wrong);
+        bail!(
+            "soak: {wrong} answers in a wrong lane, e.g. {:?}",
+            tally.wrong
+        );
     }
     if !flat {
         bail!("soak: figures still growing after the warm-up: {growth:?}");

@@ -90,6 +90,8 @@ pub struct Service {
     pub name: String,
     pub address: Option<SocketAddrV4>,
     pub endpoints: Vec<Endpoint>,
+    /// What the endpoints speak; `None`: what each request came as.
+    pub protocol: Option<crate::config::Protocol>,
     /// Round-robin position, shared across snapshots by service name.
     #[serde(skip)]
     pub turn: Arc<AtomicUsize>,
@@ -259,6 +261,7 @@ impl Snapshot {
                 name: spec.name.clone(),
                 address,
                 endpoints,
+                protocol: spec.protocol,
                 turn,
             });
         }
