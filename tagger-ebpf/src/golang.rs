@@ -62,10 +62,15 @@ static TAGGER_GO_PROCS: HashMap<u32, GoOffsets> = HashMap::with_max_entries(4096
 #[derive(Clone, Copy)]
 struct GoConn {
     seq: u64,
+    /// Bytes read alone after the answer (see `on_read`), little-endian.
+    prefix: u64,
     /// Bytes of the request sent to userspace.
     captured: u32,
     /// 1 once a response was written: the request is over.
     done: u32,
+    /// Valid bytes in `prefix` (0 to 7).
+    prefix_len: u32,
+    _pad: u32,
 }
 
 #[map]
@@ -185,44 +190,95 @@ fn syscall_g() -> u64 {
 }
 
 /// Steps 1 and 2: a Go process read `len` bytes at `buf` from accepted
-/// socket `fd`.
+/// socket `fd`; `first` is the first 8 bytes there (fewer valid when `len`
+/// is smaller).
+///
+/// net/http's server keeps a 1-byte "background read" pending on the
+/// connection while a handler runs, and aborts it only after the response
+/// is flushed: a client that sends its next request at once (a proxy's
+/// keep-alive pool does) can have that byte read alone, and the rest of
+/// the request start by the next read. The byte is kept, and the two reads
+/// are recognised together as the start they are.
 pub(crate) fn on_read(pid_tgid: u64, fd: u32, buf: u64, len: u64, first: u64) {
     let tgid = (pid_tgid >> 32) as u32;
     let key = conn_key(tgid, fd);
-    if propagation::is_request_start(first) {
-        bump(stat::INBOUND_REQUESTS);
-        propagation::count_inbound(pid_tgid);
+    if len >= 8 && propagation::is_request_start(first) {
         // SAFETY: a helper without arguments.
         let seq = unsafe { bpf_ktime_get_ns() };
         let captured =
             propagation::emit_read(key, seq, fd, buf, len, EVENT_FIRST, MAX_CAPTURE_PER_REQUEST);
-        let conn = GoConn {
-            seq,
-            captured,
-            done: 0,
-        };
-        let _ = TAGGER_GO_CONNS.insert(key, conn, 0);
-        if let Some(off) = offsets(tgid)
-            && let Some(goid) = goid(syscall_g(), &off)
-        {
-            let reader = GoroutineKey {
-                tgid,
-                _pad: 0,
-                goid,
-            };
-            let context = GoContext { seq, fd, _pad: 0 };
-            let _ = TAGGER_GO_ROUTINES.insert(reader, context, 0);
-        }
+        open_request(pid_tgid, key, fd, seq, captured);
         return;
     }
-    // More of a header block that did not fit in one read.
-    if let Some(conn) = TAGGER_GO_CONNS.get_ptr_mut(key) {
-        // SAFETY: the map value lives while this program runs.
-        let conn = unsafe { &mut *conn };
-        if conn.done == 0 && conn.captured < MAX_CAPTURE_PER_REQUEST {
-            let budget = MAX_CAPTURE_PER_REQUEST - conn.captured;
-            conn.captured += propagation::emit_read(key, conn.seq, fd, buf, len, 0, budget);
+    let Some(conn) = TAGGER_GO_CONNS.get_ptr_mut(key) else {
+        return;
+    };
+    // SAFETY: the map value lives while this program runs.
+    let conn = unsafe { &mut *conn };
+    if conn.prefix_len > 0 && len >= 8 {
+        let n = conn.prefix_len & 7;
+        let prefix = conn.prefix;
+        conn.prefix_len = 0;
+        let joined = prefix | (first << (8 * n));
+        if propagation::is_request_start(joined) {
+            // SAFETY: a helper without arguments.
+            let seq = unsafe { bpf_ktime_get_ns() };
+            let mut captured = propagation::emit_bytes(key, seq, fd, prefix, n);
+            captured += propagation::emit_read(
+                key,
+                seq,
+                fd,
+                buf,
+                len,
+                0,
+                MAX_CAPTURE_PER_REQUEST - captured,
+            );
+            open_request(pid_tgid, key, fd, seq, captured);
+            return;
         }
+    }
+    // Only the read just before can be a split start's first piece.
+    conn.prefix_len = 0;
+    if len < 8 {
+        // A short read: perhaps the start of the next request, split (the
+        // byte may come while the handler runs, or after the answer)...
+        conn.prefix = first & ((1u64 << (8 * len)) - 1);
+        conn.prefix_len = len as u32;
+    }
+    // ...or more of a header block that did not fit in one read.
+    if conn.done == 0 && conn.captured < MAX_CAPTURE_PER_REQUEST {
+        let budget = MAX_CAPTURE_PER_REQUEST - conn.captured;
+        conn.captured += propagation::emit_read(key, conn.seq, fd, buf, len, 0, budget);
+    }
+}
+
+/// A request starts on connection `key` (its first `captured` bytes sent to
+/// userspace under `seq`): a fresh context, taken by the goroutine making
+/// this read.
+#[inline(always)]
+fn open_request(pid_tgid: u64, key: u64, fd: u32, seq: u64, captured: u32) {
+    let tgid = (pid_tgid >> 32) as u32;
+    bump(stat::INBOUND_REQUESTS);
+    propagation::count_inbound(pid_tgid);
+    let conn = GoConn {
+        seq,
+        prefix: 0,
+        captured,
+        done: 0,
+        prefix_len: 0,
+        _pad: 0,
+    };
+    let _ = TAGGER_GO_CONNS.insert(key, conn, 0);
+    if let Some(off) = offsets(tgid)
+        && let Some(goid) = goid(syscall_g(), &off)
+    {
+        let reader = GoroutineKey {
+            tgid,
+            _pad: 0,
+            goid,
+        };
+        let context = GoContext { seq, fd, _pad: 0 };
+        let _ = TAGGER_GO_ROUTINES.insert(reader, context, 0);
     }
 }
 

@@ -351,17 +351,56 @@ fn emit(pid_tgid: u64, seq: u64, fd: u32, buf: u64, len: u64, flags: u32) -> u32
     };
     // SAFETY: `event` is this CPU's scratch slot, valid during the program.
     let copied = unsafe {
+        fill_header(event, pid_tgid, seq, fd, n, flags);
+        bpf_probe_read_user((*event).data.as_mut_ptr().cast(), n, buf as *const _)
+    };
+    if copied != 0 {
+        return 0;
+    }
+    submit(event, n)
+}
+
+/// Sends `n` (at most 7) bytes held in `bytes` (little-endian) as the
+/// first event of a request: a start the app read in two pieces.
+#[inline(always)]
+pub(crate) fn emit_bytes(pid_tgid: u64, seq: u64, fd: u32, bytes: u64, n: u32) -> u32 {
+    let Some(event) = TAGGER_SCRATCH.get_ptr_mut(0) else {
+        return 0;
+    };
+    let n = n & 7;
+    // SAFETY: as in `emit`; the first 8 data bytes are in bounds.
+    unsafe {
+        fill_header(event, pid_tgid, seq, fd, n, EVENT_FIRST);
+        core::ptr::write_unaligned((*event).data.as_mut_ptr().cast::<u64>(), bytes);
+    }
+    submit(event, n)
+}
+
+/// # Safety
+/// `event` must be this CPU's scratch slot.
+#[inline(always)]
+unsafe fn fill_header(
+    event: *mut InboundEvent,
+    pid_tgid: u64,
+    seq: u64,
+    fd: u32,
+    n: u32,
+    flags: u32,
+) {
+    // SAFETY: the caller's pointer is valid for the program's run.
+    unsafe {
         (*event).pid_tgid = pid_tgid;
         (*event).seq = seq;
         (*event).fd = fd;
         (*event).len = n;
         (*event).flags = flags;
         (*event)._pad = 0;
-        bpf_probe_read_user((*event).data.as_mut_ptr().cast(), n, buf as *const _)
-    };
-    if copied != 0 {
-        return 0;
     }
+}
+
+/// Copies the scratch event, header and `n` data bytes, into the ring.
+#[inline(always)]
+fn submit(event: *mut InboundEvent, n: u32) -> u32 {
     let size = EVENT_HEADER_BYTES + u64::from(n);
     let ring = (&raw const TAGGER_EVENTS).cast_mut().cast();
     // SAFETY: the map pointer is our ring buffer's definition.
@@ -420,6 +459,19 @@ fn on_read(pid_tgid: u64, fd: u32, buf: u64, len: u64) {
     // More of a header block that did not fit in one read.
     if let Some(state) = TAGGER_THREADS.get_ptr_mut(pid_tgid) {
         // SAFETY: the map value lives while we hold the pointer in this program.
+        let state = unsafe { &mut *state };
+        if state.open > 0 && state.fd == fd && state.captured < MAX_CAPTURE_PER_REQUEST {
+            let budget = MAX_CAPTURE_PER_REQUEST - state.captured;
+            state.captured += emit_read(pid_tgid, state.seq, fd, buf, len, 0, budget);
+        }
+    }
+}
+
+/// A pod thread read fewer than 8 bytes: the end of the header block of
+/// the request it is reading, perhaps (a client that writes slowly).
+fn on_short_read(pid_tgid: u64, fd: u32, buf: u64, len: u64) {
+    if let Some(state) = TAGGER_THREADS.get_ptr_mut(pid_tgid) {
+        // SAFETY: the map value lives while this program runs.
         let state = unsafe { &mut *state };
         if state.open > 0 && state.fd == fd && state.captured < MAX_CAPTURE_PER_REQUEST {
             let budget = MAX_CAPTURE_PER_REQUEST - state.captured;
@@ -708,15 +760,15 @@ fn on_receive(sk: *mut c_void, received: i64, flags: u64) {
     } else {
         received as u64
     };
-    if len < 8 {
-        return;
-    }
     match procs::kind_of(pid_tgid) {
+        // Go reads shorter than 8 bytes count too (see golang::on_read).
         Some(kind::GO) => {
             if let Some(first) = head(buffer.addr) {
                 golang::on_read(pid_tgid, buffer.fd, buffer.addr, len, first);
             }
         }
+        // Too short to start a request, but it may end a header block.
+        _ if len < 8 => on_short_read(pid_tgid, buffer.fd, buffer.addr, len),
         kind => {
             if kind.is_none() {
                 procs::ask_classify(pid_tgid);

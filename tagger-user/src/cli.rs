@@ -35,7 +35,7 @@ pub enum Command {
     #[command(subcommand)]
     Cluster(ClusterCommand),
     /// Show the flow-to-lane map: source pod, service, endpoint, lane, reason, counts.
-    Flows(View),
+    Flows(FlowsView),
     /// Show requests per second per lane per service.
     Lanes(View),
     /// List, apply, enable, disable or delete routing rules (live).
@@ -179,6 +179,16 @@ pub enum ClusterCommand {
 }
 
 #[derive(Debug, Args)]
+pub struct FlowsView {
+    #[command(flatten)]
+    pub view: View,
+    /// By path: which lane and endpoint served each gRPC service and method
+    /// (other HTTP requests are counted per service only, method `-`).
+    #[arg(long)]
+    pub by_path: bool,
+}
+
+#[derive(Debug, Args)]
 pub struct View {
     /// Refresh every second, in place.
     #[arg(long)]
@@ -237,13 +247,14 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             daemon::run(args.daemon_args(socket, |name| std::env::var(name).ok())?).await?;
         }
         Command::Cluster(command) => return cluster(command, &run_dir).await,
-        Command::Flows(view) => {
+        Command::Flows(FlowsView { view, by_path }) => {
             ctl::flows(
                 &socket,
                 ViewOptions {
                     watch: view.watch,
                     json: view.json,
                 },
+                by_path,
             )
             .await?
         }

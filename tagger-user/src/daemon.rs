@@ -23,6 +23,9 @@ use crate::{
 };
 
 const HEALTH_INTERVAL: Duration = Duration::from_millis(1000);
+/// How long a stopping daemon waits for open proxied connections to finish
+/// (well within Kubernetes' default 30 s termination grace period).
+const DRAIN_GRACE: Duration = Duration::from_secs(10);
 
 #[derive(Debug, thiserror::Error)]
 pub enum DaemonError {
@@ -189,7 +192,7 @@ pub async fn run(args: DaemonArgs) -> Result<(), DaemonError> {
     let scan = classifier.clone();
     let _ = tokio::task::spawn_blocking(move || scan.scan(&pod_cgroups)).await;
     controller.set_classifier(classifier);
-    tokio::spawn(proxy.serve(listener));
+    tokio::spawn(proxy.clone().serve(listener));
     tokio::spawn(crate::admin::serve(admin, controller.clone()));
     // Changes are pushed by the source; only endpoint health is polled.
     tokio::spawn(controller.clone().follow(updates));
@@ -214,6 +217,11 @@ pub async fn run(args: DaemonArgs) -> Result<(), DaemonError> {
     // Fail open first: from here on new connections go direct.
     if let Err(e) = datapath.disable() {
         warn!(error = %e, "could not switch redirection off; links close on exit anyway");
+    }
+    // Then let the connections already here finish: HTTP/2 clients get
+    // GOAWAY and their accepted streams are served to the end.
+    if !proxy.drain(DRAIN_GRACE).await {
+        warn!(grace = ?DRAIN_GRACE, "connections still open after the grace period; closing them");
     }
     let _ = std::fs::remove_file(&args.admin_socket);
     info!("tagger daemon stopped");

@@ -29,6 +29,7 @@ struct FlowId {
     fallback: bool,
     served_lane: Option<String>,
     correlation: Correlation,
+    rpc: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -41,6 +42,7 @@ struct FlowIdRef<'a> {
     fallback: bool,
     served_lane: Option<&'a str>,
     correlation: Correlation,
+    rpc: Option<&'a str>,
 }
 
 impl FlowId {
@@ -54,6 +56,7 @@ impl FlowId {
             fallback: self.fallback,
             served_lane: self.served_lane.as_deref(),
             correlation: self.correlation,
+            rpc: self.rpc.as_deref(),
         }
     }
 }
@@ -69,6 +72,7 @@ impl FlowIdRef<'_> {
             fallback: self.fallback,
             served_lane: self.served_lane.map(str::to_string),
             correlation: self.correlation,
+            rpc: self.rpc.map(str::to_string),
         }
     }
 }
@@ -131,6 +135,10 @@ pub struct FlowRow {
     pub served_lane: Option<String>,
     /// Whether the inbound request that caused these was known for sure.
     pub correlation: Correlation,
+    /// The gRPC method called, `package.Service/Method`; `None` for
+    /// requests that are not gRPC calls (their paths are not counted).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rpc: Option<String>,
     pub requests: u64,
     pub errors: u64,
     pub last_seen_ms: u64,
@@ -157,6 +165,8 @@ pub struct RequestRecord<'a> {
     pub fallback: bool,
     pub served_lane: Option<&'a str>,
     pub correlation: Correlation,
+    /// The gRPC method, for gRPC calls (see [`FlowRow::rpc`]).
+    pub rpc: Option<&'a str>,
     pub ok: bool,
 }
 
@@ -200,6 +210,7 @@ impl FlowTable {
             fallback: r.fallback,
             served_lane: r.served_lane,
             correlation: r.correlation,
+            rpc: r.rpc,
         };
         {
             let mut flows = self.flows.lock().expect("flow table lock");
@@ -262,6 +273,7 @@ impl FlowTable {
                 fallback: id.fallback,
                 served_lane: id.served_lane.clone(),
                 correlation: id.correlation,
+                rpc: id.rpc.clone(),
                 requests: s.requests,
                 errors: s.errors,
                 last_seen_ms: now.duration_since(s.last_seen).as_millis() as u64,
@@ -273,12 +285,14 @@ impl FlowTable {
                 a.source.as_str(),
                 a.endpoint.as_str(),
                 &a.reason,
+                &a.rpc,
             )
                 .cmp(&(
                     b.service.as_str(),
                     b.source.as_str(),
                     b.endpoint.as_str(),
                     &b.reason,
+                    &b.rpc,
                 ))
         });
         rows
@@ -329,6 +343,7 @@ mod tests {
                 fallback: false,
                 served_lane: Some("gray"),
                 correlation: Correlation::None,
+                rpc: None,
                 ok: true,
             });
         }
@@ -341,6 +356,7 @@ mod tests {
             fallback: false,
             served_lane: None,
             correlation: Correlation::None,
+            rpc: None,
             ok: false,
         });
         let rows = table.rows();
@@ -374,6 +390,7 @@ mod tests {
             fallback: false,
             served_lane: Some("gray"),
             correlation: Correlation::None,
+            rpc: None,
             ok: true,
         };
         let variants = [
@@ -409,6 +426,14 @@ mod tests {
             },
             RequestRecord {
                 correlation: Correlation::Trusted,
+                ..base
+            },
+            RequestRecord {
+                rpc: Some("pkg.Svc/Get"),
+                ..base
+            },
+            RequestRecord {
+                rpc: Some("pkg.Svc/Put"),
                 ..base
             },
         ];

@@ -23,7 +23,7 @@ use crate::{
     rules::{ConditionSpec, Mode, RequestView, Rule, RuleSet, RuleSpec},
 };
 // The sniffer's own list: the oracle checks its logic, not a copy of it.
-use crate::proxy::HTTP_METHODS as SNIFF_METHODS;
+use crate::proxy::{H2_PREFACE, HTTP_METHODS as SNIFF_METHODS, SNIFF_LEN};
 
 /// A target's body: arbitrary bytes in, a panic when something is wrong.
 pub type Target = fn(&[u8]);
@@ -38,10 +38,11 @@ pub const TARGETS: [(&str, Target); 4] = [
 
 // ---------------------------------------------------------------- sniff
 
-/// The first bytes of a connection, as `sniff_http` peeks them (at most 8
-/// at a time, growing): the verdict of every prefix agrees with the
-/// definition (HTTP when a method and a space start it, undecided while it is
-/// a strict prefix of one, opaque otherwise), and a decided prefix never
+/// The first bytes of a connection, as `sniff_http` peeks them (at most
+/// `SNIFF_LEN` at a time, growing): the verdict of every prefix agrees with
+/// the definition (HTTP/2 when the whole h2 preface starts it, HTTP when a
+/// method and a space do, undecided while it is a strict prefix of either,
+/// opaque otherwise), and a decided prefix never
 /// changes its mind when more bytes come.
 pub fn sniff(data: &[u8]) {
     let mut decided: Option<Sniffed> = None;
@@ -49,6 +50,10 @@ pub fn sniff(data: &[u8]) {
         let first = &data[..end];
         let verdict = classify(first);
         let want = if first.is_empty() {
+            None
+        } else if first.starts_with(H2_PREFACE) {
+            Some(Sniffed::Http2)
+        } else if H2_PREFACE.starts_with(first) {
             None
         } else if SNIFF_METHODS.iter().any(|m| first.starts_with(m)) {
             Some(Sniffed::Http)
@@ -72,9 +77,13 @@ pub fn sniff(data: &[u8]) {
             decided = verdict;
         }
     }
-    // Undecided after 8 bytes cannot happen: sniff_http peeks only 8.
-    if data.len() >= 8 {
-        assert!(classify(&data[..8]).is_some(), "undecided after 8 bytes");
+    // Undecided after SNIFF_LEN bytes cannot happen: sniff_http peeks no
+    // more.
+    if data.len() >= SNIFF_LEN {
+        assert!(
+            classify(&data[..SNIFF_LEN]).is_some(),
+            "undecided after {SNIFF_LEN} bytes"
+        );
     }
 }
 

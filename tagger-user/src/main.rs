@@ -3,6 +3,14 @@ use clap::Parser;
 
 fn main() -> anyhow::Result<std::process::ExitCode> {
     let cli = tagger::cli::Cli::parse();
+    if !matches!(cli.command, tagger::cli::Command::Daemon(_)) {
+        // A command whose output is piped into `head` ends quietly when the
+        // reader goes, as Unix tools do, instead of panicking on EPIPE. (The
+        // daemon keeps ignoring SIGPIPE: a peer gone is an error to handle.)
+        // SAFETY: restoring a signal's default disposition at start, before
+        // any thread exists.
+        unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
+    }
     tagger::cli::init_tracing(&cli);
     // On one core (a pinned daemon), a single-threaded runtime does the
     // same work without cross-thread wake-ups.

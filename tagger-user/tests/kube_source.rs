@@ -22,7 +22,7 @@ use tagger::{
         Source,
         kube::{KubeConfig, KubeSource},
     },
-    state::{Inventory, PortMap, Readiness, Snapshot},
+    state::{Inventory, PortMap, Readiness, ServicePort, Snapshot},
 };
 use tokio::sync::watch;
 
@@ -127,7 +127,10 @@ async fn first_sync_joins_every_kind_of_managed_namespaces_and_writes_rule_statu
     let charge = &inventory.services[0];
     assert_eq!(
         (charge.address, &charge.ports[..]),
-        (Some("10.96.0.20".parse().unwrap()), &[8080, 9000][..])
+        (
+            Some("10.96.0.20".parse().unwrap()),
+            &[ServicePort::new(8080), ServicePort::new(9000)][..]
+        )
     );
     let ports = [
         PortMap {

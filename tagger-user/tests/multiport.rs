@@ -17,7 +17,7 @@ use tagger::{
     proxy::{Proxy, ProxyConfig},
     state::{
         EndpointEntry, Inventory, PodEntry, PortMap, Readiness, RulesOrigin, ServiceEntry,
-        SettingsSpec, Snapshot, StateHandle,
+        ServicePort, SettingsSpec, Snapshot, StateHandle,
     },
 };
 use tokio::net::TcpListener;
@@ -75,7 +75,7 @@ fn inventory(base: (u16, u16), gray: (u16, u16), gray_readiness: Readiness) -> I
         services: vec![ServiceEntry {
             name: "shop/web".into(),
             address: Some(SERVICE),
-            ports: vec![80, 9000],
+            ports: vec![ServicePort::new(80), ServicePort::new(9000)],
             endpoints: vec![
                 endpoint("shop/base", 2, base, Readiness::Ready),
                 endpoint("shop/gray", 3, gray, gray_readiness),

@@ -9,6 +9,7 @@ mod fuzz;
 mod gobench;
 mod runner;
 mod setup;
+mod soak;
 mod switch;
 
 use std::{
@@ -66,6 +67,13 @@ enum Task {
     Bench {
         #[arg(long, value_enum, default_value = "full")]
         mode: bench::Mode,
+    },
+    /// Everything at once for a bounded time (mixed lanes, connection churn,
+    /// pods stopped and started, rules toggled): 0 wrong lanes, RSS, fds and
+    /// maps flat after the warm-up; writes target/soak/.
+    Soak {
+        #[arg(long, default_value_t = 600)]
+        seconds: u64,
     },
 }
 
@@ -133,6 +141,12 @@ fn main() -> Result<ExitCode> {
             setup::ensure()?;
             build_release(&root)?;
             bench::run_bench(&root, &root.join("target/release/tagger"), mode)?;
+        }
+        Task::Soak { seconds } => {
+            require_root("the soak creates network namespaces, cgroups and loads eBPF")?;
+            setup::ensure()?;
+            build_release(&root)?;
+            soak::run(&root, &root.join("target/release/tagger"), seconds)?;
         }
     }
     Ok(ExitCode::SUCCESS)

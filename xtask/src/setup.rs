@@ -1,5 +1,6 @@
-//! Installs what tagger needs to build and test, from Debian's packages and
-//! crates.io only, skipping what is already there.
+//! Installs what tagger needs to build and test, from Debian's packages,
+//! crates.io and (for a Python that is not Debian's) PyPI only, skipping
+//! what is already there.
 use std::process::Command;
 
 use anyhow::{Context, Result, bail};
@@ -44,6 +45,9 @@ const PYPI_PACKAGES: &[(&str, &str)] = &[
     ("kubernetes_validate", "kubernetes-validate==1.37.0"),
     ("jsonschema", "jsonschema==4.26.0"),
 ];
+/// Python modules the tests import: (module, PyPI package, Debian package).
+/// `grpc`: the gRPC servers and clients of `tagger-user/tests/grpc.rs`.
+const PYTHON_MODULES: &[(&str, &str, &str)] = &[("grpc", "grpcio", "python3-grpcio")];
 const BPF_LINKER_VERSION: &str = "0.13.0";
 /// The fuzz targets' driver (`cargo xtask fuzz`, and the bounded run in
 /// `cargo xtask test`).
@@ -53,6 +57,7 @@ const MIN_BPF_RUSTC: (u32, u32) = (1, 87);
 
 pub fn ensure() -> Result<()> {
     ensure_packages()?;
+    ensure_python_modules()?;
     ensure_bpf_rustc()?;
     ensure_bpf_linker()?;
     ensure_cargo_fuzz()?;
@@ -141,6 +146,59 @@ fn install_debian(missing: Vec<&str>) -> Result<()> {
         // Install daemons (nginx) without starting them on the host: the
         // tests start their own, inside pods.
         .env("RUNLEVEL", "1"))
+}
+
+fn python_imports(module: &str) -> bool {
+    Command::new("python3")
+        .args(["-c", &format!("import {module}")])
+        .output()
+        .map(|o| o.status.success())
+        .unwrap_or(false)
+}
+
+/// Whether `python3` on PATH is Debian's own (its prefix is /usr), which
+/// takes modules from Debian's packages (pip refuses it: PEP 668).
+fn python_is_debians() -> bool {
+    Command::new("python3")
+        .args(["-c", "import sys; print(sys.prefix)"])
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim() == "/usr")
+        .unwrap_or(false)
+}
+
+/// The Python modules the tests import, for the `python3` the tests run:
+/// Debian's package for Debian's Python, else PyPI's through that Python's
+/// own pip (pyenv, a virtual environment).
+fn ensure_python_modules() -> Result<()> {
+    let missing: Vec<&(&str, &str, &str)> = PYTHON_MODULES
+        .iter()
+        .filter(|(module, _, _)| !python_imports(module))
+        .collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    if python_is_debians() {
+        let packages: Vec<&str> = missing.iter().map(|(_, _, debian)| *debian).collect();
+        println!("xtask: installing Debian packages: {}", packages.join(" "));
+        run(Command::new("apt-get").args(["update", "-q"]))?;
+        run(Command::new("apt-get")
+            .args(["install", "-y", "-q", "--no-install-recommends"])
+            .args(&packages)
+            .env("DEBIAN_FRONTEND", "noninteractive"))?;
+    } else {
+        let packages: Vec<&str> = missing.iter().map(|(_, pypi, _)| *pypi).collect();
+        println!("xtask: installing from PyPI: {}", packages.join(" "));
+        run(Command::new("python3")
+            .args(["-m", "pip", "install", "--quiet"])
+            .args(&packages))
+        .context("installing Python modules with pip")?;
+    }
+    for (module, _, _) in missing {
+        if !python_imports(module) {
+            bail!("python3 still cannot import {module} after installing it");
+        }
+    }
+    Ok(())
 }
 
 fn rustc_version(rustc: &str) -> Option<(u32, u32)> {

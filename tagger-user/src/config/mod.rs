@@ -64,6 +64,8 @@ pub struct LimitsSpec {
     /// (or from the end of the previous answer on a kept-alive connection);
     /// else the connection is closed. HAProxy's `timeout http-request`,
     /// Envoy's `request_headers_timeout`, nginx's `client_header_timeout`.
+    /// On HTTP/2 connections (which may idle for long), the interval of the
+    /// keep-alive ping that finds a peer gone silent.
     pub header_read_timeout_ms: u64,
     /// Proxied connections open at once, from every pod together.
     pub max_connections: usize,
@@ -111,8 +113,32 @@ pub struct ServiceSpec {
     /// The port callers use; a service without one is a plain pod group.
     #[serde(default)]
     pub port: Option<u16>,
+    /// What the service's endpoints speak on `port`. Unset: what the
+    /// caller speaks (an HTTP/2 prior-knowledge request goes out as HTTP/2,
+    /// an HTTP/1.1 one as HTTP/1.1).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub protocol: Option<Protocol>,
     #[serde(default)]
     pub pods: Vec<PodSpec>,
+}
+
+/// `protocol:` of a service: how the proxy talks to its endpoints.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum Protocol {
+    /// HTTP/1.1 (requests that came as HTTP/2 are sent as HTTP/1.1).
+    Http1,
+    /// HTTP/2 with prior knowledge (h2c), one multiplexed connection per
+    /// endpoint.
+    Http2,
+    /// gRPC: HTTP/2 as above; named apart so that a file says what it means.
+    Grpc,
+}
+
+impl Protocol {
+    pub fn is_http2(self) -> bool {
+        matches!(self, Self::Http2 | Self::Grpc)
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -218,6 +244,15 @@ impl ClusterFile {
             }
             if service.port == Some(0) {
                 return Err((format!("{place}.port"), "port 0 is not a port".into()));
+            }
+            if service.protocol.is_some() && service.port.is_none() {
+                return Err((
+                    format!("{place}.protocol"),
+                    format!(
+                        "service {:?} has a protocol but no port to speak it on",
+                        service.name
+                    ),
+                ));
             }
             if service.pods.is_empty() {
                 return Err((

@@ -69,6 +69,28 @@ services:
     assert_eq!(lanes, vec![Some("gray"), Some("gray"), None]);
 }
 
+/// `protocol:` is optional (files written before it stay valid) and names
+/// what a service's endpoints speak.
+#[test]
+fn service_protocols() {
+    let cases = [
+        ("", None),
+        ("    protocol: http1\n", Some(Protocol::Http1)),
+        ("    protocol: http2\n", Some(Protocol::Http2)),
+        ("    protocol: grpc\n", Some(Protocol::Grpc)),
+    ];
+    for (line, want) in cases {
+        let text = VALID.replacen("    port: 8080\n", &format!("    port: 8080\n{line}"), 1);
+        let file = parse(&text).unwrap_or_else(|e| panic!("{line:?}: {e}"));
+        assert_eq!(file.services[0].protocol, want, "{line:?}");
+        assert_eq!(
+            want.is_some_and(Protocol::is_http2),
+            matches!(want, Some(Protocol::Http2 | Protocol::Grpc)),
+            "{line:?}"
+        );
+    }
+}
+
 #[test]
 fn errors_name_the_place() {
     // (what is changed, replacement, text the error must contain)
@@ -152,6 +174,16 @@ fn errors_name_the_place() {
             "rules[0].lane",
         ),
         ("mode: any", "mode: some", "mode"),
+        (
+            "    port: 8080\n",
+            "    port: 8080\n    protocol: h3\n",
+            "unknown variant `h3`",
+        ),
+        (
+            "  - name: client\n",
+            "  - name: client\n    protocol: grpc\n",
+            "services[1].protocol: service \"client\" has a protocol but no port",
+        ),
     ];
     for (from, to, expected) in cases {
         assert!(

@@ -1,5 +1,6 @@
 //! The operator's commands: `tagger flows`, `tagger lanes`, `tagger rules`,
 //! `tagger config-dump`. They read the running daemon's admin API.
+mod methods;
 mod table;
 
 use std::{path::Path, time::Duration};
@@ -13,6 +14,7 @@ use crate::{
     flows::{FlowRow, LaneRate},
 };
 
+pub use methods::{merge_methods, render_by_method};
 pub use table::Table;
 
 #[derive(Debug, Clone, Copy)]
@@ -49,20 +51,30 @@ pub fn to_json<T: serde::Serialize>(value: &T) -> String {
     serde_json::to_string_pretty(value).unwrap_or_default() + "\n"
 }
 
-pub async fn flows(socket: &Path, options: ViewOptions) -> Result<(), AdminError> {
+/// `tagger flows`; with `by_method`, the gRPC view (`--by-path`).
+pub async fn flows(socket: &Path, options: ViewOptions, by_method: bool) -> Result<(), AdminError> {
     let client = AdminClient::new(socket);
     show_repeatedly(options, || async {
         let rows: Vec<FlowRow> = client.get_json("/flows").await?;
-        Ok(if options.json {
-            to_json(&rows)
-        } else {
-            render_flows(&rows)
+        Ok(match (options.json, by_method) {
+            (true, _) => to_json(&rows),
+            (false, true) => render_by_method(&rows),
+            (false, false) => render_flows(&rows),
         })
     })
     .await
 }
 
+/// One row per flow; a gRPC flow counted per method shows as one row (the
+/// methods are `--by-path`'s).
 pub fn render_flows(rows: &[FlowRow]) -> String {
+    let merged;
+    let rows = if rows.iter().any(|r| r.rpc.is_some()) {
+        merged = merge_methods(rows);
+        &merged[..]
+    } else {
+        rows
+    };
     let mut table = Table::new([
         "SOURCE",
         "SERVICE",

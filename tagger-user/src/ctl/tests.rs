@@ -19,6 +19,7 @@ fn flow() -> FlowRow {
         fallback: false,
         served_lane: None,
         correlation: Correlation::None,
+        rpc: None,
         requests: 3,
         errors: 0,
         last_seen_ms: 0,
@@ -144,6 +145,55 @@ a-pod-with-a-rather-long-name  s        e         canary-2024-blue  pod-lane  un
     }
 }
 
+/// gRPC calls are counted per method: the plain table still shows one row
+/// per flow, `--by-path` one per method, lane and endpoint.
+#[test]
+fn flows_by_grpc_method() {
+    let grpc = |rpc: &str, lane: Option<&str>, endpoint: &str, requests, last_seen_ms| FlowRow {
+        service: "orders".into(),
+        endpoint: endpoint.into(),
+        lane: lane.map(str::to_string),
+        reason: if lane.is_some() { "header" } else { "default" }.into(),
+        rpc: Some(rpc.into()),
+        requests,
+        last_seen_ms,
+        ..flow()
+    };
+    let rows = vec![
+        grpc("shop.Orders/Get", None, "orders-v1", 5, 3_000),
+        grpc("shop.Orders/List", None, "orders-v1", 2, 500),
+        grpc("shop.Orders/Get", Some("gray"), "orders-v2", 4, 0),
+        FlowRow {
+            errors: 1,
+            ..flow()
+        },
+    ];
+    assert_eq!(
+        render_flows(&rows),
+        "\
+SOURCE     SERVICE  ENDPOINT   LANE      REASON   CORRELATION  REQUESTS  ERRORS  LAST
+device-v1  orders   orders-v1  baseline  default  -            7         0       now
+device-v1  orders   orders-v2  gray      header   -            4         0       now
+device-v1  charge   charge-v1  baseline  default  -            3         1       now
+"
+    );
+    assert_eq!(
+        render_by_method(&rows),
+        "\
+SERVICE  GRPC SERVICE  METHOD  LANE      ENDPOINT   REQUESTS  ERRORS
+charge   -             -       baseline  charge-v1  3         1
+orders   shop.Orders   Get     baseline  orders-v1  5         0
+orders   shop.Orders   Get     gray      orders-v2  4         0
+orders   shop.Orders   List    baseline  orders-v1  2         0
+"
+    );
+    assert_eq!(render_by_method(&[]), "no flows yet\n");
+    // The JSON carries the method; rows without one look as before.
+    let json = to_json(&rows[..1].to_vec());
+    assert!(json.contains(r#""rpc": "shop.Orders/Get""#), "{json}");
+    assert!(!to_json(&rows[3..].to_vec()).contains("rpc"));
+}
+
 #[test]
 fn ages() {
     let cases = [
@@ -174,6 +224,7 @@ fn flows_json() {
             fallback: true,
             served_lane: None,
             correlation: Correlation::Trusted,
+            rpc: None,
             requests: 80,
             errors: 0,
             last_seen_ms: 61_000,

@@ -55,6 +55,7 @@ fn rules_apply_message(rule: &RuleSpec) -> Option<String> {
             .map(|name| ServiceSpec {
                 name: name.to_string(),
                 port: Some(8080),
+                protocol: None,
                 pods: vec![],
             })
             .collect(),

@@ -515,6 +515,7 @@ pub async fn start_pod(run_dir: &RunDir, name: &str) -> Result<(), ClusterError>
         services: vec![crate::config::ServiceSpec {
             name: service.name.clone(),
             port: service.port,
+            protocol: service.protocol,
             pods: vec![spec.clone()],
         }],
         ..config.clone()

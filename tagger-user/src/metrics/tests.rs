@@ -213,6 +213,7 @@ fn requests_by_labels_and_outcome() {
             served_lane: None,
             correlation,
             ok,
+            rpc: None,
         })
     };
     record(Some("gray"), &rule, Correlation::None, true);

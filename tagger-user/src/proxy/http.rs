@@ -1,26 +1,23 @@
-//! HTTP/1.1 per request: decide the lane, choose an endpoint of that lane
-//! (else baseline), forward over a pooled upstream connection, stream the
-//! answer back. A keep-alive connection may carry requests of many lanes.
-use std::{convert::Infallible, net::SocketAddrV4, sync::Arc, sync::atomic::Ordering};
+//! Per request (an HTTP/1.1 request or one HTTP/2 stream): decide the
+//! lane, choose an endpoint of that lane (else baseline), forward over a
+//! pooled upstream connection, stream the answer back (trailers too). A
+//! keep-alive or multiplexed connection may carry requests of many lanes.
+use std::{net::SocketAddrV4, sync::Arc, sync::atomic::Ordering};
 
 use bytes::Bytes;
-use http::{
-    HeaderMap, HeaderName, HeaderValue, Request, Response, Uri, header,
-    uri::{Authority, PathAndQuery, Scheme},
-};
+use http::{HeaderValue, Request, Response, Version, header};
 use http_body::Body as _;
 use http_body_util::BodyExt;
-use hyper::{body::Incoming, service::service_fn};
-use hyper_util::{
-    client::legacy::{Client, connect::HttpConnector},
-    rt::{TokioExecutor, TokioIo, TokioTimer},
-};
-use tokio::net::TcpStream;
+use hyper::body::Incoming;
 use tracing::{debug, warn};
 
 use super::{
-    Proxy, ProxyConfig, ProxyError, TagWatch,
+    Proxy, ProxyError, TagWatch,
     body::{self, ProxyBody},
+    grpc,
+    headers::{endpoint_uri, host_from_authority, prepare_headers, strip_hop_by_hop},
+    limits::Admitted,
+    upgrade, upstream,
 };
 use crate::{
     flows::RequestRecord,
@@ -30,119 +27,66 @@ use crate::{
     state::{Endpoint, Service, Snapshot},
 };
 
-pub type UpstreamClient = Client<HttpConnector, ProxyBody>;
-
-/// Connection-level headers that belong to one hop only (RFC 9110 7.6.1).
-/// Typed names: removing by `&str` would parse the name on every request.
-const HOP_BY_HOP: [HeaderName; 8] = [
-    header::CONNECTION,
-    HeaderName::from_static("keep-alive"),
-    HeaderName::from_static("proxy-connection"),
-    header::PROXY_AUTHENTICATE,
-    header::PROXY_AUTHORIZATION,
-    header::TE,
-    header::TRAILER,
-    header::UPGRADE,
-];
 /// How many endpoints a request with no body may try when upstreams fail.
 const MAX_CONNECT_ATTEMPTS: usize = 3;
 
-pub fn upstream_client(config: &ProxyConfig) -> UpstreamClient {
-    let mut connector = HttpConnector::new();
-    connector.set_nodelay(true);
-    connector.set_connect_timeout(Some(config.upstream_connect_timeout));
-    Client::builder(TokioExecutor::new())
-        .pool_idle_timeout(config.pool_idle_timeout)
-        .pool_max_idle_per_host(256)
-        // One buffer and one write(2) per message, not writev(2): for the
-        // small messages of RPC traffic this measured ~10% less CPU per
-        // request (BENCHMARKS.md); bodies are copied once more in memory.
-        .http1_writev(false)
-        .build(connector)
+/// What a request is, beyond its headers, that the way out depends on.
+struct Shape {
+    /// The version it goes to the endpoint in.
+    upstream: Version,
+    /// A gRPC call: its method for the flow map, and failures answered as
+    /// a gRPC status.
+    grpc: bool,
+    /// An HTTP/1.1 Upgrade (WebSocket) the client asked for.
+    upgrade: Option<upgrade::Wanted>,
 }
 
-/// One accepted HTTP connection from a pod to a managed service.
-pub struct Connection {
+/// What every request of one downstream connection shares.
+pub struct RequestContext {
     pub proxy: Arc<Proxy>,
     pub source: String,
     pub source_lane: Option<String>,
-    /// The destination service; each request looks it up in the snapshot
-    /// current at that moment (rules and endpoints change live).
     pub service: String,
     /// The service port connected to (a service may have several).
     pub port: Option<u16>,
-    /// The client socket's cookie, for the kernel's request tags.
     pub cookie: u64,
     pub tag_watch: TagWatch,
-    /// The settings' `limits.header_read_timeout_ms`, when it was accepted.
-    pub header_read_timeout: std::time::Duration,
-}
-
-impl Connection {
-    pub async fn serve(self, stream: TcpStream) {
-        let gate = self.proxy.gate();
-        let conn = Arc::new(RequestContext {
-            proxy: self.proxy,
-            source: self.source,
-            source_lane: self.source_lane,
-            service: self.service,
-            port: self.port,
-            cookie: self.cookie,
-            tag_watch: self.tag_watch,
-            last_tag_ns: std::sync::atomic::AtomicU64::new(0),
-        });
-        let service = service_fn(move |request| {
-            let conn = conn.clone();
-            async move { Ok::<_, Infallible>(conn.handle(request).await) }
-        });
-        let result = hyper::server::conn::http1::Builder::new()
-            .timer(TokioTimer::new())
-            // A head not whole in time (slowloris), or a kept-alive
-            // connection idle that long: closed.
-            .header_read_timeout(self.header_read_timeout)
-            .keep_alive(true)
-            // As for the upstream client (see `upstream_client`).
-            .writev(false)
-            .serve_connection(TokioIo::new(stream), service)
-            .await;
-        if let Err(error) = result {
-            if error.is_timeout() {
-                gate.header_timed_out();
-            }
-            // Malformed requests get hyper's 400/431 before this; this is the
-            // connection-level reason, for the operator.
-            debug!(%error, "downstream connection ended with error");
-        }
-    }
-}
-
-struct RequestContext {
-    proxy: Arc<Proxy>,
-    source: String,
-    source_lane: Option<String>,
-    service: String,
-    port: Option<u16>,
-    cookie: u64,
-    tag_watch: TagWatch,
+    /// HTTP/2: many requests in flight on the connection at once.
+    pub multiplexed: bool,
+    /// The connection's place under the limits, handed to an upgraded
+    /// connection that outlives the serving of this one.
+    pub admitted: Arc<Admitted>,
     /// Write time of the newest kernel tag used on this connection: a tag
     /// serves one request, never a later one on the same connection.
-    last_tag_ns: std::sync::atomic::AtomicU64,
+    pub last_tag_ns: std::sync::atomic::AtomicU64,
 }
 
 impl RequestContext {
     /// The kernel's tag for the request being handled, if the app wrote one
-    /// since the last request on this connection.
+    /// since the last request on this connection. The kernel keeps one tag
+    /// per connection: on a multiplexed (HTTP/2) connection it cannot say
+    /// which stream it was written for, so it is taken as written while
+    /// several requests were open (only a forwarded id can then decide;
+    /// else untrusted and the safe default, never a guessed lane).
     fn fresh_tag(&self) -> Option<tagger_common::RequestTag> {
         if !self.tag_watch.may_have_tags() {
             return None;
         }
-        let tag = self.proxy.kernel.request_tag(self.cookie)?;
+        let mut tag = self.proxy.kernel.request_tag(self.cookie)?;
         let previous = self.last_tag_ns.swap(tag.written_ns, Ordering::Relaxed);
+        if self.multiplexed {
+            tag.flags |= tagger_common::TAG_CONCURRENT;
+        }
         (tag.written_ns != previous).then_some(tag)
     }
 
-    async fn handle(&self, request: Request<Incoming>) -> Response<ProxyBody> {
-        match self.forward(request).await {
+    pub async fn handle(&self, mut request: Request<Incoming>) -> Response<ProxyBody> {
+        // gRPC is HTTP/2 only: an HTTP/1.1 request pays no lookup for it.
+        let grpc_type = (request.version() == Version::HTTP_2 && grpc::is_grpc(request.headers()))
+            .then(|| request.headers().get(header::CONTENT_TYPE).cloned())
+            .flatten();
+        let upgrade = upgrade::wanted(&mut request);
+        match self.forward(request, grpc_type.is_some(), upgrade).await {
             Ok(response) => response,
             Err(error) => {
                 warn!(source = %self.source, service = %self.service, side = error.side(), %error, "request failed");
@@ -151,6 +95,9 @@ impl RequestContext {
                     error.side(),
                     error.status().as_u16(),
                 );
+                if let Some(content_type) = grpc_type {
+                    return grpc::error_response(&error, content_type);
+                }
                 let mut response = Response::new(body::full(format!("tagger: {error}\n")));
                 *response.status_mut() = error.status();
                 response
@@ -161,7 +108,12 @@ impl RequestContext {
         }
     }
 
-    async fn forward(&self, request: Request<Incoming>) -> Result<Response<ProxyBody>, ProxyError> {
+    async fn forward(
+        &self,
+        request: Request<Incoming>,
+        grpc: bool,
+        upgrade: Option<upgrade::Wanted>,
+    ) -> Result<Response<ProxyBody>, ProxyError> {
         let arrived = std::time::Instant::now();
         let snapshot = self.proxy.state.load_full();
         let service = snapshot
@@ -196,7 +148,7 @@ impl RequestContext {
         // Rules come after an explicit or inherited lane: evaluate them (and
         // count their hits) only when they can decide.
         let (rule, body) = if header_lane.is_none() && inherited_lane.is_none() {
-            matching_rule(&snapshot, service, &parts, incoming).await?
+            matching_rule(&snapshot, service, &parts, incoming, grpc).await?
         } else {
             (None, incoming.boxed_unsync())
         };
@@ -215,9 +167,40 @@ impl RequestContext {
             .flows
             .metrics()
             .observe_decision(arrived.elapsed());
-        prepare_headers(&mut parts.headers, &snapshot, &decision);
-        self.send(service, parts, body, &decision, inherited.correlation)
-            .await
+        let version = upstream::version_for(service, parts.version);
+        let shape = Shape {
+            upstream: version,
+            grpc,
+            // An HTTP/2 endpoint cannot take an HTTP/1.1 upgrade: it answers
+            // the request as it is.
+            upgrade: upgrade.filter(|_| version != Version::HTTP_2),
+        };
+        prepare_headers(&mut parts.headers, &snapshot, &decision, shape.upstream);
+        if let Some(wanted) = &shape.upgrade {
+            wanted.restore_request_headers(&mut parts.headers);
+        }
+        // Between HTTP/1.x and HTTP/2 the version changes (HTTP/1.0 stays
+        // HTTP/1.0 to an HTTP/1.1 endpoint, as before).
+        if (shape.upstream == Version::HTTP_2) != (parts.version == Version::HTTP_2) {
+            if parts.version == Version::HTTP_2 {
+                host_from_authority(&mut parts.headers, &parts.uri);
+            } else {
+                // HTTP/2 names the host in `:authority` (the endpoint's,
+                // which keys its pooled connection); a `Host` that differs
+                // from it must not be sent (RFC 9113 8.3.1).
+                parts.headers.remove(header::HOST);
+            }
+            parts.version = shape.upstream;
+        }
+        self.send(
+            service,
+            parts,
+            body,
+            &decision,
+            inherited.correlation,
+            shape,
+        )
+        .await
     }
 
     /// Sends to an endpoint of the decided lane. A request without a body is
@@ -229,7 +212,13 @@ impl RequestContext {
         body: ProxyBody,
         decision: &LaneDecision,
         correlation: Correlation,
+        mut shape: Shape,
     ) -> Result<Response<ProxyBody>, ProxyError> {
+        let rpc = if shape.grpc {
+            grpc::method_of(parts.uri.path())
+        } else {
+            None
+        };
         let record = |endpoint: &Endpoint, fallback: bool, ok: bool| {
             self.proxy.flows.record(RequestRecord {
                 source: &self.source,
@@ -240,9 +229,11 @@ impl RequestContext {
                 fallback,
                 served_lane: endpoint.lane.as_deref(),
                 correlation,
+                rpc,
                 ok,
             })
         };
+        let client = self.proxy.upstreams.client(shape.upstream);
         let retryable = body.is_end_stream();
         // A body streams from the client while it is sent: if reading it
         // fails, the upstream request fails, and that is the client's fault.
@@ -274,17 +265,25 @@ impl RequestContext {
             };
             let upstream = upstream.map(|()| attempt_body);
             let sent = std::time::Instant::now();
-            let result = self.proxy.client.request(upstream).await;
+            let result = client.request(upstream).await;
             self.proxy
                 .flows
                 .metrics()
                 .observe_upstream(&service.name, sent.elapsed());
             let ok = matches!(&result, Ok(r) if !r.status().is_server_error());
             match result {
-                Ok(response) => {
+                Ok(mut response) => {
                     record(endpoint, choice.is_fallback(), ok);
+                    let switched = shape
+                        .upgrade
+                        .take()
+                        .is_some_and(|wanted| wanted.finish(&mut response, self.admitted.clone()));
                     let (mut parts, incoming) = response.into_parts();
-                    strip_hop_by_hop(&mut parts.headers);
+                    if switched {
+                        upgrade::strip_keeping_switch(&mut parts.headers, strip_hop_by_hop);
+                    } else {
+                        strip_hop_by_hop(&mut parts.headers);
+                    }
                     return Ok(Response::from_parts(parts, incoming.boxed_unsync()));
                 }
                 Err(error) => {
@@ -322,52 +321,6 @@ impl RequestContext {
     }
 }
 
-/// The request's path and query, sent to `authority` (no formatting and
-/// re-parsing per request: both parts are shared bytes).
-fn endpoint_uri(authority: &Authority, original: &Uri) -> Result<Uri, ProxyError> {
-    let mut parts = http::uri::Parts::default();
-    parts.scheme = Some(Scheme::HTTP);
-    parts.authority = Some(authority.clone());
-    parts.path_and_query = Some(
-        original
-            .path_and_query()
-            .cloned()
-            .unwrap_or_else(|| PathAndQuery::from_static("/")),
-    );
-    Uri::from_parts(parts)
-        .map_err(|e| ProxyError::Downstream(format!("request target {original}: {e}")))
-}
-
-fn strip_hop_by_hop(headers: &mut HeaderMap) {
-    // Names listed in Connection are hop-by-hop too.
-    if headers.contains_key(header::CONNECTION) {
-        let listed: Vec<String> = headers
-            .get_all(header::CONNECTION)
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .flat_map(|v| v.split(','))
-            .map(|name| name.trim().to_ascii_lowercase())
-            .filter(|name| !name.is_empty())
-            .collect();
-        for name in &listed {
-            headers.remove(name.as_str());
-        }
-    }
-    for name in &HOP_BY_HOP {
-        headers.remove(name);
-    }
-}
-
-/// Hop-by-hop headers out; the lane header in when the lane travels on.
-fn prepare_headers(headers: &mut HeaderMap, snapshot: &Snapshot, decision: &LaneDecision) {
-    strip_hop_by_hop(headers);
-    if let (true, Some(lane)) = (decision.carry_header, decision.lane.as_deref())
-        && let Ok(value) = HeaderValue::from_str(lane)
-    {
-        headers.insert(snapshot.settings.lane_header.clone(), value);
-    }
-}
-
 /// CLOCK_MONOTONIC in ns: the clock of the kernel's `bpf_ktime_get_ns`.
 fn monotonic_ns() -> u64 {
     let mut now = libc::timespec {
@@ -381,15 +334,19 @@ fn monotonic_ns() -> u64 {
 
 /// The first rule of `service` that matches the request, as (lane, rule
 /// name), and the body to forward. The body is read (a bounded prefix, then
-/// forwarded whole) only when a rule of the service looks at it.
+/// forwarded whole) only when a rule of the service looks at it, and never
+/// for a gRPC call: its messages are length-prefixed protobuf, which no body
+/// condition (JSON, form) reads, and holding a bidirectional stream's first
+/// messages back until the prefix is full would stall it.
 async fn matching_rule(
     snapshot: &Snapshot,
     service: &Service,
     parts: &http::request::Parts,
     incoming: Incoming,
+    grpc: bool,
 ) -> Result<(Option<(String, String)>, ProxyBody), ProxyError> {
     let rules = &snapshot.rules;
-    let (prefix, truncated, body) = if rules.reads_body(&service.name) {
+    let (prefix, truncated, body) = if rules.reads_body(&service.name) && !grpc {
         let (prefix, truncated, rest) =
             body::read_prefix(incoming, snapshot.settings.body_match_limit)
                 .await
@@ -415,51 +372,4 @@ async fn matching_rule(
         .evaluate(&service.name, &view, rand::random::<f64>())
         .map(|r| (r.lane.clone(), r.name.clone()));
     Ok((rule, body))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn upstream_uri_keeps_path_and_query_and_names_the_endpoint() {
-        let authority = crate::state::authority_of("10.0.0.7:8080".parse().unwrap());
-        for (original, expected) in [
-            ("/", "http://10.0.0.7:8080/"),
-            ("/a/b?x=1&y=%20", "http://10.0.0.7:8080/a/b?x=1&y=%20"),
-            // Absolute form from a client that thinks it talks to a proxy.
-            ("http://b.svc:8080/z?q", "http://10.0.0.7:8080/z?q"),
-            ("http://b.svc:8080", "http://10.0.0.7:8080/"),
-        ] {
-            let uri: Uri = original.parse().unwrap();
-            assert_eq!(
-                endpoint_uri(&authority, &uri).unwrap().to_string(),
-                expected,
-                "{original}"
-            );
-        }
-    }
-
-    #[test]
-    fn hop_by_hop_headers_and_the_ones_connection_names_are_removed() {
-        let mut headers = HeaderMap::new();
-        for (name, value) in [
-            ("connection", "keep-alive, X-Private"),
-            ("keep-alive", "timeout=5"),
-            ("x-private", "1"),
-            ("te", "trailers"),
-            ("upgrade", "h2c"),
-            ("x-lane", "gray"),
-            ("content-length", "3"),
-        ] {
-            headers.append(
-                HeaderName::from_static(name),
-                HeaderValue::from_static(value),
-            );
-        }
-        strip_hop_by_hop(&mut headers);
-        let mut left: Vec<&str> = headers.keys().map(|k| k.as_str()).collect();
-        left.sort();
-        assert_eq!(left, ["content-length", "x-lane"]);
-    }
 }

@@ -1,14 +1,19 @@
 //! The node proxy: every connection the connect hook redirected lands here.
 //!
 //! Per connection: find who connected and where it meant to go (the kernel's
-//! flow map), sniff whether it speaks HTTP/1, then either serve it request by
-//! request ([`http`]) or splice the bytes to the original destination
-//! untouched ([`passthrough`]).
+//! flow map), sniff whether it speaks HTTP/1 or HTTP/2, then either serve it
+//! request by request, stream by stream ([`serve`], [`http`]) or splice the
+//! bytes to the original destination untouched ([`passthrough`]).
 mod body;
 mod error;
+mod grpc;
+mod headers;
 mod http;
 pub mod limits;
 mod passthrough;
+mod serve;
+mod upgrade;
+mod upstream;
 
 use std::{
     net::{SocketAddr, SocketAddrV4},
@@ -20,13 +25,14 @@ use tagger_common::RequestTag;
 use tokio::{
     io::AsyncWriteExt,
     net::{TcpListener, TcpStream},
+    sync::watch,
 };
 use tracing::{debug, info, warn};
 
 pub use error::ProxyError;
 /// The sniffer's verdict on first bytes, for the fuzz target (`crate::fuzzing`).
 #[doc(hidden)]
-pub use passthrough::{METHODS as HTTP_METHODS, Sniffed, classify};
+pub use passthrough::{H2_PREFACE, METHODS as HTTP_METHODS, SNIFF_LEN, Sniffed, classify};
 
 use crate::{flows::FlowTable, propagation::ContextStore, state::StateHandle};
 
@@ -128,8 +134,11 @@ pub struct Proxy {
     flows: Arc<FlowTable>,
     contexts: Arc<ContextStore>,
     config: ProxyConfig,
-    client: http::UpstreamClient,
+    upstreams: upstream::Upstreams,
     gate: Arc<limits::ConnectionGate>,
+    /// Set once when the proxy stops; every HTTP connection and the
+    /// accept loop watch it, and hold a receiver while they run.
+    stop: watch::Sender<bool>,
 }
 
 impl Proxy {
@@ -140,16 +149,33 @@ impl Proxy {
         contexts: Arc<ContextStore>,
         config: ProxyConfig,
     ) -> Arc<Self> {
-        let client = http::upstream_client(&config);
+        let upstreams = upstream::Upstreams::new(&config);
         Arc::new(Self {
             state,
             kernel,
             flows,
             contexts,
             config,
-            client,
+            upstreams,
             gate: Arc::default(),
+            stop: watch::Sender::new(false),
         })
+    }
+
+    fn stopping(&self) -> watch::Receiver<bool> {
+        self.stop.subscribe()
+    }
+
+    /// Stops gracefully: no more connections are accepted, HTTP/2 clients
+    /// get GOAWAY (streams already accepted are served to their end),
+    /// HTTP/1.1 connections close after the request in flight. Waits for
+    /// them up to `grace`; whether they all ended in it. Spliced (opaque)
+    /// connections are not waited for.
+    pub async fn drain(&self, grace: Duration) -> bool {
+        self.stop.send_replace(true);
+        tokio::time::timeout(grace, self.stop.closed())
+            .await
+            .is_ok()
     }
 
     /// Open, refused and timed-out connections, shared with `config-dump`.
@@ -157,11 +183,19 @@ impl Proxy {
         self.gate.clone()
     }
 
-    /// Accepts until the listener fails. Each connection runs on its own task.
+    /// Accepts until [`Proxy::drain`]. Each connection runs on its own task.
     pub async fn serve(self: Arc<Self>, listener: TcpListener) {
         info!(addr = ?listener.local_addr().ok(), "proxy listening");
+        let mut stop = self.stopping();
         loop {
-            let (stream, peer) = match listener.accept().await {
+            let accepted = tokio::select! {
+                accepted = listener.accept() => accepted,
+                () = serve::stopped(&mut stop) => {
+                    info!("proxy stops accepting");
+                    return;
+                }
+            };
+            let (stream, peer) = match accepted {
                 Ok(accepted) => accepted,
                 Err(error) => {
                     // EMFILE and friends: back off instead of spinning.
@@ -192,8 +226,8 @@ impl Proxy {
             .source_pod(origin.cgroup_id, *peer.ip())
             .map(|p| (p.name.clone(), p.lane.clone()));
         // Held until the connection ends; over a bound, refused at once.
-        let _admitted = match self.gate.admit(origin.cgroup_id, &snapshot.settings.limits) {
-            Ok(admitted) => admitted,
+        let admitted = match self.gate.admit(origin.cgroup_id, &snapshot.settings.limits) {
+            Ok(admitted) => Arc::new(admitted),
             Err(refusal) => {
                 let pod = source
                     .as_ref()
@@ -222,7 +256,7 @@ impl Proxy {
                 match passthrough::first_speaker(&stream, target, &self.config, header_read_timeout)
                     .await
                 {
-                    passthrough::Speaker::ClientHttp => passthrough::Sniffed::Http,
+                    passthrough::Speaker::Client(http) => http,
                     passthrough::Speaker::Splice(upstream) => {
                         passthrough::splice_with(stream, upstream).await;
                         return;
@@ -233,10 +267,10 @@ impl Proxy {
             sniffed => sniffed,
         };
         match sniffed {
-            passthrough::Sniffed::Http => {
+            passthrough::Sniffed::Http | passthrough::Sniffed::Http2 => {
                 let (source_name, source_lane) =
                     source.unwrap_or_else(|| (format!("{}", peer.ip()), None));
-                let conn = http::Connection {
+                let conn = serve::Connection {
                     proxy: self.clone(),
                     source: source_name,
                     source_lane,
@@ -245,6 +279,8 @@ impl Proxy {
                     cookie: origin.cookie,
                     tag_watch: self.kernel.tag_watch(origin.cgroup_id),
                     header_read_timeout,
+                    http2: sniffed == passthrough::Sniffed::Http2,
+                    admitted,
                 };
                 conn.serve(stream).await;
             }

@@ -24,9 +24,19 @@ pub const METHODS: [&[u8]; 9] = [
     b"CONNECT ",
 ];
 
+/// The client connection preface of HTTP/2 with prior knowledge (RFC 9113
+/// 3.4): how gRPC and other h2c clients open a cleartext connection.
+pub const H2_PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+/// The most bytes the sniffer needs to decide (the whole h2 preface).
+pub const SNIFF_LEN: usize = H2_PREFACE.len();
+
 #[derive(Debug, PartialEq, Eq)]
 pub enum Sniffed {
+    /// HTTP/1.x: a method and a space.
     Http,
+    /// HTTP/2 with prior knowledge: the whole connection preface.
+    Http2,
     Opaque,
     Closed,
     /// Nothing sent within the window: a client that waits for a server
@@ -35,10 +45,18 @@ pub enum Sniffed {
     Silent,
 }
 
-/// Classifies what the first bytes say: HTTP/1, not HTTP, or not known yet
-/// (a strict prefix of a method).
+/// Classifies what the first bytes say: HTTP/1, HTTP/2, not HTTP, or not
+/// known yet (a strict prefix of a method or of the h2 preface).
 pub fn classify(first: &[u8]) -> Option<Sniffed> {
     if first.is_empty() {
+        return None;
+    }
+    // The whole preface, not "PRI ": a client that starts like h2 and goes
+    // on otherwise is not one hyper's h2 server could serve.
+    if first.starts_with(H2_PREFACE) {
+        return Some(Sniffed::Http2);
+    }
+    if H2_PREFACE.starts_with(first) {
         return None;
     }
     for method in METHODS {
@@ -53,10 +71,11 @@ pub fn classify(first: &[u8]) -> Option<Sniffed> {
 }
 
 /// Peeks (without consuming) until the first bytes tell whether the client
-/// speaks HTTP/1. A client that says nothing within `wait` is `Silent`.
+/// speaks HTTP/1 or HTTP/2. A client that says nothing within `wait` is
+/// `Silent`.
 pub async fn sniff_http(stream: &TcpStream, wait: Duration) -> Sniffed {
     let deadline = Instant::now() + wait;
-    let mut buf = [0u8; 8];
+    let mut buf = [0u8; SNIFF_LEN];
     loop {
         let peeked = match timeout(
             deadline.saturating_duration_since(Instant::now()),
@@ -71,7 +90,8 @@ pub async fn sniff_http(stream: &TcpStream, wait: Duration) -> Sniffed {
         if let Some(verdict) = classify(&buf[..peeked]) {
             return verdict;
         }
-        // A method split across segments: wait a moment for the rest.
+        // A method or preface split across segments: wait a moment for the
+        // rest.
         if Instant::now() >= deadline {
             return Sniffed::Opaque;
         }
@@ -104,9 +124,9 @@ pub fn opaque_target(
 /// window.
 #[derive(Debug)]
 pub enum Speaker {
-    /// The client, with an HTTP request: route it (the speculative
-    /// upstream connection was never written to and is dropped).
-    ClientHttp,
+    /// The client, with HTTP/1 or HTTP/2 (`Http`, `Http2`): route it (the
+    /// speculative upstream connection was never written to and is dropped).
+    Client(Sniffed),
     /// The server greeted first, or the client sent bytes that are not
     /// HTTP: splice the two.
     Splice(TcpStream),
@@ -127,7 +147,7 @@ pub async fn first_speaker(
 ) -> Speaker {
     let Some(upstream) = connect(target, config).await else {
         return match sniff_http(client, idle_limit).await {
-            Sniffed::Http => Speaker::ClientHttp,
+            http @ (Sniffed::Http | Sniffed::Http2) => Speaker::Client(http),
             _ => Speaker::Nobody,
         };
     };
@@ -139,7 +159,7 @@ pub async fn first_speaker(
     };
     match client_first {
         None | Some(Sniffed::Opaque) => Speaker::Splice(upstream),
-        Some(Sniffed::Http) => Speaker::ClientHttp,
+        Some(http @ (Sniffed::Http | Sniffed::Http2)) => Speaker::Client(http),
         Some(_) => Speaker::Nobody,
     }
 }
@@ -196,7 +216,16 @@ mod tests {
             (b"GETX", Some(Sniffed::Opaque)),
             (b"get /", Some(Sniffed::Opaque)),
             (b"\x16\x03\x01", Some(Sniffed::Opaque)), // TLS hello
-            (b"PRI * HTTP/2.0", Some(Sniffed::Opaque)), // h2 prior knowledge: spliced
+            (b"P", None),
+            (b"PRI * HTTP/2.0", None), // the h2 preface, not whole yet
+            (b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n", Some(Sniffed::Http2)),
+            // The preface, then the client's SETTINGS frame.
+            (
+                b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\x00\x00\x00\x04",
+                Some(Sniffed::Http2),
+            ),
+            (b"PRI * HTTP/2.0\r\n\r\nXX", Some(Sniffed::Opaque)),
+            (b"PRI / HTTP/1.1\r\n", Some(Sniffed::Opaque)),
             (b"hello\n", Some(Sniffed::Opaque)),
         ];
         for (input, want) in cases {

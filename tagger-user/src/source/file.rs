@@ -21,7 +21,7 @@ use crate::{
     config::{ClusterFile, ConfigError},
     state::{
         EndpointEntry, Inventory, PodEntry, PortMap, Readiness, RulesOrigin, ServiceEntry,
-        SettingsSpec,
+        ServicePort, SettingsSpec,
     },
 };
 
@@ -114,7 +114,14 @@ pub fn inventory(
                     .find(|s| s.name == spec.name)
                     .map(|s| s.address)
             }),
-            ports: spec.port.into_iter().collect(),
+            ports: spec
+                .port
+                .map(|port| ServicePort {
+                    port,
+                    protocol: spec.protocol,
+                })
+                .into_iter()
+                .collect(),
             endpoints,
         });
     }

@@ -11,7 +11,7 @@ use super::{
 };
 use crate::{
     config::ClusterFile,
-    state::{Inventory, Readiness, RulesOrigin},
+    state::{Inventory, Readiness, RulesOrigin, ServicePort},
 };
 
 const FILE: &str = r#"
@@ -72,7 +72,10 @@ fn the_file_and_its_placement_make_an_inventory() {
     let web = &inventory.services[0];
     assert_eq!(
         (web.address, &web.ports[..]),
-        (Some("10.0.1.1".parse().unwrap()), &[8080][..])
+        (
+            Some("10.0.1.1".parse().unwrap()),
+            &[ServicePort::new(8080)][..]
+        )
     );
     let endpoints: Vec<(&str, u16, Readiness)> = web
         .endpoints

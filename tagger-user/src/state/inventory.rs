@@ -12,7 +12,7 @@ use std::{collections::BTreeMap, net::Ipv4Addr};
 use serde::Serialize;
 
 use crate::{
-    config::{LANE_LABELS, LaneSpec, LimitsSpec},
+    config::{LANE_LABELS, LaneSpec, LimitsSpec, Protocol},
     rules::RuleSpec,
 };
 
@@ -60,8 +60,26 @@ pub struct ServiceEntry {
     /// plain pod group.
     pub address: Option<Ipv4Addr>,
     /// The ports callers use. Empty: a plain pod group, nothing to route.
-    pub ports: Vec<u16>,
+    pub ports: Vec<ServicePort>,
     pub endpoints: Vec<EndpointEntry>,
+}
+
+/// A port callers use, and what the endpoints speak on it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct ServicePort {
+    pub port: u16,
+    /// The file's `protocol:`, Kubernetes' `appProtocol`; `None`: what
+    /// each request came as.
+    pub protocol: Option<Protocol>,
+}
+
+impl ServicePort {
+    pub fn new(port: u16) -> Self {
+        Self {
+            port,
+            protocol: None,
+        }
+    }
 }
 
 /// One address serving a service, with the port each service port reaches

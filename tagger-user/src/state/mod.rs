@@ -9,7 +9,8 @@ mod inventory;
 mod tests;
 
 pub use inventory::{
-    EndpointEntry, Inventory, PodEntry, PortMap, Readiness, RulesOrigin, ServiceEntry, SettingsSpec,
+    EndpointEntry, Inventory, PodEntry, PortMap, Readiness, RulesOrigin, ServiceEntry, ServicePort,
+    SettingsSpec,
 };
 
 use std::{
@@ -86,6 +87,9 @@ pub struct Service {
     pub address: Option<SocketAddrV4>,
     /// Each at the target port of `port`.
     pub endpoints: Vec<Endpoint>,
+    /// What the endpoints speak on this port; `None`: what each request
+    /// came as.
+    pub protocol: Option<crate::config::Protocol>,
     /// Round-robin position, shared across snapshots by name and port.
     #[serde(skip)]
     pub turn: Arc<AtomicUsize>,
@@ -232,13 +236,14 @@ impl Snapshot {
                     port: None,
                     address: None,
                     endpoints: Vec::new(),
+                    protocol: None,
                     turn: previous
                         .and_then(|p| p.service_at(&spec.name, None))
                         .map(|s| s.turn.clone())
                         .unwrap_or_default(),
                 });
             }
-            for &port in &spec.ports {
+            for &ServicePort { port, protocol } in &spec.ports {
                 let endpoints = spec
                     .endpoints
                     .iter()
@@ -253,6 +258,7 @@ impl Snapshot {
                     port: Some(port),
                     address: spec.address.map(|ip| SocketAddrV4::new(ip, port)),
                     endpoints,
+                    protocol,
                     turn: previous
                         .and_then(|p| p.service_at(&spec.name, Some(port)))
                         .map(|s| s.turn.clone())

@@ -62,7 +62,7 @@ fn inventory(b_readiness: Readiness) -> Inventory {
             ServiceEntry {
                 name: "shop/web".into(),
                 address: Some(ip(100)),
-                ports: vec![80, 9000],
+                ports: vec![ServicePort::new(80), ServicePort::new(9000)],
                 endpoints: vec![
                     endpoint("shop/a", 1, Readiness::Ready, &[(80, 8080), (9000, 9090)]),
                     endpoint("shop/b", 2, b_readiness, &[(80, 8080), (9000, 9091)]),

@@ -4,6 +4,8 @@
 //! by [`within`].
 // Each test binary uses a part of this.
 #![allow(dead_code)]
+pub mod h2;
+
 use std::{
     future::Future,
     net::{Ipv4Addr, SocketAddr, SocketAddrV4},
@@ -59,6 +61,8 @@ pub async fn wait_until(what: &str, done: impl Fn() -> bool) {
 pub struct FixedOrigin {
     pub dest: Mutex<SocketAddrV4>,
     pub caller_cgroup: std::sync::atomic::AtomicU64,
+    /// Connections the proxy accepted (each asks for its origin once).
+    pub taken: AtomicUsize,
 }
 
 impl FixedOrigin {
@@ -66,7 +70,12 @@ impl FixedOrigin {
         Self {
             dest: Mutex::new(dest),
             caller_cgroup: caller_cgroup.into(),
+            taken: AtomicUsize::new(0),
         }
+    }
+
+    pub fn taken(&self) -> usize {
+        self.taken.load(Ordering::SeqCst)
     }
 
     /// Later connections come from the pod with this cgroup.
@@ -81,6 +90,7 @@ impl FixedOrigin {
 
 impl FlowLookup for FixedOrigin {
     fn take_origin(&self, _peer: SocketAddrV4) -> Option<Origin> {
+        self.taken.fetch_add(1, Ordering::SeqCst);
         Some(Origin {
             original_destination: *self.dest.lock().unwrap(),
             cgroup_id: self.caller_cgroup.load(Ordering::SeqCst),
@@ -96,6 +106,7 @@ pub struct Seen {
     pub path: String,
     pub content_length: Option<String>,
     pub transfer_encoding: Option<String>,
+    pub host: Option<String>,
     pub body_len: usize,
 }
 
@@ -145,6 +156,7 @@ pub fn upstream(name: &'static str, listener: TcpListener) -> Arc<UpstreamLog> {
                             path: request.uri().path().to_string(),
                             content_length: header("content-length"),
                             transfer_encoding: header("transfer-encoding"),
+                            host: header("host"),
                             body_len: 0,
                         };
                         let body = request.into_body().collect().await?.to_bytes();
@@ -221,6 +233,8 @@ pub struct Setup {
     pub gray: Arc<UpstreamLog>,
     /// The proxy's connection counts.
     pub gate: Arc<tagger::proxy::limits::ConnectionGate>,
+    /// The proxy itself (to drain it).
+    pub proxy: Arc<Proxy>,
 }
 
 /// Upstreams "base" on 127.0.0.2 and "gray" on 127.0.0.3 (same port), the
@@ -235,7 +249,36 @@ pub async fn setup_with(caller_pod: &str, gray_up: bool, settings: &str) -> Setu
     let port = base.local_addr().unwrap().port();
     let base = upstream("base", base);
     let gray = gray.map_or_else(Arc::default, |gray| upstream("gray", gray));
-    let text = format!("{settings}\n{CONFIG}").replace("port: 1", &format!("port: {port}"));
+    let p = start_proxy(&format!("{settings}\n{CONFIG}"), port, caller_pod).await;
+    Setup {
+        proxy_addr: p.proxy_addr,
+        state: p.state,
+        flows: p.flows,
+        origins: p.origins,
+        port,
+        base,
+        gray,
+        gate: p.gate,
+        proxy: p.proxy,
+    }
+}
+
+/// A running proxy and what a test reads or changes of it.
+pub struct Proxied {
+    pub proxy_addr: SocketAddr,
+    pub state: StateHandle,
+    pub flows: Arc<FlowTable>,
+    pub origins: Arc<FixedOrigin>,
+    pub gate: Arc<tagger::proxy::limits::ConnectionGate>,
+    pub proxy: Arc<Proxy>,
+}
+
+/// The proxy for cluster file `text` (its `port: 1` made `port`), with the
+/// pods of [`CONFIG`] placed on 127.0.0.2-5, the first service's address
+/// 127.0.0.9 (where every connection meant to go), every endpoint ready,
+/// and its callers being `caller_pod`.
+pub async fn start_proxy(text: &str, port: u16, caller_pod: &str) -> Proxied {
+    let text = text.replace("port: 1\n", &format!("port: {port}\n"));
     let file = ClusterFile::parse(&text, Path::new("test.yaml")).unwrap();
     let placement = Placement {
         pods: vec![
@@ -291,16 +334,14 @@ pub async fn setup_with(caller_pod: &str, gray_up: bool, settings: &str) -> Setu
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let proxy_addr = listener.local_addr().unwrap();
     let gate = proxy.gate();
-    tokio::spawn(proxy.serve(listener));
-    Setup {
+    tokio::spawn(proxy.clone().serve(listener));
+    Proxied {
         proxy_addr,
         state,
         flows,
         origins,
-        port,
-        base,
-        gray,
         gate,
+        proxy,
     }
 }
 

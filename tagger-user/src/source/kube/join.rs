@@ -18,7 +18,7 @@ use crate::{
     rules::RuleSpec,
     state::{
         EndpointEntry, Inventory, PodEntry, PortMap, Readiness, RulesOrigin, ServiceEntry,
-        SettingsSpec,
+        ServicePort, SettingsSpec,
     },
 };
 
@@ -179,7 +179,14 @@ pub fn join(
         services.push(ServiceEntry {
             name: format!("{ns}/{name}"),
             address: service.cluster_ip,
-            ports: service.ports.iter().map(|p| p.port).collect(),
+            ports: service
+                .ports
+                .iter()
+                .map(|p| ServicePort {
+                    port: p.port,
+                    protocol: p.protocol,
+                })
+                .collect(),
             endpoints: endpoints.into_values().collect(),
         });
     }

@@ -12,7 +12,7 @@ use kube::{
     core::{ObjectMeta, PartialObjectMeta},
 };
 
-use crate::kubernetes::cgroups::QosClass;
+use crate::{config::Protocol, kubernetes::cgroups::QosClass};
 
 /// The label a Namespace needs for its pods to be managed (SPEC.md,
 /// section E).
@@ -51,6 +51,21 @@ pub struct ServicePortRec {
     /// a Service with one port may leave it so).
     pub name: String,
     pub port: u16,
+    /// From `appProtocol`.
+    pub protocol: Option<Protocol>,
+}
+
+/// A port's `appProtocol` as what the proxy speaks to the endpoints: the
+/// standard name of h2c, gRPC's, and plain HTTP's; any other (TLS, a
+/// vendor's name) says nothing the proxy can use, so each request goes as
+/// it came.
+pub fn app_protocol(name: &str) -> Option<Protocol> {
+    match name {
+        "kubernetes.io/h2c" | "h2c" => Some(Protocol::Http2),
+        "grpc" => Some(Protocol::Grpc),
+        "http" | "HTTP" => Some(Protocol::Http1),
+        _ => None,
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -77,6 +92,7 @@ pub fn service(service: &Service) -> Option<(Key, ServiceRec)> {
             Some(ServicePortRec {
                 name: p.name.clone().unwrap_or_default(),
                 port: u16::try_from(p.port).ok().filter(|p| *p != 0)?,
+                protocol: p.app_protocol.as_deref().and_then(app_protocol),
             })
         })
         .collect();

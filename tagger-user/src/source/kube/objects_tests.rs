@@ -11,6 +11,7 @@ use serde_json::json;
 
 use super::{join::Stores, objects::*};
 use crate::{
+    config::Protocol,
     kubernetes::cgroups::QosClass,
     state::{PortMap, Readiness},
 };
@@ -37,7 +38,8 @@ pub fn service_json(namespace: &str, name: &str, ip: &str) -> serde_json::Value 
             "selector": {"app": name}, "sessionAffinity": "None",
             "ports": [
                 {"name": "http", "port": 8080, "protocol": "TCP", "targetPort": "http"},
-                {"name": "admin", "port": 9000, "protocol": "TCP", "targetPort": 9090},
+                {"name": "admin", "port": 9000, "protocol": "TCP", "targetPort": 9090,
+                 "appProtocol": "kubernetes.io/h2c"},
                 {"name": "dns", "port": 53, "protocol": "UDP", "targetPort": 53}
             ]
         },
@@ -121,12 +123,26 @@ fn a_service_keeps_its_tcp_ports_by_name() {
     .unwrap();
     assert_eq!(k, key("shop", "charge"));
     assert_eq!(rec.cluster_ip, Some("10.96.0.20".parse().unwrap()));
-    let ports: Vec<(&str, u16)> = rec
+    let ports: Vec<(&str, u16, Option<Protocol>)> = rec
         .ports
         .iter()
-        .map(|p| (p.name.as_str(), p.port))
+        .map(|p| (p.name.as_str(), p.port, p.protocol))
         .collect();
-    assert_eq!(ports, [("http", 8080), ("admin", 9000)], "UDP left out");
+    assert_eq!(
+        ports,
+        [("http", 8080, None), ("admin", 9000, Some(Protocol::Http2))],
+        "UDP left out"
+    );
+    // appProtocol: the names the proxy can act on.
+    for (name, want) in [
+        ("kubernetes.io/h2c", Some(Protocol::Http2)),
+        ("grpc", Some(Protocol::Grpc)),
+        ("http", Some(Protocol::Http1)),
+        ("kubernetes.io/wss", None),
+        ("example.com/custom", None),
+    ] {
+        assert_eq!(app_protocol(name), want, "{name}");
+    }
     // Headless: no address, ports kept (pods are called directly).
     let (_, headless) = service(&from::<Service>(service_json("shop", "charge", "None"))).unwrap();
     assert_eq!(headless.cluster_ip, None);
@@ -310,7 +326,8 @@ fn the_join_routes_each_service_port_to_its_target_port_in_managed_namespaces_on
         panic!("{:?}", inventory.services)
     };
     assert_eq!(charge.name, "shop/charge");
-    assert_eq!(charge.ports, [8080, 9000]);
+    let ports: Vec<u16> = charge.ports.iter().map(|p| p.port).collect();
+    assert_eq!(ports, [8080, 9000]);
     let endpoints: Vec<(&str, Readiness, &[PortMap])> = charge
         .endpoints
         .iter()
