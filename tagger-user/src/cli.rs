@@ -128,6 +128,15 @@ impl DaemonCli {
                     SocketAddrV4::new(ip, crate::source::kube::DEFAULT_PROXY_PORT)
                 }
             };
+            // Checked here, not after the first sync with the API.
+            for (flag, name) in std::iter::once(("--lane-header", &self.lane_header)).chain(
+                self.passthrough_headers
+                    .iter()
+                    .map(|h| ("--passthrough-header", h)),
+            ) {
+                http::HeaderName::from_bytes(name.as_bytes())
+                    .map_err(|_| anyhow!("{flag} {name:?} is not a valid header name"))?;
+            }
             let config = crate::source::kube::KubeConfig {
                 node_name,
                 cgroup_root: self.cgroup_root.clone(),

@@ -59,7 +59,7 @@ type Case = (
 
 #[test]
 fn defaults_and_errors() {
-    let cases: [Case; 6] = [
+    let cases: [Case; 8] = [
         (
             &["--kubernetes"],
             &[("NODE_NAME", "n1"), ("HOST_IP", "10.0.0.5")],
@@ -84,6 +84,26 @@ fn defaults_and_errors() {
             &["--kubernetes", "--config=c.yaml"],
             &[],
             Err("cannot be used with"),
+        ),
+        (
+            &[
+                "--kubernetes",
+                "--node-name=n",
+                "--proxy-address=10.0.0.5:15001",
+                "--lane-header=x lane",
+            ],
+            &[],
+            Err("--lane-header \"x lane\" is not a valid header name"),
+        ),
+        (
+            &[
+                "--kubernetes",
+                "--node-name=n",
+                "--proxy-address=10.0.0.5:15001",
+                "--passthrough-header=a:b",
+            ],
+            &[],
+            Err("--passthrough-header \"a:b\" is not a valid header name"),
         ),
         (
             &[
