@@ -128,11 +128,14 @@ async fn edits_are_pushed_and_bad_ones_refused() {
         .expect("first inventory");
     assert_eq!(first.rules_origin, RulesOrigin::File { revision: 0 });
 
-    // An edit: in force well within a second, a new rules revision.
+    // An edit: pushed by inotify, well before the half-second poll would
+    // see it; a new rules revision.
+    let start = std::time::Instant::now();
     dir.write("cluster.yaml", &FILE.replace("value: 1", "value: 2"));
     let edited = next(&mut rx, Duration::from_secs(1))
         .await
         .expect("edit pushed");
+    println!("edit pushed after {:?}", start.elapsed());
     assert_eq!(edited.rules_origin, RulesOrigin::File { revision: 1 });
     assert_ne!(edited.rules, first.rules);
     // A bad edit: nothing pushed, the state in force stays.
