@@ -211,8 +211,8 @@ fn report(
         ("flows", "/maps/flows", 256.0),
         ("request_tags", "/maps/request_tags", 256.0),
         ("process_kinds", "/maps/process_kinds", 64.0),
-        ("context_threads", "/contexts/threads", 256.0),
-        ("context_ids", "/contexts/ids", 256.0),
+        ("context_threads", "/contexts/threads", 64.0),
+        ("context_ids", "/contexts/ids", 64.0),
     ] {
         let (before, later) = (peak(first, key), peak(last, key));
         let ok = later <= before * 1.1 + slack;

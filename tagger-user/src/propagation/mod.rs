@@ -118,6 +118,11 @@ pub trait Pump: Send + Sync {
 #[derive(Default)]
 pub struct ContextStore {
     threads: Mutex<HashMap<u64, ThreadEntry>>,
+    /// When contexts older than `CONTEXT_TTL` were last dropped: threads
+    /// and connections come and go (a server that starts a thread per
+    /// connection makes a new key each time), so the maps are swept now
+    /// and then, not only when full.
+    swept: Mutex<Option<Instant>>,
     ids: Mutex<HashMap<String, (Arc<InboundContext>, Instant)>>,
     delivered: Notify,
     pump: OnceLock<Arc<dyn Pump>>,
@@ -150,14 +155,27 @@ impl ContextStore {
         }
     }
 
+    /// Whether a sweep is due (every `CONTEXT_TTL`); notes it as done.
+    fn sweep_due(&self, now: Instant) -> bool {
+        let mut swept = self.swept.lock().expect("swept lock");
+        let last = *swept.get_or_insert(now);
+        let due = now.duration_since(last) >= CONTEXT_TTL;
+        if due {
+            *swept = Some(now);
+        }
+        due
+    }
+
     /// Takes one kernel event: the start or a continuation of an inbound
     /// request read by a pod thread.
     pub fn on_inbound(&self, event: InboundBytes<'_>, settings: &Settings) {
         let now = Instant::now();
         let completed = {
             let mut threads = self.threads.lock().expect("threads lock");
-            if threads.len() >= MAX_THREADS {
+            if threads.len() >= MAX_THREADS || self.sweep_due(now) {
                 threads.retain(|_, e| now.duration_since(e.updated) < CONTEXT_TTL);
+                let mut ids = self.ids.lock().expect("ids lock");
+                ids.retain(|_, (_, at)| now.duration_since(*at) < CONTEXT_TTL);
             }
             if event.flags & EVENT_FIRST != 0 {
                 threads.insert(
