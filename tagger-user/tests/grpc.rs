@@ -27,20 +27,9 @@ use tokio::{
 /// build of the proxy included).
 const SCENARIO: Duration = Duration::from_secs(60);
 
-const GRPC_CONFIG: &str = r#"
-lanes:
-  - {name: gray, sticky: true}
-services:
-  - name: svc
-    port: 1
-PROTOCOL    pods:
-      - {name: base, command: [x]}
-      - {name: gray, lane: gray, command: [x]}
-  - name: caller
-    pods:
-      - {name: caller, command: [x]}
-      - {name: caller-gray, lane: gray, command: [x]}
-RULES"#;
+fn grpc_config(protocol: &str, rules: &str) -> String {
+    two_services(protocol, rules)
+}
 
 fn script(name: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -91,9 +80,7 @@ async fn grpc_setup(protocol: &str, rules: &str) -> GrpcSetup {
         .strip_prefix("PORT ")
         .and_then(|p| p.parse().ok())
         .unwrap_or_else(|| panic!("server said {line:?}"));
-    let config = GRPC_CONFIG
-        .replace("PROTOCOL", protocol)
-        .replace("RULES", rules);
+    let config = grpc_config(protocol, rules);
     let p = start_proxy(&config, port, "caller").await;
     GrpcSetup {
         p,

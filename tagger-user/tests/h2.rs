@@ -19,22 +19,11 @@ use hyper::body::Frame;
 use support::{h2::*, *};
 use tokio::{io::AsyncWriteExt, sync::mpsc, task::JoinSet};
 
-/// Two lanes and no rules: streams go by their lane header. `PROTOCOL` is
-/// replaced by a test that sets the service's `protocol:`.
-const H2_CONFIG: &str = r#"
-lanes:
-  - {name: gray, sticky: true}
-services:
-  - name: svc
-    port: 1
-PROTOCOL    pods:
-      - {name: base, command: [x]}
-      - {name: gray, lane: gray, command: [x]}
-  - name: caller
-    pods:
-      - {name: caller, command: [x]}
-      - {name: caller-gray, lane: gray, command: [x]}
-"#;
+/// Two lanes and no rules: streams go by their lane header; `protocol`
+/// is the service's `protocol:` line, if any.
+fn h2_config(protocol: &str) -> String {
+    two_services(protocol, "")
+}
 
 struct H2Setup {
     p: Proxied,
@@ -53,7 +42,7 @@ async fn h2_setup_with(protocol: &str, settings: &str) -> H2Setup {
     let port = base.local_addr().unwrap().port();
     let base = h2_upstream("base", base);
     let gray = h2_upstream("gray", gray.unwrap());
-    let config = format!("{settings}\n{}", H2_CONFIG.replace("PROTOCOL", protocol));
+    let config = format!("{settings}\n{}", h2_config(protocol));
     let p = start_proxy(&config, port, "caller").await;
     H2Setup { p, base, gray }
 }
@@ -331,7 +320,7 @@ async fn an_http2_client_reaches_an_http1_service() {
     let port = base.local_addr().unwrap().port();
     let base = upstream("base", base);
     let _gray = upstream("gray", gray.unwrap());
-    let config = H2_CONFIG.replace("PROTOCOL", "    protocol: http1\n");
+    let config = h2_config("    protocol: http1\n");
     let p = start_proxy(&config, port, "caller").await;
     let mut sender = h2_connect(p.proxy_addr).await;
     let (status, body, _) = h2_send(&mut sender, h2_get("/plain", Some("gray"))).await;

@@ -77,7 +77,7 @@ async fn upgrade_setup() -> Proxied {
     let port = base.local_addr().unwrap().port();
     upgrading_upstream("base", base);
     upgrading_upstream("gray", gray.unwrap());
-    start_proxy(CONFIG, port, "caller").await
+    start_proxy(&config(), port, "caller").await
 }
 
 fn handshake(path: &str, lane: Option<&str>, protocol: &str) -> String {

@@ -25,9 +25,7 @@ const RUN_DIR: &str = "/run/tagger-bench-go";
 const PATHS: [(&str, &str); 2] = [("go-probed", "gp-front"), ("go-unprobed", "gu-front")];
 
 fn tagger_cmd(tagger: &Path) -> Command {
-    let mut cmd = Command::new(tagger);
-    cmd.args(["--run-dir", RUN_DIR]);
-    cmd
+    crate::cluster::command(tagger, RUN_DIR)
 }
 
 /// Removes the cluster (and its pods) when the measurement ends, also on

@@ -4,6 +4,7 @@
 //! packages, bpf-linker) and installs only what is missing, so each one works
 //! on a fresh Debian/Ubuntu VM as root.
 mod bench;
+mod cluster;
 mod demo;
 mod fuzz;
 mod gobench;

@@ -31,28 +31,7 @@ const DISTURBANCES: [(&str, &str, &str); 4] = [
 ];
 
 fn tagger(tagger: &Path, args: &[&str]) -> Result<Vec<u8>> {
-    let out = Command::new(tagger)
-        .args(["--run-dir", RUN_DIR])
-        .args(args)
-        .output()?;
-    if !out.status.success() {
-        bail!(
-            "tagger {args:?}: {}",
-            String::from_utf8_lossy(&out.stderr).trim()
-        );
-    }
-    Ok(out.stdout)
-}
-
-/// Takes the cluster down however the soak ends.
-struct Down<'a>(&'a Path);
-
-impl Drop for Down<'_> {
-    fn drop(&mut self) {
-        let _ = Command::new(self.0)
-            .args(["--run-dir", RUN_DIR, "cluster", "down"])
-            .output();
-    }
+    crate::cluster::tagger_ok(tagger, RUN_DIR, args)
 }
 
 /// What soak.py reported last: (ok, wrong, failed), and its WRONG lines.
@@ -101,7 +80,10 @@ pub fn run(root: &Path, tagger_bin: &Path, seconds: u64) -> Result<()> {
         .output();
     let cluster = root.join("tests/clusters/soak.yaml");
     tagger(tagger_bin, &["cluster", "up", cluster.to_str().unwrap()])?;
-    let _down = Down(tagger_bin);
+    let _down = crate::cluster::Down {
+        tagger: tagger_bin,
+        run_dir: RUN_DIR,
+    };
     let mut client = Command::new(tagger_bin)
         .args(["--run-dir", RUN_DIR, "cluster", "exec", "client", "--"])
         .arg("python3")

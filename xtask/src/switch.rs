@@ -88,17 +88,7 @@ impl Drop for Load {
 }
 
 fn tagger_ok(tagger: &Path, args: &[&str]) -> Result<()> {
-    let out = Command::new(tagger)
-        .args(["--run-dir", RUN_DIR])
-        .args(args)
-        .output()?;
-    if !out.status.success() {
-        bail!(
-            "tagger {args:?}: {}",
-            String::from_utf8_lossy(&out.stderr).trim()
-        );
-    }
-    Ok(())
+    crate::cluster::tagger_ok(tagger, RUN_DIR, args).map(drop)
 }
 
 fn daemon_pid() -> Result<i32> {
@@ -126,17 +116,6 @@ fn lanes_again_ms(tagger: &Path, since: f64) -> Result<f64> {
     bail!("lanes after the restart: no new connection was routed by lane within {LIMIT:?}")
 }
 
-/// Takes the cluster down however the measurement ends.
-struct Down<'a>(&'a Path);
-
-impl Drop for Down<'_> {
-    fn drop(&mut self) {
-        let _ = Command::new(self.0)
-            .args(["--run-dir", RUN_DIR, "cluster", "down"])
-            .output();
-    }
-}
-
 /// Measures `rounds` of each change; returns medians (ms) and counts.
 pub fn measure(root: &Path, tagger: &Path, rounds: usize) -> Result<Value> {
     let _ = Command::new(tagger)
@@ -144,7 +123,10 @@ pub fn measure(root: &Path, tagger: &Path, rounds: usize) -> Result<Value> {
         .output();
     let cluster = root.join("tests/clusters/rules.yaml");
     tagger_ok(tagger, &["cluster", "up", cluster.to_str().unwrap()])?;
-    let _down = Down(tagger);
+    let _down = crate::cluster::Down {
+        tagger,
+        run_dir: RUN_DIR,
+    };
     let mut child = Command::new(tagger)
         .args([
             "--run-dir",

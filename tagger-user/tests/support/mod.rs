@@ -194,27 +194,44 @@ pub async fn endpoint_listeners(gray: bool) -> (TcpListener, Option<TcpListener>
     panic!("no port free on both 127.0.0.2 and 127.0.0.3");
 }
 
-pub const CONFIG: &str = r#"
+/// The services every in-process test uses: `svc` (a baseline and a gray
+/// endpoint on port 1, rewritten to the test's port) and `caller` (a
+/// baseline and a gray caller pod), lane gray sticky. `svc_lines` go under
+/// `svc` (e.g. `    protocol: grpc\n`), `tail` after the services (a
+/// `rules:` block, or nothing).
+pub fn two_services(svc_lines: &str, tail: &str) -> String {
+    format!(
+        r#"
 lanes:
-  - {name: gray, sticky: true}
-body_match_limit: 1024
+  - {{name: gray, sticky: true}}
 services:
   - name: svc
     port: 1
-    pods:
-      - {name: base, command: [x]}
-      - {name: gray, lane: gray, command: [x]}
+{svc_lines}    pods:
+      - {{name: base, command: [x]}}
+      - {{name: gray, lane: gray, command: [x]}}
   - name: caller
     pods:
-      - {name: caller, command: [x]}
-      - {name: caller-gray, lane: gray, command: [x]}
+      - {{name: caller, command: [x]}}
+      - {{name: caller-gray, lane: gray, command: [x]}}
+{tail}"#
+    )
+}
+
+/// The usual services, with a rule on a body field.
+pub fn config() -> String {
+    two_services(
+        "",
+        r#"body_match_limit: 1024
 rules:
   - name: vip-users
     service: svc
     lane: gray
     conditions:
       - {source: body, name: user.vip, op: '=', value: 'true'}
-"#;
+"#,
+    )
+}
 
 /// The model of a cluster file placed as `placement`.
 pub fn file_snapshot(file: &ClusterFile, placement: &Placement) -> Snapshot {
@@ -249,7 +266,7 @@ pub async fn setup_with(caller_pod: &str, gray_up: bool, settings: &str) -> Setu
     let port = base.local_addr().unwrap().port();
     let base = upstream("base", base);
     let gray = gray.map_or_else(Arc::default, |gray| upstream("gray", gray));
-    let p = start_proxy(&format!("{settings}\n{CONFIG}"), port, caller_pod).await;
+    let p = start_proxy(&format!("{settings}\n{}", config()), port, caller_pod).await;
     Setup {
         proxy_addr: p.proxy_addr,
         state: p.state,
@@ -274,7 +291,7 @@ pub struct Proxied {
 }
 
 /// The proxy for cluster file `text` (its `port: 1` made `port`), with the
-/// pods of [`CONFIG`] placed on 127.0.0.2-5, the first service's address
+/// pods of [`config`] placed on 127.0.0.2-5, the first service's address
 /// 127.0.0.9 (where every connection meant to go), every endpoint ready,
 /// and its callers being `caller_pod`.
 pub async fn start_proxy(text: &str, port: u16, caller_pod: &str) -> Proxied {
@@ -400,7 +417,7 @@ pub async fn send(
 }
 
 pub async fn opaque_proxy(dest: SocketAddrV4) -> SocketAddr {
-    let text = CONFIG.replace("port: 1", &format!("port: {}", dest.port()));
+    let text = config().replace("port: 1", &format!("port: {}", dest.port()));
     let file = ClusterFile::parse(&text, Path::new("t.yaml")).unwrap();
     let pods = ["base", "gray", "caller", "caller-gray"];
     let placement = Placement {
