@@ -154,6 +154,7 @@ fn redirect_target(ctx: &SockAddrContext, ip: u32, port: u32) -> Result<Option<P
     if config.proxy_port == 0 {
         return Ok(None); // no live proxy: fail open
     }
+    // SAFETY: a helper without arguments.
     let cgroup_id = unsafe { bpf_get_current_cgroup_id() };
     if cgroup_id == config.daemon_cgroup_id {
         return Ok(None);
@@ -174,6 +175,7 @@ fn redirect_target(ctx: &SockAddrContext, ip: u32, port: u32) -> Result<Option<P
     if unsafe { TAGGER_MANAGED.get(dest) }.is_none() {
         return Ok(None);
     }
+    // SAFETY: the context's socket, valid while this program runs.
     let cookie = unsafe { bpf_get_socket_cookie(ctx.sock_addr.cast()) };
     let origin = FlowOrigin {
         orig_ip: ip,
@@ -217,6 +219,7 @@ fn try_sock_ops(ctx: &SockOpsContext) -> Result<(), i64> {
 /// A redirected socket closed: its request tag goes (cookies are never
 /// reused, so this only frees space).
 fn forget_socket(ctx: &SockOpsContext) {
+    // SAFETY: the context's socket, valid while this program runs.
     let cookie = unsafe { bpf_get_socket_cookie(ctx.ops.cast()) };
     let _ = propagation::TAGGER_REQUEST_TAGS.remove(cookie);
 }
@@ -239,6 +242,7 @@ fn link_flow(ctx: &SockOpsContext) -> Result<(), i64> {
     if ctx.family() != AF_INET && ctx.family() != AF_INET6 {
         return Ok(());
     }
+    // SAFETY: the context's socket, valid while this program runs.
     let cookie = unsafe { bpf_get_socket_cookie(ctx.ops.cast()) };
     // SAFETY: read of a plain-old-data value we copy out at once.
     let origin = match unsafe { TAGGER_PENDING.get(cookie) } {

@@ -45,6 +45,7 @@ fn tell(tgid: u32, what: u32) {
 /// was never asked about (the PENDING entry makes the question once).
 #[inline(always)]
 pub(crate) fn ask_classify(pid_tgid: u64) {
+    // SAFETY: a helper without arguments.
     if !propagation::in_pod(unsafe { bpf_get_current_cgroup_id() }) {
         return;
     }

@@ -89,6 +89,7 @@ fn sock_role(sk: *mut c_void) -> u32 {
             0,
         )
     } as *const u32;
+    // SAFETY: a non-null value from the helper is the socket's storage, valid while this program runs.
     if role.is_null() { 0 } else { unsafe { *role } }
 }
 
@@ -172,6 +173,7 @@ pub(crate) fn note_call_out(pid_tgid: u64) {
         let process = unsafe { &mut *process };
         if process.leaf != 0 {
             process.leaf = 0;
+            // SAFETY: a helper without arguments.
             process.woke_ns = unsafe { bpf_ktime_get_ns() };
         }
         process.calls_out = 1;
@@ -425,6 +427,7 @@ fn on_read(pid_tgid: u64, fd: u32, buf: u64, len: u64) {
     if is_request_start(first) {
         bump(stat::INBOUND_REQUESTS);
         count_inbound(pid_tgid);
+        // SAFETY: a helper without arguments.
         let seq = unsafe { bpf_ktime_get_ns() };
         // SAFETY: plain values copied out at once.
         let woke_ns =
@@ -600,6 +603,7 @@ fn on_tcp_send(sk: *mut c_void) {
     if buffer.len < 8 || !head(buffer.addr).is_some_and(is_request_start) {
         return;
     }
+    // SAFETY: a helper without arguments.
     let now = unsafe { bpf_ktime_get_ns() };
     // The send is being tagged: later passes of the same send are not.
     let state = match state {
@@ -678,6 +682,7 @@ fn thread_tag(state: &ThreadState, pid_tgid: u64, now: u64) -> Option<(u64, u64,
 /// which reads the request after this program ran, then knows to look.
 #[inline(always)]
 fn mark_pod_tagged() {
+    // SAFETY: a helper without arguments.
     let cgroup = unsafe { bpf_get_current_cgroup_id() };
     // SAFETY: plain value copied out.
     let Some(slot) = (unsafe { TAGGER_POD_CGROUPS.get(cgroup) }).copied() else {
@@ -821,6 +826,7 @@ pub fn tagger_task_exit(_ctx: BtfTracePointContext) -> i32 {
     }
     let tgid = (pid_tgid >> 32) as u32;
     if pid_tgid as u32 == tgid {
+        // SAFETY: a lookup whose value is only tested for presence.
         if unsafe { TAGGER_PROCESSES.get(tgid) }.is_some() {
             let _ = TAGGER_PROCESSES.remove(tgid);
         }
