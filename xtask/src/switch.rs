@@ -116,17 +116,8 @@ fn lanes_again_ms(tagger: &Path, since: f64) -> Result<f64> {
     bail!("lanes after the restart: no new connection was routed by lane within {LIMIT:?}")
 }
 
-/// Measures `rounds` of each change; returns medians (ms) and counts.
-pub fn measure(root: &Path, tagger: &Path, rounds: usize) -> Result<Value> {
-    let _ = Command::new(tagger)
-        .args(["--run-dir", RUN_DIR, "cluster", "down"])
-        .output();
-    let cluster = root.join("tests/clusters/rules.yaml");
-    tagger_ok(tagger, &["cluster", "up", cluster.to_str().unwrap()])?;
-    let _down = crate::cluster::Down {
-        tagger,
-        run_dir: RUN_DIR,
-    };
+/// Starts steady.py in the client pod and waits for its first gray answer.
+fn start_load(root: &Path, tagger: &Path) -> Result<Load> {
     let mut child = Command::new(tagger)
         .args([
             "--run-dir",
@@ -158,6 +149,21 @@ pub fn measure(root: &Path, tagger: &Path, rounds: usize) -> Result<Value> {
     });
     let load = Load { child, answers };
     load.first_after("gray at the start", now(), |s, b| s == 200 && b == GRAY)?;
+    Ok(load)
+}
+
+/// Measures `rounds` of each change; returns medians (ms) and counts.
+pub fn measure(root: &Path, tagger: &Path, rounds: usize) -> Result<Value> {
+    let _ = Command::new(tagger)
+        .args(["--run-dir", RUN_DIR, "cluster", "down"])
+        .output();
+    let cluster = root.join("tests/clusters/rules.yaml");
+    tagger_ok(tagger, &["cluster", "up", cluster.to_str().unwrap()])?;
+    let _down = crate::cluster::Down {
+        tagger,
+        run_dir: RUN_DIR,
+    };
+    let mut load = start_load(root, tagger)?;
 
     let mut series: [(&str, Vec<f64>); 6] = [
         ("rule_disable_ms", vec![]),
@@ -194,6 +200,11 @@ pub fn measure(root: &Path, tagger: &Path, rounds: usize) -> Result<Value> {
             let t = now();
             tagger_ok(tagger, &["cluster", "restart-daemon"])?;
             series[4].1.push(lanes_again_ms(tagger, t)?);
+            // The load's connections made while no daemon ran stay direct
+            // (issue 11's handover is not built yet): the next changes are
+            // measured on a load with connections of its own again.
+            drop(load);
+            load = start_load(root, tagger)?;
         }
     }
     let mut result = serde_json::Map::new();
