@@ -15,6 +15,8 @@ pub mod names {
     pub const PROG_CONNECT4: &str = "tagger_connect4";
     pub const PROG_CONNECT6: &str = "tagger_connect6";
     pub const PROG_SOCK_OPS: &str = "tagger_sock_ops";
+    /// The load-time constant (`.rodata`) holding a load's generation.
+    pub const GLOBAL_GENERATION: &str = "TAGGER_GENERATION";
     pub const MAP_CONFIG: &str = "TAGGER_CONFIG";
     pub const MAP_MANAGED: &str = "TAGGER_MANAGED";
     pub const MAP_PENDING: &str = "TAGGER_PENDING";
@@ -47,6 +49,11 @@ pub mod names {
     ];
 }
 
+/// Bumped when a shared map's meaning changes in a way its sizes do not show
+/// (a field reordered, a flag's sense): part of the pinned maps' layout key,
+/// so that daemons of different layouts never share maps.
+pub const MAP_LAYOUT_VERSION: u32 = 1;
+
 /// Capacity of the flow maps. They are LRU maps: a flow the proxy never
 /// claims (the client died between connect() and the SYN) ages out.
 pub const MAX_FLOWS: u32 = 65_536;
@@ -75,6 +82,13 @@ pub struct ProxyConfig {
     /// cgroup id of the daemon itself: its own connections are never redirected,
     /// even where it runs inside a managed cgroup (as a DaemonSet pod does).
     pub daemon_cgroup_id: u64,
+    /// The generation whose programs act. Each daemon loads its programs
+    /// with its own generation (`TAGGER_GENERATION`, a load-time constant);
+    /// through a handover both sets are attached to the same pinned maps
+    /// and this one word says which set runs, so the switch is atomic and
+    /// no hook ever runs twice or not at all.
+    pub generation: u32,
+    pub _pad2: u32,
 }
 
 /// A managed destination: a service address or one endpoint of a managed

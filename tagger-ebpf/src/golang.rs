@@ -330,6 +330,9 @@ pub fn tagger_go_newproc_ret(ctx: ProbeContext) -> u32 {
 }
 
 fn try_newproc_ret(ctx: &ProbeContext) -> Option<()> {
+    if !crate::active() {
+        return None;
+    }
     let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
     let off = offsets(tgid)?;
     let r = regs(ctx);
@@ -362,6 +365,9 @@ pub fn tagger_go_round_trip(ctx: ProbeContext) -> u32 {
 }
 
 fn try_round_trip(ctx: &ProbeContext) -> Option<()> {
+    if !crate::active() {
+        return None;
+    }
     let pid_tgid = bpf_get_current_pid_tgid();
     let tgid = (pid_tgid >> 32) as u32;
     let off = offsets(tgid)?;

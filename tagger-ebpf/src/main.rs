@@ -28,6 +28,7 @@ mod procs;
 mod propagation;
 
 use aya_ebpf::{
+    Global,
     bindings::{
         BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB, BPF_SOCK_OPS_STATE_CB, BPF_SOCK_OPS_STATE_CB_FLAG,
         BPF_SOCK_OPS_TCP_CONNECT_CB, bpf_sock_addr,
@@ -65,6 +66,19 @@ static TAGGER_FLOWS: LruHashMap<FlowKey, FlowOrigin> = LruHashMap::with_max_entr
 
 #[map]
 static TAGGER_STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(stat::COUNT, 0);
+
+/// This load's generation, set by the loader (`names::GLOBAL_GENERATION`).
+#[unsafe(no_mangle)]
+static TAGGER_GENERATION: Global<u32> = Global::new(0);
+
+/// Whether this load's programs are the ones that act (see
+/// `ProxyConfig::generation`): during a handover the old and the new
+/// daemon's programs are both attached, and exactly one set works.
+#[inline(always)]
+pub(crate) fn active() -> bool {
+    let mine = TAGGER_GENERATION.load();
+    TAGGER_CONFIG.get(0).is_some_and(|c| c.generation == mine)
+}
 
 #[inline(always)]
 pub(crate) fn bump(index: u32) {
@@ -149,8 +163,11 @@ fn try_connect4(ctx: &SockAddrContext) -> Result<(), i64> {
 /// Decides whether a TCP connect to `ip:port` (network order) goes to the
 /// proxy, and if so records the flow; returns where to send it.
 fn redirect_target(ctx: &SockAddrContext, ip: u32, port: u32) -> Result<Option<ProxyConfig>, i64> {
-    bump(stat::CONNECT_SEEN);
     let config = TAGGER_CONFIG.get(0).ok_or(-1i64)?;
+    if config.generation != TAGGER_GENERATION.load() {
+        return Ok(None); // another daemon's programs act
+    }
+    bump(stat::CONNECT_SEEN);
     if config.proxy_port == 0 {
         return Ok(None); // no live proxy: fail open
     }
@@ -201,6 +218,9 @@ pub fn tagger_sock_ops(ctx: SockOpsContext) -> u32 {
 }
 
 fn try_sock_ops(ctx: &SockOpsContext) -> Result<(), i64> {
+    if !active() {
+        return Ok(());
+    }
     match ctx.op() {
         BPF_SOCK_OPS_TCP_CONNECT_CB => link_flow(ctx),
         BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB => {

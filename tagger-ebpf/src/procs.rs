@@ -78,6 +78,9 @@ pub(crate) fn on_process_exit(tgid: u32) {
 /// whatever it was before, and must be classified again.
 #[btf_tracepoint(function = "sched_process_exec")]
 pub fn tagger_task_exec(_ctx: BtfTracePointContext) -> i32 {
+    if !crate::active() {
+        return 0;
+    }
     let pid_tgid = bpf_get_current_pid_tgid();
     let tgid = (pid_tgid >> 32) as u32;
     // SAFETY: plain value copied out at once.

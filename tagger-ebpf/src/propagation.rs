@@ -792,6 +792,9 @@ fn int_arg(ctx: &BtfTracePointContext, n: usize) -> i64 {
 /// `sock_recv_length(struct sock *sk, int ret, int flags)`.
 #[btf_tracepoint(function = "sock_recv_length")]
 pub fn tagger_sock_recv(ctx: BtfTracePointContext) -> i32 {
+    if !crate::active() {
+        return 0;
+    }
     on_receive(
         ctx.arg::<*mut c_void>(0),
         int_arg(&ctx, 1),
@@ -804,6 +807,9 @@ pub fn tagger_sock_recv(ctx: BtfTracePointContext) -> i32 {
 /// const struct sk_buff *skb, int size_goal)`.
 #[btf_tracepoint(function = "tcp_sendmsg_locked")]
 pub fn tagger_tcp_send(ctx: BtfTracePointContext) -> i32 {
+    if !crate::active() {
+        return 0;
+    }
     on_tcp_send(ctx.arg::<*mut c_void>(0));
     0
 }
@@ -811,6 +817,9 @@ pub fn tagger_tcp_send(ctx: BtfTracePointContext) -> i32 {
 /// `sock_send_length(struct sock *sk, int ret, int flags)`.
 #[btf_tracepoint(function = "sock_send_length")]
 pub fn tagger_sock_sent(ctx: BtfTracePointContext) -> i32 {
+    if !crate::active() {
+        return 0;
+    }
     on_send_done(ctx.arg::<*mut c_void>(0), int_arg(&ctx, 1));
     0
 }
@@ -819,6 +828,9 @@ pub fn tagger_sock_sent(ctx: BtfTracePointContext) -> i32 {
 /// the process's too (so a new process that reuses the pid starts afresh).
 #[btf_tracepoint(function = "sched_process_exit")]
 pub fn tagger_task_exit(_ctx: BtfTracePointContext) -> i32 {
+    if !crate::active() {
+        return 0;
+    }
     let pid_tgid = bpf_get_current_pid_tgid();
     // SAFETY: lookups of plain values.
     if unsafe { TAGGER_THREADS.get(pid_tgid) }.is_some() {

@@ -87,6 +87,15 @@ pub struct DaemonCli {
     /// /healthz); off unless given.
     #[arg(long = "metrics-address", value_name = "ADDR:PORT")]
     pub metrics_address: Option<std::net::SocketAddr>,
+    /// A bpf filesystem where the kernel maps are pinned, so that the next
+    /// daemon takes them over (mounted there if it is not one).
+    #[arg(long = "bpf-fs", value_name = "DIR", default_value = "/sys/fs/bpf")]
+    pub bpf_fs: PathBuf,
+    /// On SIGTERM, how long to keep serving while waiting for a successor
+    /// to take over (a rolling update) before failing open and draining.
+    /// SIGINT stops at once.
+    #[arg(long = "handover-wait-ms", value_name = "MS", default_value_t = 5000)]
+    pub handover_wait_ms: u64,
     /// Kubernetes: this node's name (default: env NODE_NAME).
     #[arg(long, requires = "kubernetes")]
     pub node_name: Option<String>,
@@ -161,6 +170,8 @@ impl DaemonCli {
             proxy_addr,
             admin_socket,
             metrics_addr: self.metrics_address,
+            bpf_fs: self.bpf_fs,
+            handover_wait: std::time::Duration::from_millis(self.handover_wait_ms),
         })
     }
 }

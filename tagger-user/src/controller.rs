@@ -98,6 +98,8 @@ pub struct ConfigDump<'a> {
     pub processes: crate::procs::ProcessesDump,
     /// Entries of the kernel maps the daemon holds.
     pub maps: Option<crate::ebpf::MapFill>,
+    /// This daemon's generation, the live one, and where the maps are pinned.
+    pub handover: Option<crate::ebpf::HandoverDump>,
 }
 
 #[derive(Serialize)]
@@ -334,6 +336,7 @@ impl Controller {
                 .map(|c| c.dump())
                 .unwrap_or_default(),
             maps: datapath.as_ref().map(|d| d.map_fill()),
+            handover: datapath.as_ref().map(|d| d.handover_dump()),
         };
         serde_json::to_value(&dump)
             .unwrap_or_else(|e| serde_json::json!({ "error": e.to_string() }))

@@ -20,6 +20,7 @@ pub mod ebpf;
 pub mod flows;
 pub mod fuzzing;
 pub mod golang;
+pub mod handover;
 pub mod kubernetes;
 pub mod localcluster;
 pub mod metrics;

@@ -96,6 +96,9 @@ pub struct ProcessesDump {
     pub threads_classified: u64,
 }
 
+/// How often a paused classifier looks whether it may answer again.
+const PAUSED_POLL: std::time::Duration = std::time::Duration::from_millis(20);
+
 pub struct Classifier {
     datapath: Arc<Datapath>,
     inspected: Mutex<HashMap<ExeId, Inspection>>,
@@ -103,6 +106,9 @@ pub struct Classifier {
     rows: Mutex<BTreeMap<u32, ProcessRow>>,
     /// Processes classified as thread-per-request so far.
     threads: AtomicU64,
+    /// Set while a successor takes over: the process ring and the kinds
+    /// map are its to answer now.
+    paused: std::sync::atomic::AtomicBool,
 }
 
 impl Classifier {
@@ -112,7 +118,14 @@ impl Classifier {
             inspected: Mutex::new(HashMap::new()),
             rows: Mutex::new(BTreeMap::new()),
             threads: AtomicU64::new(0),
+            paused: std::sync::atomic::AtomicBool::new(false),
         }
+    }
+
+    /// Stops (or resumes) answering the kernel: a successor answers while
+    /// it takes over, and for good once it has.
+    pub fn pause(&self, paused: bool) {
+        self.paused.store(paused, Ordering::SeqCst);
     }
 
     /// The Go processes (probed or not), by pid, and how many processes
@@ -274,10 +287,10 @@ impl Classifier {
             }
         };
         loop {
-            let Ok(mut ready) = wakeups.readable().await else {
-                return;
-            };
-            ready.clear_ready();
+            if self.paused.load(Ordering::SeqCst) {
+                tokio::time::sleep(PAUSED_POLL).await;
+                continue;
+            }
             let mut asked = Vec::new();
             while let Some(item) = ring.next() {
                 if let Some(event) = decode(&item) {
@@ -285,6 +298,13 @@ impl Classifier {
                 }
             }
             if asked.is_empty() {
+                // Woken by the kernel, or now and then (a pause may have
+                // ended with questions waiting and no new wake-up).
+                if let Ok(Ok(mut ready)) =
+                    tokio::time::timeout(PAUSED_POLL * 5, wakeups.readable()).await
+                {
+                    ready.clear_ready();
+                }
                 continue;
             }
             let this = self.clone();

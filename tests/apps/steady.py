@@ -1,6 +1,6 @@
 """Steady load for live-change tests: GET URL from 4 threads for DURATION
 seconds (each thread one keep-alive connection, about 100 requests/s in
-all), printing "<unix time it was sent> <status> <body>" per request. Errors print
+all; --interval SECONDS sets each thread's pause between requests), printing "<unix time it was sent> <status> <body>" per request. Errors print
 status 0 and the error. Optional further arguments are headers "name: value".
 With --until-stdin-closes it also stops when its standard input closes, so
 that a test ends it at the moment it chooses."""
@@ -13,6 +13,11 @@ import urllib.parse
 argv = sys.argv[1:]
 watch_stdin = "--until-stdin-closes" in argv
 argv = [a for a in argv if a != "--until-stdin-closes"]
+interval = 0.04
+if "--interval" in argv:
+    at = argv.index("--interval")
+    interval = float(argv[at + 1])
+    del argv[at : at + 2]
 url, duration = argv[0], float(argv[1])
 headers = dict(h.split(": ", 1) for h in argv[2:])
 target = urllib.parse.urlsplit(url)
@@ -37,7 +42,7 @@ def worker():
             line = f"{sent:.3f} 0 {error}"
         with lock:
             print(line, flush=True)
-        time.sleep(0.04)
+        time.sleep(interval)
 
 
 def stop_when_stdin_closes():

@@ -188,11 +188,12 @@ pub fn preclean() {
     }
 }
 
-/// SIGTERM, then SIGKILL if it is still there after 3 s.
+/// SIGINT (stop at once: SIGTERM would wait for a successor), then SIGKILL
+/// if it is still there after 3 s.
 fn stop(pid: i32) {
     // SAFETY: kill(2) on a pid just read from /proc as a tagger daemon of a
     // run directory of this harness whose test process is gone.
-    unsafe { libc::kill(pid, libc::SIGTERM) };
+    unsafe { libc::kill(pid, libc::SIGINT) };
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(3);
     while pid_alive(pid) && std::time::Instant::now() < deadline {
         std::thread::sleep(std::time::Duration::from_millis(20));

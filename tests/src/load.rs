@@ -30,11 +30,26 @@ impl Cluster {
     /// Starts `steady.py URL SECS HEADERS...` in `pod`, in the background.
     /// `secs` bounds the load; [`SteadyLoad::finish`] may end it earlier.
     pub fn steady_load(&self, pod: &str, url: &str, secs: u32, headers: &[&str]) -> SteadyLoad {
+        self.steady_load_every(pod, url, secs, Duration::from_millis(40), headers)
+    }
+
+    /// As [`Cluster::steady_load`], each thread pausing `interval` between
+    /// requests.
+    pub fn steady_load_every(
+        &self,
+        pod: &str,
+        url: &str,
+        secs: u32,
+        interval: Duration,
+        headers: &[&str],
+    ) -> SteadyLoad {
         let mut child = Command::new(tagger_bin())
             .args(self.run_dir_args())
             .args(["cluster", "exec", pod, "--", "python3"])
             .arg(workspace().join("tests/apps/steady.py"))
             .arg("--until-stdin-closes")
+            .arg("--interval")
+            .arg(format!("{:.3}", interval.as_secs_f64()))
             .arg(url)
             .arg(secs.to_string())
             .args(headers)

@@ -801,8 +801,8 @@ fn render(report: &Value) -> String {
                 "daemon killed (-9): apps talk directly",
             ),
             (
-                "fail_open_sigterm_ms",
-                "daemon stopped (SIGTERM): apps talk directly",
+                "fail_open_sigint_ms",
+                "daemon stopped (SIGINT): apps talk directly",
             ),
             (
                 "lanes_again_after_restart_ms",

@@ -100,7 +100,11 @@ async fn route(controller: &Controller, request: Request<Incoming>) -> Response<
     let path = request.uri().path().to_string();
     let segments: Vec<&str> = path.trim_matches('/').split('/').collect();
     match (&method, segments.as_slice()) {
-        (&Method::GET, ["ready"]) => text(StatusCode::OK, "ready".into()),
+        // The pid tells a starter which daemon answered: through a handover
+        // the old one answers on this path until the new one binds it.
+        (&Method::GET, ["ready"]) => {
+            text(StatusCode::OK, format!("ready pid={}", std::process::id()))
+        }
         (&Method::GET, ["flows"]) => json(&controller.flows.rows()),
         (&Method::GET, ["lanes"]) => json(&controller.flows.lane_rates()),
         (&Method::GET, ["rules"]) => json(&controller.rule_rows()),

@@ -8,11 +8,14 @@ use std::{
     fs::File,
     net::{Ipv4Addr, SocketAddrV4},
     path::{Path, PathBuf},
-    sync::{Arc, Mutex},
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicBool, Ordering},
+    },
 };
 
 use aya::{
-    Btf, Ebpf,
+    Btf, Ebpf, EbpfLoader,
     maps::{Array, HashMap as BpfHashMap, MapData, PerCpuArray, RingBuf},
     programs::{BtfTracePoint, CgroupAttachMode, CgroupSockAddr, SockOps},
 };
@@ -21,9 +24,11 @@ use tagger_common::{DestInfo, DestKey, FlowKey, FlowOrigin, ProxyConfig, Request
 use crate::state::Destination;
 
 mod go;
+mod pins;
 mod pod_flags;
 
 pub use go::{GoAttachError, go_offsets};
+pub use pins::{PinError, Pins};
 pub use pod_flags::PodFlags;
 use pod_flags::PodSlots;
 
@@ -66,6 +71,8 @@ pub enum EbpfError {
     },
     #[error("no slot left for pod cgroup {cgroup}: this node tracks at most {max} pods")]
     TooManyPods { cgroup: u64, max: u32 },
+    #[error(transparent)]
+    Pins(#[from] PinError),
     #[error("cannot open cgroup {path}: {source} (is cgroup v2 mounted?)")]
     Cgroup {
         path: PathBuf,
@@ -92,8 +99,56 @@ struct Loaded {
     go: go::GoPrograms,
 }
 
+/// How the programs are loaded: on maps pinned where, as which generation,
+/// and whether the maps are a live predecessor's (a handover).
+#[derive(Debug, Clone)]
+pub struct LoadPlan {
+    pub pins: Pins,
+    /// This load's generation (see `ProxyConfig::generation`).
+    pub generation: u32,
+    /// The pinned maps are a running predecessor's: take over its pod
+    /// slots and managed destinations instead of starting empty.
+    pub adopt: bool,
+}
+
+impl LoadPlan {
+    /// A daemon with no live predecessor: stale pins (a daemon killed
+    /// with -9) are removed, the maps start empty, generation 1.
+    pub fn fresh(bpffs: &Path) -> Result<Self, EbpfError> {
+        let pins = Pins::for_object(bpffs, OBJECT)?;
+        pins.prepare(bpffs)?;
+        Pins::remove_all(bpffs);
+        pins.prepare(bpffs)?;
+        Ok(Self {
+            pins,
+            generation: 1,
+            adopt: false,
+        })
+    }
+
+    /// Taking over from a live predecessor of generation `previous` whose
+    /// maps are pinned in `pins` (same layout).
+    pub fn take_over(pins: Pins, previous: u32) -> Self {
+        Self {
+            pins,
+            generation: previous.wrapping_add(1).max(1),
+            adopt: true,
+        }
+    }
+}
+
+/// The pins of this build's map layout under `bpffs`.
+pub fn pins_for_this_build(bpffs: &Path) -> Result<Pins, EbpfError> {
+    Ok(Pins::for_object(bpffs, OBJECT)?)
+}
+
 pub struct Datapath {
     loaded: Mutex<Loaded>,
+    pins: Pins,
+    generation: u32,
+    /// Set when a successor took over: this daemon no longer writes the
+    /// shared maps (the successor owns them), it only serves what it has.
+    frozen: AtomicBool,
     config: Mutex<Array<MapData, ProxyConfig>>,
     managed: Mutex<BpfHashMap<MapData, DestKey, DestInfo>>,
     flows: Mutex<BpfHashMap<MapData, FlowKey, FlowOrigin>>,
@@ -120,10 +175,17 @@ fn take_map(ebpf: &mut Ebpf, name: &'static str) -> Result<aya::maps::Map, EbpfE
 }
 
 impl Datapath {
-    /// Loads the programs and attaches them to `cgroup` (and so to every
-    /// cgroup below it). Redirection stays off until [`Datapath::enable`].
-    pub fn attach(cgroup: &Path) -> Result<Self, EbpfError> {
-        let mut ebpf = Ebpf::load(OBJECT)?;
+    /// Loads the programs on the maps `plan` pins and attaches them to
+    /// `cgroup` (and so to every cgroup below it). They act only once
+    /// [`Datapath::enable`] makes their generation the live one.
+    pub fn attach(cgroup: &Path, plan: &LoadPlan) -> Result<Self, EbpfError> {
+        let names = pins::map_names(OBJECT)?;
+        let mut loader = EbpfLoader::new();
+        loader.override_global(names::GLOBAL_GENERATION, &plan.generation, true);
+        for name in &names {
+            loader.map_pin_path(name.as_str(), plan.pins.map(name));
+        }
+        let mut ebpf = loader.load(OBJECT)?;
         let cgroup_file = File::open(cgroup).map_err(|source| EbpfError::Cgroup {
             path: cgroup.to_path_buf(),
             source,
@@ -188,15 +250,23 @@ impl Datapath {
             }
             _ => return Err(EbpfError::Missing(names::MAP_POD_TAGGED)),
         };
+        let (installed, pod_slots) = if plan.adopt {
+            adopt(&managed, &pod_cgroups)
+        } else {
+            (HashSet::new(), PodSlots::default())
+        };
         Ok(Self {
             loaded: Mutex::new(Loaded { ebpf, go }),
+            pins: plan.pins.clone(),
+            generation: plan.generation,
+            frozen: AtomicBool::new(false),
             config: Mutex::new(config),
             managed: Mutex::new(managed),
             flows: Mutex::new(flows),
             stats,
-            installed: Mutex::new(HashSet::new()),
+            installed: Mutex::new(installed),
             pod_cgroups: Mutex::new(pod_cgroups),
-            pod_slots: Mutex::new(PodSlots::default()),
+            pod_slots: Mutex::new(pod_slots),
             pod_flags: Arc::new(pod_flags),
             request_tags: Mutex::new(request_tags),
             events: Mutex::new(Some(events)),
@@ -204,22 +274,82 @@ impl Datapath {
         })
     }
 
-    /// Turns redirection on: managed connects go to `proxy`.
+    /// Turns redirection on: managed connects go to `proxy`, and this
+    /// daemon's programs become the ones that act (after a handover, in
+    /// one map write: the predecessor's stop in the same instant).
     pub fn enable(&self, proxy: SocketAddrV4, daemon_cgroup_id: u64) -> Result<(), EbpfError> {
         self.set_config(ProxyConfig {
             proxy_ip: u32::from(*proxy.ip()).to_be(),
             proxy_port: proxy.port().to_be(),
             _pad: 0,
             daemon_cgroup_id,
+            generation: self.generation,
+            _pad2: 0,
         })
     }
 
-    /// Turns redirection off (graceful shutdown: fail open before exiting).
+    /// Turns redirection off (graceful shutdown: fail open before exiting),
+    /// unless a successor's programs act by now: theirs is not ours to stop.
     pub fn disable(&self) -> Result<(), EbpfError> {
-        self.set_config(ProxyConfig::default())
+        if self.live_generation() != Some(self.generation) {
+            return Ok(());
+        }
+        self.set_config(ProxyConfig {
+            generation: self.generation,
+            ..ProxyConfig::default()
+        })
+    }
+
+    /// This load's generation.
+    pub fn generation(&self) -> u32 {
+        self.generation
+    }
+
+    /// The generation whose programs act now, from the shared config.
+    pub fn live_generation(&self) -> Option<u32> {
+        self.config
+            .lock()
+            .expect("config map lock")
+            .get(&0, 0)
+            .ok()
+            .map(|c| c.generation)
+    }
+
+    pub fn handover_dump(&self) -> HandoverDump {
+        HandoverDump {
+            generation: self.generation,
+            live_generation: self.live_generation(),
+            layout: self.pins.layout.clone(),
+            pins: self.pins.dir.clone(),
+            frozen: self.is_frozen(),
+        }
+    }
+
+    /// Where this daemon's maps are pinned.
+    pub fn pins(&self) -> &Pins {
+        &self.pins
+    }
+
+    /// A successor took over: from now on this daemon leaves the shared
+    /// maps alone (its state syncs become no-ops).
+    pub fn freeze(&self) {
+        self.frozen.store(true, Ordering::SeqCst);
+    }
+
+    /// The successor went away before taking over: the maps are this
+    /// daemon's again.
+    pub fn thaw(&self) {
+        self.frozen.store(false, Ordering::SeqCst);
+    }
+
+    fn is_frozen(&self) -> bool {
+        self.frozen.load(Ordering::SeqCst)
     }
 
     fn set_config(&self, config: ProxyConfig) -> Result<(), EbpfError> {
+        if self.is_frozen() {
+            return Ok(());
+        }
         self.config
             .lock()
             .expect("config map lock")
@@ -235,6 +365,9 @@ impl Datapath {
         &self,
         wanted: impl Iterator<Item = (SocketAddrV4, Destination)>,
     ) -> Result<(), EbpfError> {
+        if self.is_frozen() {
+            return Ok(());
+        }
         let mut managed = self.managed.lock().expect("managed map lock");
         let mut installed = self.installed.lock().expect("installed lock");
         let mut next = HashSet::new();
@@ -281,6 +414,9 @@ impl Datapath {
     /// propagation programs look at) equal to `wanted`, each with its slot
     /// in the pod flags.
     pub fn sync_pod_cgroups(&self, wanted: &HashSet<u64>) -> Result<(), EbpfError> {
+        if self.is_frozen() {
+            return Ok(());
+        }
         let mut map = self.pod_cgroups.lock().expect("pod cgroups lock");
         let mut slots = self.pod_slots.lock().expect("pod slots lock");
         let gone: Vec<u64> = slots
@@ -415,6 +551,17 @@ impl Datapath {
     }
 }
 
+/// What a predecessor left in the shared maps: the managed destinations
+/// it installed and the pods' slots.
+fn adopt(
+    managed: &BpfHashMap<MapData, DestKey, DestInfo>,
+    pod_cgroups: &BpfHashMap<MapData, u64, u32>,
+) -> (HashSet<DestKey>, PodSlots) {
+    let installed = managed.keys().flatten().collect();
+    let slots = PodSlots::adopt(pod_cgroups.iter().flatten());
+    (installed, slots)
+}
+
 /// Entries in the maps userspace holds, against their capacity: what a
 /// soak watches stay flat.
 #[derive(Debug, Clone, Default, serde::Serialize)]
@@ -426,6 +573,20 @@ pub struct MapFill {
     pub go_processes: usize,
     pub capacity_flows: u32,
     pub capacity_processes: u32,
+}
+
+/// A daemon's place in the handover chain (see `handover`).
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct HandoverDump {
+    /// This daemon's programs' generation.
+    pub generation: u32,
+    /// The generation whose programs act (another after a handover).
+    pub live_generation: Option<u32>,
+    /// The maps' layout key and pin directory.
+    pub layout: String,
+    pub pins: PathBuf,
+    /// A successor owns the shared maps now.
+    pub frozen: bool,
 }
 
 /// One pod cgroup's slot in the kernel's pod flags.

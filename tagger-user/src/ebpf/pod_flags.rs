@@ -125,6 +125,23 @@ impl PodSlots {
         }
     }
 
+    /// Takes over the slots a predecessor assigned (read back from the
+    /// pinned `TAGGER_POD_CGROUPS`), so that every pod keeps its slot and
+    /// its flag through a handover.
+    pub fn adopt(entries: impl IntoIterator<Item = (u64, u32)>) -> Self {
+        let mut slots = Self::default();
+        for (cgroup_id, slot) in entries {
+            if slot == 0 || slot >= MAX_POD_SLOTS {
+                continue;
+            }
+            slots.by_cgroup.insert(cgroup_id, slot);
+            slots.next = slots.next.max(slot);
+        }
+        let taken: std::collections::HashSet<u32> = slots.by_cgroup.values().copied().collect();
+        slots.free = (1..=slots.next).filter(|s| !taken.contains(s)).collect();
+        slots
+    }
+
     /// (cgroup id, slot) of every pod that has a slot.
     pub fn iter(&self) -> impl Iterator<Item = (u64, u32)> + '_ {
         self.by_cgroup.iter().map(|(&cgroup, &slot)| (cgroup, slot))
@@ -151,6 +168,18 @@ mod tests {
         let mut held: Vec<(u64, u32)> = slots.iter().collect();
         held.sort();
         assert_eq!(held, [(200, 2), (300, 1)]);
+    }
+
+    #[test]
+    fn adopted_slots_are_kept_and_the_gaps_reused() {
+        let mut slots = PodSlots::adopt([(100, 1), (200, 4), (300, 0)]);
+        assert_eq!(slots.get(100), Some(1));
+        assert_eq!(slots.get(200), Some(4));
+        assert_eq!(slots.get(300), None, "slot 0 is never a pod's");
+        let mut fresh: Vec<u32> = (0..3).map(|i| slots.assign(1000 + i).unwrap().0).collect();
+        fresh.sort();
+        assert_eq!(fresh, [2, 3, 5]);
+        assert_eq!(slots.assign(100), Some((1, false)));
     }
 
     #[test]

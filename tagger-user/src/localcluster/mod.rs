@@ -89,6 +89,10 @@ impl RunDir {
     pub fn admin_socket(&self) -> PathBuf {
         self.0.join("admin.sock")
     }
+    /// The daemon's bpf filesystem (pinned maps), mounted by the daemon.
+    pub fn bpffs(&self) -> PathBuf {
+        self.0.join("bpffs")
+    }
     pub fn logs(&self) -> PathBuf {
         self.0.join("logs")
     }
@@ -325,11 +329,15 @@ pub async fn start_daemon(
     let client = AdminClient::new(&run_dir.admin_socket());
     let deadline = tokio::time::Instant::now() + READY_TIMEOUT;
     loop {
-        if client
+        // Ready when this very daemon answers (a predecessor it takes over
+        // from answers on the same socket until then).
+        let answer = client
             .request(http::Method::GET, "/ready", bytes::Bytes::new())
-            .await
-            .is_ok()
-        {
+            .await;
+        if answer.is_ok_and(|body| {
+            body.trim_ascii_end()
+                .ends_with(format!("pid={pid}").as_bytes())
+        }) {
             return Ok(pid);
         }
         if let Ok(Some(status)) = child.try_wait() {
@@ -408,6 +416,13 @@ pub fn down(run_dir: &RunDir) -> Vec<String> {
     if let Some(pid) = record.as_ref().and_then(|r| r.daemon_pid) {
         pods::stop_daemon(pid, run_dir, Duration::from_secs(3));
     }
+    // A daemon that handed over may still be finishing its connections.
+    for pid in pods::our_daemons(run_dir) {
+        pods::stop_daemon(pid, run_dir, Duration::from_secs(3));
+    }
+    if let Err(e) = pods::unmount_bpffs(&run_dir.bpffs()) {
+        problems.push(e.to_string());
+    }
     let cgroup_root = record.as_ref().map(|r| r.cgroup.clone()).or_else(|| {
         crate::cgroup::v2_root()
             .ok()
@@ -448,6 +463,7 @@ pub fn down(run_dir: &RunDir) -> Vec<String> {
         run_dir.record(),
         run_dir.placement(),
         run_dir.admin_socket(),
+        crate::handover::socket_path(&run_dir.admin_socket()),
     ] {
         let _ = std::fs::remove_file(path);
     }
@@ -468,16 +484,22 @@ pub fn exec(run_dir: &RunDir, pod: &str, command: &[String]) -> Result<i32, Clus
     Ok(status.code().unwrap_or(128))
 }
 
-/// Starts the daemon again for the running cluster (after it was stopped or
-/// killed) and records its pid.
+/// Starts the daemon again for the running cluster and records its pid, as
+/// a rolling update does: if the old daemon still runs (stopping, or not
+/// told yet), the new one takes over from it (see `handover`) and the old
+/// one is then told to go (SIGTERM: it exits once its connections are
+/// done). After a crash or a stop it simply starts.
 pub async fn restart_daemon(run_dir: &RunDir, tagger_exe: &Path) -> Result<u32, ClusterError> {
     let mut record = ClusterRecord::load(run_dir)?;
-    if let Some(pid) = record.daemon_pid {
-        pods::stop_daemon(pid, run_dir, Duration::from_secs(3));
-    }
+    let old = record
+        .daemon_pid
+        .filter(|&pid| pods::is_alive(pid) && pods::is_our_daemon(pid, run_dir));
     let pid = start_daemon(&record, run_dir, tagger_exe).await?;
     record.daemon_pid = Some(pid);
     record.save(run_dir)?;
+    if let Some(old) = old {
+        pods::signal(old, libc::SIGTERM);
+    }
     Ok(pid)
 }
 

@@ -100,7 +100,11 @@ pub fn spawn_daemon(
         .arg("--proxy-addr")
         .arg(proxy.to_string())
         .arg("--admin-socket")
-        .arg(run_dir.admin_socket());
+        .arg(run_dir.admin_socket())
+        // The cluster's own bpf filesystem for the pinned maps, unmounted
+        // by `down`.
+        .arg("--bpf-fs")
+        .arg(run_dir.bpffs());
     // Prometheus metrics for a local cluster: `TAGGER_METRICS_ADDRESS=
     // 127.0.0.1:15090 cargo xtask up FILE` (the daemon is started here, so
     // its flags are not the user's to give).
@@ -152,7 +156,7 @@ pub fn write_hosts_files(
     Ok(())
 }
 
-fn is_alive(pid: u32) -> bool {
+pub fn is_alive(pid: u32) -> bool {
     match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
         // Field 3 is the state; a zombie has exited.
         Ok(stat) => stat
@@ -166,7 +170,7 @@ fn is_alive(pid: u32) -> bool {
 /// Is `pid` the daemon this run directory started? Its command line says
 /// `daemon` and names this run directory's admin socket (whatever the
 /// binary is called): a pid reused by another process never matches.
-fn is_our_daemon(pid: u32, run_dir: &RunDir) -> bool {
+pub fn is_our_daemon(pid: u32, run_dir: &RunDir) -> bool {
     let socket = run_dir.admin_socket();
     let socket = socket.as_os_str().as_encoded_bytes();
     std::fs::read(format!("/proc/{pid}/cmdline"))
@@ -180,21 +184,22 @@ fn is_our_daemon(pid: u32, run_dir: &RunDir) -> bool {
         .unwrap_or(false)
 }
 
-fn signal(pid: u32, signal: i32) {
+pub fn signal(pid: u32, signal: i32) {
     // SAFETY: kill(2) with a pid we recorded and just checked is ours.
     unsafe {
         libc::kill(pid as i32, signal);
     }
 }
 
-/// Stops the recorded daemon: SIGTERM (it switches redirection off and
-/// exits), then SIGKILL after `grace`. A pid that is no longer a tagger
-/// daemon (reused) is left alone.
+/// Stops the recorded daemon: SIGINT (it switches redirection off, drains
+/// and exits at once: SIGTERM would wait for a successor), then SIGKILL
+/// after `grace`. A pid that is no longer a tagger daemon (reused) is left
+/// alone.
 pub fn stop_daemon(pid: u32, run_dir: &RunDir, grace: Duration) {
     if !is_alive(pid) || !is_our_daemon(pid, run_dir) {
         return;
     }
-    signal(pid, libc::SIGTERM);
+    signal(pid, libc::SIGINT);
     let deadline = Instant::now() + grace;
     while is_alive(pid) && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(20));
@@ -202,6 +207,35 @@ pub fn stop_daemon(pid: u32, run_dir: &RunDir, grace: Duration) {
     if is_alive(pid) {
         signal(pid, libc::SIGKILL);
     }
+}
+
+/// Daemons of this cluster still running (by their `--admin-socket`).
+pub fn our_daemons(run_dir: &RunDir) -> Vec<u32> {
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    entries
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse().ok())
+        .filter(|&pid| is_our_daemon(pid, run_dir))
+        .collect()
+}
+
+/// Unmounts and removes the cluster's bpf filesystem (its pins go with it).
+pub fn unmount_bpffs(path: &Path) -> Result<(), ClusterError> {
+    if !path.exists() {
+        return Ok(());
+    }
+    let target = std::ffi::CString::new(path.as_os_str().as_encoded_bytes())
+        .map_err(|e| io_error(format!("bpffs path {}", path.display()))(e.into()))?;
+    // SAFETY: umount2(2) with a NUL-terminated path that outlives the call.
+    let rc = unsafe { libc::umount2(target.as_ptr(), libc::MNT_DETACH) };
+    let error = std::io::Error::last_os_error();
+    if rc != 0 && error.raw_os_error() != Some(libc::EINVAL) {
+        // EINVAL: not mounted (the daemon never started).
+        return Err(io_error(format!("unmounting {}", path.display()))(error));
+    }
+    std::fs::remove_dir_all(path).map_err(io_error(format!("removing {}", path.display())))
 }
 
 /// Kills every process in each pod cgroup under `root`, then removes them.

@@ -7,7 +7,7 @@
 //! from requests that made no call are not held back long). An idle daemon
 //! wakes ten times a second for this, not two hundred.
 use std::{
-    sync::{Arc, Mutex},
+    sync::{Arc, Mutex, OnceLock},
     time::Duration,
 };
 
@@ -22,30 +22,59 @@ use crate::state::StateHandle;
 
 const DRAIN_EVERY: Duration = Duration::from_millis(100);
 
+/// Where a copy of every event goes while a predecessor still serves its
+/// last connections (see `handover`); `false` from it stops the copying.
+pub type Tee = Box<dyn FnMut(&[u8]) -> bool + Send>;
+
 pub struct EventPump {
-    ring: Mutex<RingBuf<MapData>>,
+    /// `None` once handed to a successor.
+    ring: Mutex<Option<RingBuf<MapData>>>,
     contexts: Arc<ContextStore>,
     state: StateHandle,
+    tee: Mutex<Option<Tee>>,
+    /// After a handover the ring is the successor's: a context this daemon
+    /// still needs is asked of it.
+    remote: OnceLock<Arc<dyn Pump>>,
 }
 
 impl EventPump {
     pub fn new(ring: RingBuf<MapData>, contexts: Arc<ContextStore>, state: StateHandle) -> Self {
         Self {
-            ring: Mutex::new(ring),
+            ring: Mutex::new(Some(ring)),
             contexts,
             state,
+            tee: Mutex::new(None),
+            remote: OnceLock::new(),
         }
     }
 
+    /// Copies every event from now on to `tee` as well.
+    pub fn set_tee(&self, tee: Tee) {
+        *self.tee.lock().expect("tee lock") = Some(tee);
+    }
+
+    pub fn clear_tee(&self) {
+        *self.tee.lock().expect("tee lock") = None;
+    }
+
+    /// Delivers what is in the ring, then lets go of it for good: from now
+    /// on `remote` is asked to deliver (the successor drains the ring).
+    pub fn hand_over(&self, remote: Arc<dyn Pump>) {
+        let mut ring = self.ring.lock().expect("ring lock");
+        if let Some(ring) = ring.as_mut() {
+            self.drain(ring);
+        }
+        *ring = None;
+        let _ = self.remote.set(remote);
+    }
+
     /// Drains forever: when the kernel says the ring is filling, and
-    /// every [`DRAIN_EVERY`].
+    /// every [`DRAIN_EVERY`]; ends when the ring is handed over.
     pub async fn run(self: Arc<Self>) {
-        let fd = self
-            .ring
-            .lock()
-            .expect("ring lock")
-            .as_fd()
-            .try_clone_to_owned();
+        let fd = match self.ring.lock().expect("ring lock").as_ref() {
+            Some(ring) => ring.as_fd().try_clone_to_owned(),
+            None => return,
+        };
         // SAFETY: `register_with_interest` needs the fd open and the same
         // for the AsyncFd's life: it owns this duplicate.
         let wakeups = fd.and_then(|fd| {
@@ -75,22 +104,41 @@ impl EventPump {
                     tick.tick().await;
                 }
             }
+            if self.remote.get().is_some() {
+                return;
+            }
             self.pump();
+        }
+    }
+
+    fn drain(&self, ring: &mut RingBuf<MapData>) {
+        let snapshot = self.state.load();
+        let mut tee = self.tee.lock().expect("tee lock");
+        while let Some(item) = ring.next() {
+            if let Some(event) = decode(&item) {
+                self.contexts.on_inbound(event, &snapshot.settings);
+            }
+            if let Some(copy) = tee.as_mut()
+                && !copy(&item)
+            {
+                *tee = None;
+            }
         }
     }
 }
 
 impl Pump for EventPump {
     fn pump(&self) {
+        if let Some(remote) = self.remote.get() {
+            remote.pump();
+            return;
+        }
         // One drainer at a time. A caller that finds another draining waits
         // for it (a drain takes microseconds), so that on return every
         // event submitted before the call has been delivered.
         let mut ring = self.ring.lock().expect("ring lock");
-        let snapshot = self.state.load();
-        while let Some(item) = ring.next() {
-            if let Some(event) = decode(&item) {
-                self.contexts.on_inbound(event, &snapshot.settings);
-            }
+        if let Some(ring) = ring.as_mut() {
+            self.drain(ring);
         }
     }
 }

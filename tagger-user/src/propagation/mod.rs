@@ -16,6 +16,7 @@
 //! the caller falls back to the safe default.
 pub mod events;
 pub mod scan;
+pub mod snapshot;
 
 use std::{
     collections::HashMap,

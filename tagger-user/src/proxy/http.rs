@@ -86,6 +86,25 @@ impl RequestContext {
             .then(|| request.headers().get(header::CONTENT_TYPE).cloned())
             .flatten();
         let upgrade = upgrade::wanted(&mut request);
+        let mut response = self.answer(request, grpc_type, upgrade).await;
+        if !self.multiplexed && self.proxy.is_stopping() {
+            // Draining (a handover, a stop): this connection's last answer.
+            // The client hears it before it sends again, so closing races
+            // with nothing (closing an idle connection would race with the
+            // request the client may be sending at that moment).
+            response
+                .headers_mut()
+                .insert(header::CONNECTION, HeaderValue::from_static("close"));
+        }
+        response
+    }
+
+    async fn answer(
+        &self,
+        request: Request<Incoming>,
+        grpc_type: Option<HeaderValue>,
+        upgrade: Option<upgrade::Wanted>,
+    ) -> Response<ProxyBody> {
         match self.forward(request, grpc_type.is_some(), upgrade).await {
             Ok(response) => response,
             Err(error) => {

@@ -166,11 +166,18 @@ impl Proxy {
         self.stop.subscribe()
     }
 
+    /// Whether the proxy is draining.
+    pub fn is_stopping(&self) -> bool {
+        *self.stop.borrow()
+    }
+
     /// Stops gracefully: no more connections are accepted, HTTP/2 clients
     /// get GOAWAY (streams already accepted are served to their end),
-    /// HTTP/1.1 connections close after the request in flight. Waits for
-    /// them up to `grace`; whether they all ended in it. Spliced (opaque)
-    /// connections are not waited for.
+    /// HTTP/1.1 connections get `Connection: close` on their next answer
+    /// (idle ones are closed only after [`serve::IDLE_CLOSE_AFTER`]: the
+    /// client may be sending on them). Waits for them up to `grace`;
+    /// whether they all ended in it. Spliced (opaque) connections are not
+    /// waited for.
     pub async fn drain(&self, grace: Duration) -> bool {
         self.stop.send_replace(true);
         tokio::time::timeout(grace, self.stop.closed())

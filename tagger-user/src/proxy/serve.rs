@@ -15,6 +15,11 @@ use super::{Proxy, TagWatch, http::RequestContext, limits::Admitted};
 
 /// How long an HTTP/2 peer has to answer a keep-alive ping.
 const PING_TIMEOUT: Duration = Duration::from_secs(20);
+/// While draining, how long an HTTP/1.1 connection may stay open waiting
+/// for its client's next request (answered with `Connection: close`)
+/// before it is closed idle. Closing at once would race with a request on
+/// its way; a client that sends nothing for this long is not mid-request.
+pub const IDLE_CLOSE_AFTER: Duration = Duration::from_secs(3);
 
 /// One accepted HTTP connection from a pod to a managed service.
 pub struct Connection {
@@ -84,7 +89,10 @@ impl Connection {
                 .serve_connection(io, service)
                 // WebSocket and other upgrades (`upgrade`).
                 .with_upgrades();
-            until_stopped(conn, &mut stop, |conn| conn.graceful_shutdown()).await
+            until_stopped_after(conn, &mut stop, IDLE_CLOSE_AFTER, |conn| {
+                conn.graceful_shutdown()
+            })
+            .await
         };
         if let Err(error) = result {
             if error.is_timeout() {
@@ -110,6 +118,28 @@ async fn until_stopped<C: Future>(
         biased;
         output = conn.as_mut() => return output,
         () = stopped(stop) => shutdown(conn.as_mut()),
+    }
+    conn.await
+}
+
+/// As [`until_stopped`], but the shutdown comes `delay` after the stop
+/// (the connection may end on its own before).
+async fn until_stopped_after<C: Future>(
+    conn: C,
+    stop: &mut watch::Receiver<bool>,
+    delay: Duration,
+    shutdown: impl FnOnce(Pin<&mut C>),
+) -> C::Output {
+    tokio::pin!(conn);
+    tokio::select! {
+        biased;
+        output = conn.as_mut() => return output,
+        () = stopped(stop) => {}
+    }
+    tokio::select! {
+        biased;
+        output = conn.as_mut() => return output,
+        () = tokio::time::sleep(delay) => shutdown(conn.as_mut()),
     }
     conn.await
 }

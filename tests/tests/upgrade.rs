@@ -1,0 +1,123 @@
+//! SPEC section G: restarting or upgrading the daemon under steady load
+//! loses no request and routing never lapses. Mixed gray and baseline
+//! keep-alive clients on a Python chain and a Go chain whose hops copy no
+//! header (so every gray answer past the entry is propagation's work, also
+//! on the hops' own kept-alive connections that the old daemon still serves
+//! after the new one took over). Five restarts in a row, both ways a
+//! rolling update does them: the old daemon told first (SIGTERM, the new
+//! one half a second later) or the new one first (it takes over, then the
+//! old one is told). Every answer is counted: 0 failed, 0 in a wrong lane.
+use std::time::Duration;
+
+use tagger_e2e::{Answer, Cluster, SteadyLoad, eventually, now};
+
+/// Generous: a correctness test must not fail on a slow machine.
+const SETTLE_LIMIT: Duration = Duration::from_secs(20);
+/// Each load thread's pause between requests.
+const INTERVAL: Duration = Duration::from_millis(10);
+
+struct Load {
+    name: &'static str,
+    expected: String,
+    load: SteadyLoad,
+}
+
+fn pid_alive(pid: i32) -> bool {
+    std::path::Path::new(&format!("/proc/{pid}")).exists()
+}
+
+#[test]
+fn five_restarts_under_load_lose_nothing_and_keep_every_lane() {
+    let cluster = Cluster::up("upgrade.yaml");
+    let mut loads = Vec::new();
+    for chain in ["py", "go"] {
+        for (lane, headers) in [("gray", vec!["x-lane: gray"]), ("base", vec![])] {
+            let url = format!("http://{chain}-a:8080/");
+            loads.push(Load {
+                name: if lane == "gray" { "gray" } else { "baseline" },
+                expected: format!("{chain}-a-base -> {chain}-b-{lane} -> {chain}-c-{lane}"),
+                load: cluster.steady_load_every("client", &url, 600, INTERVAL, &headers),
+            });
+        }
+    }
+    for load in &loads {
+        let expected = load.expected.clone();
+        load.load
+            .wait_for(&expected, 0.0, 20, SETTLE_LIMIT, |a| a.body == expected);
+    }
+    let mut restarts = Vec::new();
+    for round in 0..5 {
+        let old = cluster.daemon_pid();
+        let t = now();
+        let old_first = round % 2 == 0;
+        if old_first {
+            // SAFETY: kill(2) on the daemon this test's cluster started.
+            assert_eq!(unsafe { libc::kill(old, libc::SIGTERM) }, 0);
+            std::thread::sleep(Duration::from_millis(500));
+        }
+        let out = cluster.tagger(&["cluster", "restart-daemon"]);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let new = cluster.daemon_pid();
+        assert_ne!(new, old);
+        let ready = now();
+        // Every chain answers in its lane through the new daemon, and the
+        // old one finishes its connections and exits.
+        for load in &loads {
+            let expected = load.expected.clone();
+            load.load
+                .wait_for(&expected, ready, 10, SETTLE_LIMIT, |a| a.body == expected);
+        }
+        let gone = eventually(SETTLE_LIMIT, || (!pid_alive(old)).then(now))
+            .unwrap_or_else(|| panic!("round {round}: the old daemon {old} did not exit"));
+        restarts.push((old_first, (ready - t) * 1000.0, (gone - t) * 1000.0));
+    }
+    let config = cluster.config_dump();
+    let mut total = 0;
+    let mut report = Vec::new();
+    for load in loads {
+        let answers: Vec<Answer> = load.load.finish();
+        let failed: Vec<&Answer> = answers.iter().filter(|a| a.status != 200).collect();
+        let wrong: Vec<&Answer> = answers
+            .iter()
+            .filter(|a| a.status == 200 && a.body != load.expected)
+            .collect();
+        total += answers.len();
+        report.push(format!(
+            "{} ({}): {} answers, {} failed, {} wrong",
+            load.expected,
+            load.name,
+            answers.len(),
+            failed.len(),
+            wrong.len()
+        ));
+        assert!(failed.is_empty(), "{}: failed {failed:?}", load.expected);
+        assert!(wrong.is_empty(), "{}: wrong lane {wrong:?}", load.expected);
+    }
+    for line in &report {
+        println!("{line}");
+    }
+    for (i, (old_first, ready_ms, gone_ms)) in restarts.iter().enumerate() {
+        println!(
+            "restart {}: {}; new daemon ready after {ready_ms:.0} ms, old one gone after {gone_ms:.0} ms",
+            i + 1,
+            if *old_first {
+                "SIGTERM, new daemon 0.5 s later"
+            } else {
+                "new daemon first, then SIGTERM"
+            }
+        );
+    }
+    println!(
+        "{total} answers in all; generation now {}",
+        config["handover"]["generation"]
+    );
+    assert_eq!(
+        config["handover"]["generation"], 6,
+        "{}",
+        config["handover"]
+    );
+}
