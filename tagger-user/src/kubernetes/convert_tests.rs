@@ -56,6 +56,7 @@ fn rules_apply_message(rule: &RuleSpec) -> Option<String> {
                 name: name.to_string(),
                 port: Some(8080),
                 protocol: None,
+                lane_header_from: Default::default(),
                 pods: vec![],
             })
             .collect(),
