@@ -78,8 +78,9 @@ pub struct LaneDecision {
 }
 
 /// The decision order of SPEC.md: header > inherited > rule > sticky pod lane
-/// > baseline. `is_sticky` tells whether a lane holds for later hops. An
-/// untrusted caller's header and inherited lane are set aside first (and
+/// > baseline. `is_sticky` tells whether a lane holds for later hops.
+///
+/// An untrusted caller's header and inherited lane are set aside first (and
 /// the one that would have decided is reported as stripped).
 pub fn decide_lane(inputs: &LaneInputs<'_>, is_sticky: impl Fn(&str) -> bool) -> LaneDecision {
     let header = inputs.header.filter(|l| !l.is_empty());
