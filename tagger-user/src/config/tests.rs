@@ -265,3 +265,20 @@ fn not_yaml_at_all() {
             .contains("cannot read cluster file /nonexistent/tagger.yaml")
     );
 }
+
+/// Every cluster file the end-to-end tests and the demo start is valid:
+/// a typo there would otherwise show only in a privileged run.
+#[test]
+fn the_repositorys_cluster_files_parse() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let mut files: Vec<_> = std::fs::read_dir(root.join("tests/clusters"))
+        .expect("tests/clusters")
+        .map(|entry| entry.unwrap().path())
+        .filter(|path| path.extension().is_some_and(|e| e == "yaml"))
+        .collect();
+    files.push(root.join("demo/scenario-a.yaml"));
+    assert!(files.len() > 2, "{files:?}");
+    for path in files {
+        ClusterFile::load(&path).unwrap_or_else(|e| panic!("{e}"));
+    }
+}
