@@ -9,7 +9,10 @@ use std::{
 use hashbrown::{Equivalent, HashMap};
 use serde::{Deserialize, Serialize};
 
-use crate::{propagation::Correlation, routing::Reason};
+use crate::{
+    propagation::Correlation,
+    routing::{Reason, StrippedFrom},
+};
 
 /// Flows not seen for this long leave the map.
 const FLOW_RETENTION: Duration = Duration::from_secs(600);
@@ -113,6 +116,7 @@ impl Equivalent<LaneKey> for LaneKeyRef<'_> {
 struct FlowStats {
     requests: u64,
     errors: u64,
+    stripped: u64,
     last_seen: Instant,
 }
 
@@ -141,6 +145,12 @@ pub struct FlowRow {
     pub rpc: Option<String>,
     pub requests: u64,
     pub errors: u64,
+    /// Requests whose caller claimed a lane (a lane header, or one inherited
+    /// from its own inbound request) that the service does not trust it
+    /// with (`lane_header_from`): the claim was stripped and `reason` is
+    /// what decided instead.
+    #[serde(default)]
+    pub stripped: u64,
     pub last_seen_ms: u64,
 }
 
@@ -167,6 +177,9 @@ pub struct RequestRecord<'a> {
     pub correlation: Correlation,
     /// The gRPC method, for gRPC calls (see [`FlowRow::rpc`]).
     pub rpc: Option<&'a str>,
+    /// The caller's lane was not trusted, and came from this (see
+    /// [`FlowRow::stripped`]).
+    pub stripped: Option<StrippedFrom>,
     pub ok: bool,
 }
 
@@ -217,6 +230,7 @@ impl FlowTable {
             let count = |stats: &mut FlowStats| {
                 stats.requests += 1;
                 stats.errors += u64::from(!r.ok);
+                stats.stripped += u64::from(r.stripped.is_some());
                 stats.last_seen = now;
             };
             match flows.get_mut(&id) {
@@ -225,6 +239,7 @@ impl FlowTable {
                     let mut fresh = FlowStats {
                         requests: 0,
                         errors: 0,
+                        stripped: 0,
                         last_seen: now,
                     };
                     count(&mut fresh);
@@ -276,6 +291,7 @@ impl FlowTable {
                 rpc: id.rpc.clone(),
                 requests: s.requests,
                 errors: s.errors,
+                stripped: s.stripped,
                 last_seen_ms: now.duration_since(s.last_seen).as_millis() as u64,
             })
             .collect();
@@ -344,6 +360,7 @@ mod tests {
                 served_lane: Some("gray"),
                 correlation: Correlation::None,
                 rpc: None,
+                stripped: None,
                 ok: true,
             });
         }
@@ -357,6 +374,7 @@ mod tests {
             served_lane: None,
             correlation: Correlation::None,
             rpc: None,
+            stripped: Some(StrippedFrom::Header),
             ok: false,
         });
         let rows = table.rows();
@@ -366,6 +384,7 @@ mod tests {
         assert_eq!(gray_row.reason, "pod-lane");
         let base_row = rows.iter().find(|r| r.source == "a").unwrap();
         assert_eq!((base_row.requests, base_row.errors), (1, 1));
+        assert_eq!((gray_row.stripped, base_row.stripped), (0, 1));
         let totals: Vec<(Option<String>, u64)> = table
             .lane_rates()
             .into_iter()
@@ -391,6 +410,7 @@ mod tests {
             served_lane: Some("gray"),
             correlation: Correlation::None,
             rpc: None,
+            stripped: None,
             ok: true,
         };
         let variants = [

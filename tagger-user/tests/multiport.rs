@@ -80,6 +80,8 @@ fn inventory(base: (u16, u16), gray: (u16, u16), gray_readiness: Readiness) -> I
                 endpoint("shop/base", 2, base, Readiness::Ready),
                 endpoint("shop/gray", 3, gray, gray_readiness),
             ],
+            pods: vec!["shop/base".into(), "shop/gray".into()],
+            lane_header_from: Default::default(),
         }],
         pods: vec![
             pod("shop/base", 2, None, 1),

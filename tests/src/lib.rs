@@ -302,7 +302,8 @@ const FLOW_KEY: [&str; 8] = [
 
 /// The flows of what happened between two reads of `flows()` (the flow map
 /// of a shared cluster keeps earlier tests' requests): each row with the
-/// requests and errors it gained; rows that gained nothing are left out.
+/// requests, errors and stripped lane headers it gained; rows that gained
+/// no request are left out.
 pub fn flow_delta(before: &[Value], after: &[Value]) -> Vec<Value> {
     let same = |a: &Value, b: &Value| FLOW_KEY.iter().all(|k| a[k] == b[k]);
     after
@@ -317,6 +318,7 @@ pub fn flow_delta(before: &[Value], after: &[Value]) -> Vec<Value> {
                 let mut row = row.clone();
                 row["requests"] = requests.into();
                 row["errors"] = gained("errors").into();
+                row["stripped"] = gained("stripped").into();
                 row
             })
         })

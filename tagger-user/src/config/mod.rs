@@ -11,6 +11,9 @@ use serde::{Deserialize, Serialize};
 
 use crate::rules::RuleSpec;
 
+mod trust;
+pub use trust::{LaneHeaderFrom, LaneHeaderFromError};
+
 pub const DEFAULT_LANE_HEADER: &str = "x-lane";
 /// Header name the reference product (MSE) uses for the lane; always accepted.
 pub const LANE_HEADER_ALIAS: &str = "x-mse-tag";
@@ -118,6 +121,10 @@ pub struct ServiceSpec {
     /// an HTTP/1.1 one as HTTP/1.1).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub protocol: Option<Protocol>,
+    /// Whose lane header a request to this service may be in: `any` (the
+    /// default), `none`, or the services whose pods may set it.
+    #[serde(default, skip_serializing_if = "LaneHeaderFrom::is_any")]
+    pub lane_header_from: LaneHeaderFrom,
     #[serde(default)]
     pub pods: Vec<PodSpec>,
 }
@@ -295,6 +302,12 @@ impl ClusterFile {
                     lanes_with_pods.insert(lane);
                 }
             }
+        }
+        for (si, service) in self.services.iter().enumerate() {
+            service
+                .lane_header_from
+                .check_known(|name| services.contains(name), services.iter().copied())
+                .map_err(|e| (format!("services[{si}].lane_header_from"), e.to_string()))?;
         }
         for (i, lane) in self.lanes.iter().enumerate() {
             if !lanes_with_pods.contains(lane.name.as_str()) {

@@ -91,6 +91,27 @@ fn service_protocols() {
     }
 }
 
+/// `lane_header_from:` is optional (`any`, today's behaviour), and names
+/// the services whose pods a service trusts with a lane header.
+#[test]
+fn lane_header_from_values() {
+    let cases = [
+        ("", LaneHeaderFrom::Any),
+        ("    lane_header_from: any\n", LaneHeaderFrom::Any),
+        ("    lane_header_from: none\n", LaneHeaderFrom::Nobody),
+        (
+            "    lane_header_from: [client, charge]\n",
+            LaneHeaderFrom::Services(vec!["client".into(), "charge".into()]),
+        ),
+    ];
+    for (line, expected) in cases {
+        let text = VALID.replacen("    port: 8080\n", &format!("    port: 8080\n{line}"), 1);
+        let file = parse(&text).unwrap_or_else(|e| panic!("{line:?}: {e}"));
+        assert_eq!(file.services[0].lane_header_from, expected, "{line:?}");
+        assert_eq!(file.services[1].lane_header_from, LaneHeaderFrom::Any);
+    }
+}
+
 #[test]
 fn errors_name_the_place() {
     // (what is changed, replacement, text the error must contain)
@@ -184,6 +205,36 @@ fn errors_name_the_place() {
             "  - name: client\n    protocol: grpc\n",
             "services[1].protocol: service \"client\" has a protocol but no port",
         ),
+        (
+            "    port: 8080\n",
+            "    port: 8080\n    lane_header_from: pods\n",
+            "\"pods\" is neither `any` nor `none`",
+        ),
+        (
+            "    port: 8080\n",
+            "    port: 8080\n    lane_header_from: client\n",
+            "list it: [client]",
+        ),
+        (
+            "    port: 8080\n",
+            "    port: 8080\n    lane_header_from: [gateway]\n",
+            "services[0].lane_header_from: unknown service \"gateway\" (services: charge, client)",
+        ),
+        (
+            "    port: 8080\n",
+            "    port: 8080\n    lane_header_from: []\n",
+            "an empty list trusts no caller: write `none`",
+        ),
+        (
+            "    port: 8080\n",
+            "    port: 8080\n    lane_header_from: [client, client]\n",
+            "service \"client\" is listed twice",
+        ),
+        (
+            "    port: 8080\n",
+            "    port: 8080\n    lane_header_from: {from: client}\n",
+            "expected `any`, `none` or a list of service names",
+        ),
     ];
     for (from, to, expected) in cases {
         assert!(
@@ -213,4 +264,21 @@ fn not_yaml_at_all() {
         err.to_string()
             .contains("cannot read cluster file /nonexistent/tagger.yaml")
     );
+}
+
+/// Every cluster file the end-to-end tests and the demo start is valid:
+/// a typo there would otherwise show only in a privileged run.
+#[test]
+fn the_repositorys_cluster_files_parse() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let mut files: Vec<_> = std::fs::read_dir(root.join("tests/clusters"))
+        .expect("tests/clusters")
+        .map(|entry| entry.unwrap().path())
+        .filter(|path| path.extension().is_some_and(|e| e == "yaml"))
+        .collect();
+    files.push(root.join("demo/scenario-a.yaml"));
+    assert!(files.len() > 2, "{files:?}");
+    for path in files {
+        ClusterFile::load(&path).unwrap_or_else(|e| panic!("{e}"));
+    }
 }

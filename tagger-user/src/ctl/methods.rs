@@ -24,6 +24,7 @@ pub fn merge_methods(rows: &[FlowRow]) -> Vec<FlowRow> {
             Some(m) => {
                 m.requests += row.requests;
                 m.errors += row.errors;
+                m.stripped += row.stripped;
                 m.last_seen_ms = m.last_seen_ms.min(row.last_seen_ms);
             }
             None => merged.push(FlowRow {

@@ -84,6 +84,9 @@ pub fn render_flows(rows: &[FlowRow]) -> String {
         "CORRELATION",
         "REQUESTS",
         "ERRORS",
+        // Lane headers (or inherited lanes) the service did not trust the
+        // caller with: `lane_header_from`.
+        "STRIPPED",
         "LAST",
     ]);
     for row in rows {
@@ -103,6 +106,7 @@ pub fn render_flows(rows: &[FlowRow]) -> String {
             row.correlation.to_string(),
             row.requests.to_string(),
             row.errors.to_string(),
+            row.stripped.to_string(),
             format_age(row.last_seen_ms),
         ]);
     }

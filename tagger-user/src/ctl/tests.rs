@@ -22,6 +22,7 @@ fn flow() -> FlowRow {
         rpc: None,
         requests: 3,
         errors: 0,
+        stripped: 0,
         last_seen_ms: 0,
     }
 }
@@ -34,8 +35,8 @@ fn flows_table() {
             "one baseline row",
             vec![flow()],
             "\
-SOURCE     SERVICE  ENDPOINT   LANE      REASON   CORRELATION  REQUESTS  ERRORS  LAST
-device-v1  charge   charge-v1  baseline  default  -            3         0       now
+SOURCE     SERVICE  ENDPOINT   LANE      REASON   CORRELATION  REQUESTS  ERRORS  STRIPPED  LAST
+device-v1  charge   charge-v1  baseline  default  -            3         0       0         now
 ",
         ),
         (
@@ -81,10 +82,10 @@ device-v1  charge   charge-v1  baseline  default  -            3         0      
                 },
             ],
             "\
-SOURCE     SERVICE  ENDPOINT   LANE  REASON                       CORRELATION  REQUESTS  ERRORS  LAST
-device-v1  charge   charge-v2  gray  rule:charge-gray             trusted      80        0       now
-charge-v2  order    order-v2   gray  inherited-thread             trusted      80        1       1s ago
-order-v2   base     base-v1    gray  inherited-thread (fallback)  trusted      80        0       1m ago
+SOURCE     SERVICE  ENDPOINT   LANE  REASON                       CORRELATION  REQUESTS  ERRORS  STRIPPED  LAST
+device-v1  charge   charge-v2  gray  rule:charge-gray             trusted      80        0       0         now
+charge-v2  order    order-v2   gray  inherited-thread             trusted      80        1       0         1s ago
+order-v2   base     base-v1    gray  inherited-thread (fallback)  trusted      80        0       0         1m ago
 ",
         ),
         (
@@ -115,9 +116,25 @@ order-v2   base     base-v1    gray  inherited-thread (fallback)  trusted      8
                 },
             ],
             "\
-SOURCE  SERVICE  ENDPOINT  LANE      REASON                    CORRELATION  REQUESTS  ERRORS  LAST
-caller  svc      svc-gray  baseline  default (only lane gray)  -            3         0       now
-caller  svc      svc-gray  blue      header (only lane gray)   -            1         1       2m ago
+SOURCE  SERVICE  ENDPOINT  LANE      REASON                    CORRELATION  REQUESTS  ERRORS  STRIPPED  LAST
+caller  svc      svc-gray  baseline  default (only lane gray)  -            3         0       0         now
+caller  svc      svc-gray  blue      header (only lane gray)   -            1         1       0         2m ago
+",
+        ),
+        (
+            // A caller the service does not trust with a lane: the header
+            // was stripped and the request decided by what came next.
+            "stripped lane headers are counted",
+            vec![FlowRow {
+                source: "client".into(),
+                service: "web".into(),
+                endpoint: "web-v1".into(),
+                stripped: 3,
+                ..flow()
+            }],
+            "\
+SOURCE  SERVICE  ENDPOINT  LANE      REASON   CORRELATION  REQUESTS  ERRORS  STRIPPED  LAST
+client  web      web-v1    baseline  default  -            3         0       3         now
 ",
         ),
         (
@@ -135,8 +152,8 @@ caller  svc      svc-gray  blue      header (only lane gray)   -            1   
                 ..flow()
             }],
             "\
-SOURCE                         SERVICE  ENDPOINT  LANE              REASON    CORRELATION  REQUESTS     ERRORS  LAST
-a-pod-with-a-rather-long-name  s        e         canary-2024-blue  pod-lane  untrusted    12345678901  98765   59s ago
+SOURCE                         SERVICE  ENDPOINT  LANE              REASON    CORRELATION  REQUESTS     ERRORS  STRIPPED  LAST
+a-pod-with-a-rather-long-name  s        e         canary-2024-blue  pod-lane  untrusted    12345678901  98765   0         59s ago
 ",
         ),
     ];
@@ -171,10 +188,10 @@ fn flows_by_grpc_method() {
     assert_eq!(
         render_flows(&rows),
         "\
-SOURCE     SERVICE  ENDPOINT   LANE      REASON   CORRELATION  REQUESTS  ERRORS  LAST
-device-v1  orders   orders-v1  baseline  default  -            7         0       now
-device-v1  orders   orders-v2  gray      header   -            4         0       now
-device-v1  charge   charge-v1  baseline  default  -            3         1       now
+SOURCE     SERVICE  ENDPOINT   LANE      REASON   CORRELATION  REQUESTS  ERRORS  STRIPPED  LAST
+device-v1  orders   orders-v1  baseline  default  -            7         0       0         now
+device-v1  orders   orders-v2  gray      header   -            4         0       0         now
+device-v1  charge   charge-v1  baseline  default  -            3         1       0         now
 "
     );
     assert_eq!(
@@ -227,12 +244,14 @@ fn flows_json() {
             rpc: None,
             requests: 80,
             errors: 0,
+            stripped: 0,
             last_seen_ms: 61_000,
         },
         FlowRow {
             fallback: true,
             served_lane: Some("gray".into()),
             correlation: Correlation::Untrusted,
+            stripped: 2,
             ..flow()
         },
     ];
@@ -248,6 +267,7 @@ fn flows_json() {
     "correlation": "trusted",
     "requests": 80,
     "errors": 0,
+    "stripped": 0,
     "last_seen_ms": 61000
   },
   {
@@ -261,6 +281,7 @@ fn flows_json() {
     "correlation": "untrusted",
     "requests": 3,
     "errors": 0,
+    "stripped": 2,
     "last_seen_ms": 0
   }
 ]
@@ -275,6 +296,7 @@ fn flows_json() {
     let rows: Vec<FlowRow> = serde_json::from_str(older).unwrap();
     assert_eq!(rows[0].served_lane, None);
     assert_eq!(rows[0].correlation, Correlation::None);
+    assert_eq!(rows[0].stripped, 0, "a daemon from before lane_header_from");
 }
 
 fn rate(service: &str, lane: Option<&str>, requests_per_second: f64, total: u64) -> LaneRate {

@@ -1,19 +1,21 @@
 //! Custom resources to the specs the rest of tagger already understands
 //! (`config::LaneSpec`, `rules::RuleSpec`), and the status tagger writes
-//! back on a `TrafficRule`.
+//! back on a `TrafficRule`; a Service's `tagger.io/lane-header-from`
+//! annotation to the cluster file's `lane_header_from`.
 //!
 //! Names stay as the user wrote them (the rule `charge-gray` guards the
 //! service `charge`, in lane `gray`): qualifying them by namespace is the
 //! state model's business, and messages must name what the user wrote.
 use std::collections::HashSet;
 
+use k8s_openapi::api::core::v1::Service;
 use kube::ResourceExt;
 
 use super::crd::{
     ACCEPTED, RuleCondition, RuleMode, StatusCondition, TrafficLane, TrafficRule, TrafficRuleStatus,
 };
 use crate::{
-    config::{LaneSpec, check_name, check_rule},
+    config::{LaneHeaderFrom, LaneSpec, check_name, check_rule},
     rules::{ConditionSpec, Mode, RuleSpec},
 };
 
@@ -46,6 +48,28 @@ pub fn lane_spec(lane: &TrafficLane) -> Result<LaneSpec, CrError> {
     Ok(LaneSpec {
         name,
         sticky: lane.spec.sticky,
+    })
+}
+
+/// The Service annotation that says whose lane header the Service trusts:
+/// `any` (also when absent), `none`, or names of Services of the same
+/// namespace separated by commas. An annotation and not a field of a
+/// custom resource: it belongs to the Service (one per Service, written
+/// where the Service is), and tagger's resources are lanes and rules.
+pub const LANE_HEADER_FROM_ANNOTATION: &str = "tagger.io/lane-header-from";
+
+/// A Service's `lane_header_from`, its names as the user wrote them (the
+/// join qualifies them by namespace). An annotation that cannot be read is
+/// an error naming the Service; the caller decides what stands in for it.
+pub fn lane_header_from(service: &Service) -> Result<LaneHeaderFrom, CrError> {
+    let Some(value) = service.annotations().get(LANE_HEADER_FROM_ANNOTATION) else {
+        return Ok(LaneHeaderFrom::Any);
+    };
+    LaneHeaderFrom::parse_annotation(value).map_err(|error| CrError::Invalid {
+        kind: "Service",
+        namespace: service.namespace().unwrap_or_default(),
+        name: service.name_any(),
+        message: format!("annotation {LANE_HEADER_FROM_ANNOTATION}: {error}"),
     })
 }
 

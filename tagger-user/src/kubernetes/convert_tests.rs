@@ -56,6 +56,7 @@ fn rules_apply_message(rule: &RuleSpec) -> Option<String> {
                 name: name.to_string(),
                 port: Some(8080),
                 protocol: None,
+                lane_header_from: Default::default(),
                 pods: vec![],
             })
             .collect(),
@@ -316,4 +317,80 @@ fn status_says_accepted_and_keeps_its_transition_time() {
 
 fn c_message(status: &TrafficRuleStatus) -> String {
     accepted(status).message.clone()
+}
+
+/// A Service as `kubectl get -o json` shows it, with `annotations`.
+fn annotated_service(annotations: serde_json::Value) -> k8s_openapi::api::core::v1::Service {
+    serde_json::from_value(serde_json::json!({
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": {
+            "name": "web",
+            "namespace": "shop",
+            "uid": "7c2d1e0f-5a4b-4c3d-9e8f-1a2b3c4d5e6f",
+            "resourceVersion": "51234",
+            "creationTimestamp": "2026-11-24T07:00:00Z",
+            "labels": {"app": "web"},
+            "annotations": annotations
+        },
+        "spec": {
+            "type": "ClusterIP", "clusterIP": "10.96.0.40", "clusterIPs": ["10.96.0.40"],
+            "ipFamilies": ["IPv4"], "ipFamilyPolicy": "SingleStack",
+            "selector": {"app": "web"}, "sessionAffinity": "None",
+            "ports": [{"name": "http", "port": 8080, "protocol": "TCP", "targetPort": "http"}]
+        },
+        "status": {"loadBalancer": {}}
+    }))
+    .expect("a real-shaped Service deserialises")
+}
+
+/// `tagger.io/lane-header-from`: absent is `any` (today's behaviour);
+/// names stay as written (the join qualifies them); a value that cannot be
+/// read is an error naming the Service and the annotation.
+#[test]
+fn the_lane_header_from_annotation() {
+    use super::convert::{LANE_HEADER_FROM_ANNOTATION, lane_header_from};
+    use crate::config::LaneHeaderFrom;
+    let other = "kubectl.kubernetes.io/last-applied-configuration";
+    let cases = [
+        (serde_json::json!({other: "{}"}), Ok(LaneHeaderFrom::Any)),
+        (
+            serde_json::json!({LANE_HEADER_FROM_ANNOTATION: "any"}),
+            Ok(LaneHeaderFrom::Any),
+        ),
+        (
+            serde_json::json!({LANE_HEADER_FROM_ANNOTATION: "none", other: "{}"}),
+            Ok(LaneHeaderFrom::Nobody),
+        ),
+        (
+            serde_json::json!({LANE_HEADER_FROM_ANNOTATION: "gateway, edge"}),
+            Ok(LaneHeaderFrom::Services(vec![
+                "gateway".into(),
+                "edge".into(),
+            ])),
+        ),
+        (
+            serde_json::json!({LANE_HEADER_FROM_ANNOTATION: ""}),
+            Err(
+                "Service shop/web: annotation tagger.io/lane-header-from: an empty list \
+                 trusts no caller: write `none`",
+            ),
+        ),
+        (
+            serde_json::json!({LANE_HEADER_FROM_ANNOTATION: "Gateway"}),
+            Err(
+                "Service shop/web: annotation tagger.io/lane-header-from: \"Gateway\" is not \
+                 a service name: \"Gateway\" is not a valid name (lowercase letters, digits \
+                 and '-', at most 63)",
+            ),
+        ),
+    ];
+    for (annotations, want) in cases {
+        let got = lane_header_from(&annotated_service(annotations.clone()));
+        assert_eq!(
+            got.map_err(|e| e.to_string()),
+            want.map_err(str::to_string),
+            "{annotations}"
+        );
+    }
 }

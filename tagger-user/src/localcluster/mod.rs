@@ -538,6 +538,7 @@ pub async fn start_pod(run_dir: &RunDir, name: &str) -> Result<(), ClusterError>
             name: service.name.clone(),
             port: service.port,
             protocol: service.protocol,
+            lane_header_from: service.lane_header_from.clone(),
             pods: vec![spec.clone()],
         }],
         ..config.clone()

@@ -15,7 +15,11 @@ use super::{
     histogram::{DECISION_BOUNDS_NS, Histogram, UPSTREAM_BOUNDS_NS},
     text::Text,
 };
-use crate::{flows::RequestRecord, propagation::Correlation, routing::Reason};
+use crate::{
+    flows::RequestRecord,
+    propagation::Correlation,
+    routing::{Reason, StrippedFrom},
+};
 
 /// Labels of `tagger_requests_total` but the outcome, owned.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -66,12 +70,30 @@ pub struct Outcomes {
     error: AtomicU64,
 }
 
+/// Lanes of one service's callers that it did not trust, by where the
+/// claim came from.
+#[derive(Default)]
+pub struct StrippedCounts {
+    header: AtomicU64,
+    inherited: AtomicU64,
+}
+
+impl StrippedCounts {
+    fn of(&self, from: StrippedFrom) -> &AtomicU64 {
+        match from {
+            StrippedFrom::Header => &self.header,
+            StrippedFrom::Inherited => &self.inherited,
+        }
+    }
+}
+
 /// `tagger_proxy_errors_total` labels: (service, side, status code).
 type ErrorKey = (String, &'static str, u16);
 
 pub struct RequestMetrics {
     requests: Family<RequestKey, Outcomes>,
     errors: Family<ErrorKey, AtomicU64>,
+    stripped: Family<String, StrippedCounts>,
     decision: Histogram,
     upstream: Family<String, Histogram>,
 }
@@ -81,6 +103,7 @@ impl Default for RequestMetrics {
         Self {
             requests: Family::new(Outcomes::default),
             errors: Family::new(AtomicU64::default),
+            stripped: Family::new(StrippedCounts::default),
             decision: Histogram::new(DECISION_BOUNDS_NS),
             upstream: Family::new(|| Histogram::new(UPSTREAM_BOUNDS_NS)),
         }
@@ -123,6 +146,15 @@ impl RequestMetrics {
             let counter = if r.ok { &outcomes.ok } else { &outcomes.error };
             counter.fetch_add(1, Ordering::Relaxed);
         });
+        if let Some(from) = r.stripped {
+            self.stripped.with(
+                r.service,
+                || r.service.to_string(),
+                |counts| {
+                    counts.of(from).fetch_add(1, Ordering::Relaxed);
+                },
+            );
+        }
     }
 
     /// From the request's arrival to its lane being decided (inheritance,
@@ -203,6 +235,25 @@ impl RequestMetrics {
                 ],
                 count.load(Ordering::Relaxed),
             );
+        }
+        let mut stripped = self.stripped.entries();
+        stripped.sort_by(|a, b| a.0.cmp(&b.0));
+        out.family(
+            "tagger_lane_stripped_total",
+            "counter",
+            "Requests whose caller claimed a lane the service does not trust it with \
+             (lane_header_from), by service and where the claim came from (header: a lane \
+             header, removed; inherited: the caller's own inbound request's lane, not used); \
+             the request was decided by the service's rules and the caller's pod lane",
+        );
+        for (service, counts) in &stripped {
+            for from in [StrippedFrom::Header, StrippedFrom::Inherited] {
+                out.sample(
+                    "tagger_lane_stripped_total",
+                    &[("service", service), ("from", from.as_str())],
+                    counts.of(from).load(Ordering::Relaxed),
+                );
+            }
         }
         out.family(
             "tagger_decision_duration_seconds",

@@ -14,7 +14,7 @@ use crate::{
     flows::{FlowTable, RequestRecord},
     propagation::Correlation,
     proxy::limits::ConnectionGate,
-    routing::Reason,
+    routing::{Reason, StrippedFrom},
 };
 
 #[test]
@@ -214,6 +214,7 @@ fn requests_by_labels_and_outcome() {
             correlation,
             ok,
             rpc: None,
+            stripped: None,
         })
     };
     record(Some("gray"), &rule, Correlation::None, true);
@@ -237,5 +238,46 @@ fn requests_by_labels_and_outcome() {
             "tagger_requests_total{service=\"svc\",lane=\"gray\",reason=\"rule:vip \\\"users\\\"\",correlation=\"none\",outcome=\"ok\"} 1",
             "tagger_requests_total{service=\"svc\",lane=\"gray\",reason=\"rule:vip \\\"users\\\"\",correlation=\"none\",outcome=\"error\"} 1",
         ]
+    );
+}
+
+/// A lane the service did not trust its caller with is counted by service
+/// and where it came from, beside the request's own counters.
+#[test]
+fn stripped_lanes_by_service_and_claim() {
+    let flows = FlowTable::default();
+    let record = |service, stripped| {
+        flows.record(RequestRecord {
+            source: "client",
+            service,
+            endpoint: "base",
+            lane: None,
+            reason: &Reason::Default,
+            fallback: false,
+            served_lane: None,
+            correlation: Correlation::None,
+            rpc: None,
+            stripped,
+            ok: true,
+        })
+    };
+    record("web", Some(StrippedFrom::Header));
+    record("web", Some(StrippedFrom::Header));
+    record("web", Some(StrippedFrom::Inherited));
+    record("web", None);
+    record("api", None);
+    let hub = Hub::new(Arc::new(flows));
+    let text = hub.render();
+    assert_eq!(
+        lines_of(&text, "tagger_lane_stripped_total"),
+        [
+            "tagger_lane_stripped_total{service=\"web\",from=\"header\"} 2",
+            "tagger_lane_stripped_total{service=\"web\",from=\"inherited\"} 1",
+        ],
+        "{text}"
+    );
+    assert!(
+        text.contains("# TYPE tagger_lane_stripped_total counter"),
+        "{text}"
     );
 }

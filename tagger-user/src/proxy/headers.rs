@@ -6,7 +6,11 @@ use http::{
 };
 
 use super::ProxyError;
-use crate::{routing::LaneDecision, state::Snapshot};
+use crate::{
+    config::LANE_HEADER_ALIAS,
+    routing::LaneDecision,
+    state::{Settings, Snapshot},
+};
 
 /// Connection-level headers that belong to one hop only (RFC 9110 7.6.1).
 /// Typed names: removing by `&str` would parse the name on every request.
@@ -76,6 +80,16 @@ pub fn prepare_headers(
     {
         headers.insert(snapshot.settings.lane_header.clone(), value);
     }
+}
+
+/// Takes the lane header (and its alias) off a request whose caller is not
+/// trusted with one; the lane it named, if any. Every value goes: a second
+/// `x-lane` must not slip through where the first was taken.
+pub fn remove_lane_header(headers: &mut HeaderMap, settings: &Settings) -> Option<String> {
+    let lane = settings.lane_from_headers(headers).map(str::to_string);
+    headers.remove(&settings.lane_header);
+    headers.remove(LANE_HEADER_ALIAS);
+    lane
 }
 
 /// Whether `TE` lists `trailers`.
@@ -188,6 +202,7 @@ mod tests {
                 inherited: None,
                 rule: None,
                 caller_lane: None,
+                untrusted_caller: false,
             },
             |_| false,
         );

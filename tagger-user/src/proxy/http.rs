@@ -15,7 +15,9 @@ use super::{
     Proxy, ProxyError, TagWatch,
     body::{self, ProxyBody},
     grpc,
-    headers::{endpoint_uri, host_from_authority, prepare_headers, strip_hop_by_hop},
+    headers::{
+        endpoint_uri, host_from_authority, prepare_headers, remove_lane_header, strip_hop_by_hop,
+    },
     limits::Admitted,
     upgrade, upstream,
 };
@@ -45,6 +47,10 @@ struct Shape {
 pub struct RequestContext {
     pub proxy: Arc<Proxy>,
     pub source: String,
+    /// `source` names a managed pod (else it is the peer's address: the
+    /// caller is not known, and a `lane_header_from` list does not trust
+    /// it).
+    pub source_is_pod: bool,
     pub source_lane: Option<String>,
     pub service: String,
     /// The service port connected to (a service may have several).
@@ -142,6 +148,17 @@ impl RequestContext {
                 lane: "any".into(),
             })?;
         let (mut parts, incoming) = request.into_parts();
+        // A caller the service does not trust with a lane (its
+        // `lane_header_from`): the lane header goes before anything reads
+        // the request (rules included) and never reaches the endpoint.
+        let trusted = service
+            .lane_trust
+            .trusts(self.source_is_pod.then_some(self.source.as_str()));
+        let removed_lane = if trusted {
+            None
+        } else {
+            remove_lane_header(&mut parts.headers, &snapshot.settings)
+        };
         // What the app's inbound request carried, when the kernel could tie
         // this request to it: its pass-through headers join this request
         // (so the destination's rules see them) and its lane is inherited.
@@ -163,10 +180,15 @@ impl RequestContext {
             .as_ref()
             .and_then(|c| c.lane.as_deref())
             .map(|lane| (lane, inherited.source));
-        let header_lane = snapshot.settings.lane_from_headers(&parts.headers);
+        let header_lane = if trusted {
+            snapshot.settings.lane_from_headers(&parts.headers)
+        } else {
+            removed_lane.as_deref()
+        };
         // Rules come after an explicit or inherited lane: evaluate them (and
         // count their hits) only when they can decide.
-        let (rule, body) = if header_lane.is_none() && inherited_lane.is_none() {
+        let claimed = trusted && (header_lane.is_some() || inherited_lane.is_some());
+        let (rule, body) = if !claimed {
             matching_rule(&snapshot, service, &parts, incoming, grpc).await?
         } else {
             (None, incoming.boxed_unsync())
@@ -179,6 +201,7 @@ impl RequestContext {
                     .as_ref()
                     .map(|(lane, name)| (lane.as_str(), name.as_str())),
                 caller_lane: self.source_lane.as_deref(),
+                untrusted_caller: !trusted,
             },
             |lane| snapshot.is_sticky(lane),
         );
@@ -239,6 +262,22 @@ impl RequestContext {
             None
         };
         let record = |endpoint: &Endpoint, fallback: bool, ok: bool| {
+            let stripped = decision.stripped.as_ref();
+            // The access log: one event per request, at debug level (a
+            // node's request rate is no rate for a log by default).
+            debug!(
+                target: "tagger::access",
+                source = %self.source,
+                service = %service.name,
+                endpoint = %endpoint.pod,
+                lane = decision.lane.as_deref().unwrap_or("baseline"),
+                reason = %decision.reason,
+                fallback,
+                ok,
+                lane_not_trusted = stripped.map(|s| s.from.as_str()),
+                claimed_lane = stripped.map(|s| s.lane.as_str()),
+                "request"
+            );
             self.proxy.flows.record(RequestRecord {
                 source: &self.source,
                 service: &service.name,
@@ -249,6 +288,7 @@ impl RequestContext {
                 served_lane: endpoint.lane.as_deref(),
                 correlation,
                 rpc,
+                stripped: stripped.map(|s| s.from),
                 ok,
             })
         };

@@ -275,11 +275,13 @@ impl Proxy {
         };
         match sniffed {
             passthrough::Sniffed::Http | passthrough::Sniffed::Http2 => {
+                let source_is_pod = source.is_some();
                 let (source_name, source_lane) =
                     source.unwrap_or_else(|| (format!("{}", peer.ip()), None));
                 let conn = serve::Connection {
                     proxy: self.clone(),
                     source: source_name,
+                    source_is_pod,
                     source_lane,
                     service: snapshot.services[destination.service()].name.clone(),
                     port: snapshot.services[destination.service()].port,

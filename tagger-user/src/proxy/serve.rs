@@ -25,6 +25,7 @@ pub const IDLE_CLOSE_AFTER: Duration = Duration::from_secs(3);
 pub struct Connection {
     pub proxy: Arc<Proxy>,
     pub source: String,
+    pub source_is_pod: bool,
     pub source_lane: Option<String>,
     /// The destination service; each request looks it up in the snapshot
     /// current at that moment (rules and endpoints change live).
@@ -51,6 +52,7 @@ impl Connection {
         let context = Arc::new(RequestContext {
             proxy: self.proxy,
             source: self.source,
+            source_is_pod: self.source_is_pod,
             source_lane: self.source_lane,
             service: self.service,
             port: self.port,

@@ -6,6 +6,9 @@ use serde::Serialize;
 
 use crate::propagation::InheritSource;
 
+mod trust;
+pub use trust::{LaneTrust, Stripped, StrippedFrom};
+
 /// Why a request is in its lane. Shown in `tagger flows`.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, PartialOrd, Ord)]
 #[serde(rename_all = "kebab-case", tag = "kind", content = "rule")]
@@ -55,6 +58,10 @@ pub struct LaneInputs<'a> {
     pub rule: Option<(&'a str, &'a str)>,
     /// The caller pod's lane.
     pub caller_lane: Option<&'a str>,
+    /// The destination does not trust this caller with a lane
+    /// ([`LaneTrust::trusts`]): its header and its inherited lane do not
+    /// count.
+    pub untrusted_caller: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -65,20 +72,52 @@ pub struct LaneDecision {
     /// Send the lane header downstream with this request, so later hops stay
     /// in the lane (sticky lanes and explicit headers) .
     pub carry_header: bool,
+    /// The lane the caller claimed and was not trusted with, if any: the
+    /// reason is then what decided instead.
+    pub stripped: Option<Stripped>,
 }
 
 /// The decision order of SPEC.md: header > inherited > rule > sticky pod lane
 /// > baseline. `is_sticky` tells whether a lane holds for later hops.
+///
+/// An untrusted caller's header and inherited lane are set aside first (and
+/// the one that would have decided is reported as stripped).
 pub fn decide_lane(inputs: &LaneInputs<'_>, is_sticky: impl Fn(&str) -> bool) -> LaneDecision {
+    let header = inputs.header.filter(|l| !l.is_empty());
+    let inherited = inputs.inherited.filter(|(l, _)| !l.is_empty());
+    if !inputs.untrusted_caller {
+        return decide_trusted(header, inherited, inputs, is_sticky);
+    }
+    let stripped = match (header, inherited) {
+        (Some(lane), _) => Some((StrippedFrom::Header, lane)),
+        (None, Some((lane, _))) => Some((StrippedFrom::Inherited, lane)),
+        (None, None) => None,
+    };
+    LaneDecision {
+        stripped: stripped.map(|(from, lane)| Stripped {
+            from,
+            lane: lane.to_string(),
+        }),
+        ..decide_trusted(None, None, inputs, is_sticky)
+    }
+}
+
+fn decide_trusted(
+    header: Option<&str>,
+    inherited: Option<(&str, InheritSource)>,
+    inputs: &LaneInputs<'_>,
+    is_sticky: impl Fn(&str) -> bool,
+) -> LaneDecision {
     let decided = |lane: &str, reason: Reason, carry_header: bool| LaneDecision {
         lane: Some(lane.to_string()),
         reason,
         carry_header,
+        stripped: None,
     };
-    if let Some(lane) = inputs.header.filter(|l| !l.is_empty()) {
+    if let Some(lane) = header {
         return decided(lane, Reason::Header, true);
     }
-    if let Some((lane, source)) = inputs.inherited.filter(|(l, _)| !l.is_empty()) {
+    if let Some((lane, source)) = inherited {
         let reason = match source {
             InheritSource::Id => Reason::InheritedId,
             InheritSource::Goroutine => Reason::InheritedGoroutine,
@@ -98,6 +137,7 @@ pub fn decide_lane(inputs: &LaneInputs<'_>, is_sticky: impl Fn(&str) -> bool) ->
         lane: None,
         reason: Reason::Default,
         carry_header: false,
+        stripped: None,
     }
 }
 

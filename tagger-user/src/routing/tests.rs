@@ -28,6 +28,7 @@ fn lane_decision_order() {
                 inherited: Some(("gray", InheritSource::Thread)),
                 rule: Some(("gray", "r1")),
                 caller_lane: Some("gray"),
+                untrusted_caller: false,
             },
             lane: Some("blue"),
             reason: Reason::Header,
@@ -124,6 +125,111 @@ fn lane_decision_order() {
         assert_eq!(got.lane.as_deref(), case.lane, "{}", case.name);
         assert_eq!(got.reason, case.reason, "{}", case.name);
         assert_eq!(got.carry_header, case.carry, "{}", case.name);
+        assert_eq!(got.stripped, None, "{}: a trusted caller", case.name);
+    }
+}
+
+/// A caller the destination does not trust with a lane: its header and its
+/// inherited lane are set aside (the one that would have decided is
+/// reported), and the rules, then its sticky pod lane, decide.
+#[test]
+fn an_untrusted_callers_lane_is_stripped() {
+    let untrusted = |inputs: LaneInputs<'static>| LaneInputs {
+        untrusted_caller: true,
+        ..inputs
+    };
+    let stripped = |from, lane: &str| {
+        Some(Stripped {
+            from,
+            lane: lane.into(),
+        })
+    };
+    // (name, inputs, lane, reason, carry, stripped)
+    let cases = [
+        (
+            "nothing claimed, nothing stripped",
+            untrusted(LaneInputs::default()),
+            None,
+            Reason::Default,
+            false,
+            None,
+        ),
+        (
+            "a header alone: baseline",
+            untrusted(LaneInputs {
+                header: Some("gray"),
+                ..LaneInputs::default()
+            }),
+            None,
+            Reason::Default,
+            false,
+            stripped(StrippedFrom::Header, "gray"),
+        ),
+        (
+            "the header is what is reported when both were claimed",
+            untrusted(LaneInputs {
+                header: Some("blue"),
+                inherited: Some(("gray", InheritSource::Thread)),
+                ..LaneInputs::default()
+            }),
+            None,
+            Reason::Default,
+            false,
+            stripped(StrippedFrom::Header, "blue"),
+        ),
+        (
+            "an inherited lane is a claim too",
+            untrusted(LaneInputs {
+                inherited: Some(("gray", InheritSource::Goroutine)),
+                ..LaneInputs::default()
+            }),
+            None,
+            Reason::Default,
+            false,
+            stripped(StrippedFrom::Inherited, "gray"),
+        ),
+        (
+            "an empty header claims nothing",
+            untrusted(LaneInputs {
+                header: Some(""),
+                ..LaneInputs::default()
+            }),
+            None,
+            Reason::Default,
+            false,
+            None,
+        ),
+        (
+            "the rules decide instead",
+            untrusted(LaneInputs {
+                header: Some("gray"),
+                rule: Some(("blue", "r1")),
+                ..LaneInputs::default()
+            }),
+            Some("blue"),
+            Reason::Rule("r1".into()),
+            false,
+            stripped(StrippedFrom::Header, "gray"),
+        ),
+        (
+            "then the caller's sticky pod lane",
+            untrusted(LaneInputs {
+                header: Some("blue"),
+                caller_lane: Some("gray"),
+                ..LaneInputs::default()
+            }),
+            Some("gray"),
+            Reason::PodLane,
+            true,
+            stripped(StrippedFrom::Header, "blue"),
+        ),
+    ];
+    for (name, inputs, lane, reason, carry, want_stripped) in cases {
+        let got = decide_lane(&inputs, sticky);
+        assert_eq!(got.lane.as_deref(), lane, "{name}");
+        assert_eq!(got.reason, reason, "{name}");
+        assert_eq!(got.carry_header, carry, "{name}");
+        assert_eq!(got.stripped, want_stripped, "{name}");
     }
 }
 

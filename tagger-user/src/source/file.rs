@@ -123,6 +123,8 @@ pub fn inventory(
                 .into_iter()
                 .collect(),
             endpoints,
+            pods: spec.pods.iter().map(|p| p.name.clone()).collect(),
+            lane_header_from: spec.lane_header_from.clone(),
         });
     }
     Ok(Inventory {

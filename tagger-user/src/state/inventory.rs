@@ -12,7 +12,7 @@ use std::{collections::BTreeMap, net::Ipv4Addr};
 use serde::Serialize;
 
 use crate::{
-    config::{LANE_LABELS, LaneSpec, LimitsSpec, Protocol},
+    config::{LANE_LABELS, LaneHeaderFrom, LaneSpec, LimitsSpec, Protocol},
     rules::RuleSpec,
 };
 
@@ -62,6 +62,13 @@ pub struct ServiceEntry {
     /// The ports callers use. Empty: a plain pod group, nothing to route.
     pub ports: Vec<ServicePort>,
     pub endpoints: Vec<EndpointEntry>,
+    /// Every pod that is this service, serving or not (a pod group has no
+    /// endpoints): a `lane_header_from` list that names the service trusts
+    /// them as callers. The file's pods; in Kubernetes the pods its
+    /// EndpointSlices name.
+    pub pods: Vec<String>,
+    /// Whose lane header a request to the service may be in.
+    pub lane_header_from: LaneHeaderFrom,
 }
 
 /// A port callers use, and what the endpoints speak on it.

@@ -26,8 +26,8 @@ use arc_swap::ArcSwap;
 use serde::Serialize;
 
 use crate::{
-    config::LANE_HEADER_ALIAS,
-    routing::Candidate,
+    config::{LANE_HEADER_ALIAS, LaneHeaderFrom},
+    routing::{Candidate, LaneTrust},
     rules::{RuleError, RuleSet, RuleSpec},
 };
 
@@ -90,6 +90,10 @@ pub struct Service {
     /// What the endpoints speak on this port; `None`: what each request
     /// came as.
     pub protocol: Option<crate::config::Protocol>,
+    /// Whose lane header it trusts, as the source said it...
+    pub lane_header_from: LaneHeaderFrom,
+    /// ...and resolved to pods, which the proxy asks per request.
+    pub lane_trust: LaneTrust,
     /// Round-robin position, shared across snapshots by name and port.
     #[serde(skip)]
     pub turn: Arc<AtomicUsize>,
@@ -230,6 +234,7 @@ impl Snapshot {
             .collect();
         let mut services = Vec::new();
         for spec in &inventory.services {
+            let lane_trust = lane_trust(&spec.lane_header_from, &inventory.services);
             if spec.ports.is_empty() {
                 services.push(Service {
                     name: spec.name.clone(),
@@ -237,6 +242,8 @@ impl Snapshot {
                     address: None,
                     endpoints: Vec::new(),
                     protocol: None,
+                    lane_header_from: spec.lane_header_from.clone(),
+                    lane_trust: lane_trust.clone(),
                     turn: previous
                         .and_then(|p| p.service_at(&spec.name, None))
                         .map(|s| s.turn.clone())
@@ -259,6 +266,8 @@ impl Snapshot {
                     address: spec.address.map(|ip| SocketAddrV4::new(ip, port)),
                     endpoints,
                     protocol,
+                    lane_header_from: spec.lane_header_from.clone(),
+                    lane_trust: lane_trust.clone(),
                     turn: previous
                         .and_then(|p| p.service_at(&spec.name, Some(port)))
                         .map(|s| s.turn.clone())
@@ -353,6 +362,23 @@ impl Snapshot {
     /// Every cgroup of this node's pods, for the kernel's pod cgroup map.
     pub fn pod_cgroups(&self) -> std::collections::HashSet<u64> {
         self.pods_by_cgroup.keys().copied().collect()
+    }
+}
+
+/// A service's `lane_header_from` resolved to the pods it trusts: every pod
+/// of each listed service. A listed service the inventory does not have
+/// (a Kubernetes Service not created yet) has no pods to trust.
+fn lane_trust(from: &LaneHeaderFrom, services: &[ServiceEntry]) -> LaneTrust {
+    match from {
+        LaneHeaderFrom::Any => LaneTrust::Any,
+        LaneHeaderFrom::Nobody => LaneTrust::Nobody,
+        LaneHeaderFrom::Services(names) => LaneTrust::Pods(Arc::new(
+            services
+                .iter()
+                .filter(|s| names.contains(&s.name))
+                .flat_map(|s| s.pods.iter().cloned())
+                .collect(),
+        )),
     }
 }
 

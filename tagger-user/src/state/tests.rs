@@ -3,7 +3,7 @@
 use std::{net::Ipv4Addr, sync::atomic::Ordering};
 
 use super::*;
-use crate::config::{LaneSpec, LimitsSpec};
+use crate::config::{LaneHeaderFrom, LaneSpec, LimitsSpec};
 
 fn settings() -> SettingsSpec {
     SettingsSpec {
@@ -67,12 +67,16 @@ fn inventory(b_readiness: Readiness) -> Inventory {
                     endpoint("shop/a", 1, Readiness::Ready, &[(80, 8080), (9000, 9090)]),
                     endpoint("shop/b", 2, b_readiness, &[(80, 8080), (9000, 9091)]),
                 ],
+                pods: vec!["shop/a".into(), "shop/b".into()],
+                lane_header_from: LaneHeaderFrom::Services(vec!["shop/job".into()]),
             },
             ServiceEntry {
                 name: "shop/job".into(),
                 address: None,
                 ports: vec![],
                 endpoints: vec![],
+                pods: vec!["shop/far".into()],
+                lane_header_from: LaneHeaderFrom::Any,
             },
         ],
         pods: vec![
@@ -149,6 +153,30 @@ fn pods_lanes_and_cgroups() {
     // Declared twice (two namespaces): sticky if either says so.
     assert_eq!(snapshot.lanes.len(), 1);
     assert!(snapshot.is_sticky("gray"));
+}
+
+/// `lane_header_from` reaches every port of its service, its list
+/// resolved to the pods of the services named (a pod group's included).
+#[test]
+fn lane_header_trust_is_resolved_to_pods() {
+    let snapshot = Snapshot::build(&inventory(Readiness::Ready), &[], None).unwrap();
+    for port in [80, 9000] {
+        let web = snapshot.service_at("shop/web", Some(port)).unwrap();
+        assert!(web.lane_trust.trusts(Some("shop/far")), "{port}");
+        assert!(!web.lane_trust.trusts(Some("shop/a")), "{port}");
+        assert!(!web.lane_trust.trusts(None), "{port}");
+    }
+    let job = snapshot.service_at("shop/job", None).unwrap();
+    assert_eq!(job.lane_trust, LaneTrust::Any);
+    // A service not in the inventory has no pods to trust.
+    let mut inventory = inventory(Readiness::Ready);
+    inventory.services[0].lane_header_from = LaneHeaderFrom::Services(vec!["shop/gone".into()]);
+    let snapshot = Snapshot::build(&inventory, &[], None).unwrap();
+    let web = &snapshot.services[0];
+    assert!(!web.lane_trust.trusts(Some("shop/far")));
+    let dump = serde_json::to_value(web).unwrap();
+    assert_eq!(dump["lane_header_from"], serde_json::json!(["shop/gone"]));
+    assert_eq!(dump["lane_trust"], serde_json::json!([]));
 }
 
 #[test]

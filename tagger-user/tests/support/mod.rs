@@ -25,6 +25,7 @@ use hyper_util::rt::TokioIo;
 use tagger::{
     config::ClusterFile,
     flows::FlowTable,
+    propagation::ContextStore,
     proxy::{FlowLookup, Origin, Proxy, ProxyConfig},
     source::file::{PlacedPod, PlacedService, Placement, inventory},
     state::{Snapshot, StateHandle},
@@ -288,6 +289,8 @@ pub struct Proxied {
     pub origins: Arc<FixedOrigin>,
     pub gate: Arc<tagger::proxy::limits::ConnectionGate>,
     pub proxy: Arc<Proxy>,
+    /// Inbound contexts the proxy inherits from (a test feeds it events).
+    pub contexts: Arc<ContextStore>,
 }
 
 /// The proxy for cluster file `text` (its `port: 1` made `port`), with the
@@ -341,11 +344,12 @@ pub async fn start_proxy(text: &str, port: u16, caller_pod: &str) -> Proxied {
         SocketAddrV4::new(Ipv4Addr::new(127, 0, 0, 9), port),
         caller_cgroup,
     ));
+    let contexts = Arc::new(ContextStore::default());
     let proxy = Proxy::new(
         state.clone(),
         origins.clone(),
         flows.clone(),
-        Arc::default(),
+        contexts.clone(),
         ProxyConfig::default(),
     );
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -359,6 +363,7 @@ pub async fn start_proxy(text: &str, port: u16, caller_pod: &str) -> Proxied {
         origins,
         gate,
         proxy,
+        contexts,
     }
 }
 

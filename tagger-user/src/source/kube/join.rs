@@ -13,7 +13,7 @@ use super::{
     store::Store,
 };
 use crate::{
-    config::LaneSpec,
+    config::{LaneHeaderFrom, LaneSpec},
     kubernetes::{TrafficRule, TrafficRuleSpec, TrafficRuleStatus, convert::checked_rule_spec},
     rules::RuleSpec,
     state::{
@@ -138,6 +138,9 @@ pub fn join(
     for ((ns, name), service) in stores.services.iter().filter(|((ns, _), _)| is_managed(ns)) {
         services_by_ns.entry(ns).or_default().insert(name.as_str());
         let mut endpoints: BTreeMap<Ipv4Addr, EndpointEntry> = BTreeMap::new();
+        // Every pod the slices name, ready or not: who the Service is, as
+        // a caller.
+        let mut members: BTreeSet<String> = BTreeSet::new();
         for slice in slices_of
             .get(&(ns.as_str(), name.as_str()))
             .into_iter()
@@ -158,6 +161,7 @@ pub fn join(
             for endpoint in &slice.endpoints {
                 if let Some(pod) = &endpoint.pod {
                     endpoint_ips.insert((ns.as_str(), pod.as_str()), endpoint.ip);
+                    members.insert(format!("{ns}/{pod}"));
                 }
                 let entry = EndpointEntry {
                     pod: endpoint
@@ -188,6 +192,14 @@ pub fn join(
                 })
                 .collect(),
             endpoints: endpoints.into_values().collect(),
+            pods: members.into_iter().collect(),
+            // The annotation names Services of the same namespace.
+            lane_header_from: match &service.lane_header_from {
+                LaneHeaderFrom::Services(names) => LaneHeaderFrom::Services(
+                    names.iter().map(|name| format!("{ns}/{name}")).collect(),
+                ),
+                other => other.clone(),
+            },
         });
     }
 

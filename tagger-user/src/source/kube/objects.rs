@@ -12,7 +12,10 @@ use kube::{
     core::{ObjectMeta, PartialObjectMeta},
 };
 
-use crate::{config::Protocol, kubernetes::cgroups::QosClass};
+use crate::{
+    config::{LaneHeaderFrom, Protocol},
+    kubernetes::{cgroups::QosClass, convert},
+};
 
 /// The label a Namespace needs for its pods to be managed (SPEC.md,
 /// section E).
@@ -75,6 +78,8 @@ pub struct ServiceRec {
     pub cluster_ip: Option<Ipv4Addr>,
     /// TCP ports only: tagger routes HTTP over TCP.
     pub ports: Vec<ServicePortRec>,
+    /// From the `tagger.io/lane-header-from` annotation; names unqualified.
+    pub lane_header_from: LaneHeaderFrom,
 }
 
 pub fn service(service: &Service) -> Option<(Key, ServiceRec)> {
@@ -96,7 +101,20 @@ pub fn service(service: &Service) -> Option<(Key, ServiceRec)> {
             })
         })
         .collect();
-    Some((key(&service.metadata)?, ServiceRec { cluster_ip, ports }))
+    // A lock that cannot be read locks: trusting every caller because of
+    // a typo would open what the operator meant to close.
+    let lane_header_from = convert::lane_header_from(service).unwrap_or_else(|error| {
+        tracing::warn!(%error, "no caller's lane header is trusted until the annotation is fixed");
+        LaneHeaderFrom::Nobody
+    });
+    Some((
+        key(&service.metadata)?,
+        ServiceRec {
+            cluster_ip,
+            ports,
+            lane_header_from,
+        },
+    ))
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -11,6 +11,7 @@ use serde_json::json;
 
 use super::{join::Stores, objects::*};
 use crate::{
+    config::LaneHeaderFrom,
     config::Protocol,
     kubernetes::cgroups::QosClass,
     state::{PortMap, Readiness},
@@ -361,4 +362,71 @@ fn the_join_routes_each_service_port_to_its_target_port_in_managed_namespaces_on
         [("shop/charge-v1", None), ("shop/charge-v2", Some("gray"))]
     );
     assert_eq!(inventory.pods[0].cgroup_ids, [7, 8]);
+}
+
+/// `tagger.io/lane-header-from` on a Service: its names qualified by the
+/// namespace, each listed Service's pods (ready or not) its callers; an
+/// annotation that cannot be read trusts nobody rather than everybody.
+#[test]
+fn the_join_carries_lane_header_trust_by_namespace() {
+    let annotated = |name: &str, ip: &str, value: &str| {
+        let mut service = service_json("shop", name, ip);
+        service["metadata"]["annotations"] = json!({"tagger.io/lane-header-from": value});
+        service
+    };
+    let stores = stores(&[
+        namespace_json("shop", json!({"tagger.io/lanes": "enabled"})),
+        annotated("web", "10.96.0.40", "gateway"),
+        annotated("api", "10.96.0.41", "web,gateway-typo_"),
+        service_json("shop", "gateway", "10.96.0.42"),
+        slice_json(
+            "shop",
+            "gateway",
+            &[
+                ("10.244.1.5", "gw-1", Some(true), Some(false)),
+                ("10.244.1.6", "gw-2", Some(false), Some(false)),
+            ],
+        ),
+        slice_json(
+            "shop",
+            "web",
+            &[("10.244.1.7", "web-1", Some(true), Some(false))],
+        ),
+    ]);
+    let (inventory, _) = super::join(
+        &stores,
+        &HashMap::new(),
+        &super::KubeConfig {
+            node_name: "node-a".into(),
+            cgroup_root: "/sys/fs/cgroup".into(),
+            lane_header: "x-lane".into(),
+            passthrough_headers: vec![],
+        }
+        .settings(),
+    );
+    let service = |name: &str| {
+        inventory
+            .services
+            .iter()
+            .find(|s| s.name == name)
+            .unwrap_or_else(|| panic!("{name}: {:?}", inventory.services))
+    };
+    assert_eq!(
+        service("shop/web").lane_header_from,
+        LaneHeaderFrom::Services(vec!["shop/gateway".into()])
+    );
+    assert_eq!(service("shop/api").lane_header_from, LaneHeaderFrom::Nobody);
+    assert_eq!(
+        service("shop/gateway").lane_header_from,
+        LaneHeaderFrom::Any
+    );
+    assert_eq!(service("shop/gateway").pods, ["shop/gw-1", "shop/gw-2"]);
+    let snapshot = crate::state::Snapshot::build(&inventory, &[], None).unwrap();
+    let web = snapshot.service_at("shop/web", Some(8080)).unwrap();
+    assert!(
+        web.lane_trust.trusts(Some("shop/gw-2")),
+        "not ready is still gateway"
+    );
+    assert!(!web.lane_trust.trusts(Some("shop/web-1")));
+    assert!(!web.lane_trust.trusts(Some("gw-1")), "names are qualified");
 }
