@@ -111,6 +111,12 @@ impl Hub {
         self.ready.store(ready, Ordering::Relaxed);
     }
 
+    /// The flow table the request counters live in (the metrics listener
+    /// serves its views too).
+    pub fn flows(&self) -> &FlowTable {
+        &self.flows
+    }
+
     pub fn is_ready(&self) -> bool {
         self.ready.load(Ordering::Relaxed)
     }
