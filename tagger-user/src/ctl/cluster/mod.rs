@@ -209,7 +209,13 @@ impl Screen {
         table: impl Fn() -> String,
     ) -> Self {
         Self {
-            text: if json { to_json(view) } else { table() },
+            // With no node answering, an empty table would read as "no
+            // flows yet", which no daemon said.
+            text: match (json, view.answered()) {
+                (true, _) => to_json(view),
+                (false, true) => table(),
+                (false, false) => String::new(),
+            },
             notes: view.notes(),
             answered: view.answered(),
         }
