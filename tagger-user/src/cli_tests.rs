@@ -163,7 +163,9 @@ fn the_local_cluster_flags_still_work() {
 
 /// `flows|lanes`: which daemons `--kubernetes` asks (`None`: this node's
 /// admin socket), and `--by-path`.
-fn view_target(args: &[&str]) -> Result<(Option<ClusterTarget>, bool), String> {
+type Target = (Option<ClusterTarget>, bool);
+
+fn view_target(args: &[&str]) -> Result<Target, String> {
     let cli =
         Cli::try_parse_from(std::iter::once(&"tagger").chain(args)).map_err(|e| e.to_string())?;
     match cli.command {
@@ -176,7 +178,7 @@ fn view_target(args: &[&str]) -> Result<(Option<ClusterTarget>, bool), String> {
 #[test]
 fn the_cluster_view_flags() {
     let deployed = ClusterTarget::default();
-    let cases: Vec<(&[&str], Result<(Option<ClusterTarget>, bool), &str>)> = vec![
+    let cases: Vec<(&[&str], Result<Target, &str>)> = vec![
         (&["flows"], Ok((None, false))),
         (&["flows", "--by-path", "--json"], Ok((None, true))),
         (

@@ -66,12 +66,13 @@ impl fmt::Display for Unreachable {
     }
 }
 
-/// Joins each daemon's answer (where it answered from and its rows, or the
-/// error that stopped it) into one view, nodes in name order (then pods,
+/// One daemon and its answer: where it answered from and its rows, or the
+/// error that stopped it.
+pub type Answer<T, E> = (Daemon, Result<(SocketAddr, Vec<T>), E>);
+
+/// Joins each daemon's answer into one view, nodes in name order (then pods,
 /// for two on one node).
-pub fn merge<T, E: fmt::Display>(
-    mut answers: Vec<(Daemon, Result<(SocketAddr, Vec<T>), E>)>,
-) -> ClusterView<T> {
+pub fn merge<T, E: fmt::Display>(mut answers: Vec<Answer<T, E>>) -> ClusterView<T> {
     answers.sort_by(|(a, _), (b, _)| (&a.node, &a.pod).cmp(&(&b.node, &b.pod)));
     let mut view = ClusterView {
         nodes: Vec::new(),

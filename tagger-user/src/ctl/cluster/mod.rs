@@ -24,7 +24,7 @@ use kube::{Api, Client, api::ListParams};
 use serde::de::DeserializeOwned;
 use tokio::net::TcpStream;
 
-pub use merge::{ClusterView, Daemon, NodeAnswer, PodProblem, Unreachable, merge};
+pub use merge::{Answer, ClusterView, Daemon, NodeAnswer, PodProblem, Unreachable, merge};
 
 use super::{BY_METHOD, FLOWS, LANES, ViewOptions, WATCH_EVERY, show, to_json};
 use crate::{

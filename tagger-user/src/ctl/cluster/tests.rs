@@ -38,19 +38,24 @@ fn daemon(node: &str, address: Result<&str, PodProblem>) -> Daemon {
     }
 }
 
-type Answer<T> = (Daemon, Result<(SocketAddr, Vec<T>), String>);
-
-fn answered<T>(node: &str, address: &str, rows: Vec<T>) -> Answer<T> {
+fn answered<T>(node: &str, address: &str, rows: Vec<T>) -> Answer<T, String> {
     (daemon(node, Ok(address)), Ok((addr(address), rows)))
 }
 
-fn failed<T>(node: &str, address: Result<&str, PodProblem>, error: &str) -> Answer<T> {
+fn failed<T>(node: &str, address: Result<&str, PodProblem>, error: &str) -> Answer<T, String> {
     (daemon(node, address), Err(error.into()))
 }
 
 #[test]
 fn merge_orders_nodes_and_keeps_every_failure() {
-    let cases: Vec<(&str, Vec<Answer<u32>>, Vec<&str>, Vec<Unreachable>)> = vec![
+    // (case, answers, nodes that answered, unreachable)
+    type Case = (
+        &'static str,
+        Vec<Answer<u32, String>>,
+        Vec<&'static str>,
+        Vec<Unreachable>,
+    );
+    let cases: Vec<Case> = vec![
         ("nothing", vec![], vec![], vec![]),
         (
             "nodes by name, whatever order they answered in",
@@ -251,7 +256,14 @@ fn a_daemon_is_reached_at_its_pod_ip_and_named_metrics_port() {
         {"name": "proxy", "containerPort": 15001},
         {"name": "metrics", "containerPort": 15090},
     ]);
-    let cases: Vec<(&str, Pod, Option<u16>, Result<&str, PodProblem>)> = vec![
+    // (case, pod, --metrics-port, where it is asked)
+    type Case = (
+        &'static str,
+        Pod,
+        Option<u16>,
+        Result<&'static str, PodProblem>,
+    );
+    let cases: Vec<Case> = vec![
         (
             "as deploy/ runs it",
             pod("Running", Some("10.0.0.1"), deployed.clone()),
