@@ -210,7 +210,7 @@ pub struct View {
     #[arg(long)]
     pub json: bool,
     #[command(flatten)]
-    pub cluster: ClusterView,
+    pub cluster: ClusterArgs,
 }
 
 impl View {
@@ -224,7 +224,7 @@ impl View {
 
 /// `--kubernetes`: every node's daemon instead of this node's admin socket.
 #[derive(Debug, Args)]
-pub struct ClusterView {
+pub struct ClusterArgs {
     /// Every node's daemon, merged (NODE first): the daemon pods are found
     /// through the Kubernetes API as kubectl does (KUBECONFIG, else
     /// in-cluster) and each is asked on its metrics port.
@@ -242,7 +242,7 @@ pub struct ClusterView {
     pub metrics_port: Option<u16>,
 }
 
-impl ClusterView {
+impl ClusterArgs {
     /// Where the daemons are, if `--kubernetes` was given.
     pub fn target(&self) -> Option<ClusterTarget> {
         self.kubernetes.then(|| ClusterTarget {
