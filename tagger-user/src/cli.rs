@@ -5,9 +5,13 @@ use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
 
 use crate::{
-    ctl::{self, ViewOptions},
+    ctl::{
+        self, ViewOptions,
+        cluster::{self, ClusterTarget},
+    },
     daemon::{self, DaemonArgs, SourceArgs},
     localcluster::{self, RunDir},
+    source::kube::kubectl_client,
 };
 
 #[derive(Debug, Parser)]
@@ -216,6 +220,49 @@ pub struct View {
     /// Print JSON instead of a table.
     #[arg(long)]
     pub json: bool,
+    #[command(flatten)]
+    pub cluster: ClusterArgs,
+}
+
+impl View {
+    fn options(&self) -> ViewOptions {
+        ViewOptions {
+            watch: self.watch,
+            json: self.json,
+        }
+    }
+}
+
+/// `--kubernetes`: every node's daemon instead of this node's admin socket.
+#[derive(Debug, Args)]
+pub struct ClusterArgs {
+    /// Every node's daemon, merged (NODE first): the daemon pods are found
+    /// through the Kubernetes API as kubectl does (KUBECONFIG, else
+    /// in-cluster) and each is asked on its metrics port.
+    #[arg(long)]
+    pub kubernetes: bool,
+    /// Kubernetes: the daemons' namespace.
+    #[arg(short = 'n', long, requires = "kubernetes", default_value = cluster::DEFAULT_NAMESPACE)]
+    pub namespace: String,
+    /// Kubernetes: the daemon pods' label selector.
+    #[arg(short = 'l', long, requires = "kubernetes", default_value = cluster::DEFAULT_SELECTOR)]
+    pub selector: String,
+    /// Kubernetes: the daemons' metrics port (default: each pod's
+    /// container port named `metrics`).
+    #[arg(long, requires = "kubernetes", value_name = "PORT")]
+    pub metrics_port: Option<u16>,
+}
+
+impl ClusterArgs {
+    /// Where the daemons are, if `--kubernetes` was given.
+    pub fn target(&self) -> Option<ClusterTarget> {
+        self.kubernetes.then(|| ClusterTarget {
+            namespace: self.namespace.clone(),
+            selector: self.selector.clone(),
+            metrics_port: self.metrics_port,
+            timeout: cluster::NODE_TIMEOUT,
+        })
+    }
 }
 
 #[derive(Debug, Subcommand)]
@@ -267,27 +314,17 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             daemon::run(args.daemon_args(socket, |name| std::env::var(name).ok())?).await?;
         }
         Command::Cluster(command) => return cluster(command, &run_dir).await,
-        Command::Flows(FlowsView { view, by_path }) => {
-            ctl::flows(
-                &socket,
-                ViewOptions {
-                    watch: view.watch,
-                    json: view.json,
-                },
-                by_path,
-            )
-            .await?
-        }
-        Command::Lanes(view) => {
-            ctl::lanes(
-                &socket,
-                ViewOptions {
-                    watch: view.watch,
-                    json: view.json,
-                },
-            )
-            .await?
-        }
+        Command::Flows(FlowsView { view, by_path }) => match view.cluster.target() {
+            Some(target) => {
+                let client = kubectl_client().await?;
+                cluster::flows(client, target, view.options(), by_path).await?
+            }
+            None => ctl::flows(&socket, view.options(), by_path).await?,
+        },
+        Command::Lanes(view) => match view.cluster.target() {
+            Some(target) => cluster::lanes(kubectl_client().await?, target, view.options()).await?,
+            None => ctl::lanes(&socket, view.options()).await?,
+        },
         Command::Rules(command) => {
             let message = match command {
                 RulesCommand::List { json } => {

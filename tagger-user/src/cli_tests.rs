@@ -1,10 +1,11 @@
 //! `tagger daemon` flags: the local cluster's, and SPEC.md's fixed
 //! Kubernetes interface, with NODE_NAME and HOST_IP read from an injected
-//! environment.
+//! environment; `tagger flows|lanes --kubernetes`'s.
 use clap::Parser;
 
 use crate::{
-    cli::{Cli, Command},
+    cli::{Cli, Command, FlowsView},
+    ctl::cluster::ClusterTarget,
     daemon::{DaemonArgs, SourceArgs},
 };
 
@@ -158,4 +159,81 @@ fn the_local_cluster_flags_still_work() {
         (Some("c.yaml"), Some("p.json"))
     );
     assert_eq!(args.proxy_addr.to_string(), "10.77.0.1:15001");
+}
+
+/// `flows|lanes`: which daemons `--kubernetes` asks (`None`: this node's
+/// admin socket), and `--by-path`.
+type Target = (Option<ClusterTarget>, bool);
+
+fn view_target(args: &[&str]) -> Result<Target, String> {
+    let cli =
+        Cli::try_parse_from(std::iter::once(&"tagger").chain(args)).map_err(|e| e.to_string())?;
+    match cli.command {
+        Command::Flows(FlowsView { view, by_path }) => Ok((view.cluster.target(), by_path)),
+        Command::Lanes(view) => Ok((view.cluster.target(), false)),
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn the_cluster_view_flags() {
+    let deployed = ClusterTarget::default();
+    let cases: Vec<(&[&str], Result<Target, &str>)> = vec![
+        (&["flows"], Ok((None, false))),
+        (&["flows", "--by-path", "--json"], Ok((None, true))),
+        (
+            &["flows", "--kubernetes"],
+            Ok((Some(deployed.clone()), false)),
+        ),
+        (
+            &["flows", "--kubernetes", "--by-path", "--watch"],
+            Ok((Some(deployed.clone()), true)),
+        ),
+        (
+            &[
+                "lanes",
+                "--kubernetes",
+                "-n",
+                "ops",
+                "-l",
+                "app=tagger,tier=edge",
+                "--metrics-port",
+                "9100",
+            ],
+            Ok((
+                Some(ClusterTarget {
+                    namespace: "ops".into(),
+                    selector: "app=tagger,tier=edge".into(),
+                    metrics_port: Some(9100),
+                    ..deployed.clone()
+                }),
+                false,
+            )),
+        ),
+        (
+            &["lanes", "--kubernetes", "--namespace=ops", "--selector=a=b"],
+            Ok((
+                Some(ClusterTarget {
+                    namespace: "ops".into(),
+                    selector: "a=b".into(),
+                    ..deployed.clone()
+                }),
+                false,
+            )),
+        ),
+        // The Kubernetes flags mean nothing without --kubernetes.
+        (&["flows", "-n", "ops"], Err("--kubernetes")),
+        (&["lanes", "--metrics-port", "9100"], Err("--kubernetes")),
+        (
+            &["flows", "--kubernetes", "--metrics-port", "99999"],
+            Err("99999"),
+        ),
+    ];
+    for (args, want) in cases {
+        match (view_target(args), want) {
+            (Ok(got), Ok(want)) => assert_eq!(got, want, "{args:?}"),
+            (Err(error), Err(words)) => assert!(error.contains(words), "{args:?}: {error}"),
+            (got, want) => panic!("{args:?}: {got:?}, want {want:?}"),
+        }
+    }
 }

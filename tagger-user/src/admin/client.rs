@@ -21,7 +21,7 @@ pub enum AdminError {
         path: PathBuf,
         source: std::io::Error,
     },
-    #[error("admin request failed: {0}")]
+    #[error("request to the daemon failed: {0}")]
     Http(#[from] hyper::Error),
     #[error("the daemon answered {status}: {body}")]
     Status { status: StatusCode, body: String },
@@ -53,25 +53,13 @@ impl AdminClient {
                     path: self.path.clone(),
                     source,
                 })?;
-        let (mut sender, connection) =
-            hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
-        tokio::spawn(connection);
         let request = Request::builder()
             .method(method)
             .uri(path)
             .header("host", "tagger-admin")
             .body(Full::new(body))
             .expect("static request parts");
-        let response = sender.send_request(request).await?;
-        let status = response.status();
-        let body = response.into_body().collect().await?.to_bytes();
-        if !status.is_success() {
-            return Err(AdminError::Status {
-                status,
-                body: String::from_utf8_lossy(&body).trim().to_string(),
-            });
-        }
-        Ok(body)
+        exchange(stream, request).await
     }
 
     pub async fn get_json<T: serde::de::DeserializeOwned>(
@@ -81,4 +69,26 @@ impl AdminClient {
         let body = self.request(Method::GET, path, Bytes::new()).await?;
         Ok(serde_json::from_slice(&body)?)
     }
+}
+
+/// One HTTP/1 request over a connected stream, its whole body if the answer
+/// is a success. The admin socket's and the daemons' metrics listeners'
+/// (`tagger flows --kubernetes`) clients both talk through this.
+pub async fn exchange<S>(stream: S, request: Request<Full<Bytes>>) -> Result<Bytes, AdminError>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let (mut sender, connection) =
+        hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
+    tokio::spawn(connection);
+    let response = sender.send_request(request).await?;
+    let status = response.status();
+    let body = response.into_body().collect().await?.to_bytes();
+    if !status.is_success() {
+        return Err(AdminError::Status {
+            status,
+            body: String::from_utf8_lossy(&body).trim().to_string(),
+        });
+    }
+    Ok(body)
 }

@@ -14,6 +14,7 @@
 //! | DELETE | /rules/NAME             | delete a rule                         |
 //! | GET    | /config_dump            | settings, lanes, services, endpoints, pods, kernel counters |
 mod client;
+mod views;
 
 use std::{convert::Infallible, path::Path, sync::Arc};
 
@@ -26,7 +27,8 @@ use serde::Serialize;
 use tokio::net::UnixListener;
 use tracing::{debug, warn};
 
-pub use client::{AdminClient, AdminError};
+pub use client::{AdminClient, AdminError, exchange};
+pub use views::View;
 
 use crate::controller::Controller;
 
@@ -75,7 +77,12 @@ pub fn bind(path: &Path) -> std::io::Result<UnixListener> {
 }
 
 fn json<T: Serialize>(value: &T) -> Response<Full<Bytes>> {
-    match serde_json::to_vec_pretty(value) {
+    json_body(serde_json::to_vec_pretty(value))
+}
+
+/// A JSON answer, or 500 if it could not be serialised.
+pub(crate) fn json_body(body: Result<Vec<u8>, serde_json::Error>) -> Response<Full<Bytes>> {
+    match body {
         Ok(body) => Response::builder()
             .header("content-type", "application/json")
             .body(Full::new(Bytes::from(body)))
@@ -105,8 +112,8 @@ async fn route(controller: &Controller, request: Request<Incoming>) -> Response<
         (&Method::GET, ["ready"]) => {
             text(StatusCode::OK, format!("ready pid={}", std::process::id()))
         }
-        (&Method::GET, ["flows"]) => json(&controller.flows.rows()),
-        (&Method::GET, ["lanes"]) => json(&controller.flows.lane_rates()),
+        (&Method::GET, ["flows"]) => json_body(View::Flows.json(&controller.flows)),
+        (&Method::GET, ["lanes"]) => json_body(View::Lanes.json(&controller.flows)),
         (&Method::GET, ["rules"]) => json(&controller.rule_rows()),
         (&Method::GET, ["config_dump"]) => json(&controller.config_dump()),
         (&Method::POST, ["rules"]) => {

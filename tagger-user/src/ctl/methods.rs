@@ -3,7 +3,7 @@
 //! the daemon counts gRPC calls per method.
 use crate::flows::FlowRow;
 
-use super::Table;
+use super::Shape;
 
 /// Rows that differ only by their gRPC method, merged into one (counts
 /// added, the newest age kept), in the order the first of each came.
@@ -36,13 +36,29 @@ pub fn merge_methods(rows: &[FlowRow]) -> Vec<FlowRow> {
     merged
 }
 
-/// One row per (service, gRPC method, lane, endpoint), over every source
-/// and reason: which lane served which method, where. Requests that are
-/// not gRPC calls are one row per (service, lane, endpoint), method `-`.
+/// `tagger flows --by-path`: one row per (service, gRPC method, lane,
+/// endpoint), over every source and reason: which lane served which method,
+/// where. Requests that are not gRPC calls are one row per (service, lane,
+/// endpoint), method `-`.
+pub const BY_METHOD: Shape<FlowRow, 7> = Shape {
+    header: [
+        "SERVICE",
+        "GRPC SERVICE",
+        "METHOD",
+        "LANE",
+        "ENDPOINT",
+        "REQUESTS",
+        "ERRORS",
+    ],
+    cells: by_method_cells,
+    empty: "no flows yet\n",
+};
+
 pub fn render_by_method(rows: &[FlowRow]) -> String {
-    if rows.is_empty() {
-        return "no flows yet\n".into();
-    }
+    BY_METHOD.render(rows)
+}
+
+fn by_method_cells(rows: &[FlowRow]) -> Vec<[String; 7]> {
     // (service, grpc service, method, lane, endpoint) -> (requests, errors)
     let mut groups: Vec<([String; 5], u64, u64)> = Vec::new();
     for row in rows {
@@ -67,25 +83,20 @@ pub fn render_by_method(rows: &[FlowRow]) -> String {
         }
     }
     groups.sort_by(|a, b| a.0.cmp(&b.0));
-    let mut table = Table::new([
-        "SERVICE",
-        "GRPC SERVICE",
-        "METHOD",
-        "LANE",
-        "ENDPOINT",
-        "REQUESTS",
-        "ERRORS",
-    ]);
-    for ([service, grpc_service, method, lane, endpoint], requests, errors) in groups {
-        table.row([
-            service,
-            grpc_service,
-            method,
-            lane,
-            endpoint,
-            requests.to_string(),
-            errors.to_string(),
-        ]);
-    }
-    table.render()
+    groups
+        .into_iter()
+        .map(
+            |([service, grpc_service, method, lane, endpoint], requests, errors)| {
+                [
+                    service,
+                    grpc_service,
+                    method,
+                    lane,
+                    endpoint,
+                    requests.to_string(),
+                    errors.to_string(),
+                ]
+            },
+        )
+        .collect()
 }

@@ -1,5 +1,8 @@
 //! The operator's commands: `tagger flows`, `tagger lanes`, `tagger rules`,
-//! `tagger config-dump`. They read the running daemon's admin API.
+//! `tagger config-dump`. They read the running daemon's admin API; with
+//! `--kubernetes`, `flows` and `lanes` read every node's daemon
+//! ([`cluster`]).
+pub mod cluster;
 mod methods;
 mod table;
 
@@ -9,13 +12,13 @@ use bytes::Bytes;
 use http::Method;
 
 use crate::{
-    admin::{AdminClient, AdminError},
+    admin::{AdminClient, AdminError, View},
     daemon::RuleRow,
     flows::{FlowRow, LaneRate},
 };
 
-pub use methods::{merge_methods, render_by_method};
-pub use table::Table;
+pub use methods::{BY_METHOD, merge_methods, render_by_method};
+pub use table::{Shape, Table};
 
 #[derive(Debug, Clone, Copy)]
 pub struct ViewOptions {
@@ -31,17 +34,27 @@ where
     Fut: std::future::Future<Output = Result<String, AdminError>>,
 {
     loop {
-        let text = render().await?;
-        if options.watch {
-            // Clear the screen and home the cursor: refresh in place.
-            print!("\x1b[2J\x1b[H{text}");
-        } else {
-            print!("{text}");
-        }
+        show(options.watch, &render().await?, &[]);
         if !options.watch {
             return Ok(());
         }
         tokio::time::sleep(WATCH_EVERY).await;
+    }
+}
+
+/// Prints one view: `text` on stdout (in place with `--watch`), then
+/// `notes` on stderr, after it, so that a refreshed screen keeps them.
+fn show(watch: bool, text: &str, notes: &[String]) {
+    use std::io::Write;
+    if watch {
+        // Clear the screen and home the cursor: refresh in place.
+        print!("\x1b[2J\x1b[H{text}");
+    } else {
+        print!("{text}");
+    }
+    let _ = std::io::stdout().flush();
+    for note in notes {
+        eprintln!("{note}");
     }
 }
 
@@ -55,7 +68,7 @@ pub fn to_json<T: serde::Serialize>(value: &T) -> String {
 pub async fn flows(socket: &Path, options: ViewOptions, by_method: bool) -> Result<(), AdminError> {
     let client = AdminClient::new(socket);
     show_repeatedly(options, || async {
-        let rows: Vec<FlowRow> = client.get_json("/flows").await?;
+        let rows: Vec<FlowRow> = client.get_json(View::Flows.admin_path()).await?;
         Ok(match (options.json, by_method) {
             (true, _) => to_json(&rows),
             (false, true) => render_by_method(&rows),
@@ -65,17 +78,10 @@ pub async fn flows(socket: &Path, options: ViewOptions, by_method: bool) -> Resu
     .await
 }
 
-/// One row per flow; a gRPC flow counted per method shows as one row (the
-/// methods are `--by-path`'s).
-pub fn render_flows(rows: &[FlowRow]) -> String {
-    let merged;
-    let rows = if rows.iter().any(|r| r.rpc.is_some()) {
-        merged = merge_methods(rows);
-        &merged[..]
-    } else {
-        rows
-    };
-    let mut table = Table::new([
+/// `tagger flows`: one row per flow; a gRPC flow counted per method shows
+/// as one row (the methods are `--by-path`'s).
+pub const FLOWS: Shape<FlowRow, 10> = Shape {
+    header: [
         "SOURCE",
         "SERVICE",
         "ENDPOINT",
@@ -88,32 +94,46 @@ pub fn render_flows(rows: &[FlowRow]) -> String {
         // caller with: `lane_header_from`.
         "STRIPPED",
         "LAST",
-    ]);
-    for row in rows {
-        let reason = match (row.fallback, row.served_lane.as_deref()) {
-            (false, _) => row.reason.clone(),
-            (true, None) => format!("{} (fallback)", row.reason),
-            // The service had neither the lane nor baseline: a pod of the
-            // only lane it has served.
-            (true, Some(served)) => format!("{} (only lane {served})", row.reason),
-        };
-        table.row([
-            row.source.clone(),
-            row.service.clone(),
-            row.endpoint.clone(),
-            row.lane.clone().unwrap_or_else(|| "baseline".into()),
-            reason,
-            row.correlation.to_string(),
-            row.requests.to_string(),
-            row.errors.to_string(),
-            row.stripped.to_string(),
-            format_age(row.last_seen_ms),
-        ]);
-    }
-    if rows.is_empty() {
-        return "no flows yet\n".into();
-    }
-    table.render()
+    ],
+    cells: flow_cells,
+    empty: "no flows yet\n",
+};
+
+pub fn render_flows(rows: &[FlowRow]) -> String {
+    FLOWS.render(rows)
+}
+
+fn flow_cells(rows: &[FlowRow]) -> Vec<[String; 10]> {
+    let merged;
+    let rows = if rows.iter().any(|r| r.rpc.is_some()) {
+        merged = merge_methods(rows);
+        &merged[..]
+    } else {
+        rows
+    };
+    rows.iter()
+        .map(|row| {
+            let reason = match (row.fallback, row.served_lane.as_deref()) {
+                (false, _) => row.reason.clone(),
+                (true, None) => format!("{} (fallback)", row.reason),
+                // The service had neither the lane nor baseline: a pod of the
+                // only lane it has served.
+                (true, Some(served)) => format!("{} (only lane {served})", row.reason),
+            };
+            [
+                row.source.clone(),
+                row.service.clone(),
+                row.endpoint.clone(),
+                row.lane.clone().unwrap_or_else(|| "baseline".into()),
+                reason,
+                row.correlation.to_string(),
+                row.requests.to_string(),
+                row.errors.to_string(),
+                row.stripped.to_string(),
+                format_age(row.last_seen_ms),
+            ]
+        })
+        .collect()
 }
 
 /// How long ago a flow was last seen, for the LAST column.
@@ -128,7 +148,7 @@ fn format_age(ms: u64) -> String {
 pub async fn lanes(socket: &Path, options: ViewOptions) -> Result<(), AdminError> {
     let client = AdminClient::new(socket);
     show_repeatedly(options, || async {
-        let rates: Vec<LaneRate> = client.get_json("/lanes").await?;
+        let rates: Vec<LaneRate> = client.get_json(View::Lanes.admin_path()).await?;
         Ok(if options.json {
             to_json(&rates)
         } else {
@@ -138,20 +158,29 @@ pub async fn lanes(socket: &Path, options: ViewOptions) -> Result<(), AdminError
     .await
 }
 
+/// `tagger lanes`: requests per second per lane per service.
+pub const LANES: Shape<LaneRate, 4> = Shape {
+    header: ["SERVICE", "LANE", "RPS", "TOTAL"],
+    cells: lane_cells,
+    empty: "no traffic yet\n",
+};
+
 pub fn render_lanes(rates: &[LaneRate]) -> String {
-    if rates.is_empty() {
-        return "no traffic yet\n".into();
-    }
-    let mut table = Table::new(["SERVICE", "LANE", "RPS", "TOTAL"]);
-    for rate in rates {
-        table.row([
-            rate.service.clone(),
-            rate.lane.clone().unwrap_or_else(|| "baseline".into()),
-            format!("{:.1}", rate.requests_per_second),
-            rate.total.to_string(),
-        ]);
-    }
-    table.render()
+    LANES.render(rates)
+}
+
+fn lane_cells(rates: &[LaneRate]) -> Vec<[String; 4]> {
+    rates
+        .iter()
+        .map(|rate| {
+            [
+                rate.service.clone(),
+                rate.lane.clone().unwrap_or_else(|| "baseline".into()),
+                format!("{:.1}", rate.requests_per_second),
+                rate.total.to_string(),
+            ]
+        })
+        .collect()
 }
 
 pub async fn rules_list(socket: &Path, json: bool) -> Result<(), AdminError> {

@@ -4,7 +4,8 @@
 //! program costs, ring buffer drops and map fill levels, in the text format
 //! at `/metrics` on a listener of their own (`--metrics-address`), in
 //! local and Kubernetes mode alike. The same listener answers `/ready` and
-//! `/healthz` for kubelet's probes.
+//! `/healthz` for kubelet's probes, and the read-only flow views
+//! `/debug/flows` and `/debug/lanes` for `tagger flows|lanes --kubernetes`.
 //!
 //! Request counters live in the flow table ([`crate::flows::FlowTable`]
 //! records every request's outcome in one place) and are bumped without a
@@ -109,6 +110,12 @@ impl Hub {
     /// answers 200 from now on.
     pub fn set_ready(&self, ready: bool) {
         self.ready.store(ready, Ordering::Relaxed);
+    }
+
+    /// The flow table the request counters live in (the metrics listener
+    /// serves its views too).
+    pub fn flows(&self) -> &FlowTable {
+        &self.flows
     }
 
     pub fn is_ready(&self) -> bool {

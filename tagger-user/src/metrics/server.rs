@@ -1,8 +1,12 @@
 //! The metrics listener: `/metrics` (Prometheus text), `/ready` (200 once
-//! the data path is up, else 503: kubelet's readiness probe) and
-//! `/healthz` (200 while the daemon answers: its liveness probe). Plain
-//! HTTP/1 on TCP, apart from the admin API's Unix socket, so that
-//! Prometheus and kubelet can reach it on the node's address.
+//! the data path is up, else 503: kubelet's readiness probe), `/healthz`
+//! (200 while the daemon answers: its liveness probe), and the read-only
+//! flow views `/debug/flows` and `/debug/lanes` (the admin socket's JSON,
+//! [`crate::admin::View`]), which `tagger flows|lanes --kubernetes` reads
+//! from every node. Plain HTTP/1 on TCP, apart from the admin API's Unix
+//! socket, so that Prometheus, kubelet and the CLI can reach it on the
+//! node's address. Nothing here changes anything: rules are changed on the
+//! admin socket (or through the API) only.
 use std::{convert::Infallible, sync::Arc};
 
 use bytes::Bytes;
@@ -14,6 +18,7 @@ use tokio::net::TcpListener;
 use tracing::{debug, warn};
 
 use super::{CONTENT_TYPE, Hub};
+use crate::admin::View;
 
 pub async fn serve(listener: TcpListener, hub: Arc<Hub>) {
     loop {
@@ -65,10 +70,13 @@ fn route(hub: &Hub, request: &Request<Incoming>) -> Response<Full<Bytes>> {
             "not ready\n".into(),
         ),
         "/healthz" => answer(StatusCode::OK, "text/plain", "ok\n".into()),
-        path => answer(
-            StatusCode::NOT_FOUND,
-            "text/plain",
-            format!("no route for {path}\n"),
-        ),
+        path => match View::from_debug_path(path) {
+            Some(view) => crate::admin::json_body(view.json(hub.flows())),
+            None => answer(
+                StatusCode::NOT_FOUND,
+                "text/plain",
+                format!("no route for {path}\n"),
+            ),
+        },
     }
 }

@@ -100,6 +100,14 @@ pub enum KubeError {
     Client(#[from] kube::Error),
 }
 
+/// The API as kubectl finds it, for the CLI (`tagger flows --kubernetes`):
+/// the file `KUBECONFIG` names (or `~/.kube/config`; a plain `http://`
+/// server works), else the in-cluster service account. The user's own
+/// credentials, not the daemon's.
+pub async fn kubectl_client() -> Result<Client, KubeError> {
+    Ok(Client::try_from(kube::Config::infer().await?)?)
+}
+
 pub struct KubeSource {
     client: Client,
     config: KubeConfig,

@@ -1,6 +1,7 @@
 //! A small Kubernetes API server for in-process tests of the Kubernetes
-//! source: list and `?watch=1` of the kinds the daemon reads, from objects
-//! the test puts in, with resourceVersions, bookmarks, label and field
+//! source: list and `?watch=1` of the kinds the daemon reads (cluster-wide,
+//! or in one namespace, as the CLI lists its daemons), from objects the
+//! test puts in, with resourceVersions, bookmarks, label and field
 //! selectors, metadata-only lists (`as=PartialObjectMetadata`), merge
 //! patches of a `TrafficRule`'s status, and compaction: a watch from before
 //! it gets `410 Gone` and the client must relist.
@@ -23,7 +24,7 @@ use tokio::{net::TcpListener, sync::watch};
 mod query;
 mod stream;
 
-use query::{Selector, parse_query};
+use query::{Selector, collection, parse_query};
 use stream::shape;
 
 /// A collection the daemon lists and watches: (URL path, kind, apiVersion).
@@ -228,10 +229,11 @@ impl ApiServer {
             let body = request.into_body().collect().await.unwrap().to_bytes();
             return self.patch_status(&path, serde_json::from_slice(&body).unwrap());
         }
-        let Some(&(_, kind, api_version)) = KINDS.iter().find(|(p, _, _)| *p == path) else {
+        let (collection, namespace) = collection(&path);
+        let Some(&(_, kind, api_version)) = KINDS.iter().find(|(p, _, _)| *p == collection) else {
             return respond(404, json!({"kind": "Status", "code": 404, "message": path}));
         };
-        let selector = Selector::new(&query);
+        let selector = Selector::new(&query).in_namespace(namespace);
         let shape = |o: &Value| shape(o, metadata_only);
         if query.get("watch").is_some_and(|w| w == "true" || w == "1") {
             let from: u64 = query

@@ -35,11 +35,28 @@ fn decode(text: &str) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
+/// A namespaced collection's path (`/api/v1/namespaces/NS/pods`,
+/// `/apis/GROUP/VERSION/namespaces/NS/PLURAL`) as the cluster-wide one and
+/// the namespace; any other path as it is.
+pub(super) fn collection(path: &str) -> (String, Option<String>) {
+    let parts: Vec<&str> = path.trim_matches('/').split('/').collect();
+    let at = parts.len().saturating_sub(3);
+    match parts.get(at) {
+        Some(&"namespaces") if at >= 2 => (
+            format!("/{}/{}", parts[..at].join("/"), parts[at + 2]),
+            Some(parts[at + 1].to_string()),
+        ),
+        _ => (path.to_string(), None),
+    }
+}
+
 /// `labelSelector` and `fieldSelector` of equalities (`a=b,c=d`); the only
-/// field selector supported is `spec.nodeName`.
+/// field selector supported is `spec.nodeName`. A namespaced collection's
+/// path selects its namespace.
 pub(super) struct Selector {
     labels: Vec<(String, String)>,
     fields: Vec<(String, String)>,
+    namespace: Option<String>,
 }
 
 impl Selector {
@@ -58,13 +75,22 @@ impl Selector {
         Self {
             labels: pairs("labelSelector"),
             fields: pairs("fieldSelector"),
+            namespace: None,
         }
     }
 
+    pub(super) fn in_namespace(self, namespace: Option<String>) -> Self {
+        Self { namespace, ..self }
+    }
+
     pub(super) fn matches(&self, object: &Value) -> bool {
-        self.labels
-            .iter()
-            .all(|(k, v)| object["metadata"]["labels"][k].as_str() == Some(v))
+        self.namespace
+            .as_ref()
+            .is_none_or(|ns| object["metadata"]["namespace"].as_str() == Some(ns))
+            && self
+                .labels
+                .iter()
+                .all(|(k, v)| object["metadata"]["labels"][k].as_str() == Some(v))
             && self.fields.iter().all(|(k, v)| match k.as_str() {
                 "spec.nodeName" => object["spec"]["nodeName"].as_str() == Some(v),
                 other => panic!("field selector {other} not supported by the test server"),
