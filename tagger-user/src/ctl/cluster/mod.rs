@@ -41,6 +41,7 @@ pub const DEFAULT_SELECTOR: &str = "app.kubernetes.io/name=tagger";
 pub const NODE_TIMEOUT: Duration = Duration::from_secs(2);
 /// The daemon container's port for the metrics listener.
 const METRICS_PORT_NAME: &str = "metrics";
+const METRICS_PORT_ANNOTATION: &str = "prometheus.io/port";
 
 /// Which pods are the daemons, and how to reach them.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -116,6 +117,18 @@ pub fn daemon_of(pod: &Pod, metrics_port: Option<u16>) -> Daemon {
                 .flat_map(|c| c.ports.iter().flatten())
                 .find(|p| p.name.as_deref() == Some(METRICS_PORT_NAME))
                 .and_then(|p| u16::try_from(p.container_port).ok())
+                // The DaemonSet declares no ports (on the host network they
+                // would be host ports, and a surge pod of a rolling update
+                // could not be scheduled beside the old one): its scrape
+                // annotation names the port.
+                .or_else(|| {
+                    pod.metadata
+                        .annotations
+                        .as_ref()?
+                        .get(METRICS_PORT_ANNOTATION)?
+                        .parse()
+                        .ok()
+                })
                 .ok_or(PodProblem::NoMetricsPort)?,
         };
         Ok(SocketAddr::new(ip, port))

@@ -311,6 +311,17 @@ fn a_daemon_is_reached_at_its_pod_ip_and_named_metrics_port() {
             None,
             Err(PodProblem::NoMetricsPort),
         ),
+        (
+            "no ports, the scrape annotation (deploy/'s DaemonSet)",
+            {
+                let mut pod = pod("Running", Some("10.0.0.1"), json!([]));
+                pod.metadata.annotations =
+                    Some([("prometheus.io/port".to_string(), "15091".to_string())].into());
+                pod
+            },
+            None,
+            Ok("10.0.0.1:15091"),
+        ),
     ];
     for (name, pod, port, expected) in cases {
         let daemon = daemon_of(&pod, port);
