@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 use tagger_e2e::{Cluster, eventually, text, workspace};
 
+
 /// The daemon's resident memory, KiB.
 fn rss_kib(pid: i32) -> u64 {
     std::fs::read_to_string(format!("/proc/{pid}/status"))
@@ -81,4 +82,118 @@ fn slow_heads_are_cut_and_a_greedy_pod_is_bounded_while_others_are_served() {
         slowest < Duration::from_secs(2),
         "another pod slowed: {slowest:?}"
     );
+}
+
+/// Broken and greedy HTTP from one pod, mode after mode (tests/apps/
+/// hostile.py), while another pod's requests are timed: each gets a clear
+/// status or a close, bodies stream through whole without being held, the
+/// daemon's memory stays bounded, and no other request is slowed past a
+/// generous bound.
+#[test]
+fn broken_and_greedy_inputs_get_clear_answers_while_others_are_served() {
+    let cluster = Cluster::up("hostile.yaml");
+    let pid = cluster.daemon_pid();
+    assert_eq!(cluster.curl("client", "http://sink:8081/", &[]), "ok");
+    let rss_before = rss_kib(pid);
+    let script = workspace().join("tests/apps/hostile.py");
+    let mut rss_peak = rss_before;
+    let mut lines = Vec::new();
+    for mode in [
+        "garbage",
+        "bad-chunk",
+        "huge-chunked",
+        "headers",
+        "never-reads",
+        "flood",
+    ] {
+        let attack = std::process::Command::new(tagger_e2e::tagger_bin())
+            .args(cluster.run_dir_args())
+            .args(["cluster", "exec", "attacker", "--", "python3"])
+            .arg(&script)
+            .args(["sink", "8081", mode])
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("starting the hostile client");
+        // Another pod's requests meanwhile, each timed (curl in a pod,
+        // process start included).
+        let mut slowest = Duration::ZERO;
+        let mut served = 0;
+        let out = loop {
+            let started = Instant::now();
+            assert_eq!(
+                cluster.curl("client", "http://a:8080/", &[]),
+                "a-base",
+                "{mode}"
+            );
+            slowest = slowest.max(started.elapsed());
+            served += 1;
+            rss_peak = rss_peak.max(rss_kib(pid));
+            if attack_done(&attack) {
+                break attack.wait_with_output().expect("the hostile client");
+            }
+        };
+        assert!(out.status.success(), "{mode}: {}", text(&out.stderr));
+        let report: Value = serde_json::from_str(&text(&out.stdout)).expect("hostile report");
+        let statuses: Vec<u64> = report["statuses"]
+            .as_array()
+            .map(|s| s.iter().filter_map(Value::as_u64).collect())
+            .unwrap_or_default();
+        match mode {
+            // The valid request is answered; the garbage after it gets a
+            // 400 or a close (the client read to the end: it was closed).
+            "garbage" => assert!(statuses == [200] || statuses == [200, 400], "{report}"),
+            // Never forwarded as a body: 400 (or a close).
+            "bad-chunk" => assert!(statuses.is_empty() || statuses == [400], "{report}"),
+            // 64 MiB streamed through whole.
+            "huge-chunked" => {
+                assert_eq!(statuses, [200], "{report}");
+                assert_eq!(report["body"], "got 67108864 bytes", "{report}");
+            }
+            // Over the header count limit: 431.
+            "headers" => assert_eq!(statuses, [431], "{report}"),
+            "never-reads" => assert_eq!(report["held"], 8, "{report}"),
+            "flood" => {
+                assert_eq!(report["failed"], 0, "{report}");
+                assert_eq!(report["answered"], 1000, "{report}");
+            }
+            _ => unreachable!(),
+        }
+        assert!(
+            slowest < Duration::from_secs(2),
+            "{mode}: another pod slowed: {slowest:?}"
+        );
+        lines.push(format!(
+            "{mode}: {report}; another pod's {served} requests meanwhile, slowest {slowest:?}"
+        ));
+    }
+    // Every connection given back, the daemon still serving.
+    eventually(Duration::from_secs(15), || {
+        (cluster.config_dump()["proxy"]["connections_open"] == 0).then_some(())
+    })
+    .expect("every connection given back");
+    assert_eq!(cluster.curl("client", "http://sink:8081/", &[]), "ok");
+    let rss_after = rss_kib(pid);
+    for line in &lines {
+        println!("{line}");
+    }
+    println!("daemon RSS {rss_before} KiB before, peak {rss_peak} KiB, {rss_after} KiB after");
+    // 64 MiB bodies and 8 x 64 MiB answers never read: none is held whole.
+    assert!(rss_peak < rss_before + 64 * 1024, "RSS grew past 64 MiB");
+}
+
+/// Whether the hostile client has exited (without reaping it).
+fn attack_done(child: &std::process::Child) -> bool {
+    // SAFETY: waitid(2) with WNOWAIT on our own child only peeks at its
+    // state; `wait_with_output` reaps it afterwards.
+    unsafe {
+        let mut info: libc::siginfo_t = std::mem::zeroed();
+        libc::waitid(
+            libc::P_PID,
+            child.id(),
+            &mut info,
+            libc::WEXITED | libc::WNOHANG | libc::WNOWAIT,
+        ) == 0
+            && info.si_pid() != 0
+    }
 }
