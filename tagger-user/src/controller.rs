@@ -158,7 +158,10 @@ impl Controller {
     pub fn set_datapath(&self, datapath: Arc<Datapath>) -> Result<(), EbpfError> {
         let snapshot = self.state.load();
         datapath.sync_managed(snapshot.destinations())?;
-        datapath.sync_pod_cgroups(&snapshot.pod_cgroups())?;
+        datapath.sync_pod_cgroups(
+            &snapshot.pod_cgroups(),
+            snapshot.settings.limits.max_tracked_pods,
+        )?;
         *self.datapath.lock().expect("datapath lock") = Some(datapath);
         Ok(())
     }
@@ -172,7 +175,10 @@ impl Controller {
         // proxy can choose it; removals after, for the same reason reversed.
         if let Some(datapath) = self.datapath() {
             datapath.sync_managed(snapshot.destinations())?;
-            datapath.sync_pod_cgroups(&snapshot.pod_cgroups())?;
+            datapath.sync_pod_cgroups(
+                &snapshot.pod_cgroups(),
+                snapshot.settings.limits.max_tracked_pods,
+            )?;
         }
         self.state.store(snapshot);
         Ok(())

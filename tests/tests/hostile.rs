@@ -9,7 +9,6 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 use tagger_e2e::{Cluster, eventually, text, workspace};
 
-
 /// The daemon's resident memory, KiB.
 fn rss_kib(pid: i32) -> u64 {
     std::fs::read_to_string(format!("/proc/{pid}/status"))
@@ -196,4 +195,50 @@ fn attack_done(child: &std::process::Child) -> bool {
         ) == 0
             && info.si_pid() != 0
     }
+}
+
+/// More pods than the kernel may track (`limits.max_tracked_pods: 4`, six
+/// pods): the pods left out are not redirected, so their calls go direct
+/// (the service address's baseline, no lane) and are never refused; the
+/// daemon says how many in `config-dump` and its metrics.
+#[test]
+fn pods_over_the_kernel_capacity_go_direct_and_are_counted() {
+    use std::os::unix::fs::MetadataExt;
+    let cluster = Cluster::up("capacity.yaml");
+    let dump = cluster.config_dump();
+    assert_eq!(dump["maps"]["pods_untracked"], 2, "{}", dump["maps"]);
+    let tracked: Vec<u64> = dump["pod_flags"]
+        .as_array()
+        .expect("pod flags")
+        .iter()
+        .filter_map(|row| row["cgroup_id"].as_u64())
+        .collect();
+    assert_eq!(tracked.len(), 4, "{tracked:?}");
+    let record = cluster.record();
+    let mut direct = 0;
+    for client in ["c1", "c2", "c3", "c4"] {
+        let cgroup = record["pods"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|p| p["name"] == client)
+            .and_then(|p| p["cgroup"].as_str())
+            .expect("the client's cgroup")
+            .to_string();
+        let id = std::fs::metadata(&cgroup).expect("cgroup dir").ino();
+        let answer = cluster.curl(client, "http://a:8080/", &["x-lane: gray"]);
+        if tracked.contains(&id) {
+            assert_eq!(answer, "a-gray", "{client} is tracked: routed by lane");
+        } else {
+            assert_eq!(answer, "a-base", "{client} is not tracked: direct");
+            direct += 1;
+        }
+    }
+    assert!(direct >= 1, "no client was left out (the pods' order?)");
+    let log = cluster.log("daemon");
+    assert!(
+        log.contains("more pods than the kernel tracks"),
+        "the daemon does not say so"
+    );
+    println!("4 of 6 pods tracked; {direct} of 4 clients went direct, each answered");
 }

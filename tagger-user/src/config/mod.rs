@@ -75,6 +75,11 @@ pub struct LimitsSpec {
     /// Proxied connections open at once from one pod, so that one pod
     /// cannot take every connection the proxy will hold.
     pub max_connections_per_pod: usize,
+    /// Pods whose calls the kernel tracks (redirects, correlates) at most;
+    /// pods beyond it go direct, never refused, and are counted
+    /// (`tagger_pods_untracked`, `config-dump` `maps.pods_untracked`).
+    /// At most the kernel's slots (`MAX_POD_SLOTS` - 1).
+    pub max_tracked_pods: usize,
 }
 
 impl Default for LimitsSpec {
@@ -85,6 +90,7 @@ impl Default for LimitsSpec {
             header_read_timeout_ms: 60_000,
             max_connections: 20_000,
             max_connections_per_pod: 2_000,
+            max_tracked_pods: tagger_common::MAX_POD_SLOTS as usize - 1,
         }
     }
 }
@@ -208,10 +214,18 @@ impl ClusterFile {
                 "max_connections_per_pod",
                 self.limits.max_connections_per_pod as u64,
             ),
+            ("max_tracked_pods", self.limits.max_tracked_pods as u64),
         ] {
             if value == 0 {
                 return Err((format!("limits.{field}"), "must be at least 1".into()));
             }
+        }
+        let slots = tagger_common::MAX_POD_SLOTS as usize - 1;
+        if self.limits.max_tracked_pods > slots {
+            return Err((
+                "limits.max_tracked_pods".into(),
+                format!("must be at most {slots} (the kernel's pod slots)"),
+            ));
         }
         if !is_header_name(&self.lane_header) {
             return Err((

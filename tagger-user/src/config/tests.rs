@@ -128,6 +128,11 @@ fn errors_name_the_place() {
         ),
         (
             "lanes:\n",
+            "limits: {max_tracked_pods: 9000}\nlanes:\n",
+            "limits.max_tracked_pods: must be at most 8191 (the kernel's pod slots)",
+        ),
+        (
+            "lanes:\n",
             "limits: {header_read_timeout: 5}\nlanes:\n",
             "unknown field `header_read_timeout`",
         ),

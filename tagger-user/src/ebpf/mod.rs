@@ -69,8 +69,6 @@ pub enum EbpfError {
         map: &'static str,
         source: std::io::Error,
     },
-    #[error("no slot left for pod cgroup {cgroup}: this node tracks at most {max} pods")]
-    TooManyPods { cgroup: u64, max: u32 },
     #[error(transparent)]
     Pins(#[from] PinError),
     #[error("cannot open cgroup {path}: {source} (is cgroup v2 mounted?)")]
@@ -149,6 +147,7 @@ pub struct Datapath {
     /// Set when a successor took over: this daemon no longer writes the
     /// shared maps (the successor owns them), it only serves what it has.
     frozen: AtomicBool,
+    pods_untracked: std::sync::atomic::AtomicUsize,
     config: Mutex<Array<MapData, ProxyConfig>>,
     managed: Mutex<BpfHashMap<MapData, DestKey, DestInfo>>,
     flows: Mutex<BpfHashMap<MapData, FlowKey, FlowOrigin>>,
@@ -260,6 +259,7 @@ impl Datapath {
             pins: plan.pins.clone(),
             generation: plan.generation,
             frozen: AtomicBool::new(false),
+            pods_untracked: std::sync::atomic::AtomicUsize::new(0),
             config: Mutex::new(config),
             managed: Mutex::new(managed),
             flows: Mutex::new(flows),
@@ -411,9 +411,16 @@ impl Datapath {
     }
 
     /// Makes the kernel's set of pod cgroups (whose socket I/O the
-    /// propagation programs look at) equal to `wanted`, each with its slot
-    /// in the pod flags.
-    pub fn sync_pod_cgroups(&self, wanted: &HashSet<u64>) -> Result<(), EbpfError> {
+    /// propagation programs look at, and whose connects are redirected)
+    /// equal to `wanted`, each with its slot in the pod flags. At most
+    /// `capacity` pods are tracked: pods past it (new ones; those tracked
+    /// keep their slot) are left out, so their calls go direct, never
+    /// refused; they are counted and logged.
+    pub fn sync_pod_cgroups(
+        &self,
+        wanted: &HashSet<u64>,
+        capacity: usize,
+    ) -> Result<(), EbpfError> {
         if self.is_frozen() {
             return Ok(());
         }
@@ -428,25 +435,52 @@ impl Datapath {
             let _ = map.remove(&id);
             slots.release(id);
         }
-        for &id in wanted {
-            let (slot, new) = slots.assign(id).ok_or(EbpfError::TooManyPods {
-                cgroup: id,
-                max: tagger_common::MAX_POD_SLOTS - 1,
-            })?;
+        // In a stable order, so that which pods are left out does not
+        // change from one sync to the next.
+        let mut wanted: Vec<u64> = wanted.iter().copied().collect();
+        wanted.sort_unstable();
+        let mut untracked = 0;
+        for id in wanted {
+            let tracked = slots.get(id).is_some();
+            let assigned = if tracked || slots.len() < capacity {
+                slots.assign(id)
+            } else {
+                None
+            };
+            let Some((slot, new)) = assigned else {
+                untracked += 1;
+                continue;
+            };
             if new {
                 // Cleared before the kernel can find the pod by it.
                 self.pod_flags.clear(slot);
                 if let Err(source) = map.insert(id, slot, 0) {
-                    // Not in the kernel: the next sync tries again.
+                    // Not in the kernel: the pod goes direct; the next
+                    // sync tries again.
                     slots.release(id);
-                    return Err(EbpfError::Map {
-                        map: names::MAP_POD_CGROUPS,
-                        source,
-                    });
+                    untracked += 1;
+                    tracing::warn!(cgroup = id, error = %source, "a pod cgroup could not be tracked; its calls go direct");
                 }
             }
         }
+        let before = self.pods_untracked.swap(untracked, Ordering::Relaxed);
+        if untracked != before {
+            if untracked > 0 {
+                tracing::warn!(
+                    untracked,
+                    capacity,
+                    "more pods than the kernel tracks (limits.max_tracked_pods): the calls of the pods left out go direct, without lanes"
+                );
+            } else {
+                tracing::info!("every pod is tracked again");
+            }
+        }
         Ok(())
+    }
+
+    /// Pods left out of the kernel's tracking at the last sync.
+    pub fn pods_untracked(&self) -> usize {
+        self.pods_untracked.load(Ordering::Relaxed)
     }
 
     /// Every pod cgroup's slot and flag, for the config dump.
@@ -505,6 +539,7 @@ impl Datapath {
                 .count(),
             process_kinds,
             go_processes,
+            pods_untracked: self.pods_untracked(),
             capacity_flows: tagger_common::MAX_FLOWS,
             capacity_processes: tagger_common::MAX_PROCESSES,
         }
@@ -573,6 +608,9 @@ pub struct MapFill {
     pub go_processes: usize,
     pub capacity_flows: u32,
     pub capacity_processes: u32,
+    /// Pods left out of tracking over `limits.max_tracked_pods` (their
+    /// calls go direct).
+    pub pods_untracked: usize,
 }
 
 /// A daemon's place in the handover chain (see `handover`).

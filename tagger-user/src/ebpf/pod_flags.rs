@@ -119,6 +119,11 @@ impl PodSlots {
         Some((slot, true))
     }
 
+    /// Pods holding a slot.
+    pub fn len(&self) -> usize {
+        self.by_cgroup.len()
+    }
+
     pub fn release(&mut self, cgroup_id: u64) {
         if let Some(slot) = self.by_cgroup.remove(&cgroup_id) {
             self.free.push(slot);

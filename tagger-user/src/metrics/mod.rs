@@ -51,6 +51,10 @@ pub trait KernelSource: Send + Sync {
     fn program_stats(&self) -> Vec<ProgramStat>;
     /// Only maps whose fill is known without walking them.
     fn map_fill(&self) -> Vec<MapFill>;
+    /// Pods left out of the kernel's tracking over its capacity.
+    fn pods_untracked(&self) -> usize {
+        0
+    }
 }
 
 impl KernelSource for crate::ebpf::Datapath {
@@ -75,6 +79,10 @@ impl KernelSource for crate::ebpf::Datapath {
                 capacity: u64::from(tagger_common::MAX_POD_SLOTS),
             },
         ]
+    }
+
+    fn pods_untracked(&self) -> usize {
+        crate::ebpf::Datapath::pods_untracked(self)
     }
 }
 
@@ -258,4 +266,10 @@ fn encode_kernel(out: &mut Text, kernel: &dyn KernelSource) {
     for m in &maps {
         out.sample("tagger_ebpf_map_capacity", &[("map", m.map)], m.capacity);
     }
+    out.family(
+        "tagger_pods_untracked",
+        "gauge",
+        "Pods over the kernel's capacity (limits.max_tracked_pods): their calls go direct, without lanes",
+    );
+    out.sample("tagger_pods_untracked", &[], kernel.pods_untracked() as u64);
 }

@@ -24,7 +24,9 @@ pub enum PodProblem {
     NoIp,
     #[error("the pod's IP {0:?} is not an IP address")]
     BadIp(String),
-    #[error("the pod has no container port named `metrics` nor a `prometheus.io/port` annotation (give --metrics-port)")]
+    #[error(
+        "the pod has no container port named `metrics` nor a `prometheus.io/port` annotation (give --metrics-port)"
+    )]
     NoMetricsPort,
 }
 
