@@ -22,6 +22,8 @@ pub mod names {
     pub const MAP_PENDING: &str = "TAGGER_PENDING";
     pub const MAP_FLOWS: &str = "TAGGER_FLOWS";
     pub const MAP_STATS: &str = "TAGGER_STATS";
+    /// Redirected connections open (one `i64`, kernel-maintained).
+    pub const MAP_FLOW_COUNT: &str = "TAGGER_FLOW_COUNT";
 
     // Propagation through unmodified apps (socket-level BTF tracepoints).
     pub const MAP_POD_CGROUPS: &str = "TAGGER_POD_CGROUPS";
@@ -52,7 +54,11 @@ pub mod names {
 /// Bumped when a shared map's meaning changes in a way its sizes do not show
 /// (a field reordered, a flag's sense): part of the pinned maps' layout key,
 /// so that daemons of different layouts never share maps.
-pub const MAP_LAYOUT_VERSION: u32 = 1;
+pub const MAP_LAYOUT_VERSION: u32 = 2;
+
+/// The default and largest `ProxyConfig::flow_limit`: an eighth of the flow
+/// map kept free for connects racing past the check.
+pub const MAX_FLOW_LIMIT: u32 = MAX_FLOWS / 8 * 7;
 
 /// Capacity of the flow maps. They are LRU maps: a flow the proxy never
 /// claims (the client died between connect() and the SYN) ages out.
@@ -88,7 +94,11 @@ pub struct ProxyConfig {
     /// and this one word says which set runs, so the switch is atomic and
     /// no hook ever runs twice or not at all.
     pub generation: u32,
-    pub _pad2: u32,
+    /// Redirected connections open at once at most (`TAGGER_FLOW_COUNT`):
+    /// past it a connect goes direct, so the LRU flow map never has to
+    /// evict a live flow (which would leave the proxy a connection it
+    /// cannot place). 0: no redirection at all.
+    pub flow_limit: u32,
 }
 
 /// A managed destination: a service address or one endpoint of a managed
@@ -255,7 +265,10 @@ pub mod stat {
     pub const OUTBOUND_TAGGED: u32 = 5;
     /// Inbound events dropped because the ring buffer was full.
     pub const EVENTS_DROPPED: u32 = 6;
-    pub const COUNT: u32 = 7;
+    /// connect() calls left direct because `flow_limit` redirected
+    /// connections were open.
+    pub const FLOWS_FULL: u32 = 7;
+    pub const COUNT: u32 = 8;
 }
 
 #[cfg(feature = "user")]

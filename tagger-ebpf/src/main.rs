@@ -21,11 +21,16 @@
 //! Each program is a thin entry that calls a `try_` function and always lets
 //! the connection proceed: a failure here must never break an app's connect.
 #![no_std]
+#![cfg_attr(target_arch = "bpf", feature(core_intrinsics))]
+#![cfg_attr(target_arch = "bpf", allow(internal_features))]
 #![no_main]
 
 mod golang;
 mod procs;
 mod propagation;
+
+#[cfg(not(target_arch = "bpf"))]
+use core::sync::atomic::{AtomicI64, Ordering};
 
 use aya_ebpf::{
     Global,
@@ -64,6 +69,11 @@ static TAGGER_PENDING: LruHashMap<u64, FlowOrigin> = LruHashMap::with_max_entrie
 #[map]
 static TAGGER_FLOWS: LruHashMap<FlowKey, FlowOrigin> = LruHashMap::with_max_entries(MAX_FLOWS, 0);
 
+/// Redirected connections open: +1 when a flow is linked, -1 when its
+/// client socket closes (both here, so nothing in userspace can skew it).
+#[map]
+static TAGGER_FLOW_COUNT: Array<i64> = Array::with_max_entries(1, 0);
+
 #[map]
 static TAGGER_STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(stat::COUNT, 0);
 
@@ -78,6 +88,56 @@ static TAGGER_GENERATION: Global<u32> = Global::new(0);
 pub(crate) fn active() -> bool {
     let mine = TAGGER_GENERATION.load();
     TAGGER_CONFIG.get(0).is_some_and(|c| c.generation == mine)
+}
+
+/// Adds `delta` to the open flows.
+#[inline(always)]
+fn count_flows(delta: i64) {
+    if let Some(count) = TAGGER_FLOW_COUNT.get_ptr_mut(0) {
+        // SAFETY: an aligned i64 in a map value, alive while the program
+        // runs; every writer (this program on every CPU) goes through
+        // atomics.
+        unsafe { atomic_add(count, delta) };
+    }
+}
+
+/// An atomic add (BPF_ATOMIC). The bpf target does not declare the atomics
+/// `core` builds `fetch_add` on, but the instruction exists: the intrinsic
+/// emits it. (The host build, for clippy, takes the stable path.)
+///
+/// # Safety
+/// `target` is valid and aligned for the call.
+#[cfg(target_arch = "bpf")]
+#[inline(always)]
+unsafe fn atomic_add(target: *mut i64, delta: i64) {
+    // SAFETY: as the caller promises.
+    unsafe {
+        core::intrinsics::atomic_xadd::<i64, i64, { core::intrinsics::AtomicOrdering::Relaxed }>(
+            target, delta,
+        )
+    };
+}
+
+/// See the bpf version.
+///
+/// # Safety
+/// `target` is valid and aligned for the call.
+#[cfg(not(target_arch = "bpf"))]
+#[inline(always)]
+unsafe fn atomic_add(target: *mut i64, delta: i64) {
+    // SAFETY: as the caller promises.
+    unsafe { AtomicI64::from_ptr(target) }.fetch_add(delta, Ordering::Relaxed);
+}
+
+/// Redirected connections open now (never below 0: a skew from a flow
+/// that closed uncounted must not read as "full").
+#[inline(always)]
+fn open_flows() -> u64 {
+    TAGGER_FLOW_COUNT.get_ptr_mut(0).map_or(0, |count| {
+        // SAFETY: as in `count_flows`; an aligned 8-byte read is whole.
+        let open = unsafe { core::ptr::read_volatile(count) };
+        open.max(0) as u64
+    })
 }
 
 #[inline(always)]
@@ -192,6 +252,12 @@ fn redirect_target(ctx: &SockAddrContext, ip: u32, port: u32) -> Result<Option<P
     if unsafe { TAGGER_MANAGED.get(dest) }.is_none() {
         return Ok(None);
     }
+    if open_flows() >= u64::from(config.flow_limit) {
+        // Full: this connection goes direct (no lane) rather than risk the
+        // flow map evicting one the proxy has yet to claim.
+        bump(stat::FLOWS_FULL);
+        return Ok(None);
+    }
     // SAFETY: the context's socket, valid while this program runs.
     let cookie = unsafe { bpf_get_socket_cookie(ctx.sock_addr.cast()) };
     let origin = FlowOrigin {
@@ -242,6 +308,19 @@ fn forget_socket(ctx: &SockOpsContext) {
     // SAFETY: the context's socket, valid while this program runs.
     let cookie = unsafe { bpf_get_socket_cookie(ctx.ops.cast()) };
     let _ = propagation::TAGGER_REQUEST_TAGS.remove(cookie);
+    if TAGGER_FLOWS.remove(flow_key(ctx)).is_ok() {
+        count_flows(-1);
+    }
+}
+
+/// The flow map's key of the context's (client) socket.
+fn flow_key(ctx: &SockOpsContext) -> FlowKey {
+    FlowKey {
+        src_ip: ctx.local_ip4(),
+        // local_port is in host byte order, unlike every other port here.
+        src_port: (ctx.local_port() as u16).to_be(),
+        _pad: 0,
+    }
 }
 
 /// Gives the context's socket a propagation role (see propagation.rs).
@@ -269,16 +348,16 @@ fn link_flow(ctx: &SockOpsContext) -> Result<(), i64> {
         Some(origin) => *origin,
         None => return Ok(()),
     };
-    let key = FlowKey {
-        src_ip: ctx.local_ip4(),
-        // local_port is in host byte order, unlike every other port here.
-        src_port: (ctx.local_port() as u16).to_be(),
-        _pad: 0,
-    };
+    let key = flow_key(ctx);
+    // SAFETY: a presence test only.
+    let replaced = unsafe { TAGGER_FLOWS.get(key) }.is_some();
     if TAGGER_FLOWS.insert(key, origin, 0).is_err() {
         bump(stat::MAP_ERRORS);
     } else {
         bump(stat::FLOW_LINKED);
+        if !replaced {
+            count_flows(1);
+        }
     }
     let _ = TAGGER_PENDING.remove(cookie);
     set_role(ctx, propagation::ROLE_REDIRECTED);

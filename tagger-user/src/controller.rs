@@ -179,6 +179,7 @@ impl Controller {
                 &snapshot.pod_cgroups(),
                 snapshot.settings.limits.max_tracked_pods,
             )?;
+            datapath.set_flow_limit(snapshot.settings.limits.max_kernel_flows as u32)?;
         }
         self.state.store(snapshot);
         Ok(())

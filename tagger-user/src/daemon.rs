@@ -251,7 +251,8 @@ pub async fn run(args: DaemonArgs) -> Result<(), DaemonError> {
     // Only now, with the first state applied, start redirecting: after a
     // handover this one write makes this daemon's programs the live ones.
     let own_cgroup = crate::cgroup::own_id().map_err(DaemonError::OwnCgroup)?;
-    datapath.enable(args.proxy_addr, own_cgroup)?;
+    let flow_limit = controller.state.load().settings.limits.max_kernel_flows as u32;
+    datapath.enable(args.proxy_addr, own_cgroup, flow_limit)?;
     if let Some(mut s) = successor.take() {
         match blocking(move || s.take_over().map(|snapshot| (snapshot, s))).await {
             Ok((snapshot, s)) => {

@@ -151,6 +151,7 @@ impl tagger::metrics::KernelSource for NoKernel {
             inbound_requests: 0,
             outbound_tagged: 0,
             events_dropped: 0,
+            flows_full: 0,
         }
     }
     fn program_stats(&self) -> Vec<tagger::ebpf::ProgramStat> {

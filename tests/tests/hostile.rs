@@ -268,3 +268,56 @@ fn pods_over_the_kernel_capacity_go_direct_and_are_counted() {
     );
     println!("4 of 6 pods tracked; {direct} of 4 clients went direct, each answered");
 }
+
+/// More connections open than the kernel may track
+/// (`limits.max_kernel_flows: 10`): one pod holds 20 connections open to a
+/// service; the first 10 are routed by lane, the rest go direct (the
+/// service address's baseline), every one answered, none refused; the
+/// kernel counts them out as they close, and routing resumes.
+#[test]
+fn connections_over_the_kernel_flow_limit_go_direct() {
+    use std::io::{BufRead, BufReader};
+    let cluster = Cluster::up("capacity.yaml");
+    // c1's cgroup is among the first made, so it is tracked (see
+    // `pods_over_the_kernel_capacity_go_direct_and_are_counted`).
+    assert_eq!(
+        cluster.curl("c1", "http://a:8080/", &["x-lane: gray"]),
+        "a-gray"
+    );
+    let before = cluster.config_dump()["kernel"]["flows_full"]
+        .as_u64()
+        .unwrap();
+    let mut holder = std::process::Command::new(tagger_e2e::tagger_bin())
+        .args(cluster.run_dir_args())
+        .args(["cluster", "exec", "c1", "--", "python3"])
+        .arg(workspace().join("tests/apps/many_conns.py"))
+        .args(["a", "8080", "20"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("starting the connection holder");
+    let mut line = String::new();
+    BufReader::new(holder.stdout.take().unwrap())
+        .read_line(&mut line)
+        .expect("the holder's answers");
+    let dump = cluster.config_dump();
+    drop(holder.stdin.take());
+    let _ = holder.wait();
+    let answers: Vec<String> = serde_json::from_str(&line).expect("answers");
+    let routed = answers.iter().filter(|a| *a == "200 a-gray").count();
+    let direct = answers.iter().filter(|a| *a == "200 a-base").count();
+    assert_eq!((routed, direct), (10, 10), "{answers:?}");
+    assert_eq!(dump["maps"]["flows_open"], 10, "{}", dump["maps"]);
+    let full = dump["kernel"]["flows_full"].as_u64().unwrap() - before;
+    assert_eq!(full, 10, "{}", dump["kernel"]);
+    // Closed: counted out, and a new connection is routed again.
+    eventually(Duration::from_secs(10), || {
+        (cluster.config_dump()["maps"]["flows_open"] == 0).then_some(())
+    })
+    .expect("the closed connections counted out");
+    assert_eq!(
+        cluster.curl("c1", "http://a:8080/", &["x-lane: gray"]),
+        "a-gray"
+    );
+    println!("20 connections held: {routed} routed by lane, {direct} direct, 0 refused");
+}

@@ -80,6 +80,10 @@ pub struct LimitsSpec {
     /// (`tagger_pods_untracked`, `config-dump` `maps.pods_untracked`).
     /// At most the kernel's slots (`MAX_POD_SLOTS` - 1).
     pub max_tracked_pods: usize,
+    /// Redirected connections open at once at most, node-wide: past it a
+    /// pod's connect goes direct (no lane, never refused), counted as
+    /// `flows_full`. At most 7/8 of the kernel's flow map.
+    pub max_kernel_flows: usize,
 }
 
 impl Default for LimitsSpec {
@@ -91,6 +95,7 @@ impl Default for LimitsSpec {
             max_connections: 20_000,
             max_connections_per_pod: 2_000,
             max_tracked_pods: tagger_common::MAX_POD_SLOTS as usize - 1,
+            max_kernel_flows: tagger_common::MAX_FLOW_LIMIT as usize,
         }
     }
 }
@@ -215,10 +220,18 @@ impl ClusterFile {
                 self.limits.max_connections_per_pod as u64,
             ),
             ("max_tracked_pods", self.limits.max_tracked_pods as u64),
+            ("max_kernel_flows", self.limits.max_kernel_flows as u64),
         ] {
             if value == 0 {
                 return Err((format!("limits.{field}"), "must be at least 1".into()));
             }
+        }
+        let flows = tagger_common::MAX_FLOW_LIMIT as usize;
+        if self.limits.max_kernel_flows > flows {
+            return Err((
+                "limits.max_kernel_flows".into(),
+                format!("must be at most {flows} (7/8 of the kernel's flow map)"),
+            ));
         }
         let slots = tagger_common::MAX_POD_SLOTS as usize - 1;
         if self.limits.max_tracked_pods > slots {

@@ -88,6 +88,9 @@ pub struct KernelStats {
     pub inbound_requests: u64,
     pub outbound_tagged: u64,
     pub events_dropped: u64,
+    /// Connects left direct because `limits.max_kernel_flows` redirected
+    /// connections were open.
+    pub flows_full: u64,
 }
 
 /// The kernel object and what attaches to it after start (Go uprobes).
@@ -147,6 +150,9 @@ pub struct Datapath {
     /// Set when a successor took over: this daemon no longer writes the
     /// shared maps (the successor owns them), it only serves what it has.
     frozen: AtomicBool,
+    /// The config this daemon enabled (to change its flow limit live).
+    enabled: Mutex<Option<ProxyConfig>>,
+    flow_count: Array<MapData, i64>,
     pods_untracked: std::sync::atomic::AtomicUsize,
     config: Mutex<Array<MapData, ProxyConfig>>,
     managed: Mutex<BpfHashMap<MapData, DestKey, DestInfo>>,
@@ -229,6 +235,8 @@ impl Datapath {
             .map_err(map_error(names::MAP_MANAGED))?;
         let flows = BpfHashMap::try_from(take_map(&mut ebpf, names::MAP_FLOWS)?)
             .map_err(map_error(names::MAP_FLOWS))?;
+        let flow_count = Array::try_from(take_map(&mut ebpf, names::MAP_FLOW_COUNT)?)
+            .map_err(map_error(names::MAP_FLOW_COUNT))?;
         let stats = PerCpuArray::try_from(take_map(&mut ebpf, names::MAP_STATS)?)
             .map_err(map_error(names::MAP_STATS))?;
         let pod_cgroups = BpfHashMap::try_from(take_map(&mut ebpf, names::MAP_POD_CGROUPS)?)
@@ -259,6 +267,8 @@ impl Datapath {
             pins: plan.pins.clone(),
             generation: plan.generation,
             frozen: AtomicBool::new(false),
+            enabled: Mutex::new(None),
+            flow_count,
             pods_untracked: std::sync::atomic::AtomicUsize::new(0),
             config: Mutex::new(config),
             managed: Mutex::new(managed),
@@ -277,15 +287,42 @@ impl Datapath {
     /// Turns redirection on: managed connects go to `proxy`, and this
     /// daemon's programs become the ones that act (after a handover, in
     /// one map write: the predecessor's stop in the same instant).
-    pub fn enable(&self, proxy: SocketAddrV4, daemon_cgroup_id: u64) -> Result<(), EbpfError> {
-        self.set_config(ProxyConfig {
+    pub fn enable(
+        &self,
+        proxy: SocketAddrV4,
+        daemon_cgroup_id: u64,
+        flow_limit: u32,
+    ) -> Result<(), EbpfError> {
+        let config = ProxyConfig {
             proxy_ip: u32::from(*proxy.ip()).to_be(),
             proxy_port: proxy.port().to_be(),
             _pad: 0,
             daemon_cgroup_id,
             generation: self.generation,
-            _pad2: 0,
-        })
+            flow_limit: flow_limit.min(tagger_common::MAX_FLOW_LIMIT),
+        };
+        self.set_config(config)?;
+        *self.enabled.lock().expect("enabled lock") = Some(config);
+        Ok(())
+    }
+
+    /// A new `limits.max_kernel_flows`, in force at once once enabled.
+    pub fn set_flow_limit(&self, flow_limit: u32) -> Result<(), EbpfError> {
+        let mut enabled = self.enabled.lock().expect("enabled lock");
+        let Some(config) = enabled.as_mut() else {
+            return Ok(());
+        };
+        let flow_limit = flow_limit.min(tagger_common::MAX_FLOW_LIMIT);
+        if config.flow_limit == flow_limit || self.live_generation() != Some(self.generation) {
+            return Ok(());
+        }
+        config.flow_limit = flow_limit;
+        self.set_config(*config)
+    }
+
+    /// Redirected connections open, as the kernel counts them.
+    pub fn open_flows(&self) -> i64 {
+        self.flow_count.get(&0, 0).unwrap_or(0)
     }
 
     /// Turns redirection off (graceful shutdown: fail open before exiting),
@@ -396,18 +433,16 @@ impl Datapath {
         Ok(())
     }
 
-    /// The origin of an accepted connection, by its peer address. The entry
-    /// is removed: each connection is claimed once.
+    /// The origin of an accepted connection, by its peer address. The
+    /// entry stays until the client socket closes (the kernel removes it
+    /// then and counts the connection out of `TAGGER_FLOW_COUNT`).
     pub fn take_flow(&self, peer: SocketAddrV4) -> Option<FlowOrigin> {
         let key = FlowKey {
             src_ip: u32::from(*peer.ip()).to_be(),
             src_port: peer.port().to_be(),
             _pad: 0,
         };
-        let mut flows = self.flows.lock().expect("flows map lock");
-        let origin = flows.get(&key, 0).ok()?;
-        let _ = flows.remove(&key);
-        Some(origin)
+        self.flows.lock().expect("flows map lock").get(&key, 0).ok()
     }
 
     /// Makes the kernel's set of pod cgroups (whose socket I/O the
@@ -540,6 +575,12 @@ impl Datapath {
             process_kinds,
             go_processes,
             pods_untracked: self.pods_untracked(),
+            flows_open: self.open_flows(),
+            flow_limit: self
+                .enabled
+                .lock()
+                .expect("enabled lock")
+                .map_or(0, |c| c.flow_limit),
             capacity_flows: tagger_common::MAX_FLOWS,
             capacity_processes: tagger_common::MAX_PROCESSES,
         }
@@ -582,6 +623,7 @@ impl Datapath {
             inbound_requests: sum(stat::INBOUND_REQUESTS),
             outbound_tagged: sum(stat::OUTBOUND_TAGGED),
             events_dropped: sum(stat::EVENTS_DROPPED),
+            flows_full: sum(stat::FLOWS_FULL),
         }
     }
 }
@@ -611,6 +653,10 @@ pub struct MapFill {
     /// Pods left out of tracking over `limits.max_tracked_pods` (their
     /// calls go direct).
     pub pods_untracked: usize,
+    /// Redirected connections open (the kernel's count) and the most that
+    /// may be (past it, connects go direct).
+    pub flows_open: i64,
+    pub flow_limit: u32,
 }
 
 /// A daemon's place in the handover chain (see `handover`).

@@ -224,6 +224,12 @@ fn encode_kernel(out: &mut Text, kernel: &dyn KernelSource) {
         "Inbound request events the ring buffer had no room for",
     );
     out.sample("tagger_ebpf_ring_dropped_total", &[], stats.events_dropped);
+    out.family(
+        "tagger_flows_full_total",
+        "counter",
+        "Connects left direct (no lane) because limits.max_kernel_flows redirected connections were open",
+    );
+    out.sample("tagger_flows_full_total", &[], stats.flows_full);
     let programs = kernel.program_stats();
     out.family(
         "tagger_ebpf_program_runs_total",

@@ -116,6 +116,7 @@ impl KernelSource for FakeKernel {
             inbound_requests: 3,
             outbound_tagged: 2,
             events_dropped: 1,
+            flows_full: 4,
         }
     }
 
