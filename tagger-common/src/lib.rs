@@ -292,7 +292,7 @@ mod tests {
 
     #[test]
     fn layouts_have_no_implicit_padding() {
-        assert_eq!(size_of::<ProxyConfig>(), 16);
+        assert_eq!(size_of::<ProxyConfig>(), 24);
         assert_eq!(size_of::<DestKey>(), 8);
         assert_eq!(size_of::<DestInfo>(), 8);
         assert_eq!(size_of::<FlowOrigin>(), 24);
