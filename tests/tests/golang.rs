@@ -224,7 +224,16 @@ fn go_an_unprobeable_binary_is_untrusted_and_safe() {
 #[test]
 fn go_apps_running_before_the_daemon_are_probed() {
     {
+        // Stopped, so that the new daemon starts on its own (with a live
+        // daemon it would take over: tests/tests/upgrade.rs).
         let cluster = shared(GO);
+        let pid = cluster.daemon_pid();
+        // SAFETY: kill(2) on the daemon of this test's cluster.
+        assert_eq!(unsafe { libc::kill(pid, libc::SIGINT) }, 0);
+        tagger_e2e::eventually(std::time::Duration::from_secs(15), || {
+            (!std::path::Path::new(&format!("/proc/{pid}")).exists()).then_some(())
+        })
+        .expect("the daemon stopped");
         let out = cluster.tagger(&["cluster", "restart-daemon"]);
         assert!(out.status.success(), "{}", text(&out.stderr));
     }

@@ -413,21 +413,26 @@ fn log_tail(path: &Path) -> String {
 pub fn down(run_dir: &RunDir) -> Vec<String> {
     let mut problems = Vec::new();
     let record = ClusterRecord::load(run_dir).ok();
-    if let Some(pid) = record.as_ref().and_then(|r| r.daemon_pid) {
-        pods::stop_daemon(pid, run_dir, Duration::from_secs(3));
-    }
-    // A daemon that handed over may still be finishing its connections.
-    for pid in pods::our_daemons(run_dir) {
-        pods::stop_daemon(pid, run_dir, Duration::from_secs(3));
-    }
-    if let Err(e) = pods::unmount_bpffs(&run_dir.bpffs()) {
-        problems.push(e.to_string());
-    }
     let cgroup_root = record.as_ref().map(|r| r.cgroup.clone()).or_else(|| {
         crate::cgroup::v2_root()
             .ok()
             .map(|root| root.join(CGROUP_NAME))
     });
+    // The pods first: their connections close, so the daemon has nothing
+    // left to drain and stops at once, its programs detached as it exits.
+    if let Some(root) = &cgroup_root {
+        pods::kill_pods(root);
+    }
+    if let Some(pid) = record.as_ref().and_then(|r| r.daemon_pid) {
+        pods::stop_daemon(pid, run_dir, Duration::from_secs(5));
+    }
+    // A daemon that handed over may still be finishing its connections.
+    for pid in pods::our_daemons(run_dir) {
+        pods::stop_daemon(pid, run_dir, Duration::from_secs(5));
+    }
+    if let Err(e) = pods::unmount_bpffs(&run_dir.bpffs()) {
+        problems.push(e.to_string());
+    }
     if let Some(root) = &cgroup_root
         && let Err(e) = pods::remove_cgroup_tree(root)
     {

@@ -206,6 +206,23 @@ pub fn stop_daemon(pid: u32, run_dir: &RunDir, grace: Duration) {
     }
     if is_alive(pid) {
         signal(pid, libc::SIGKILL);
+        let deadline = Instant::now() + Duration::from_secs(3);
+        while is_alive(pid) && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+/// Kills every process of every pod under `root` (best effort: the cgroups
+/// are removed, killing again, afterwards).
+pub fn kill_pods(root: &Path) {
+    let Ok(entries) = std::fs::read_dir(root) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        if entry.path().is_dir() {
+            let _ = kill_cgroup(&entry.path());
+        }
     }
 }
 
