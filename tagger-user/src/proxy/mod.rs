@@ -279,17 +279,20 @@ impl Proxy {
                 let (source_name, source_lane) =
                     source.unwrap_or_else(|| (format!("{}", peer.ip()), None));
                 let conn = serve::Connection {
-                    proxy: self.clone(),
-                    source: source_name,
-                    source_is_pod,
-                    source_lane,
-                    service: snapshot.services[destination.service()].name.clone(),
-                    port: snapshot.services[destination.service()].port,
-                    cookie: origin.cookie,
-                    tag_watch: self.kernel.tag_watch(origin.cgroup_id),
+                    context: http::RequestContext {
+                        proxy: self.clone(),
+                        source: source_name,
+                        source_is_pod,
+                        source_lane,
+                        service: snapshot.services[destination.service()].name.clone(),
+                        port: snapshot.services[destination.service()].port,
+                        cookie: origin.cookie,
+                        tag_watch: self.kernel.tag_watch(origin.cgroup_id),
+                        multiplexed: sniffed == passthrough::Sniffed::Http2,
+                        admitted,
+                        last_tag_ns: std::sync::atomic::AtomicU64::new(0),
+                    },
                     header_read_timeout,
-                    http2: sniffed == passthrough::Sniffed::Http2,
-                    admitted,
                 };
                 conn.serve(stream).await;
             }

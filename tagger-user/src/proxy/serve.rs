@@ -11,7 +11,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::{net::TcpStream, sync::watch};
 use tracing::debug;
 
-use super::{Proxy, TagWatch, http::RequestContext, limits::Admitted};
+use super::http::RequestContext;
 
 /// How long an HTTP/2 peer has to answer a keep-alive ping.
 const PING_TIMEOUT: Duration = Duration::from_secs(20);
@@ -21,47 +21,21 @@ const PING_TIMEOUT: Duration = Duration::from_secs(20);
 /// its way; a client that sends nothing for this long is not mid-request.
 pub const IDLE_CLOSE_AFTER: Duration = Duration::from_secs(3);
 
-/// One accepted HTTP connection from a pod to a managed service.
+/// One accepted HTTP connection from a pod to a managed service: what its
+/// requests share, and how long a request head may take.
 pub struct Connection {
-    pub proxy: Arc<Proxy>,
-    pub source: String,
-    pub source_is_pod: bool,
-    pub source_lane: Option<String>,
-    /// The destination service; each request looks it up in the snapshot
-    /// current at that moment (rules and endpoints change live).
-    pub service: String,
-    /// The service port connected to (a service may have several).
-    pub port: Option<u16>,
-    /// The client socket's cookie, for the kernel's request tags.
-    pub cookie: u64,
-    pub tag_watch: TagWatch,
+    pub context: RequestContext,
     /// The settings' `limits.header_read_timeout_ms`, when it was accepted.
     pub header_read_timeout: Duration,
-    /// The client opened with the HTTP/2 preface.
-    pub http2: bool,
-    /// The connection's place under the limits; an upgraded (WebSocket)
-    /// connection keeps it after this serving ends.
-    pub admitted: Arc<Admitted>,
 }
 
 impl Connection {
     pub async fn serve(self, stream: TcpStream) {
-        let gate = self.proxy.gate();
-        let mut stop = self.proxy.stopping();
-        let (http2, header_read_timeout) = (self.http2, self.header_read_timeout);
-        let context = Arc::new(RequestContext {
-            proxy: self.proxy,
-            source: self.source,
-            source_is_pod: self.source_is_pod,
-            source_lane: self.source_lane,
-            service: self.service,
-            port: self.port,
-            cookie: self.cookie,
-            tag_watch: self.tag_watch,
-            multiplexed: http2,
-            admitted: self.admitted,
-            last_tag_ns: std::sync::atomic::AtomicU64::new(0),
-        });
+        let gate = self.context.proxy.gate();
+        let mut stop = self.context.proxy.stopping();
+        // An HTTP/2 client opened with the preface: many requests at once.
+        let (http2, header_read_timeout) = (self.context.multiplexed, self.header_read_timeout);
+        let context = Arc::new(self.context);
         let service = service_fn(move |request| {
             let context = context.clone();
             async move { Ok::<_, Infallible>(context.handle(request).await) }
