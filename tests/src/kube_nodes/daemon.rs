@@ -145,6 +145,26 @@ impl Node {
         self.tagger(&["config-dump"])
     }
 
+    /// Whether the daemon found the cgroups of `pod` (`namespace/name`):
+    /// only then are its calls routed.
+    pub fn knows_cgroups_of(&self, pod: &str) -> bool {
+        let dump = self.config_dump();
+        dump["state"]["pods"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .any(|p| {
+                p["name"] == pod
+                    && p["cgroup_ids"]
+                        .as_array()
+                        .is_some_and(|ids| !ids.is_empty())
+            })
+    }
+
+    pub fn is_running(&self) -> bool {
+        self.child.is_some()
+    }
+
     fn tagger(&self, args: &[&str]) -> serde_json::Value {
         let out = Command::new(tagger_bin())
             .arg("--admin-socket")

@@ -25,8 +25,9 @@ use std::{
     time::Duration,
 };
 
-use serde_json::Value;
 use tagger_test_apiserver::ApiServer;
+
+use crate::SteadyLoad;
 
 pub use daemon::Node;
 pub use fixture::{Endpoint, PodDef};
@@ -123,7 +124,7 @@ impl Nodes {
         for pod in fixture::pods() {
             cluster.add_pod(pod, true)?;
         }
-        for pod in cluster.pods.values() {
+        for pod in cluster.pods.values_mut() {
             pod.wait_listening(&cluster.run_dir)?;
         }
         for i in 0..2 {
@@ -189,10 +190,71 @@ impl Nodes {
         pod.stop()
     }
 
-    /// The pod's object, for a test that removes and restores it.
-    pub fn pod_object(&self, name: &str) -> Value {
+    /// Takes a pod out of the API (its endpoint, its object) and leaves
+    /// its process: what the daemons see of a pod scaled away.
+    pub fn withdraw(&mut self, name: &str) {
+        let def = self.pods[name].def.clone();
+        if let Some(service) = def.service {
+            let key = (def.ns, service);
+            self.slices
+                .entry(key)
+                .or_default()
+                .retain(|e| e.pod != name);
+            self.publish_slice(key.0, key.1);
+        }
+        self.api.delete("Pod", def.ns, name);
+    }
+
+    /// Kills a pod's processes (its cgroup and network stay).
+    pub fn kill_pod(&mut self, name: &str) {
+        self.pods.get_mut(name).expect("a pod").kill();
+    }
+
+    /// Starts a killed pod's app again and waits until it listens.
+    pub fn respawn_pod(&mut self, name: &str) -> Result<(), NodesError> {
+        let pod = self.pods.get_mut(name).expect("a pod");
+        pod.respawn(&self.run_dir)?;
+        pod.wait_listening(&self.run_dir)
+    }
+
+    /// Puts a withdrawn pod back, ready.
+    pub fn reinstate(&mut self, name: &str) {
         let pod = &self.pods[name];
-        fixture::pod_object(&pod.def, &pod.uid)
+        self.api.apply(fixture::pod_object(&pod.def, &pod.uid));
+        let def = pod.def.clone();
+        if let Some(service) = def.service {
+            let endpoint = Endpoint {
+                pod: def.name,
+                ip: def.ip,
+                ready: true,
+                terminating: false,
+            };
+            self.slices
+                .entry((def.ns, service))
+                .or_default()
+                .push(endpoint);
+            self.publish_slice(def.ns, service);
+        }
+    }
+
+    /// This cluster, with `undo` run when the returned guard goes (also
+    /// when the test panics), so that the next test finds it as it was.
+    pub fn changed<'a>(&'a mut self, undo: impl FnOnce(&mut Nodes) + 'a) -> Restore<'a> {
+        Restore {
+            nodes: self,
+            undo: Some(Box::new(undo)),
+        }
+    }
+
+    pub fn has_pod(&self, name: &str) -> bool {
+        self.pods.contains_key(name)
+    }
+
+    /// Waits until the pod accepts connections (what kubelet's readiness
+    /// probe would wait for).
+    pub fn wait_listening(&mut self, name: &str) -> Result<(), NodesError> {
+        let pod = self.pods.get_mut(name).expect("a running pod");
+        pod.wait_listening(&self.run_dir)
     }
 
     pub fn pod(&self, name: &str) -> &PodDef {
@@ -246,9 +308,16 @@ impl Nodes {
             .expect("running a command in a pod")
     }
 
-    /// A command in a pod, to spawn (a steady load).
-    pub fn command(&self, pod: &str, command: &[&str]) -> Command {
-        self.pods[pod].command(command)
+    /// `steady.py` in `pod` (4 keep-alive connections, each pausing
+    /// `interval` between requests) until finished.
+    pub fn steady_load(
+        &self,
+        pod: &str,
+        url: &str,
+        interval: Duration,
+        headers: &[&str],
+    ) -> SteadyLoad {
+        SteadyLoad::start(self.pods[pod].command(&[]), url, 120, interval, headers)
     }
 
     /// Runs `command` on a node as kubelet would: in the node's cgroup tree
@@ -272,8 +341,16 @@ impl Nodes {
             .map_err(|e| NodesError::Command(command.join(" "), e.to_string()))
     }
 
-    /// A rule's `Accepted` condition as the API holds it: (status, reason).
-    pub fn accepted(&self, ns: &str, rule: &str) -> Option<(String, String)> {
+    /// Deletes an object through the API if it is there (a test's undo).
+    pub fn delete_if_present(&self, kind: &str, ns: &str, name: &str) {
+        if self.api.object(kind, ns, name).is_some() {
+            self.api.delete(kind, ns, name);
+        }
+    }
+
+    /// A rule's `Accepted` condition as the API holds it: (status, reason,
+    /// message).
+    pub fn accepted(&self, ns: &str, rule: &str) -> Option<(String, String, String)> {
         let object = self.api.object("TrafficRule", ns, rule)?;
         let condition = object["status"]["conditions"]
             .as_array()?
@@ -283,6 +360,10 @@ impl Nodes {
         Some((
             condition["status"].as_str()?.to_string(),
             condition["reason"].as_str().unwrap_or_default().to_string(),
+            condition["message"]
+                .as_str()
+                .unwrap_or_default()
+                .to_string(),
         ))
     }
 
@@ -378,6 +459,33 @@ fn watchdog(run_dir: PathBuf) -> mpsc::Sender<()> {
         std::process::exit(101);
     });
     stop
+}
+
+/// See [`Nodes::changed`].
+pub struct Restore<'a> {
+    nodes: &'a mut Nodes,
+    undo: Option<Box<dyn FnOnce(&mut Nodes) + 'a>>,
+}
+
+impl Deref for Restore<'_> {
+    type Target = Nodes;
+    fn deref(&self) -> &Nodes {
+        self.nodes
+    }
+}
+
+impl DerefMut for Restore<'_> {
+    fn deref_mut(&mut self) -> &mut Nodes {
+        self.nodes
+    }
+}
+
+impl Drop for Restore<'_> {
+    fn drop(&mut self) {
+        if let Some(undo) = self.undo.take() {
+            undo(self.nodes);
+        }
+    }
 }
 
 static SHARED: Mutex<Option<Nodes>> = Mutex::new(None);

@@ -53,23 +53,7 @@ impl RunningPod {
         let pod_cgroup = cgroup.parent().expect("a pod directory").to_path_buf();
         net::create_pod_network(def.name, def.ip, NODE_IPS[def.node])?;
         configure(def.name)?;
-        let log_path = run_dir.join("pods").join(format!("{}.log", def.name));
-        let log = File::create(&log_path)
-            .map_err(|e| NodesError::Io(format!("creating {}", log_path.display()), e))?;
-        let err = log
-            .try_clone()
-            .map_err(|e| NodesError::Io("duplicating a log handle".into(), e))?;
-        let command: Vec<&str> = def.command.iter().map(String::as_str).collect();
-        let child = in_pod(&cgroup, def.name, &command)
-            .env("PYTHONUNBUFFERED", "1")
-            .stdin(Stdio::null())
-            .stdout(log)
-            .stderr(err)
-            // Its own group: a signal meant for the test does not hit it;
-            // it is stopped through its cgroup.
-            .process_group(0)
-            .spawn()
-            .map_err(|e| NodesError::Command(format!("pod {}", def.name), e.to_string()))?;
+        let child = spawn(&def, &cgroup, run_dir)?;
         Ok(RunningPod {
             def,
             uid,
@@ -81,7 +65,7 @@ impl RunningPod {
 
     /// Waits until a Service's pod accepts connections (what its readiness
     /// probe would say); a plain pod at once.
-    pub fn wait_listening(&self, run_dir: &Path) -> Result<(), NodesError> {
+    pub fn wait_listening(&mut self, run_dir: &Path) -> Result<(), NodesError> {
         if self.def.service.is_none() {
             return Ok(());
         }
@@ -91,11 +75,33 @@ impl RunningPod {
                 .ok()
                 .map(drop)
         });
+        let exited = self.child.try_wait().ok().flatten();
+        let procs = std::fs::read_to_string(self.cgroup.join("cgroup.procs")).unwrap_or_default();
+        let sockets = net::run(
+            "ip",
+            &["netns", "exec", &net::netns(self.def.name), "ss", "-ltn"],
+        );
         up.ok_or_else(|| NodesError::PodNotListening {
             pod: self.def.name,
             addr: addr.to_string(),
-            log: tail(&run_dir.join("pods").join(format!("{}.log", self.def.name))),
+            log: format!(
+                "{}\n  (exited: {exited:?}; processes in its cgroup: {procs:?}; listening: {sockets:?})",
+                tail(&run_dir.join("pods").join(format!("{}.log", self.def.name)))
+            ),
         })
+    }
+
+    /// Kills its processes (a crash, or the end of a terminated pod) and
+    /// leaves its cgroup and network.
+    pub fn kill(&mut self) {
+        cgroups::kill(&self.cgroup);
+        let _ = self.child.wait();
+    }
+
+    /// Starts its app again in the same cgroup and network.
+    pub fn respawn(&mut self, run_dir: &Path) -> Result<(), NodesError> {
+        self.child = spawn(&self.def, &self.cgroup, run_dir)?;
+        Ok(())
     }
 
     pub fn command(&self, command: &[&str]) -> Command {
@@ -109,6 +115,29 @@ impl RunningPod {
         net::remove_pod_network(self.def.name);
         result
     }
+}
+
+fn spawn(def: &PodDef, cgroup: &Path, run_dir: &Path) -> Result<Child, NodesError> {
+    let log_path = run_dir.join("pods").join(format!("{}.log", def.name));
+    let log = File::options()
+        .create(true)
+        .append(true)
+        .open(&log_path)
+        .map_err(|e| NodesError::Io(format!("opening {}", log_path.display()), e))?;
+    let err = log
+        .try_clone()
+        .map_err(|e| NodesError::Io("duplicating a log handle".into(), e))?;
+    let command: Vec<&str> = def.command.iter().map(String::as_str).collect();
+    in_pod(cgroup, def.name, &command)
+        .env("PYTHONUNBUFFERED", "1")
+        .stdin(Stdio::null())
+        .stdout(log)
+        .stderr(err)
+        // Its own group: a signal meant for the test does not hit it; it
+        // is stopped through its cgroup.
+        .process_group(0)
+        .spawn()
+        .map_err(|e| NodesError::Command(format!("pod {}", def.name), e.to_string()))
 }
 
 /// `command` in the pod: it joins the container's cgroup first, then enters
