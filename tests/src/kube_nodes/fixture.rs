@@ -67,6 +67,16 @@ const GRAY: Option<(&str, &str)> = Some(("tagger.io/lane", "gray"));
 /// The field report's label, as MSE users have it.
 const MSE_GRAY: Option<(&str, &str)> = Some(("alicloud.service.tag", "gray"));
 
+/// (namespace, name, node, Service, lane label, command).
+type Row = (
+    &'static str,
+    &'static str,
+    usize,
+    Option<&'static str>,
+    Option<(&'static str, &'static str)>,
+    Vec<String>,
+);
+
 /// The pods present from the start, each with its own address.
 pub fn pods() -> Vec<PodDef> {
     let demo = |service: &str, version: &str| -> Vec<String> {
@@ -90,7 +100,7 @@ pub fn pods() -> Vec<PodDef> {
     };
     let sleep = || vec!["sleep".to_string(), "infinity".into()];
     #[rustfmt::skip]
-    let table: Vec<(&str, &str, usize, Option<&str>, Option<(&str, &str)>, Vec<String>)> = vec![
+    let table: Vec<Row> = vec![
         ("shop", "device-v1", 0, Some("device"), None, demo("device", "v1111")),
         ("shop", "charge-v1", 0, Some("charge"), None, demo("charge", "v1111")),
         ("shop", "charge-v2", 1, Some("charge"), MSE_GRAY, demo("charge", "v2222")),

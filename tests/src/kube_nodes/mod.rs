@@ -461,10 +461,12 @@ fn watchdog(run_dir: PathBuf) -> mpsc::Sender<()> {
     stop
 }
 
+type Undo<'a> = Box<dyn FnOnce(&mut Nodes) + 'a>;
+
 /// See [`Nodes::changed`].
 pub struct Restore<'a> {
     nodes: &'a mut Nodes,
-    undo: Option<Box<dyn FnOnce(&mut Nodes) + 'a>>,
+    undo: Option<Undo<'a>>,
 }
 
 impl Deref for Restore<'_> {
