@@ -1,12 +1,10 @@
 //! `tagger flows|lanes --kubernetes` in process: the test API server
-//! (`support/apiserver/`) serves daemon pods whose podIP is 127.0.0.1, each
+//! (`tagger-test-apiserver`, `test-apiserver/`) serves daemon pods whose podIP is 127.0.0.1, each
 //! with its own metrics port, where the daemon's own metrics listener runs
 //! on a flow table with recorded requests (no eBPF: the proxy is what
 //! records, and the table is all the views read). One pod's port is closed.
 //! The CLI's code is called with the test server's client, and the binary
 //! is run with a kubeconfig naming the server (given to the child only).
-#[path = "support/apiserver/mod.rs"]
-mod apiserver;
 
 use std::{
     path::PathBuf,
@@ -15,7 +13,6 @@ use std::{
     time::{Duration, Instant},
 };
 
-use apiserver::ApiServer;
 use serde_json::{Value, json};
 use tagger::{
     admin::View,
@@ -25,6 +22,7 @@ use tagger::{
     propagation::Correlation,
     routing::Reason,
 };
+use tagger_test_apiserver::ApiServer;
 use tokio::{
     io::{AsyncReadExt, AsyncWriteExt},
     net::{TcpListener, TcpStream},

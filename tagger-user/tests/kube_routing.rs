@@ -3,8 +3,6 @@
 //! proxy routes by. A `TrafficRule` created, changed and deleted through
 //! the API is in force within a second, under steady load, with no request
 //! lost.
-#[path = "support/apiserver/mod.rs"]
-mod apiserver;
 #[path = "support/kube_fixture.rs"]
 mod fixture;
 mod support;
@@ -18,7 +16,6 @@ use std::{
     time::{Duration, Instant},
 };
 
-use apiserver::ApiServer;
 use bytes::Bytes;
 use fixture::{CgroupTree, NODE, lane, namespace, service};
 use http_body_util::{BodyExt, Full};
@@ -32,6 +29,7 @@ use tagger::{
         kube::{KubeConfig, KubeSource},
     },
 };
+use tagger_test_apiserver::ApiServer;
 use tokio::{net::TcpListener, sync::watch};
 
 /// SPEC.md: changes apply within 1 s of the API event.

@@ -1,10 +1,8 @@
 //! The Kubernetes source in process, against a small API server
-//! (`support/apiserver.rs`) that lists and watches from a fixture: the
+//! (`tagger-test-apiserver`, `test-apiserver/`) that lists and watches from a fixture: the
 //! inventories it pushes on a first sync, on objects added, changed and
 //! deleted (each within a second), on a relist forced by 410 Gone (swapped
 //! whole), and the `Accepted` status it writes on each `TrafficRule`.
-#[path = "support/apiserver/mod.rs"]
-mod apiserver;
 #[path = "support/kube_fixture.rs"]
 mod fixture;
 
@@ -15,7 +13,6 @@ use std::{
     time::{Duration, Instant},
 };
 
-use apiserver::ApiServer;
 use fixture::*;
 use tagger::{
     source::{
@@ -24,6 +21,7 @@ use tagger::{
     },
     state::{Inventory, PortMap, Readiness, ServicePort, Snapshot},
 };
+use tagger_test_apiserver::ApiServer;
 use tokio::sync::watch;
 
 /// SPEC.md: changes apply within 1 s of the API event.

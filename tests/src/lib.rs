@@ -7,6 +7,7 @@
 pub mod chains;
 pub mod goapps;
 mod host;
+pub mod kube_nodes;
 mod load;
 mod shared;
 mod watchdog;

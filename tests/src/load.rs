@@ -43,9 +43,26 @@ impl Cluster {
         interval: Duration,
         headers: &[&str],
     ) -> SteadyLoad {
-        let mut child = Command::new(tagger_bin())
+        let mut launcher = Command::new(tagger_bin());
+        launcher
             .args(self.run_dir_args())
-            .args(["cluster", "exec", pod, "--", "python3"])
+            .args(["cluster", "exec", pod, "--"]);
+        SteadyLoad::start(launcher, url, secs, interval, headers)
+    }
+}
+
+impl SteadyLoad {
+    /// `steady.py` run by `launcher`, a command that runs the arguments
+    /// given after it inside a pod.
+    pub fn start(
+        mut launcher: Command,
+        url: &str,
+        secs: u32,
+        interval: Duration,
+        headers: &[&str],
+    ) -> SteadyLoad {
+        let mut child = launcher
+            .arg("python3")
             .arg(workspace().join("tests/apps/steady.py"))
             .arg("--until-stdin-closes")
             .arg("--interval")
@@ -79,9 +96,7 @@ impl Cluster {
             reader: Some(reader),
         }
     }
-}
 
-impl SteadyLoad {
     /// The answers so far.
     pub fn seen(&self) -> Vec<Answer> {
         self.answers.lock().unwrap().clone()

@@ -1,12 +1,17 @@
-//! A small Kubernetes API server for in-process tests of the Kubernetes
-//! source: list and `?watch=1` of the kinds the daemon reads (cluster-wide,
-//! or in one namespace, as the CLI lists its daemons), from objects the
-//! test puts in, with resourceVersions, bookmarks, label and field
-//! selectors, metadata-only lists (`as=PartialObjectMetadata`), merge
-//! patches of a `TrafficRule`'s status, and compaction: a watch from before
-//! it gets `410 Gone` and the client must relist.
-// Each test binary uses a part of this.
-#![allow(dead_code)]
+//! A small Kubernetes API server for tests of the Kubernetes source: list
+//! and `?watch=1` of the kinds the daemon reads (cluster-wide, or in one
+//! namespace, as the CLI lists its daemons), from objects the test puts in,
+//! with resourceVersions, bookmarks, label and field selectors,
+//! metadata-only lists (`as=PartialObjectMetadata`), merge patches of a
+//! `TrafficRule`'s status, and compaction: a watch from before it gets
+//! `410 Gone` and the client must relist.
+//!
+//! One copy for two kinds of test: the in-process ones of `tagger-user`
+//! (a `kube::Client` on it, feature `kube`) and the two-node end-to-end
+//! test of `tests/`, whose daemons find it through a kubeconfig file
+//! ([`ApiServer::kubeconfig`]). [`objects`] builds the objects.
+pub mod objects;
+
 use std::{
     collections::BTreeMap,
     convert::Infallible,
@@ -124,9 +129,22 @@ impl ApiServer {
     }
 
     /// A client that talks plain HTTP to this server.
+    #[cfg(feature = "kube")]
     pub fn client(&self) -> kube::Client {
         let config = kube::Config::new(format!("http://{}", self.addr).parse().unwrap());
         kube::Client::try_from(config).unwrap()
+    }
+
+    /// A kubeconfig naming this server (plain `http://`, no credentials),
+    /// for a process that finds the API as kubectl does (`KUBECONFIG`).
+    pub fn kubeconfig(&self) -> String {
+        format!(
+            "apiVersion: v1\nkind: Config\ncurrent-context: test\n\
+             clusters: [{{name: test, cluster: {{server: \"http://{}\"}}}}]\n\
+             users: [{{name: test, user: {{}}}}]\n\
+             contexts: [{{name: test, context: {{cluster: test, user: test}}}}]\n",
+            self.addr
+        )
     }
 
     fn changed(&self, world: &mut World, before: Option<Value>, after: Option<Value>) {

@@ -1,0 +1,231 @@
+//! The cluster the two-node test runs: which pods, on which node, in which
+//! lane, running what. Every call chain crosses nodes at every hop, so the
+//! lane travels on the wire between the nodes' proxies.
+//!
+//! | namespace | what | pods (node) |
+//! |-----------|------|-------------|
+//! | `shop` (managed) | SPEC scenario A: `device -> charge -> order -> base`, `demo/app.py` | device-v1 (a), charge-v1 (a), charge-v2 gray (b), order-v1 (b), order-v2 gray (a), base-v1 (b) |
+//! | `abc` (managed) | SPEC scenario B: `a -> b -> c`, `hop.py` copying no header | a-base (a), a-gray (b), b-base (b), b-gray (a), c-base (a), c-gray (b); client-a (a), client-b (b) |
+//! | `plain` (not labelled) | left alone | web-1 (a) |
+use std::net::Ipv4Addr;
+
+use serde_json::{Value, json};
+use tagger_test_apiserver::objects;
+
+use super::cgroups::Qos;
+
+/// Every service's port (and its pods' target port).
+pub const PORT: u16 = 8080;
+pub const NODE_NAMES: [&str; 2] = ["node-a", "node-b"];
+/// The nodes' addresses on the bridge.
+pub const NODE_IPS: [Ipv4Addr; 2] = [Ipv4Addr::new(10, 77, 0, 1), Ipv4Addr::new(10, 77, 0, 2)];
+
+#[derive(Debug, Clone)]
+pub struct PodDef {
+    pub ns: &'static str,
+    pub name: &'static str,
+    /// Index into [`NODE_NAMES`].
+    pub node: usize,
+    /// The Service whose endpoint it is.
+    pub service: Option<&'static str>,
+    /// The lane label `(key, lane)`.
+    pub lane: Option<(&'static str, &'static str)>,
+    pub qos: Qos,
+    pub ip: Ipv4Addr,
+    /// Relative paths from the workspace root.
+    pub command: Vec<String>,
+}
+
+pub struct ServiceDef {
+    pub ns: &'static str,
+    pub name: &'static str,
+    pub cluster_ip: Ipv4Addr,
+}
+
+pub fn services() -> Vec<ServiceDef> {
+    let list = [
+        ("shop", "device"),
+        ("shop", "charge"),
+        ("shop", "order"),
+        ("shop", "base"),
+        ("abc", "a"),
+        ("abc", "b"),
+        ("abc", "c"),
+        ("plain", "web"),
+    ];
+    list.iter()
+        .zip(1u8..)
+        .map(|(&(ns, name), host)| ServiceDef {
+            ns,
+            name,
+            cluster_ip: Ipv4Addr::new(10, 96, 0, host),
+        })
+        .collect()
+}
+
+const GRAY: Option<(&str, &str)> = Some(("tagger.io/lane", "gray"));
+/// The field report's label, as MSE users have it.
+const MSE_GRAY: Option<(&str, &str)> = Some(("alicloud.service.tag", "gray"));
+
+/// (namespace, name, node, Service, lane label, command).
+type Row = (
+    &'static str,
+    &'static str,
+    usize,
+    Option<&'static str>,
+    Option<(&'static str, &'static str)>,
+    Vec<String>,
+);
+
+/// The pods present from the start, each with its own address.
+pub fn pods() -> Vec<PodDef> {
+    let demo = |service: &str, version: &str| -> Vec<String> {
+        [
+            "python3",
+            "demo/app.py",
+            "--service",
+            service,
+            "--version",
+            version,
+        ]
+        .map(String::from)
+        .to_vec()
+    };
+    let hop = |next: Option<&str>| -> Vec<String> {
+        let mut command = vec!["python3".to_string(), "tests/apps/hop.py".into()];
+        if let Some(next) = next {
+            command.extend(["--next".into(), format!("http://{next}:{PORT}/")]);
+        }
+        command
+    };
+    let sleep = || vec!["sleep".to_string(), "infinity".into()];
+    #[rustfmt::skip]
+    let table: Vec<Row> = vec![
+        ("shop", "device-v1", 0, Some("device"), None, demo("device", "v1111")),
+        ("shop", "charge-v1", 0, Some("charge"), None, demo("charge", "v1111")),
+        ("shop", "charge-v2", 1, Some("charge"), MSE_GRAY, demo("charge", "v2222")),
+        ("shop", "order-v1", 1, Some("order"), None, demo("order", "v1111")),
+        ("shop", "order-v2", 0, Some("order"), MSE_GRAY, demo("order", "v2222")),
+        ("shop", "base-v1", 1, Some("base"), None, demo("base", "v1111")),
+        ("abc", "a-base", 0, Some("a"), None, hop(Some("b"))),
+        ("abc", "a-gray", 1, Some("a"), GRAY, hop(Some("b"))),
+        ("abc", "b-base", 1, Some("b"), None, hop(Some("c"))),
+        ("abc", "b-gray", 0, Some("b"), GRAY, hop(Some("c"))),
+        ("abc", "c-base", 0, Some("c"), None, hop(None)),
+        ("abc", "c-gray", 1, Some("c"), GRAY, hop(None)),
+        ("abc", "client-a", 0, None, None, sleep()),
+        ("abc", "client-b", 1, None, None, sleep()),
+        ("plain", "web-1", 0, Some("web"), None, hop(None)),
+    ];
+    let qos = [Qos::Burstable, Qos::BestEffort, Qos::Guaranteed];
+    let mut next_host = [10u8, 10u8];
+    table
+        .into_iter()
+        .enumerate()
+        .map(|(i, (ns, name, node, service, lane, command))| {
+            next_host[node] += 1;
+            PodDef {
+                ns,
+                name,
+                node,
+                service,
+                lane,
+                qos: qos[i % qos.len()],
+                ip: Ipv4Addr::new(10, 77, node as u8 + 1, next_host[node]),
+                command,
+            }
+        })
+        .collect()
+}
+
+/// b's gray pod as a rolling update makes it anew: on the other node, at
+/// another address.
+pub fn b_gray_replacement() -> PodDef {
+    let b_gray = pods().into_iter().find(|p| p.name == "b-gray").unwrap();
+    PodDef {
+        name: "b-gray2",
+        node: 1,
+        qos: Qos::Burstable,
+        ip: Ipv4Addr::new(10, 77, 2, 99),
+        ..b_gray
+    }
+}
+
+/// The Pod object kubelet's node would show.
+pub fn pod_object(pod: &PodDef, uid: &str) -> Value {
+    let mut object = objects::pod(
+        pod.ns,
+        pod.name,
+        uid,
+        NODE_NAMES[pod.node],
+        &pod.ip.to_string(),
+        None,
+        false,
+    );
+    object["metadata"]["labels"]["app"] = json!(pod.service.unwrap_or(pod.name));
+    if let Some((key, lane)) = pod.lane {
+        object["metadata"]["labels"][key] = json!(lane);
+    }
+    object["status"]["qosClass"] = json!(pod.qos.status());
+    object
+}
+
+/// One endpoint of a slice: its pod, address and conditions.
+#[derive(Debug, Clone)]
+pub struct Endpoint {
+    pub pod: &'static str,
+    pub ip: Ipv4Addr,
+    pub ready: bool,
+    pub terminating: bool,
+}
+
+pub fn slice_object(ns: &str, service: &str, endpoints: &[Endpoint]) -> Value {
+    let ips: Vec<String> = endpoints.iter().map(|e| e.ip.to_string()).collect();
+    let rows: Vec<(&str, &str, bool, bool)> = endpoints
+        .iter()
+        .zip(&ips)
+        .map(|(e, ip)| (ip.as_str(), e.pod, e.ready, e.terminating))
+        .collect();
+    objects::slice(ns, service, &rows, &[("http", PORT)])
+}
+
+/// Namespaces, Services, lanes and the field report's rule: what does not
+/// follow the pods.
+pub fn static_objects() -> Vec<Value> {
+    let mut all = vec![
+        objects::namespace("shop", true),
+        objects::namespace("abc", true),
+        objects::namespace("plain", false),
+        objects::lane("shop", "gray", true),
+        objects::lane("abc", "gray", true),
+        charge_rule(),
+    ];
+    for s in services() {
+        all.push(objects::service(
+            s.ns,
+            s.name,
+            &s.cluster_ip.to_string(),
+            &[("http", PORT)],
+        ));
+    }
+    all
+}
+
+/// SPEC scenario A's rule on charge.
+fn charge_rule() -> Value {
+    json!({"apiVersion": "tagger.io/v1alpha1", "kind": "TrafficRule",
+           "metadata": {"name": "charge-gray", "namespace": "shop"},
+           "spec": {"service": "charge", "lane": "gray", "mode": "any", "conditions": [
+               {"source": "query", "name": "userId", "op": "in", "values": ["111", "222", "333"]},
+               {"source": "query", "name": "userId", "op": "mod100", "cmp": "=", "value": 1},
+               {"source": "header", "name": "mse-username", "op": "in", "values": ["msd01", "msd02", "msd03"]}]}})
+}
+
+/// A rule on `abc/b` putting requests with header `x-user-id` in `values`
+/// in the gray lane.
+pub fn user_rule(name: &str, values: &[&str]) -> Value {
+    json!({"apiVersion": "tagger.io/v1alpha1", "kind": "TrafficRule",
+           "metadata": {"name": name, "namespace": "abc"},
+           "spec": {"service": "b", "lane": "gray", "mode": "any", "conditions": [
+               {"source": "header", "name": "x-user-id", "op": "in", "values": values}]}})
+}

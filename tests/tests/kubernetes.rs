@@ -1,0 +1,588 @@
+//! SPEC section E end to end: two nodes on one host, each a `tagger daemon
+//! --kubernetes` fed by the test API server, with pods in kubelet-shaped
+//! cgroup trees under its own cgroup root (`tagger_e2e::kube_nodes`).
+//! Every call chain crosses nodes at every hop, so lanes travel between the
+//! nodes' proxies on the wire. The tests share the cluster and leave it as
+//! they found it.
+use std::time::Duration;
+
+use serde_json::Value;
+use tagger_e2e::{
+    Answer, flow_delta,
+    kube_nodes::{
+        Nodes,
+        fixture::{self, PORT},
+        http::get,
+        nodes,
+    },
+    now, text,
+};
+use tagger_test_apiserver::objects;
+
+/// SPEC: a change through the API is in force within 1 s.
+const IN_FORCE: f64 = 1.0;
+/// Generous: how long a phase may take to show at all on a slow machine.
+const LIMIT: Duration = Duration::from_secs(10);
+/// Each load thread's pause between requests (4 threads).
+const PACE: Duration = Duration::from_millis(60);
+
+/// A request entering `pod` from outside the cluster (the host, as an
+/// ingress would send it): its answer.
+fn enter(cluster: &Nodes, pod: &str, headers: &[&str]) -> String {
+    match get(cluster.pod(pod).ip, PORT, "/", headers) {
+        Ok((200, body)) => body,
+        other => panic!("entering {pod} with {headers:?}: {other:?}"),
+    }
+}
+
+/// Both nodes' flow tables.
+fn flows(cluster: &Nodes) -> [Vec<Value>; 2] {
+    [cluster.nodes[0].flows(), cluster.nodes[1].flows()]
+}
+
+/// What each node's flows gained since `before`.
+fn since(cluster: &Nodes, before: &[Vec<Value>; 2]) -> [Vec<Value>; 2] {
+    let after = flows(cluster);
+    [
+        flow_delta(&before[0], &after[0]),
+        flow_delta(&before[1], &after[1]),
+    ]
+}
+
+/// The one row from `source` to `endpoint` (pods, `namespace/name`).
+fn row<'a>(flows: &'a [Value], source: &str, endpoint: &str) -> &'a Value {
+    let rows: Vec<&Value> = flows
+        .iter()
+        .filter(|f| f["source"] == source && f["endpoint"] == endpoint)
+        .collect();
+    assert_eq!(rows.len(), 1, "{source} -> {endpoint}: {flows:#?}");
+    rows[0]
+}
+
+/// (lane, reason, fallback) of a flow row.
+fn decision(row: &Value) -> (Option<&str>, Option<&str>, bool) {
+    (
+        row["lane"].as_str(),
+        row["reason"].as_str(),
+        row["fallback"] == true,
+    )
+}
+
+/// When a load's answers switched to `new` after a change at `at`: the
+/// first answer sent after `at` from which on every answer sent before
+/// `until` is `new`. Panics unless that is within [`IN_FORCE`]. Seconds.
+fn switch_time(
+    what: &str,
+    answers: &[Answer],
+    at: f64,
+    until: f64,
+    new: impl Fn(&str) -> bool,
+) -> f64 {
+    let window: Vec<&Answer> = answers
+        .iter()
+        .filter(|a| a.at >= at && a.at < until)
+        .collect();
+    let first = window
+        .iter()
+        .rposition(|a| !new(&a.body))
+        .map_or(0, |last_old| last_old + 1);
+    let took = window.get(first).map_or(f64::INFINITY, |a| a.at - at);
+    assert!(
+        took <= IN_FORCE,
+        "{what}: not in force within {IN_FORCE} s (took {took:.3} s): {:?}",
+        window
+            .iter()
+            .map(|a| (a.at - at, &a.body))
+            .collect::<Vec<_>>()
+    );
+    took
+}
+
+fn lost(answers: &[Answer]) -> Vec<&Answer> {
+    answers
+        .iter()
+        .filter(|a| a.status != 200 || a.body.contains("ERROR"))
+        .collect()
+}
+
+/// SPEC scenario A, the field report: `device -> charge -> order -> base`
+/// with charge-v2 and order-v2 gray, the rule on charge from the API.
+/// device-v1 and order-v2 are on node-a, the others on node-b.
+#[test]
+fn scenario_a_across_two_nodes() {
+    let cluster = nodes();
+    let device = cluster.pod("device-v1").ip;
+    let gray = |user: &str| {
+        format!("device.v1111 -> charge.v2222 --> order.v2222 --> base.v1111 (userId: {user})")
+    };
+    let base = |user: &str| {
+        format!("device.v1111 -> charge.v1111 --> order.v1111 --> base.v1111 (userId: {user})")
+    };
+    let before = flows(&cluster);
+    let mut cases: Vec<(String, Vec<&str>, String)> = Vec::new();
+    for user in ["111", "222", "333", "101", "201", "1001"] {
+        cases.push((format!("/device?userId={user}"), vec![], gray(user)));
+    }
+    for user in ["444", "1002"] {
+        cases.push((format!("/device?userId={user}"), vec![], base(user)));
+    }
+    cases.push(("/device".into(), vec![], base("null")));
+    for (name, lane) in [("msd01", true), ("msd02", true), ("msd04", false)] {
+        let header = match name {
+            "msd01" => "mse-username: msd01",
+            "msd02" => "mse-username: msd02",
+            _ => "mse-username: msd04",
+        };
+        let want = if lane { gray("null") } else { base("null") };
+        cases.push(("/device".into(), vec![header], want));
+    }
+    for (path, headers, want) in &cases {
+        for i in 0..10 {
+            let answer = get(device, PORT, path, headers);
+            assert_eq!(
+                answer,
+                Ok((200, want.clone())),
+                "{path} {headers:?}, request {i}"
+            );
+        }
+    }
+    // Each node decided its own hops: node-a device's call (the rule) and
+    // order-v2's (the gray lane that came in on the wire, inherited and
+    // carried on to base, which has no gray pod), node-b charge-v2's.
+    let [a, b] = since(&cluster, &before);
+    let to_charge = row(&a, "shop/device-v1", "shop/charge-v2");
+    assert_eq!(
+        decision(to_charge),
+        (Some("gray"), Some("rule:shop/charge-gray"), false)
+    );
+    assert_eq!(to_charge["requests"], 80);
+    assert_eq!(
+        decision(row(&b, "shop/charge-v2", "shop/order-v2")),
+        (Some("gray"), Some("inherited-thread"), false)
+    );
+    assert_eq!(
+        decision(row(&a, "shop/order-v2", "shop/base-v1")),
+        (Some("gray"), Some("inherited-thread"), true)
+    );
+    println!(
+        "scenario A across two nodes: {} cases, 10 requests each, all as the field report",
+        cases.len()
+    );
+}
+
+/// SPEC scenario B, `a -> b -> c` with hops that copy no header: a-base,
+/// b-gray and c-base on node-a, the others on node-b. B4 removes b's gray
+/// pod through the API; B3 makes the lane per-hop (`sticky: false`)
+/// through the API, with a rule on b; both are put back.
+#[test]
+fn scenario_b_across_two_nodes() {
+    let mut cluster = nodes();
+    let before = flows(&cluster);
+    for _ in 0..3 {
+        // B1: a request entering a gray pod is dyed gray.
+        assert_eq!(enter(&cluster, "a-gray", &[]), "a-gray -> b-gray -> c-gray");
+        assert_eq!(enter(&cluster, "a-base", &[]), "a-base -> b-base -> c-base");
+        // B2: the lane header sent to the baseline entry (alias x-mse-tag).
+        assert_eq!(
+            enter(&cluster, "a-base", &["x-mse-tag: gray"]),
+            "a-base -> b-gray -> c-gray"
+        );
+    }
+    let [a, b] = since(&cluster, &before);
+    assert_eq!(
+        decision(row(&b, "abc/a-gray", "abc/b-gray")),
+        (Some("gray"), Some("pod-lane"), false)
+    );
+    assert_eq!(
+        decision(row(&a, "abc/b-gray", "abc/c-gray")),
+        (Some("gray"), Some("inherited-thread"), false)
+    );
+
+    // B4: b's gray pod goes; gray falls back to b-base and returns at c.
+    {
+        let mut cluster = cluster.changed(|c| c.reinstate("b-gray"));
+        cluster.withdraw("b-gray");
+        let fallback = "a-gray -> b-base -> c-gray";
+        let seen = tagger_e2e::eventually(LIMIT, || {
+            (enter(&cluster, "a-gray", &[]) == fallback).then_some(())
+        });
+        assert!(
+            seen.is_some(),
+            "B4: no fallback: {}",
+            enter(&cluster, "a-gray", &[])
+        );
+        for _ in 0..3 {
+            assert_eq!(enter(&cluster, "a-gray", &[]), fallback);
+        }
+    }
+    let back = tagger_e2e::eventually(LIMIT, || {
+        (enter(&cluster, "a-gray", &[]) == "a-gray -> b-gray -> c-gray").then_some(())
+    });
+    assert!(back.is_some(), "b-gray never came back");
+
+    // B3: per-hop lane, b's rule on a header passed through from a's
+    // inbound request (a copies nothing); c decides again: baseline.
+    // Known limitation: a lane is known by its name alone, cluster-wide,
+    // so shop's `gray` (sticky) and abc's would collide: both are made
+    // per-hop here, and put back.
+    let cluster = cluster.changed(|c| {
+        c.delete_if_present("TrafficRule", "abc", "b-user-100");
+        for ns in ["abc", "shop"] {
+            c.api.apply(objects::lane(ns, "gray", true));
+        }
+    });
+    for ns in ["abc", "shop"] {
+        cluster.api.apply(objects::lane(ns, "gray", false));
+    }
+    cluster
+        .api
+        .apply(fixture::user_rule("b-user-100", &["100"]));
+    let want = "a-base -> b-gray -> c-base";
+    let seen = tagger_e2e::eventually(LIMIT, || {
+        (enter(&cluster, "a-base", &["x-user-id: 100"]) == want).then_some(())
+    });
+    assert!(
+        seen.is_some(),
+        "B3: {}; lanes: {}",
+        enter(&cluster, "a-base", &["x-user-id: 100"]),
+        cluster.nodes[0].config_dump()["state"]["lanes"]
+    );
+    for _ in 0..3 {
+        assert_eq!(enter(&cluster, "a-base", &["x-user-id: 100"]), want);
+        assert_eq!(
+            enter(&cluster, "a-base", &["x-user-id: 101"]),
+            "a-base -> b-base -> c-base"
+        );
+    }
+    println!(
+        "scenario B across two nodes: B1, B2, B4 (pod removed through the API), B3 (lane made per-hop through the API)"
+    );
+}
+
+/// A `TrafficRule` created, changed, changed back and deleted through the
+/// API under a steady load from a pod on each node: each change in force
+/// on both nodes within 1 s, no request lost. An invalid rule beside it is
+/// refused with its reason in its status, the valid one accepted.
+#[test]
+fn rule_changes_through_the_api_under_load() {
+    let mut shared = nodes();
+    let cluster = shared.changed(|c| {
+        c.delete_if_present("TrafficRule", "abc", "vip");
+        c.delete_if_present("TrafficRule", "abc", "bad-op");
+    });
+    cluster.api.apply(bad_rule());
+    let loads = ["client-a", "client-b"]
+        .map(|pod| cluster.steady_load(pod, &format!("http://b:{PORT}/"), PACE, &["x-user-id: 7"]));
+    let gray = |body: &str| body.starts_with("b-gray -> ");
+    let base = |body: &str| body.starts_with("b-base -> ");
+    for load in &loads {
+        load.wait_for("baseline before the rule", 0.0, 10, LIMIT, |a| {
+            base(&a.body)
+        });
+    }
+    let phases: [(&str, Option<&[&str]>, bool); 4] = [
+        ("created", Some(&["7"]), true),
+        ("changed", Some(&["8"]), false),
+        ("changed back", Some(&["7", "8"]), true),
+        ("deleted", None, false),
+    ];
+    let mut changes = Vec::new();
+    for (what, values, to_gray) in phases {
+        let at = now();
+        match values {
+            Some(values) => cluster.api.apply(fixture::user_rule("vip", values)),
+            None => cluster.api.delete("TrafficRule", "abc", "vip"),
+        }
+        for load in &loads {
+            load.wait_for(what, at, 10, LIMIT, |a| {
+                if to_gray {
+                    gray(&a.body)
+                } else {
+                    base(&a.body)
+                }
+            });
+        }
+        if what == "created" {
+            let accepted = tagger_e2e::eventually(LIMIT, || cluster.accepted("abc", "vip"));
+            assert_eq!(
+                accepted.map(|a| (a.0, a.1)),
+                Some(("True".into(), "Valid".into()))
+            );
+        }
+        changes.push((what, at, to_gray));
+    }
+    let answers = loads.map(|load| load.finish());
+    for (pod, answers) in ["client-a", "client-b"].iter().zip(&answers) {
+        assert!(lost(answers).is_empty(), "{pod}: lost {:?}", lost(answers));
+        let mut times = Vec::new();
+        for (i, &(what, at, to_gray)) in changes.iter().enumerate() {
+            let until = changes.get(i + 1).map_or(f64::INFINITY, |c| c.1);
+            let took = switch_time(&format!("{pod}: rule {what}"), answers, at, until, |b| {
+                if to_gray { gray(b) } else { base(b) }
+            });
+            times.push(format!("{what} {:.0} ms", took * 1000.0));
+        }
+        println!(
+            "{pod}: {} requests, 0 lost; in force after: {}",
+            answers.len(),
+            times.join(", ")
+        );
+    }
+    let refused = tagger_e2e::eventually(LIMIT, || cluster.accepted("abc", "bad-op"))
+        .expect("the invalid rule got no status");
+    assert_eq!(
+        (refused.0.as_str(), refused.1.as_str()),
+        ("False", "Invalid"),
+        "{refused:?}"
+    );
+    assert!(refused.2.contains("op"), "{refused:?}");
+    println!("invalid rule: Accepted=False, {}: {}", refused.1, refused.2);
+}
+
+fn bad_rule() -> Value {
+    let mut rule = fixture::user_rule("bad-op", &["1"]);
+    rule["spec"]["conditions"][0]["op"] = "within".into();
+    rule
+}
+
+/// A rolling replacement of a lane's pod under a steady gray load: b-gray
+/// (node-a) is replaced by b-gray2, a pod made after start on node-b, as a
+/// Deployment does it (the new pod not ready, then ready; the old one not
+/// ready and terminating, then gone). No request is lost or leaves the
+/// lane, and the new pod's own calls are routed (its node's daemon found
+/// its cgroups): `b-gray2 -> c-gray`. b-gray comes back afterwards.
+#[test]
+fn rolling_replacement_under_load_loses_nothing() {
+    let mut shared = nodes();
+    let mut cluster = shared.changed(|c| {
+        if c.has_pod("b-gray2") {
+            let _ = c.remove_pod("b-gray2");
+        }
+        if c.api.object("Pod", "abc", "b-gray").is_none() {
+            c.respawn_pod("b-gray").expect("b-gray again");
+            c.reinstate("b-gray");
+        }
+    });
+    let (old, new) = ("b-gray -> c-gray", "b-gray2 -> c-gray");
+    let load = cluster.steady_load(
+        "client-a",
+        &format!("http://b:{PORT}/"),
+        PACE,
+        &["x-lane: gray"],
+    );
+    load.wait_for("gray before", 0.0, 10, LIMIT, |a| a.body == old);
+    let t_created = now();
+    cluster
+        .add_pod(fixture::b_gray_replacement(), false)
+        .expect("a new pod");
+    cluster
+        .wait_listening("b-gray2")
+        .expect("the new pod listens");
+    let known = tagger_e2e::eventually(LIMIT, || {
+        cluster.nodes[1]
+            .knows_cgroups_of("abc/b-gray2")
+            .then_some(now())
+    })
+    .expect("node-b's daemon never found b-gray2's cgroups");
+    let t_ready = now();
+    cluster.set_endpoint("b-gray2", true, false);
+    load.wait_for("the new pod", t_ready, 10, LIMIT, |a| a.body == new);
+    let t_terminating = now();
+    cluster.set_endpoint("b-gray", false, true);
+    load.wait_for(
+        "the new pod alone",
+        t_terminating + IN_FORCE,
+        10,
+        LIMIT,
+        |a| a.body == new,
+    );
+    // Gone, as kubelet ends a terminated pod: out of the API, its app killed.
+    cluster.withdraw("b-gray");
+    cluster.kill_pod("b-gray");
+    let t_gone = now();
+    load.wait_for("after the old pod went", t_gone, 20, LIMIT, |a| {
+        a.body == new
+    });
+    let answers = load.finish();
+    assert!(lost(&answers).is_empty(), "lost: {:?}", lost(&answers));
+    let wrong: Vec<&Answer> = answers
+        .iter()
+        .filter(|a| a.body != old && a.body != new)
+        .collect();
+    assert!(wrong.is_empty(), "out of the lane: {wrong:?}");
+    let old_late: Vec<&Answer> = answers
+        .iter()
+        .filter(|a| a.at > t_terminating + IN_FORCE && a.body == old)
+        .collect();
+    assert!(
+        old_late.is_empty(),
+        "b-gray served after it was terminating: {old_late:?}"
+    );
+    let first_new = answers
+        .iter()
+        .find(|a| a.body == new)
+        .map_or(f64::NAN, |a| a.at);
+    println!(
+        "rolling replacement: {} requests, 0 lost, 0 out of the lane; the new pod's cgroups found {:.0} ms after it was made, serving {:.0} ms after ready",
+        answers.len(),
+        (known - t_created) * 1000.0,
+        (first_new - t_ready) * 1000.0
+    );
+}
+
+/// What tagger must leave alone: a node's own process (kubelet probing a
+/// pod IP) reaches that very pod; a pod of a namespace without the label
+/// is never redirected (its lane header does nothing, a pod IP it calls
+/// answers itself); a managed pod's call to an unmanaged Service goes
+/// straight there (kube-proxy's way), never through the proxy.
+#[test]
+fn node_processes_and_unlabelled_namespaces_are_left_alone() {
+    let cluster = nodes();
+    let before = flows(&cluster);
+    let curl = |url: String, headers: &[&str]| {
+        let mut command = vec!["curl".to_string(), "-sS".into(), "-m".into(), "5".into()];
+        for h in headers {
+            command.extend(["-H".to_string(), h.to_string()]);
+        }
+        command.push(url);
+        command
+    };
+    let run = |out: std::process::Output| {
+        assert!(out.status.success(), "{}", text(&out.stderr));
+        text(&out.stdout)
+    };
+    let b_gray = cluster.pod("b-gray").ip;
+    let a_gray = cluster.pod("a-gray").ip;
+    for (node, ip, answer) in [
+        (0, b_gray, "b-gray -> c-gray"),
+        (1, a_gray, "a-gray -> b-gray -> c-gray"),
+    ] {
+        let command = curl(format!("http://{ip}:{PORT}/"), &[]);
+        let command: Vec<&str> = command.iter().map(String::as_str).collect();
+        let out = cluster
+            .on_node(node, &command)
+            .expect("a probe on the node");
+        assert_eq!(
+            run(out),
+            answer,
+            "a probe from {}",
+            fixture::NODE_NAMES[node]
+        );
+    }
+    let in_pod = |pod: &str, url: String, headers: &[&str]| {
+        let command = curl(url, headers);
+        let command: Vec<&str> = command.iter().map(String::as_str).collect();
+        run(cluster.exec(pod, &command))
+    };
+    // Redirected, the lane header would pick b-gray; the pod IP, baseline.
+    // Not redirected, it reaches b-base (kube-proxy's way) and rides on
+    // from there: b-base's own call is tagger's, in the lane.
+    assert_eq!(
+        in_pod("web-1", format!("http://b:{PORT}/"), &["x-lane: gray"]),
+        "b-base -> c-gray"
+    );
+    assert_eq!(
+        in_pod("web-1", format!("http://{b_gray}:{PORT}/"), &[]),
+        "b-gray -> c-gray"
+    );
+    assert_eq!(
+        in_pod("client-a", format!("http://web:{PORT}/"), &["x-lane: gray"]),
+        "web-1"
+    );
+    let [a, b] = since(&cluster, &before);
+    // Only the calls of managed pods past the first hop were routed: none
+    // of the probes', none of web-1's, none to plain/web.
+    let routed: Vec<(&str, &str)> = a
+        .iter()
+        .chain(&b)
+        .map(|f| {
+            (
+                f["source"].as_str().unwrap_or("?"),
+                f["endpoint"].as_str().unwrap_or("?"),
+            )
+        })
+        .collect();
+    assert!(
+        routed
+            .iter()
+            .all(|(source, _)| ["abc/a-gray", "abc/b-gray", "abc/b-base"].contains(source)),
+        "{routed:?}"
+    );
+    assert!(
+        a.iter().chain(&b).all(|f| f["service"] != "plain/web"),
+        "{a:#?}"
+    );
+    println!("left alone: kubelet-shaped probes on both nodes, namespace plain, Service plain/web");
+}
+
+/// SIGKILL of node-b's daemon under a gray load from node-a: node-a goes
+/// on routing (the entry is a-gray, by the header), node-b's pods talk
+/// directly (kube-proxy's way, to baseline) within 1 s; the daemon started
+/// again resumes lane routing.
+#[test]
+fn killing_one_nodes_daemon_fails_open_on_that_node_only() {
+    let mut shared = nodes();
+    let mut cluster = shared.changed(|c| {
+        if !c.nodes[1].is_running() {
+            c.start_daemon(1).expect("starting node-b's daemon again");
+        }
+    });
+    let (lane, open) = ("a-gray -> b-gray -> c-gray", "a-gray -> b-base -> c-base");
+    let load = cluster.steady_load(
+        "client-a",
+        &format!("http://a:{PORT}/"),
+        PACE,
+        &["x-lane: gray"],
+    );
+    load.wait_for("gray before", 0.0, 20, LIMIT, |a| a.body == lane);
+    let t_kill = now();
+    cluster.nodes[1].signal_and_wait(libc::SIGKILL);
+    let gone = now();
+    load.wait_for("node-b open", gone, 20, LIMIT, |a| a.body == open);
+    let t_start = now();
+    cluster.start_daemon(1).expect("node-b's daemon again");
+    let started = now();
+    load.wait_for("gray again", started, 20, LIMIT, |a| a.body == lane);
+    let answers = load.finish();
+    // A request on node-b's proxy when it died fails with it (a-gray
+    // reports it): at most one per load connection.
+    let failed = lost(&answers);
+    assert!(failed.len() <= 4, "{failed:?}");
+    assert!(
+        failed.iter().all(|a| a.at >= t_kill - 1.0 && a.at < gone),
+        "{failed:?}"
+    );
+    // node-a routes throughout: every answer entered a-gray.
+    let not_a_gray: Vec<&Answer> = answers
+        .iter()
+        .filter(|a| !a.body.starts_with("a-gray -> "))
+        .collect();
+    assert!(
+        not_a_gray.is_empty(),
+        "node-a stopped routing: {not_a_gray:?}"
+    );
+    let fail_open = switch_time("fail-open", &answers, t_kill, t_start, |b| b == open);
+    let resumed = answers
+        .iter()
+        .find(|a| a.at >= started && a.body == lane)
+        .map_or(f64::NAN, |a| a.at - started);
+    assert!(
+        answers
+            .iter()
+            .filter(|a| a.at >= started + resumed)
+            .all(|a| a.body == lane),
+        "after the restart: {:?}",
+        answers
+            .iter()
+            .filter(|a| a.at >= started)
+            .collect::<Vec<_>>()
+    );
+    println!(
+        "node-b's daemon killed: {} requests, {} failed on its proxy, node-b direct {:.0} ms after the kill, node-a routing throughout; restarted in {:.0} ms, lanes again {:.0} ms after",
+        answers.len(),
+        failed.len(),
+        fail_open * 1000.0,
+        (started - t_start) * 1000.0,
+        resumed * 1000.0
+    );
+}
