@@ -1,8 +1,11 @@
-//! The Go test apps (`tests/apps/go`), built with the machine's Go
-//! (Debian's golang-go) into `tests/apps/bin/` before a cluster that runs
-//! them starts: `hop-go` as `go build` makes it, `hop-go-stripped` with
-//! `-ldflags='-s -w'` (no symbols, no DWARF). Offline: standard library
-//! only, no proxy.
+//! The Go test apps, built with the machine's Go (Debian's golang-go) into
+//! `tests/apps/bin/` before a cluster that runs them starts, offline:
+//! - `tests/apps/go` (standard library only): `hop-go` as `go build` makes
+//!   it, `hop-go-stripped` with `-ldflags='-s -w'` (no symbols, no DWARF);
+//! - `tests/apps/grpc-go`: `grpc-hop-go`, on grpc-go from Debian's
+//!   golang-google-grpc-dev, built in GOPATH mode against
+//!   /usr/share/gocode (Debian's Go libraries are sources there, with no
+//!   module metadata a module build could use offline).
 use std::{path::Path, process::Command, sync::Once};
 
 use crate::workspace;
@@ -14,15 +17,58 @@ const BUILDS: [(&str, &[&str], &str); 3] = [
     ("hop-go-static", &[], "0"),
 ];
 
-/// Builds the apps once per test process if the cluster file runs them.
+/// Where Debian's Go library packages put their sources.
+const DEBIAN_GOPATH: &str = "/usr/share/gocode";
+
+/// Builds the apps a cluster file runs, once per test process each.
 pub fn prepare(cluster_file: &Path) {
     static BUILT: Once = Once::new();
+    static GRPC_BUILT: Once = Once::new();
     let text = std::fs::read_to_string(cluster_file).unwrap_or_default();
-    if text.contains("apps/bin/") {
+    if text.contains("apps/bin/hop-go") {
         BUILT.call_once(|| {
             build();
         });
     }
+    if text.contains("apps/bin/grpc-hop-go") {
+        GRPC_BUILT.call_once(|| {
+            build_grpc();
+        });
+    }
+}
+
+/// Builds `grpc-hop-go` into `tests/apps/bin/` (also used by `cargo xtask
+/// bench`); returns its path.
+pub fn build_grpc() -> std::path::PathBuf {
+    let root = workspace();
+    let bin = root.join("tests/apps/bin");
+    std::fs::create_dir_all(&bin).unwrap();
+    let partial = bin.join(".grpc-hop-go.partial");
+    let out = Command::new("go")
+        .args(["build", "-o"])
+        .arg(&partial)
+        .arg(".")
+        .current_dir(root.join("tests/apps/grpc-go"))
+        .env("GOCACHE", root.join("target/go-cache"))
+        .env("GO111MODULE", "off")
+        .env("GOPATH", DEBIAN_GOPATH)
+        .env("GOPROXY", "off")
+        // GOPATH mode takes no -mod flag: drop one from the environment.
+        .env_remove("GOFLAGS")
+        .env("GOTOOLCHAIN", "local")
+        .output()
+        .unwrap_or_else(|e| {
+            panic!("`go` cannot run ({e}): `cargo xtask setup` installs golang-go")
+        });
+    assert!(
+        out.status.success(),
+        "go build grpc-hop-go (`cargo xtask setup` installs golang-google-grpc-dev): {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let built = bin.join("grpc-hop-go");
+    // Renamed into place: a pod never starts a half-written binary.
+    std::fs::rename(&partial, &built).unwrap();
+    built
 }
 
 /// Builds `hop-go`, `hop-go-stripped`, `hop-go-static` and `hop-go-unknown` into

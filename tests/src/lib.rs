@@ -290,7 +290,7 @@ pub fn now() -> f64 {
 }
 
 /// The fields that tell flows apart (everything but the counts and age).
-const FLOW_KEY: [&str; 8] = [
+const FLOW_KEY: [&str; 9] = [
     "source",
     "service",
     "endpoint",
@@ -299,6 +299,8 @@ const FLOW_KEY: [&str; 8] = [
     "fallback",
     "served_lane",
     "correlation",
+    // gRPC rows are per method too.
+    "rpc",
 ];
 
 /// The flows of what happened between two reads of `flows()` (the flow map

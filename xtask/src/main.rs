@@ -8,6 +8,7 @@ mod cluster;
 mod demo;
 mod fuzz;
 mod gobench;
+mod grpcbench;
 mod runner;
 mod setup;
 mod soak;
@@ -68,6 +69,9 @@ enum Task {
     Bench {
         #[arg(long, value_enum, default_value = "full")]
         mode: bench::Mode,
+        /// Only this part (results written as for a whole run).
+        #[arg(long, value_enum)]
+        only: Option<bench::Part>,
     },
     /// Everything at once for a bounded time (mixed lanes, connection churn,
     /// pods stopped and started, rules toggled): 0 wrong lanes, RSS, fds and
@@ -137,11 +141,11 @@ fn main() -> Result<ExitCode> {
                 bail!("{}", problems.join("\n"));
             }
         }
-        Task::Bench { mode } => {
+        Task::Bench { mode, only } => {
             require_root("the bench creates network namespaces, cgroups and loads eBPF")?;
             setup::ensure()?;
             build_release(&root)?;
-            bench::run_bench(&root, &root.join("target/release/tagger"), mode)?;
+            bench::run_bench(&root, &root.join("target/release/tagger"), mode, only)?;
         }
         Task::Soak { seconds } => {
             require_root("the soak creates network namespaces, cgroups and loads eBPF")?;
@@ -289,7 +293,7 @@ fn test(root: &Path, filter: Option<&str>) -> Result<()> {
     if filter.is_none() {
         println!("== bench harness smoke run (checks it produces a table, not timings)");
         let started = std::time::Instant::now();
-        let smoke = bench::run_bench(root, &tagger_bin(root), bench::Mode::Smoke)
+        let smoke = bench::run_bench(root, &tagger_bin(root), bench::Mode::Smoke, None)
             .and_then(|()| bench::check_report(&root.join("target/bench")));
         outcomes.push(runner::Outcome {
             name: "bench smoke".into(),

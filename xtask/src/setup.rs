@@ -27,6 +27,11 @@ const PACKAGES: &[&str] = &[
     // Go 1.19: the Go binaries the Go inspector (tagger-user/src/golang) is
     // tested on are built with it (cgo builds use the gcc rustc already needs).
     "golang-go",
+    // grpc-go's sources (GOPATH /usr/share/gocode): the Go gRPC hop of the
+    // end-to-end tests and the bench is built from them offline.
+    "golang-google-grpc-dev",
+    // h2load: the bench's HTTP/2 (gRPC) load generator.
+    "nghttp2-client",
     // libFuzzer (C++), which libfuzzer-sys builds for the fuzz targets.
     "g++",
 ];

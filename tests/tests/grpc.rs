@@ -1,0 +1,555 @@
+//! SPEC section F end to end: gRPC call chains `a -> b -> c` through the
+//! real daemon, in two flavours (tests/clusters/grpc.yaml): Python grpcio
+//! (`tests/apps/grpc_hop.py`) and grpc-go (`tests/apps/grpc-go`, built by
+//! the harness from Debian's golang-google-grpc-dev). Each hop makes every
+//! call through one channel, so calls of all lanes share one HTTP/2
+//! connection and tagger decides each stream on its own: by `x-lane`
+//! metadata, by a rule on the method path, by the caller pod's sticky
+//! lane, falling back to baseline where a service has no gray pod.
+//!
+//! The hops copy `x-lane` metadata onto their calls (as an app instrumented
+//! for lanes does): tagger's propagation reads HTTP/1 in the kernel, not
+//! HTTP/2 frames. What happens when a gRPC app copies nothing is shown by
+//! the `-n` hops (`*_without_copying`).
+use std::{path::PathBuf, process::Command, sync::Once, time::Duration};
+
+use serde_json::Value;
+use tagger_e2e::{
+    Cluster, SharedCluster, eventually, flow_delta, requests_where, shared, text, workspace,
+};
+
+const GRPC: &str = "grpc.yaml";
+
+#[derive(Clone, Copy, Debug)]
+enum Flavour {
+    Python,
+    Go,
+}
+
+impl Flavour {
+    /// The chain's services are `{prefix}-a`, `-b`, `-c` (and `-f`, `-nb`,
+    /// `-n`).
+    fn prefix(self) -> &'static str {
+        match self {
+            Flavour::Python => "gpy",
+            Flavour::Go => "ggo",
+        }
+    }
+
+    /// The answer of a call entering at `{p}-a-{a}`: which pods served,
+    /// and c's echo of the request.
+    fn chain(self, a: &str, b: &str, c: &str, request: &str) -> String {
+        let p = self.prefix();
+        format!("{p}-a-{a} -> {p}-b-{b} -> {p}-c-{c}({request})")
+    }
+}
+
+/// The shared cluster, its grpc-go callers started after the daemon.
+///
+/// grpc-go dials as soon as the app starts (a `ClientConn` connects
+/// eagerly) and keeps that one connection for its life, while the local
+/// cluster starts pods before the daemon: those connections were made
+/// with nothing to redirect them (the iptables fallback took them to a
+/// baseline pod) and would never be routed by lane. README's Limits say
+/// so for any connection made while no daemon ran; here the Go pods that
+/// call out are restarted once, as pods deployed after the daemon are.
+fn grpc_cluster(flavour: Flavour) -> SharedCluster {
+    static GO_RESTARTED: Once = Once::new();
+    let cluster = shared(GRPC);
+    if let Flavour::Go = flavour {
+        GO_RESTARTED.call_once(|| {
+            for pod in [
+                "a-base", "a-gray", "b-base", "b-gray", "f-base", "nb-base", "n-base",
+            ] {
+                let pod = format!("ggo-{pod}");
+                for action in ["stop-pod", "start-pod"] {
+                    let out = cluster.tagger(&["cluster", action, &pod]);
+                    assert!(
+                        out.status.success(),
+                        "{action} {pod}: {}",
+                        text(&out.stderr)
+                    );
+                }
+            }
+            // Back in service once the daemon's probes found them ready.
+            let gray = flavour.chain("gray", "gray", "gray", "m=ready");
+            let ready = eventually(Duration::from_secs(10), || {
+                (call(
+                    &cluster,
+                    "ggo-a",
+                    "/lanes.Hop/Call",
+                    "m=ready",
+                    &["x-lane=gray"],
+                ) == gray)
+                    .then_some(())
+            });
+            assert!(
+                ready.is_some(),
+                "the restarted Go pods never served in their lane"
+            );
+        });
+    }
+    cluster
+}
+
+fn client_script() -> PathBuf {
+    workspace().join("tests/apps/grpc_client.py")
+}
+
+/// One unary call from the client pod to `{prefix}-{service}:8080`, with
+/// `metadata` (`key=value`); the answer.
+fn call(
+    cluster: &Cluster,
+    service: &str,
+    method: &str,
+    request: &str,
+    metadata: &[&str],
+) -> String {
+    let script = client_script();
+    let target = format!("{service}:8080");
+    let mut command = vec![
+        "python3",
+        script.to_str().unwrap(),
+        "call",
+        &target,
+        method,
+        request,
+    ];
+    command.extend_from_slice(metadata);
+    let out = cluster.exec("client", &command);
+    assert!(
+        out.status.success(),
+        "call {method} to {target} failed: {}{}",
+        text(&out.stdout),
+        text(&out.stderr)
+    );
+    text(&out.stdout)
+}
+
+/// The same from the node (outside every pod) straight to a pod's
+/// address: how a call enters a given pod, as an ingress would send it.
+fn call_pod_from_node(cluster: &Cluster, pod: &str, method: &str, request: &str) -> String {
+    let target = format!("{}:8080", cluster.pod_ip(pod));
+    let out = Command::new("python3")
+        .arg(client_script())
+        .args(["call", &target, method, request])
+        .output()
+        .expect("running the gRPC client");
+    assert!(
+        out.status.success(),
+        "call {method} to {pod} failed: {}{}",
+        text(&out.stdout),
+        text(&out.stderr)
+    );
+    text(&out.stdout)
+}
+
+/// The one row of `flows` from `source` to `endpoint` (pods, without the
+/// prefix), asserting there is exactly one.
+fn only_row<'a>(flows: &'a [Value], flavour: Flavour, source: &str, endpoint: &str) -> &'a Value {
+    let p = flavour.prefix();
+    let (source, endpoint) = (format!("{p}-{source}"), format!("{p}-{endpoint}"));
+    let rows: Vec<&Value> = flows
+        .iter()
+        .filter(|f| f["source"] == source.as_str() && f["endpoint"] == endpoint.as_str())
+        .collect();
+    assert_eq!(rows.len(), 1, "{source} -> {endpoint}: {flows:#?}");
+    rows[0]
+}
+
+/// (lane, reason, fallback, rpc, requests) of a flow row, to compare whole.
+fn decision(row: &Value) -> (Option<&str>, &str, bool, &str, u64) {
+    (
+        row["lane"].as_str(),
+        row["reason"].as_str().unwrap_or(""),
+        row["fallback"].as_bool().unwrap_or(false),
+        row["rpc"].as_str().unwrap_or(""),
+        row["requests"].as_u64().unwrap_or(0),
+    )
+}
+
+/// `x-lane: gray` metadata sent to a: every hop gray (the hops copy the
+/// metadata); without it, every hop baseline.
+fn lane_by_metadata(flavour: Flavour) {
+    let cluster = grpc_cluster(flavour);
+    let p = flavour.prefix();
+    let before = cluster.flows();
+    for i in 0..3 {
+        let m = format!("m={i}");
+        assert_eq!(
+            call(
+                &cluster,
+                &format!("{p}-a"),
+                "/lanes.Hop/Call",
+                &m,
+                &["x-lane=gray"]
+            ),
+            flavour.chain("gray", "gray", "gray", &m)
+        );
+        assert_eq!(
+            call(&cluster, &format!("{p}-a"), "/lanes.Hop/Call", &m, &[]),
+            flavour.chain("base", "base", "base", &m)
+        );
+    }
+    let flows = flow_delta(&before, &cluster.flows());
+    let call = "lanes.Hop/Call";
+    for (source, endpoint, want) in [
+        ("a-gray", "b-gray", (Some("gray"), "header", false, call, 3)),
+        ("b-gray", "c-gray", (Some("gray"), "header", false, call, 3)),
+        ("a-base", "b-base", (None, "default", false, call, 3)),
+        ("b-base", "c-base", (None, "default", false, call, 3)),
+    ] {
+        let row = only_row(&flows, flavour, source, endpoint);
+        assert_eq!(decision(row), want, "{flavour:?}: {row}");
+    }
+}
+
+#[test]
+fn python_lane_by_metadata() {
+    lane_by_metadata(Flavour::Python);
+}
+
+#[test]
+fn go_lane_by_metadata() {
+    lane_by_metadata(Flavour::Go);
+}
+
+/// Rules on the method path: a prefix at b (`/lanes.Hop/Gray...`) puts the
+/// call in gray there and, gray being sticky, on to c; a regex at c
+/// (`...Canary`) puts only c's hop in gray; any other method stays
+/// baseline.
+fn lane_by_method_rule(flavour: Flavour) {
+    let cluster = grpc_cluster(flavour);
+    let p = flavour.prefix();
+    let a = format!("{p}-a");
+    let before = cluster.flows();
+    for i in 0..3 {
+        let m = format!("m={i}");
+        assert_eq!(
+            call(&cluster, &a, "/lanes.Hop/GrayCall", &m, &[]),
+            flavour.chain("base", "gray", "gray", &m)
+        );
+        assert_eq!(
+            call(&cluster, &a, "/lanes.Hop/TryCanary", &m, &[]),
+            flavour.chain("base", "base", "gray", &m)
+        );
+        assert_eq!(
+            call(&cluster, &a, "/lanes.Hop/Call", &m, &[]),
+            flavour.chain("base", "base", "base", &m)
+        );
+    }
+    let flows = flow_delta(&before, &cluster.flows());
+    let by_prefix = format!("rule:{p}-b-gray-methods");
+    let by_regex = format!("rule:{p}-c-canaries");
+    let row = only_row(&flows, flavour, "a-base", "b-gray");
+    assert_eq!(
+        decision(row),
+        (
+            Some("gray"),
+            by_prefix.as_str(),
+            false,
+            "lanes.Hop/GrayCall",
+            3
+        ),
+        "{row}"
+    );
+    // The sticky lane travels on as the lane header, which b copies.
+    let row = only_row(&flows, flavour, "b-gray", "c-gray");
+    assert_eq!(
+        decision(row),
+        (Some("gray"), "header", false, "lanes.Hop/GrayCall", 3),
+        "{row}"
+    );
+    let to_c: Vec<&Value> = flows
+        .iter()
+        .filter(|f| f["source"] == format!("{p}-b-base").as_str())
+        .collect();
+    let canary = to_c
+        .iter()
+        .find(|f| f["rpc"] == "lanes.Hop/TryCanary")
+        .unwrap_or_else(|| panic!("{flows:#?}"));
+    assert_eq!(
+        (decision(canary), canary["endpoint"].as_str()),
+        (
+            (
+                Some("gray"),
+                by_regex.as_str(),
+                false,
+                "lanes.Hop/TryCanary",
+                3
+            ),
+            Some(format!("{p}-c-gray").as_str())
+        ),
+        "{canary}"
+    );
+}
+
+#[test]
+fn python_lane_by_method_rule() {
+    lane_by_method_rule(Flavour::Python);
+}
+
+#[test]
+fn go_lane_by_method_rule() {
+    lane_by_method_rule(Flavour::Go);
+}
+
+/// A gray call through `f -> nb -> c`, where nb has no gray pod: nb's
+/// baseline pod serves it (fallback), the lane travels on, and c serves it
+/// gray again.
+fn fallback_and_return(flavour: Flavour) {
+    let cluster = grpc_cluster(flavour);
+    let p = flavour.prefix();
+    let before = cluster.flows();
+    for i in 0..3 {
+        let m = format!("m={i}");
+        assert_eq!(
+            call(
+                &cluster,
+                &format!("{p}-f"),
+                "/lanes.Hop/Call",
+                &m,
+                &["x-lane=gray"]
+            ),
+            format!("{p}-f-base -> {p}-nb-base -> {p}-c-gray({m})")
+        );
+    }
+    let flows = flow_delta(&before, &cluster.flows());
+    let call = "lanes.Hop/Call";
+    let row = only_row(&flows, flavour, "f-base", "nb-base");
+    assert_eq!(
+        decision(row),
+        (Some("gray"), "header", true, call, 3),
+        "{row}"
+    );
+    let row = only_row(&flows, flavour, "nb-base", "c-gray");
+    assert_eq!(
+        decision(row),
+        (Some("gray"), "header", false, call, 3),
+        "{row}"
+    );
+}
+
+#[test]
+fn python_fallback_and_return() {
+    fallback_and_return(Flavour::Python);
+}
+
+#[test]
+fn go_fallback_and_return() {
+    fallback_and_return(Flavour::Go);
+}
+
+/// Pod dyeing (scenario B1): a call without metadata that enters a's gray
+/// pod stays gray downstream (gray is sticky: tagger sends the lane on);
+/// one that enters a's baseline pod stays baseline.
+fn pod_dyeing(flavour: Flavour) {
+    let cluster = grpc_cluster(flavour);
+    let p = flavour.prefix();
+    let before = cluster.flows();
+    for i in 0..3 {
+        let m = format!("m={i}");
+        assert_eq!(
+            call_pod_from_node(&cluster, &format!("{p}-a-gray"), "/lanes.Hop/Call", &m),
+            flavour.chain("gray", "gray", "gray", &m)
+        );
+        assert_eq!(
+            call_pod_from_node(&cluster, &format!("{p}-a-base"), "/lanes.Hop/Call", &m),
+            flavour.chain("base", "base", "base", &m)
+        );
+    }
+    let flows = flow_delta(&before, &cluster.flows());
+    let row = only_row(&flows, flavour, "a-gray", "b-gray");
+    assert_eq!(
+        decision(row),
+        (Some("gray"), "pod-lane", false, "lanes.Hop/Call", 3),
+        "{row}"
+    );
+}
+
+#[test]
+fn python_pod_dyeing() {
+    pod_dyeing(Flavour::Python);
+}
+
+#[test]
+fn go_pod_dyeing() {
+    pod_dyeing(Flavour::Go);
+}
+
+/// Established TCP connections of a pod to the node proxy (every managed
+/// call is redirected there).
+fn proxy_connections(cluster: &Cluster, pod: &str) -> usize {
+    let out = cluster.exec(
+        pod,
+        &[
+            "ss",
+            "-Htn",
+            "state",
+            "established",
+            "dst",
+            "10.77.0.1:15001",
+        ],
+    );
+    assert!(out.status.success(), "ss in {pod}: {}", text(&out.stderr));
+    text(&out.stdout).lines().count()
+}
+
+/// 2000 unary calls, every other one with `x-lane: gray`, 64 in flight
+/// over 4 channels (4 HTTP/2 connections) from the client; each hop
+/// multiplexes all its calls, of both lanes, on its one connection. Every
+/// answer names the pods that served it: 0 in the wrong lane, and the
+/// flows count exactly 2 hop decisions per call, the gray ones by header.
+fn burst_is_exact(flavour: Flavour) {
+    const CALLS: usize = 2000;
+    let cluster = grpc_cluster(flavour);
+    let p = flavour.prefix();
+    let before = cluster.flows();
+    let script = client_script();
+    let target = format!("{p}-a:8080");
+    let calls = CALLS.to_string();
+    let out = cluster.exec(
+        "client",
+        &[
+            "python3",
+            script.to_str().unwrap(),
+            "burst",
+            &target,
+            "/lanes.Hop/Call",
+            &calls,
+            "4",
+            "64",
+        ],
+    );
+    assert!(out.status.success(), "burst failed: {}", text(&out.stderr));
+    let mut wrong = Vec::new();
+    let mut answered = 0;
+    for line in text(&out.stdout).lines() {
+        let row: Value = serde_json::from_str(line).unwrap();
+        answered += 1;
+        let i = row["i"].as_u64().unwrap();
+        let lane = if row["gray"].as_bool().unwrap() {
+            "gray"
+        } else {
+            "base"
+        };
+        let expected = flavour.chain(lane, lane, lane, &format!("m={i}"));
+        if row["answer"] != expected.as_str() {
+            wrong.push(format!("{i}: {} (expected {expected})", row["answer"]));
+        }
+    }
+    let hops: Vec<Value> = flow_delta(&before, &cluster.flows())
+        .into_iter()
+        .filter(|f| f["source"] != "client")
+        .collect();
+    println!(
+        "| {flavour:?} gRPC | {CALLS} calls | {} wrong | {} hop decisions, {} gray by header |",
+        wrong.len(),
+        requests_where(&hops, |_| true),
+        requests_where(&hops, |f| f["lane"] == "gray" && f["reason"] == "header"),
+    );
+    assert_eq!(answered, CALLS, "every call answered");
+    assert!(
+        wrong.is_empty(),
+        "{flavour:?}: {} of {CALLS} in the wrong lane, e.g. {:?}",
+        wrong.len(),
+        &wrong[..wrong.len().min(5)]
+    );
+    assert_eq!(
+        requests_where(&hops, |_| true),
+        2 * CALLS as u64,
+        "{hops:#?}"
+    );
+    assert_eq!(
+        requests_where(&hops, |f| f["lane"] == "gray" && f["reason"] == "header"),
+        CALLS as u64,
+        "{hops:#?}"
+    );
+    // Each hop pod made its calls of both lanes on one connection.
+    for pod in ["a-base", "a-gray", "b-base", "b-gray"] {
+        assert_eq!(
+            proxy_connections(&cluster, &format!("{p}-{pod}")),
+            1,
+            "{p}-{pod}: one multiplexed connection"
+        );
+    }
+}
+
+#[test]
+fn python_burst_is_exact() {
+    burst_is_exact(Flavour::Python);
+}
+
+#[test]
+fn go_burst_is_exact() {
+    burst_is_exact(Flavour::Go);
+}
+
+/// A hop that copies NO metadata (`{p}-n`, baseline only, calling c):
+/// tagger's kernel propagation reads HTTP/1 requests, not HTTP/2 frames,
+/// and the Go uprobes follow net/http's client, not grpc-go's, so a gRPC
+/// app's inbound lane is not carried onto its calls. What must hold (SPEC
+/// D's "never wrong", as far as tagger can know): a baseline call never
+/// walks into gray, and a gray call that ends in baseline is never a
+/// decision tagger calls trusted. What gray calls get is printed (the
+/// flows' CORRELATION) for the record; see README's Limits.
+fn propagation_without_copying(flavour: Flavour) {
+    let cluster = grpc_cluster(flavour);
+    let p = flavour.prefix();
+    let (n, source) = (format!("{p}-n"), format!("{p}-n-base"));
+    for i in 0..5 {
+        let m = format!("m={i}");
+        assert_eq!(
+            call(&cluster, &n, "/lanes.Hop/Call", &m, &[]),
+            format!("{source} -> {p}-c-base({m})"),
+            "a baseline call stays baseline"
+        );
+    }
+    let before = cluster.flows();
+    let answers: Vec<String> = (0..5)
+        .map(|i| {
+            call(
+                &cluster,
+                &n,
+                "/lanes.Hop/Call",
+                &format!("m={i}"),
+                &["x-lane=gray"],
+            )
+        })
+        .collect();
+    let flows = flow_delta(&before, &cluster.flows());
+    let hops: Vec<&Value> = flows
+        .iter()
+        .filter(|f| f["source"] == source.as_str())
+        .collect();
+    println!("{flavour:?}: gray calls through a hop that copies nothing: {answers:?}");
+    for row in &hops {
+        println!(
+            "  {} -> {}: lane {} reason {} correlation {} requests {}",
+            row["source"],
+            row["endpoint"],
+            row["lane"],
+            row["reason"],
+            row["correlation"],
+            row["requests"]
+        );
+    }
+    assert_eq!(
+        requests_where(&flows, |f| f["source"] == source.as_str()),
+        5
+    );
+    let trusted_and_wrong = requests_where(&flows, |f| {
+        f["source"] == source.as_str() && f["lane"].is_null() && f["correlation"] == "trusted"
+    });
+    assert_eq!(trusted_and_wrong, 0, "{hops:#?}");
+}
+
+#[test]
+fn python_propagation_without_copying() {
+    propagation_without_copying(Flavour::Python);
+}
+
+#[test]
+fn go_propagation_without_copying() {
+    propagation_without_copying(Flavour::Go);
+}
