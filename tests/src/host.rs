@@ -15,6 +15,23 @@ const CGROUP_ROOTS: [&str; 2] = ["/sys/fs/cgroup/unified/tagger", "/sys/fs/cgrou
 /// Everything a cluster may leave behind: network namespaces and their
 /// `/etc/netns` folders, links, the pods' cgroup tree, tagger daemon
 /// processes, and BPF links and programs of tagger's. Empty when clean.
+/// [`host_leftovers`] once the kernel has had a moment: a daemon that
+/// exited leaves its bpf programs and links to the kernel, which frees them
+/// shortly after the process is gone (the last file references of an
+/// exiting task are put from a workqueue). Netns, links and cgroups must be
+/// gone at once; only bpf objects are waited for (up to 5 s).
+pub fn settled_leftovers() -> Vec<String> {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    loop {
+        let left = host_leftovers();
+        let only_bpf = left.iter().all(|l| l.starts_with("bpf "));
+        if left.is_empty() || !only_bpf || std::time::Instant::now() > deadline {
+            return left;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+}
+
 pub fn host_leftovers() -> Vec<String> {
     let mut left = Vec::new();
     let netns = Command::new("ip")

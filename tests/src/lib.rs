@@ -21,7 +21,7 @@ use std::{
 
 use serde_json::Value;
 
-pub use host::{host_leftovers, preclean};
+pub use host::{host_leftovers, preclean, settled_leftovers};
 pub use load::{Answer, SteadyLoad};
 pub use shared::{SharedCluster, release as release_shared, shared};
 use watchdog::Watchdog;
@@ -246,11 +246,18 @@ impl Drop for Cluster {
             self.file,
             text(&out.stderr)
         );
-        let left = host_leftovers();
+        let left = host::settled_leftovers();
         assert!(
             left.is_empty(),
-            "cluster {} left this on the host: {left:?}",
-            self.file
+            "cluster {} left this on the host: {left:?}; tagger processes: {}",
+            self.file,
+            text(
+                &Command::new("pgrep")
+                    .args(["-a", "tagger"])
+                    .output()
+                    .map(|o| o.stdout)
+                    .unwrap_or_default()
+            )
         );
     }
 }

@@ -3,8 +3,8 @@
 use std::time::{Duration, Instant};
 
 use tagger_e2e::{
-    Cluster, TestDir, cluster_file, eventually, flow_delta, host_leftovers, release_shared,
-    requests_where, shared, tagger_bin, text,
+    Cluster, TestDir, cluster_file, eventually, flow_delta, release_shared, requests_where, shared,
+    tagger_bin, text,
 };
 
 const GRAY_CHAIN: &str = "a-gray -> b-gray -> c-gray";
@@ -309,7 +309,7 @@ fn bad_cluster_files_are_refused_naming_the_place_and_leave_nothing_behind() {
             "{name}: error does not say {expected:?}:\n{stderr}"
         );
         assert_eq!(
-            host_leftovers(),
+            tagger_e2e::settled_leftovers(),
             Vec::<String>::new(),
             "{name}: left things behind"
         );
@@ -333,7 +333,7 @@ fn bad_cluster_files_are_refused_naming_the_place_and_leave_nothing_behind() {
         stderr.contains("pod client exited during start-up") && stderr.contains("about to fail"),
         "{stderr}"
     );
-    assert_eq!(host_leftovers(), Vec::<String>::new());
+    assert_eq!(tagger_e2e::settled_leftovers(), Vec::<String>::new());
 }
 
 #[test]
@@ -361,7 +361,7 @@ fn ctrl_c_during_up_leaves_nothing_behind() {
             "up finished before the interrupt ({delay_ms} ms)"
         );
         assert_eq!(
-            host_leftovers(),
+            tagger_e2e::settled_leftovers(),
             Vec::<String>::new(),
             "after Ctrl-C at {delay_ms} ms: {}",
             text(&out.stderr)

@@ -76,6 +76,17 @@ fn five_restarts_under_load_lose_nothing_and_keep_every_lane() {
         restarts.push((old_first, (ready - t) * 1000.0, (gone - t) * 1000.0));
     }
     let config = cluster.config_dump();
+    let log = cluster.log("daemon");
+    assert_eq!(
+        log.matches("took over the running daemon's contexts")
+            .count(),
+        5,
+        "every handover carried the contexts"
+    );
+    assert!(
+        !log.contains("did not hand over"),
+        "a handover lost its contexts"
+    );
     let mut total = 0;
     let mut report = Vec::new();
     for load in loads {
@@ -94,6 +105,19 @@ fn five_restarts_under_load_lose_nothing_and_keep_every_lane() {
             failed.len(),
             wrong.len()
         ));
+        if !wrong.is_empty() {
+            let log = cluster.log("daemon");
+            for line in log.lines().filter(|l| {
+                (l.contains("source=py-a-base") || l.contains("source=go-a-base"))
+                    && l.contains("lane=baseline")
+                    && !l.contains("correlation=-")
+            }) {
+                println!("{line}");
+            }
+            for line in log.lines().filter(|l| !l.contains("tagger::access")) {
+                println!("{line}");
+            }
+        }
         assert!(failed.is_empty(), "{}: failed {failed:?}", load.expected);
         assert!(wrong.is_empty(), "{}: wrong lane {wrong:?}", load.expected);
     }

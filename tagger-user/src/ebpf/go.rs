@@ -183,7 +183,11 @@ impl Datapath {
         if let Err(why) = &go.loaded {
             return Err(GoAttachError::Unsupported(why.clone()));
         }
-        detach(ebpf, go, pid);
+        // This daemon's own uprobes only: the offsets stay until replaced
+        // below, because a predecessor handing over may still be probing
+        // this process with them (removing them even for a moment would
+        // drop the contexts of requests in flight).
+        detach_links(ebpf, go, pid);
         go.procs
             .insert(pid, offsets, 0)
             .map_err(|source| GoAttachError::Map {
@@ -241,10 +245,14 @@ impl Datapath {
 }
 
 fn detach(ebpf: &mut Ebpf, go: &mut GoPrograms, pid: u32) {
+    detach_links(ebpf, go, pid);
+    let _ = go.procs.remove(&pid);
+}
+
+fn detach_links(ebpf: &mut Ebpf, go: &mut GoPrograms, pid: u32) {
     for (name, link) in go.links.remove(&pid).unwrap_or_default() {
         if let Ok(program) = uprobe(ebpf, name) {
             let _ = program.detach(link);
         }
     }
-    let _ = go.procs.remove(&pid);
 }

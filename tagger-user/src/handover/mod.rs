@@ -88,6 +88,8 @@ pub enum Message {
         chunk: StoreSnapshot,
     },
     ContextsEnd,
+    /// The successor answers `PumpNow` from now on (it has the contexts).
+    Serving,
     PumpNow {
         n: u64,
     },

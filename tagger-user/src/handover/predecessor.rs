@@ -29,8 +29,15 @@ use crate::{
 };
 
 /// How long this daemon waits for the successor to deliver the events it
-/// asks for (as long as it would wait for its own ring).
-const REMOTE_WAIT: Duration = Duration::from_millis(20);
+/// asks for. Its own ring it drains itself at once; the successor's reply
+/// needs another process's thread scheduled, which on a busy node can take
+/// longer than the local wait (and a missed context means "untrusted").
+/// An answer normally comes back within a millisecond.
+const REMOTE_WAIT: Duration = Duration::from_millis(200);
+/// ... and, before the successor says it serves (it is still taking this
+/// daemon's contexts in), how long a request may wait for it: without the
+/// events it has in its ring, the answer would be "untrusted".
+const SERVING_WAIT: Duration = Duration::from_secs(1);
 /// A write to a successor that does not read is given up after this.
 const WRITE_TIMEOUT: Duration = Duration::from_millis(200);
 
@@ -204,6 +211,7 @@ impl Predecessor {
                     }
                 }
                 Ok(Some(Frame::Message(Message::Pumped { n }))) => remote.ack(n),
+                Ok(Some(Frame::Message(Message::Serving))) => remote.serving(),
                 Ok(Some(Frame::Message(_))) => {}
                 Ok(None) | Err(_) => break,
             }
@@ -221,6 +229,7 @@ struct RemotePump {
     answered: Mutex<u64>,
     changed: Condvar,
     closed: AtomicBool,
+    serving: AtomicBool,
 }
 
 impl RemotePump {
@@ -231,7 +240,15 @@ impl RemotePump {
             answered: Mutex::new(0),
             changed: Condvar::new(),
             closed: AtomicBool::new(false),
+            serving: AtomicBool::new(false),
         }
+    }
+
+    fn serving(&self) {
+        // Under the lock, so that a waiter cannot miss it.
+        let _answered = self.answered.lock().expect("answered lock");
+        self.serving.store(true, Ordering::SeqCst);
+        self.changed.notify_all();
     }
 
     fn ack(&self, n: u64) {
@@ -261,10 +278,13 @@ impl Pump for RemotePump {
             return;
         }
         let answered = self.answered.lock().expect("answered lock");
-        let _ = self
-            .changed
-            .wait_timeout_while(answered, REMOTE_WAIT, |answered| {
-                *answered < n && !self.closed.load(Ordering::SeqCst)
-            });
+        let wait = if self.serving.load(Ordering::SeqCst) {
+            REMOTE_WAIT
+        } else {
+            SERVING_WAIT
+        };
+        let _ = self.changed.wait_timeout_while(answered, wait, |answered| {
+            *answered < n && !self.closed.load(Ordering::SeqCst)
+        });
     }
 }

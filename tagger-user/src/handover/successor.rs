@@ -26,6 +26,10 @@ pub struct Successor {
     pub layout: String,
     pub generation: u32,
     listeners: Vec<(ListenerRole, OwnedFd)>,
+    /// The highest `PumpNow` that came while the contexts did (the old
+    /// daemon asks as soon as it has handed the ring over); answered once
+    /// this daemon serves.
+    asked_early: Option<u64>,
 }
 
 impl Successor {
@@ -81,6 +85,7 @@ impl Successor {
             layout,
             generation,
             listeners: listeners.into_iter().zip(fds).collect(),
+            asked_early: None,
         }))
     }
 
@@ -113,6 +118,9 @@ impl Successor {
                     snapshot.ids.extend(chunk.ids);
                 }
                 Message::ContextsEnd => return Ok(snapshot),
+                Message::PumpNow { n } => {
+                    self.asked_early = Some(self.asked_early.unwrap_or(0).max(n));
+                }
                 other => {
                     return Err(HandoverError::Unexpected {
                         expected: "contexts",
@@ -142,6 +150,7 @@ impl Successor {
             mut reader,
             writer,
             predecessor_pid,
+            asked_early,
             ..
         } = self;
         let (frames, pending) = mpsc::sync_channel::<Frame>(MAX_PENDING_EVENTS);
@@ -163,6 +172,14 @@ impl Successor {
             pump.set_tee(Box::new(move |bytes| {
                 copies.try_send(Frame::Event(bytes.to_vec())).is_ok()
             }));
+        }
+        // Events drained from here on reach the old daemon before these.
+        let _ = frames.send(Frame::Message(Message::Serving));
+        if let Some(n) = asked_early {
+            if let Some(pump) = &pump {
+                pump.pump();
+            }
+            let _ = frames.send(Frame::Message(Message::Pumped { n }));
         }
         let spawned = std::thread::Builder::new()
             .name("handover-in".into())

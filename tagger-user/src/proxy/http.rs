@@ -272,6 +272,8 @@ impl RequestContext {
                 endpoint = %endpoint.pod,
                 lane = decision.lane.as_deref().unwrap_or("baseline"),
                 reason = %decision.reason,
+                %correlation,
+                daemon = std::process::id(),
                 fallback,
                 ok,
                 lane_not_trusted = stripped.map(|s| s.from.as_str()),
