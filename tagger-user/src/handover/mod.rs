@@ -21,8 +21,8 @@
 //!    then `ContextsEnd`); the ring is the new daemon's from then on. The
 //!    old daemon finishes its connections (HTTP/1.1: `Connection: close` on
 //!    each one's next answer; HTTP/2: GOAWAY); a context it still needs is
-//!    asked of the new daemon (`PumpNow` / events / `Pumped`). `Drained`
-//!    when it is done.
+//!    asked of the new daemon (`PumpNow` / events / `Pumped`), which answers
+//!    once it has the contexts (`Serving`). `Drained` when it is done.
 //!
 //! Maps of different layouts (an upgrade that changed them) cannot be
 //! shared: the new daemon sends `Retire`, the old one fails open and drains,
