@@ -52,7 +52,10 @@ impl Connection {
                 .keep_alive_interval(header_read_timeout)
                 .keep_alive_timeout(header_read_timeout.min(PING_TIMEOUT))
                 .serve_connection(io, service);
-            until_stopped(conn, &mut stop, |conn| conn.graceful_shutdown()).await
+            until_stopped(conn, &mut stop, Duration::ZERO, |conn| {
+                conn.graceful_shutdown()
+            })
+            .await
         } else {
             let conn = hyper::server::conn::http1::Builder::new()
                 .timer(TokioTimer::new())
@@ -65,7 +68,7 @@ impl Connection {
                 .serve_connection(io, service)
                 // WebSocket and other upgrades (`upgrade`).
                 .with_upgrades();
-            until_stopped_after(conn, &mut stop, IDLE_CLOSE_AFTER, |conn| {
+            until_stopped(conn, &mut stop, IDLE_CLOSE_AFTER, |conn| {
                 conn.graceful_shutdown()
             })
             .await
@@ -82,25 +85,9 @@ impl Connection {
 }
 
 /// Runs `conn` to its end; if the proxy stops first, asks it to shut down
-/// gracefully (`shutdown`) and runs it to its end still.
+/// gracefully (`shutdown`) `delay` after the stop (the connection may end
+/// on its own before), and runs it to its end still.
 async fn until_stopped<C: Future>(
-    conn: C,
-    stop: &mut watch::Receiver<bool>,
-    shutdown: impl FnOnce(Pin<&mut C>),
-) -> C::Output {
-    tokio::pin!(conn);
-    tokio::select! {
-        // The connection first: it is the one that is ready nearly always.
-        biased;
-        output = conn.as_mut() => return output,
-        () = stopped(stop) => shutdown(conn.as_mut()),
-    }
-    conn.await
-}
-
-/// As [`until_stopped`], but the shutdown comes `delay` after the stop
-/// (the connection may end on its own before).
-async fn until_stopped_after<C: Future>(
     conn: C,
     stop: &mut watch::Receiver<bool>,
     delay: Duration,
@@ -108,15 +95,19 @@ async fn until_stopped_after<C: Future>(
 ) -> C::Output {
     tokio::pin!(conn);
     tokio::select! {
+        // The connection first: it is the one that is ready nearly always.
         biased;
         output = conn.as_mut() => return output,
         () = stopped(stop) => {}
     }
-    tokio::select! {
-        biased;
-        output = conn.as_mut() => return output,
-        () = tokio::time::sleep(delay) => shutdown(conn.as_mut()),
+    if !delay.is_zero() {
+        tokio::select! {
+            biased;
+            output = conn.as_mut() => return output,
+            () = tokio::time::sleep(delay) => {}
+        }
     }
+    shutdown(conn.as_mut());
     conn.await
 }
 
