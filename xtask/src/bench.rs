@@ -395,9 +395,7 @@ fn rss_kib(pid: u32) -> f64 {
 }
 
 fn record() -> Result<Value> {
-    let text = std::fs::read_to_string(Path::new(RUN_DIR).join("cluster.json"))
-        .context("bench cluster record")?;
-    Ok(serde_json::from_str(&text)?)
+    crate::cluster::record(RUN_DIR)
 }
 
 pub(crate) fn pin(pid: u32, cpu: &str) -> Result<()> {

@@ -1,9 +1,13 @@
 //! The `tagger` CLI against one of xtask's own local clusters, each in its
 //! own run directory (the bench's, the live-change measurement's, the Go
 //! bench's, the soak's), so that none touches a user's cluster.
-use std::{path::Path, process::Command};
+use std::{
+    path::Path,
+    process::{Command, Stdio},
+};
 
-use anyhow::{Result, bail};
+use anyhow::{Context, Result, bail};
+use serde_json::Value;
 
 /// `tagger --run-dir DIR ...`.
 pub fn command(tagger: &Path, run_dir: &str) -> Command {
@@ -22,6 +26,29 @@ pub fn tagger_ok(tagger: &Path, run_dir: &str, args: &[&str]) -> Result<Vec<u8>>
         );
     }
     Ok(out.stdout)
+}
+
+/// The cluster record (`cluster.json`: pods, addresses, daemon pid) of a
+/// run directory.
+pub fn record(run_dir: &str) -> Result<Value> {
+    let path = Path::new(run_dir).join("cluster.json");
+    let text =
+        std::fs::read(&path).with_context(|| format!("the cluster record {}", path.display()))?;
+    Ok(serde_json::from_slice(&text)?)
+}
+
+/// `cluster up FILE` with tagger (and so its daemon) on CPU 0, the apps'
+/// CPU 1 being the measured one; the cluster's record.
+pub fn up_on_cpu0(tagger: &Path, run_dir: &str, file: &Path) -> Result<Value> {
+    crate::run(
+        Command::new("taskset")
+            .args(["-c", "0"])
+            .arg(tagger)
+            .args(["--run-dir", run_dir, "cluster", "up"])
+            .arg(file)
+            .stdout(Stdio::null()),
+    )?;
+    record(run_dir)
 }
 
 /// Takes the cluster of a run directory down when dropped, however the

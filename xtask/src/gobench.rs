@@ -12,7 +12,7 @@
 use std::{
     collections::BTreeMap,
     path::{Path, PathBuf},
-    process::{Command, Stdio},
+    process::Command,
 };
 
 use anyhow::{Context, Result, bail};
@@ -122,17 +122,7 @@ pub fn measure(tagger: &Path, dir: &Path, mode: Mode) -> Result<Value> {
         tagger,
         bpf_stats_before: std::fs::read_to_string("/proc/sys/kernel/bpf_stats_enabled").ok(),
     };
-    crate::run(
-        Command::new("taskset")
-            .args(["-c", "0"])
-            .arg(tagger)
-            .args(["--run-dir", RUN_DIR, "cluster", "up"])
-            .arg(&cluster)
-            .stdout(Stdio::null()),
-    )?;
-    let record: Value =
-        serde_json::from_slice(&std::fs::read(Path::new(RUN_DIR).join("cluster.json"))?)
-            .context("the cluster's record")?;
+    let record = crate::cluster::up_on_cpu0(tagger, RUN_DIR, &cluster)?;
     let processes = |front: &str| {
         let back = front.replace("front", "back");
         [pod_pids(&record, front), pod_pids(&record, &back)].concat()

@@ -233,17 +233,7 @@ pub fn measure(tagger: &Path, dir: &Path, mode: Mode) -> Result<Value> {
         tagger,
         envoy: None,
     };
-    crate::run(
-        Command::new("taskset")
-            .args(["-c", "0"])
-            .arg(tagger)
-            .args(["--run-dir", RUN_DIR, "cluster", "up"])
-            .arg(&cluster)
-            .stdout(Stdio::null()),
-    )?;
-    let record: Value =
-        serde_json::from_slice(&std::fs::read(Path::new(RUN_DIR).join("cluster.json"))?)
-            .context("the cluster's record")?;
+    let record = crate::cluster::up_on_cpu0(tagger, RUN_DIR, &cluster)?;
     let ip = record["pods"]
         .as_array()
         .and_then(|pods| pods.iter().find(|p| p["name"] == "grpc"))

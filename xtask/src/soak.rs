@@ -42,8 +42,7 @@ struct Tally {
 }
 
 fn sample(tagger_bin: &Path, elapsed: f64, tally: &Tally) -> Result<Value> {
-    let record: Value =
-        serde_json::from_slice(&std::fs::read(Path::new(RUN_DIR).join("cluster.json"))?)?;
+    let record = crate::cluster::record(RUN_DIR)?;
     let daemon = record["daemon_pid"].as_u64().context("daemon pid")?;
     let rss_kib: u64 = std::fs::read_to_string(format!("/proc/{daemon}/status"))?
         .lines()

@@ -92,9 +92,7 @@ fn tagger_ok(tagger: &Path, args: &[&str]) -> Result<()> {
 }
 
 fn daemon_pid() -> Result<i32> {
-    let record: Value = serde_json::from_str(&std::fs::read_to_string(
-        Path::new(RUN_DIR).join("cluster.json"),
-    )?)?;
+    let record = crate::cluster::record(RUN_DIR)?;
     Ok(record["daemon_pid"].as_i64().context("daemon pid")? as i32)
 }
 
