@@ -28,6 +28,19 @@ pub struct GoOffsets {
     pub netfd_sotype: u64,
     /// `internal/poll.FD.Sysfd` (`int`).
     pub fd_sysfd: u64,
+    /// 1 when the grpc-go programs are attached and the fields below are
+    /// known; 0 leaves gRPC alone.
+    pub grpc: u64,
+    /// grpc-go `transport.http2Server.conn` (`net.Conn`).
+    pub grpc_server_conn: u64,
+    /// grpc-go `transport.Stream.id` (`uint32`).
+    pub grpc_stream_id: u64,
+    /// grpc-go `transport.loopyWriter.framer` (`*framer`).
+    pub grpc_loopy_framer: u64,
+    /// grpc-go `transport.framer.writer` (`*bufWriter`).
+    pub grpc_framer_writer: u64,
+    /// grpc-go `transport.bufWriter.conn` (`net.Conn`).
+    pub grpc_writer_conn: u64,
 }
 
 /// The key of a Go connection's state: `tgid << 32 | fd`. A request tag of
@@ -37,6 +50,31 @@ pub struct GoOffsets {
 #[inline(always)]
 pub const fn conn_key(tgid: u32, fd: u32) -> u64 {
     ((tgid as u64) << 32) | fd as u64
+}
+
+/// The key of an inbound HTTP/2 stream's context in a Go process: the high
+/// bit of the low word set (an fd never has it), then the fd and stream id
+/// mixed into 31 bits. Exact for fds below 2048 and stream ids below 2^20;
+/// beyond, two open streams may share a key, and the older one's context
+/// then reads as over (a `seq` never matches another request's): untrusted,
+/// never another stream's lane.
+#[inline(always)]
+pub const fn stream_key(tgid: u32, fd: u32, stream_id: u32) -> u64 {
+    let mixed = ((fd << 20) ^ stream_id) & 0x7fff_ffff;
+    ((tgid as u64) << 32) | 0x8000_0000 | mixed as u64
+}
+
+/// Layout of grpc-go's decoded header fields (`golang.org/x/net/http2`,
+/// unchanged since 2015): `MetaHeadersFrame` is `{*HeadersFrame; Fields
+/// []hpack.HeaderField; ...}`, `HeadersFrame` starts with the
+/// `FrameHeader`, whose `StreamID` is at 8, and `hpack.HeaderField` is
+/// `{Name, Value string; Sensitive bool}`. Checked against the DWARF of the
+/// binary when it has some.
+pub mod h2 {
+    pub const META_HEADERS_FIELDS: u64 = 8;
+    pub const FRAME_HEADER_STREAM_ID: u64 = 8;
+    pub const HEADER_FIELD_VALUE: u64 = 16;
+    pub const HEADER_FIELD_SIZE: u64 = 40;
 }
 
 #[cfg(feature = "user")]
@@ -53,7 +91,19 @@ mod tests {
 
     #[test]
     fn layouts_have_no_implicit_padding() {
-        assert_eq!(size_of::<GoOffsets>(), 80);
+        assert_eq!(size_of::<GoOffsets>(), 128);
+    }
+
+    #[test]
+    fn stream_keys_never_meet_conn_keys_and_keep_streams_apart() {
+        let cases = [(3, 1), (3, 3), (4, 1), (2047, (1 << 20) - 1)];
+        for (i, &(fd, id)) in cases.iter().enumerate() {
+            assert_ne!(stream_key(9, fd, id), conn_key(9, fd));
+            assert_eq!(stream_key(9, fd, id) >> 32, 9);
+            for &(fd2, id2) in &cases[i + 1..] {
+                assert_ne!(stream_key(9, fd, id), stream_key(9, fd2, id2));
+            }
+        }
     }
 
     #[test]

@@ -39,6 +39,15 @@ pub mod names {
     pub const MAP_GO_PROCS: &str = "TAGGER_GO_PROCS";
     pub const PROG_GO_ROUND_TRIP: &str = "tagger_go_round_trip";
     pub const PROG_GO_NEWPROC_RET: &str = "tagger_go_newproc_ret";
+    // grpc-go (google.golang.org/grpc/internal/transport), when the binary
+    // has it and its offsets are known.
+    pub const PROG_GRPC_HEADER_FIELDS_RET: &str = "tagger_grpc_header_fields_ret";
+    pub const PROG_GRPC_WRITE_HEADER: &str = "tagger_grpc_write_header";
+    pub const PROG_GRPC_OPERATE_HEADERS: &str = "tagger_grpc_operate_headers";
+    pub const PROG_GRPC_OPERATE_HEADERS_RET: &str = "tagger_grpc_operate_headers_ret";
+    pub const PROG_GRPC_WRITE_STATUS: &str = "tagger_grpc_write_status";
+    /// Tags of single HTTP/2 streams, by (client socket cookie, stream id).
+    pub const MAP_STREAM_TAGS: &str = "TAGGER_STREAM_TAGS";
     /// (program, tracepoint): every BTF tracepoint (`tp_btf`) the daemon
     /// attaches. None is a syscall tracepoint: those would slow every
     /// syscall of every task on the node.
@@ -54,7 +63,7 @@ pub mod names {
 /// Bumped when a shared map's meaning changes in a way its sizes do not show
 /// (a field reordered, a flag's sense): part of the pinned maps' layout key,
 /// so that daemons of different layouts never share maps.
-pub const MAP_LAYOUT_VERSION: u32 = 2;
+pub const MAP_LAYOUT_VERSION: u32 = 3;
 
 /// The default and largest `ProxyConfig::flow_limit`: an eighth of the flow
 /// map kept free for connects racing past the check.
@@ -180,6 +189,22 @@ pub struct InboundEvent {
 
 /// The event starts a request (else it continues the thread's current one).
 pub const EVENT_FIRST: u32 = 1;
+/// The request is an HTTP/2 stream a probed server decoded (grpc-go): its
+/// events carry one header field each as a `name: value\r\n` line (no
+/// pseudo-headers), and a last one the empty line. Userspace puts a request
+/// line before them, so one scanner reads HTTP/1 blocks and these alike.
+pub const EVENT_FIELDS: u32 = 2;
+
+/// One HTTP/2 stream of a redirected connection: `TAGGER_STREAM_TAGS`'s
+/// key. The client's stream id is the one the proxy sees for the stream.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct StreamKey {
+    /// The client socket's cookie (`FlowOrigin::cookie`).
+    pub cookie: u64,
+    pub stream_id: u32,
+    pub _pad: u32,
+}
 
 /// What the kernel saw when an app wrote the start of an HTTP request on a
 /// redirected socket: which thread, and which inbound request that thread
@@ -205,7 +230,8 @@ pub const TAG_CONCURRENT: u32 = 1;
 /// request that caused this one was not seen, so nothing can be trusted.
 pub const TAG_UNSEEN: u32 = 2;
 /// The goroutine that wrote the request was serving the inbound request
-/// read on a connection: `pid_tgid` is `golang::conn_key(tgid, fd)`.
+/// read on a connection, or an inbound HTTP/2 stream: `pid_tgid` is
+/// `golang::conn_key(tgid, fd)` or `golang::stream_key(tgid, fd, id)`.
 pub const TAG_GOROUTINE: u32 = 4;
 /// The request may have been caused by an inbound request but tagger cannot
 /// tell which: a process not yet classified, a Go process that could not
@@ -282,6 +308,7 @@ mod pod_impls {
     unsafe impl aya::Pod for FlowOrigin {}
     unsafe impl aya::Pod for FlowKey {}
     unsafe impl aya::Pod for RequestTag {}
+    unsafe impl aya::Pod for StreamKey {}
     unsafe impl aya::Pod for ProcEvent {}
 }
 
@@ -298,6 +325,7 @@ mod tests {
         assert_eq!(size_of::<FlowOrigin>(), 24);
         assert_eq!(size_of::<FlowKey>(), 8);
         assert_eq!(size_of::<RequestTag>(), 32);
+        assert_eq!(size_of::<StreamKey>(), 16);
         assert_eq!(size_of::<ProcEvent>(), 8);
         assert_eq!(size_of::<InboundEvent>(), 32 + CAPTURE_BYTES);
     }

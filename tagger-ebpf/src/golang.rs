@@ -78,37 +78,54 @@ static TAGGER_GO_CONNS: LruHashMap<u64, GoConn> = LruHashMap::with_max_entries(6
 
 #[repr(C)]
 #[derive(Clone, Copy)]
-struct GoroutineKey {
-    tgid: u32,
-    _pad: u32,
-    goid: u64,
+pub(crate) struct GoroutineKey {
+    pub(crate) tgid: u32,
+    pub(crate) _pad: u32,
+    pub(crate) goid: u64,
 }
 
 /// The inbound request a goroutine works for.
 #[repr(C)]
 #[derive(Clone, Copy)]
-struct GoContext {
-    seq: u64,
-    /// The inbound connection's fd.
-    fd: u32,
-    _pad: u32,
+pub(crate) struct GoContext {
+    pub(crate) seq: u64,
+    /// Its key in `TAGGER_GO_CONNS`: `conn_key` of an HTTP/1 connection,
+    /// `stream_key` of an HTTP/2 stream (grpc.rs).
+    pub(crate) key: u64,
 }
 
 /// Goroutines never reuse ids, so stale entries only age out of the LRU.
 #[map]
-static TAGGER_GO_ROUTINES: LruHashMap<GoroutineKey, GoContext> =
+pub(crate) static TAGGER_GO_ROUTINES: LruHashMap<GoroutineKey, GoContext> =
     LruHashMap::with_max_entries(65_536, 0);
 
-/// What `roundTrip` bound to an outbound connection for its next request.
+/// What `roundTrip` bound to an outbound connection for its next request
+/// (or grpc.rs to a stream's header fields).
 #[repr(C)]
 #[derive(Clone, Copy)]
-struct GoCall {
+pub(crate) struct GoCall {
     /// 0 with `untrusted` 0: the caller serves no request.
     seq: u64,
-    bound_ns: u64,
-    /// The inbound connection's fd.
-    fd: u32,
+    pub(crate) bound_ns: u64,
+    /// The context's key (`GoContext::key`).
+    key: u64,
     untrusted: u32,
+    _pad: u32,
+}
+
+impl GoCall {
+    /// The request tag it makes: (key, seq, flags), `None` for nothing to
+    /// carry.
+    #[inline(always)]
+    pub(crate) fn tag(&self, pid_tgid: u64) -> Option<(u64, u64, u32)> {
+        if self.seq != 0 {
+            Some((self.key, self.seq, TAG_GOROUTINE))
+        } else if self.untrusted != 0 {
+            Some((pid_tgid, 0, TAG_UNTRUSTED))
+        } else {
+            None
+        }
+    }
 }
 
 #[map]
@@ -116,7 +133,7 @@ static TAGGER_GO_CALLS: LruHashMap<u64, GoCall> = LruHashMap::with_max_entries(6
 
 /// A binding older than this is not the request being written (its
 /// roundTrip failed before writing; the fd was reused).
-const CALL_TTL_NS: u64 = 5_000_000_000;
+pub(crate) const CALL_TTL_NS: u64 = 5_000_000_000;
 /// Offset of r14 in `struct pt_regs` (x86_64).
 const REG_R14: usize = 8;
 const AF_INET: u64 = 2;
@@ -124,7 +141,7 @@ const AF_INET6: u64 = 10;
 const SOCK_STREAM: u64 = 1;
 
 #[inline(always)]
-fn offsets(tgid: u32) -> Option<GoOffsets> {
+pub(crate) fn offsets(tgid: u32) -> Option<GoOffsets> {
     // SAFETY: plain value copied out at once.
     unsafe { TAGGER_GO_PROCS.get(tgid) }.copied()
 }
@@ -136,7 +153,7 @@ pub(crate) fn forget_process(tgid: u32) {
 }
 
 #[inline(always)]
-fn read_u64(addr: u64) -> Option<u64> {
+pub(crate) fn read_u64(addr: u64) -> Option<u64> {
     if addr == 0 {
         return None;
     }
@@ -146,7 +163,7 @@ fn read_u64(addr: u64) -> Option<u64> {
 
 /// The goid of the g at `g`.
 #[inline(always)]
-fn goid(g: u64, off: &GoOffsets) -> Option<u64> {
+pub(crate) fn goid(g: u64, off: &GoOffsets) -> Option<u64> {
     read_u64(g + off.goid).filter(|&id| id != 0)
 }
 
@@ -154,7 +171,7 @@ fn goid(g: u64, off: &GoOffsets) -> Option<u64> {
 /// `*net.TCPConn`. Anything else there (a `*tls.Conn`, a wrapper) has no
 /// TCP `netFD` at those offsets, which the family and type check catches.
 #[inline(always)]
-fn tcp_fd(tcpconn: u64, off: &GoOffsets) -> Option<u32> {
+pub(crate) fn tcp_fd(tcpconn: u64, off: &GoOffsets) -> Option<u32> {
     let netfd = read_u64(tcpconn + off.tcpconn_conn + off.conn_fd)?;
     let family = read_u64(netfd + off.netfd_family)?;
     let sotype = read_u64(netfd + off.netfd_sotype)?;
@@ -168,19 +185,19 @@ fn tcp_fd(tcpconn: u64, off: &GoOffsets) -> Option<u32> {
 
 /// Is the context still that of an open request?
 #[inline(always)]
-fn live(tgid: u32, context: &GoContext) -> bool {
+fn live(context: &GoContext) -> bool {
     if context.seq == 0 {
         return false;
     }
     // SAFETY: plain value read.
-    unsafe { TAGGER_GO_CONNS.get(conn_key(tgid, context.fd)) }
+    unsafe { TAGGER_GO_CONNS.get(context.key) }
         .is_some_and(|conn| conn.seq == context.seq && conn.done == 0)
 }
 
 /// The g that made the current syscall: R14 when it entered the kernel (Go
 /// keeps g in R14 down to the SYSCALL instruction).
 #[inline(always)]
-fn syscall_g() -> u64 {
+pub(crate) fn syscall_g() -> u64 {
     // SAFETY: both helpers return pointers the verifier knows by BTF; the
     // load is checked against `struct pt_regs` and cannot fault.
     unsafe {
@@ -202,12 +219,17 @@ fn syscall_g() -> u64 {
 pub(crate) fn on_read(pid_tgid: u64, fd: u32, buf: u64, len: u64, first: u64) {
     let tgid = (pid_tgid >> 32) as u32;
     let key = conn_key(tgid, fd);
+    if len >= 8 && propagation::is_h2_preface(first) {
+        // An HTTP/2 server: its streams are followed by grpc.rs, if at all.
+        propagation::note_multiplexed(pid_tgid);
+        return;
+    }
     if len >= 8 && propagation::is_request_start(first) {
         // SAFETY: a helper without arguments.
         let seq = unsafe { bpf_ktime_get_ns() };
         let captured =
             propagation::emit_read(key, seq, fd, buf, len, EVENT_FIRST, MAX_CAPTURE_PER_REQUEST);
-        open_request(pid_tgid, key, fd, seq, captured);
+        open_request(pid_tgid, key, seq, captured);
         return;
     }
     let Some(conn) = TAGGER_GO_CONNS.get_ptr_mut(key) else {
@@ -223,7 +245,7 @@ pub(crate) fn on_read(pid_tgid: u64, fd: u32, buf: u64, len: u64, first: u64) {
         if propagation::is_request_start(joined) {
             // SAFETY: a helper without arguments.
             let seq = unsafe { bpf_ktime_get_ns() };
-            let mut captured = propagation::emit_bytes(key, seq, fd, prefix, n);
+            let mut captured = propagation::emit_bytes(key, seq, fd, prefix, n, EVENT_FIRST);
             captured += propagation::emit_read(
                 key,
                 seq,
@@ -233,7 +255,7 @@ pub(crate) fn on_read(pid_tgid: u64, fd: u32, buf: u64, len: u64, first: u64) {
                 0,
                 MAX_CAPTURE_PER_REQUEST - captured,
             );
-            open_request(pid_tgid, key, fd, seq, captured);
+            open_request(pid_tgid, key, seq, captured);
             return;
         }
     }
@@ -256,10 +278,27 @@ pub(crate) fn on_read(pid_tgid: u64, fd: u32, buf: u64, len: u64, first: u64) {
 /// userspace under `seq`): a fresh context, taken by the goroutine making
 /// this read.
 #[inline(always)]
-fn open_request(pid_tgid: u64, key: u64, fd: u32, seq: u64, captured: u32) {
+fn open_request(pid_tgid: u64, key: u64, seq: u64, captured: u32) {
     let tgid = (pid_tgid >> 32) as u32;
     bump(stat::INBOUND_REQUESTS);
     propagation::count_inbound(pid_tgid);
+    open_context(key, seq, captured);
+    if let Some(off) = offsets(tgid)
+        && let Some(goid) = goid(syscall_g(), &off)
+    {
+        let reader = GoroutineKey {
+            tgid,
+            _pad: 0,
+            goid,
+        };
+        let context = GoContext { seq, key };
+        let _ = TAGGER_GO_ROUTINES.insert(reader, context, 0);
+    }
+}
+
+/// A request (a connection's, or a stream's) opens under `key`.
+#[inline(always)]
+pub(crate) fn open_context(key: u64, seq: u64, captured: u32) {
     let conn = GoConn {
         seq,
         prefix: 0,
@@ -269,26 +308,20 @@ fn open_request(pid_tgid: u64, key: u64, fd: u32, seq: u64, captured: u32) {
         _pad: 0,
     };
     let _ = TAGGER_GO_CONNS.insert(key, conn, 0);
-    if let Some(off) = offsets(tgid)
-        && let Some(goid) = goid(syscall_g(), &off)
-    {
-        let reader = GoroutineKey {
-            tgid,
-            _pad: 0,
-            goid,
-        };
-        let context = GoContext { seq, fd, _pad: 0 };
-        let _ = TAGGER_GO_ROUTINES.insert(reader, context, 0);
+}
+
+/// The request under `key` is answered: its context is over.
+#[inline(always)]
+pub(crate) fn end_context(key: u64) {
+    if let Some(conn) = TAGGER_GO_CONNS.get_ptr_mut(key) {
+        // SAFETY: the map value lives while this program runs.
+        unsafe { (*conn).done = 1 };
     }
 }
 
 /// Step 6: an HTTP response was written on accepted socket `fd`.
 pub(crate) fn on_response(pid_tgid: u64, fd: u32) {
-    let key = conn_key((pid_tgid >> 32) as u32, fd);
-    if let Some(conn) = TAGGER_GO_CONNS.get_ptr_mut(key) {
-        // SAFETY: the map value lives while this program runs.
-        unsafe { (*conn).done = 1 };
-    }
+    end_context(conn_key((pid_tgid >> 32) as u32, fd));
 }
 
 /// Step 5: the tag for a request a Go process is writing on redirected
@@ -306,17 +339,11 @@ pub(crate) fn take_call(pid_tgid: u64, fd: u32, now: u64) -> Option<(u64, u64, u
     if now.saturating_sub(call.bound_ns) > CALL_TTL_NS {
         return propagation::untrusted_if_serving(pid_tgid);
     }
-    if call.seq != 0 {
-        Some((conn_key(tgid, call.fd), call.seq, TAG_GOROUTINE))
-    } else if call.untrusted != 0 {
-        Some((pid_tgid, 0, TAG_UNTRUSTED))
-    } else {
-        None
-    }
+    call.tag(pid_tgid)
 }
 
 #[inline(always)]
-fn regs(ctx: &ProbeContext) -> &aya_ebpf::bindings::pt_regs {
+pub(crate) fn regs(ctx: &ProbeContext) -> &aya_ebpf::bindings::pt_regs {
     // SAFETY: a uprobe's context is the user registers at the probe.
     unsafe { &*ctx.regs }
 }
@@ -345,7 +372,7 @@ fn try_newproc_ret(ctx: &ProbeContext) -> Option<()> {
     };
     // SAFETY: plain value copied out at once.
     let context = unsafe { TAGGER_GO_ROUTINES.get(key) }.copied()?;
-    if !live(tgid, &context) {
+    if !live(&context) {
         return None;
     }
     let child = GoroutineKey {
@@ -373,38 +400,46 @@ fn try_round_trip(ctx: &ProbeContext) -> Option<()> {
     let off = offsets(tgid)?;
     let r = regs(ctx);
     let fd = read_u64(r.rax + off.persist_conn_conn + 8).and_then(|c| tcp_fd(c, &off))?;
-    let goid = goid(r.r14, &off)?;
+    let call = call_of(pid_tgid, goid(r.r14, &off)?);
+    let _ = TAGGER_GO_CALLS.insert(conn_key(tgid, fd), call, 0);
+    Some(())
+}
+
+/// What a call made now by goroutine `goid` of process `pid_tgid` carries.
+#[inline(always)]
+pub(crate) fn call_of(pid_tgid: u64, goid: u64) -> GoCall {
     let key = GoroutineKey {
-        tgid,
+        tgid: (pid_tgid >> 32) as u32,
         _pad: 0,
         goid,
     };
     // SAFETY: a helper without arguments.
     let now = unsafe { bpf_ktime_get_ns() };
     // SAFETY: plain value copied out at once.
-    let call = match unsafe { TAGGER_GO_ROUTINES.get(key) }.copied() {
-        Some(context) if live(tgid, &context) => GoCall {
+    match unsafe { TAGGER_GO_ROUTINES.get(key) }.copied() {
+        Some(context) if live(&context) => GoCall {
             seq: context.seq,
             bound_ns: now,
-            fd: context.fd,
+            key: context.key,
             untrusted: 0,
+            _pad: 0,
         },
         // Its request is over, or was never known.
         Some(_) => GoCall {
             seq: 0,
             bound_ns: now,
-            fd: 0,
+            key: 0,
             untrusted: 1,
+            _pad: 0,
         },
         // A goroutine no handler started (a pool, a timer): its cause is
         // unknown if the process serves requests.
         None => GoCall {
             seq: 0,
             bound_ns: now,
-            fd: 0,
+            key: 0,
             untrusted: u32::from(propagation::untrusted_if_serving(pid_tgid).is_some()),
+            _pad: 0,
         },
-    };
-    let _ = TAGGER_GO_CALLS.insert(conn_key(tgid, fd), call, 0);
-    Some(())
+    }
 }

@@ -26,6 +26,7 @@
 #![no_main]
 
 mod golang;
+mod grpc;
 mod procs;
 mod propagation;
 

@@ -40,8 +40,8 @@ use aya_ebpf::{
     programs::BtfTracePointContext,
 };
 use tagger_common::{
-    BPF_F_MMAPABLE, CAPTURE_BYTES, EVENT_FIRST, EVENTS_RING_BYTES, InboundEvent,
-    LEAF_AFTER_REQUESTS, MAX_CAPTURE_PER_REQUEST, MAX_FLOWS, MAX_POD_SLOTS, RequestTag,
+    BPF_F_MMAPABLE, CAPTURE_BYTES, EVENT_FIELDS, EVENT_FIRST, EVENTS_RING_BYTES, InboundEvent,
+    LEAF_AFTER_REQUESTS, MAX_CAPTURE_PER_REQUEST, MAX_FLOWS, MAX_POD_SLOTS, RequestTag, StreamKey,
     TAG_CONCURRENT, TAG_UNSEEN, TAG_UNTRUSTED, kind, stat,
 };
 
@@ -75,6 +75,8 @@ static TAGGER_SOCK_ROLE: SkStorage<u32> = SkStorage::new();
 pub(crate) const ROLE_PASSIVE: u32 = 1;
 /// Connected by a pod and redirected to the proxy: its calls go out here.
 pub(crate) const ROLE_REDIRECTED: u32 = 2;
+/// A redirected socket the pod opened with the HTTP/2 preface.
+pub(crate) const ROLE_REDIRECTED_H2: u32 = 3;
 
 /// The role of socket `sk` (a kernel `struct sock *`), 0 for none.
 #[inline(always)]
@@ -112,6 +114,20 @@ pub(crate) fn set_sock_role(sk: *mut c_void, role: u32) {
         unsafe { *slot = role };
     }
 }
+
+/// Redirected HTTP/2 connections of pods' processes: `conn_key(tgid, fd)` to
+/// the socket's cookie, for the stream tags grpc.rs writes from the fd.
+/// Written at the preface, before any stream; a reused fd's next preface
+/// replaces it.
+#[map]
+pub(crate) static TAGGER_H2_SOCKETS: LruHashMap<u64, u64> =
+    LruHashMap::with_max_entries(MAX_FLOWS, 0);
+
+/// Tags of single streams on redirected HTTP/2 connections (grpc.rs), taken
+/// by the proxy for exactly that stream.
+#[map]
+pub(crate) static TAGGER_STREAM_TAGS: LruHashMap<StreamKey, RequestTag> =
+    LruHashMap::with_max_entries(MAX_FLOWS, 0);
 
 /// The context of the newest request written on each redirected socket.
 #[map]
@@ -151,7 +167,9 @@ pub(crate) struct ProcessState {
     calls_out: u32,
     /// 1 while reads are not captured.
     leaf: u32,
-    _pad: u32,
+    /// 1 once it read an HTTP/2 preface on an accepted socket: it serves
+    /// multiplexed requests, which no thread reads one at a time.
+    multiplexed: u32,
     /// When leaf mode ended (ns); requests written soon after are marked
     /// `TAG_UNSEEN`.
     woke_ns: u64,
@@ -182,7 +200,7 @@ pub(crate) fn note_call_out(pid_tgid: u64) {
             inbound_requests: 0,
             calls_out: 1,
             leaf: 0,
-            _pad: 0,
+            multiplexed: 0,
             woke_ns: 0,
         };
         let _ = TAGGER_PROCESSES.insert(tgid, fresh, 0);
@@ -190,7 +208,7 @@ pub(crate) fn note_call_out(pid_tgid: u64) {
 }
 
 #[inline(always)]
-fn is_leaf(pid_tgid: u64) -> bool {
+pub(crate) fn is_leaf(pid_tgid: u64) -> bool {
     let tgid = (pid_tgid >> 32) as u32;
     // SAFETY: plain value read.
     unsafe { TAGGER_PROCESSES.get(tgid) }.is_some_and(|p| p.leaf != 0)
@@ -212,7 +230,7 @@ pub(crate) fn count_inbound(pid_tgid: u64) {
             inbound_requests: 1,
             calls_out: 0,
             leaf: 0,
-            _pad: 0,
+            multiplexed: 0,
             woke_ns: 0,
         };
         let _ = TAGGER_PROCESSES.insert(tgid, fresh, 0);
@@ -242,6 +260,22 @@ pub(crate) fn forget_process(tgid: u32) {
     if unsafe { TAGGER_PROCESSES.get(tgid) }.is_some() {
         let _ = TAGGER_PROCESSES.remove(tgid);
     }
+}
+
+/// The process read an HTTP/2 preface on an accepted socket: it serves.
+#[inline(always)]
+pub(crate) fn note_multiplexed(pid_tgid: u64) {
+    count_inbound(pid_tgid);
+    if let Some(process) = TAGGER_PROCESSES.get_ptr_mut((pid_tgid >> 32) as u32) {
+        // SAFETY: map value, valid while this program runs.
+        unsafe { (*process).multiplexed = 1 };
+    }
+}
+
+#[inline(always)]
+fn is_multiplexed(pid_tgid: u64) -> bool {
+    // SAFETY: plain value read.
+    unsafe { TAGGER_PROCESSES.get((pid_tgid >> 32) as u32) }.is_some_and(|p| p.multiplexed != 0)
 }
 
 /// An untrusted tag for a request whose cause cannot be told, when the
@@ -291,6 +325,12 @@ pub(crate) fn is_request_start(head: u64) -> bool {
         || first == word(b"DELE")
         || first == word(b"PATC")
         || first == word(b"OPTI")
+}
+
+/// "PRI * HT", the start of the HTTP/2 connection preface (RFC 9113 3.4).
+#[inline(always)]
+pub(crate) fn is_h2_preface(head: u64) -> bool {
+    head == u64::from_le_bytes(*b"PRI * HT")
 }
 
 /// "HTTP/" starts a response.
@@ -362,20 +402,57 @@ fn emit(pid_tgid: u64, seq: u64, fd: u32, buf: u64, len: u64, flags: u32) -> u32
     submit(event, n)
 }
 
-/// Sends `n` (at most 7) bytes held in `bytes` (little-endian) as the
-/// first event of a request: a start the app read in two pieces.
+/// Sends `n` (at most 7) bytes held in `bytes` (little-endian) as an
+/// event: a start the app read in two pieces, or a fixed piece of text.
 #[inline(always)]
-pub(crate) fn emit_bytes(pid_tgid: u64, seq: u64, fd: u32, bytes: u64, n: u32) -> u32 {
+pub(crate) fn emit_bytes(pid_tgid: u64, seq: u64, fd: u32, bytes: u64, n: u32, flags: u32) -> u32 {
     let Some(event) = TAGGER_SCRATCH.get_ptr_mut(0) else {
         return 0;
     };
     let n = n & 7;
     // SAFETY: as in `emit`; the first 8 data bytes are in bounds.
     unsafe {
-        fill_header(event, pid_tgid, seq, fd, n, EVENT_FIRST);
+        fill_header(event, pid_tgid, seq, fd, n, flags);
         core::ptr::write_unaligned((*event).data.as_mut_ptr().cast::<u64>(), bytes);
     }
     submit(event, n)
+}
+
+/// Sends one decoded header field as a `name: value\r\n` line
+/// (`EVENT_FIELDS`), both read from user memory; a pseudo-header (`:path`)
+/// is not sent. The caller bounds the lengths; the masks show the verifier.
+#[inline(always)]
+pub(crate) fn emit_line(
+    pid_tgid: u64,
+    seq: u64,
+    fd: u32,
+    name: u64,
+    name_len: u64,
+    value: u64,
+    value_len: u64,
+) -> Option<()> {
+    let event = TAGGER_SCRATCH.get_ptr_mut(0)?;
+    let n = (name_len & 0x7f) as usize;
+    let v = (value_len & 0x7ff) as usize;
+    // SAFETY: `event` is this CPU's scratch slot; every offset written is
+    // below 2 + 0x7f + 2 + 0x7ff + 2, inside `data`.
+    unsafe {
+        let data = (*event).data.as_mut_ptr();
+        if bpf_probe_read_user(data.cast(), n as u32, name as *const _) != 0 || *data == b':' {
+            return None;
+        }
+        *data.add(n) = b':';
+        *data.add(n + 1) = b' ';
+        if bpf_probe_read_user(data.add(n + 2).cast(), v as u32, value as *const _) != 0 {
+            return None;
+        }
+        *data.add(n + 2 + v) = b'\r';
+        *data.add(n + 3 + v) = b'\n';
+        let len = (n + v + 4) as u32;
+        fill_header(event, pid_tgid, seq, fd, len, EVENT_FIELDS);
+        submit(event, len);
+    }
+    Some(())
 }
 
 /// # Safety
@@ -424,6 +501,12 @@ fn submit(event: *mut InboundEvent, n: u32) -> u32 {
 /// A pod thread read `len` bytes at `buf` from `fd`.
 fn on_read(pid_tgid: u64, fd: u32, buf: u64, len: u64) {
     let Some(first) = head(buf) else { return };
+    if is_h2_preface(first) {
+        // Its streams are read by whichever thread polls the socket (gRPC
+        // C core): nothing it sends can be tied to one of them.
+        note_multiplexed(pid_tgid);
+        return;
+    }
     if is_request_start(first) {
         bump(stat::INBOUND_REQUESTS);
         count_inbound(pid_tgid);
@@ -586,7 +669,12 @@ pub(crate) fn syscall_buffer(direction: Direction) -> Option<UserBuffer> {
 /// redirected socket, the start of an HTTP request gets a tag naming the
 /// inbound request that caused it, found the way the process's kind says.
 fn on_tcp_send(sk: *mut c_void) {
-    if sock_role(sk) != ROLE_REDIRECTED {
+    let role = sock_role(sk);
+    if role == ROLE_REDIRECTED_H2 {
+        on_h2_send(sk, bpf_get_current_pid_tgid());
+        return;
+    }
+    if role != ROLE_REDIRECTED {
         return;
     }
     let pid_tgid = bpf_get_current_pid_tgid();
@@ -600,7 +688,17 @@ fn on_tcp_send(sk: *mut c_void) {
     let Some(buffer) = syscall_buffer(Direction::Send) else {
         return;
     };
-    if buffer.len < 8 || !head(buffer.addr).is_some_and(is_request_start) {
+    if buffer.len < 8 {
+        return;
+    }
+    let Some(first) = head(buffer.addr) else {
+        return;
+    };
+    if is_h2_preface(first) {
+        on_h2_preface(sk, pid_tgid, buffer.fd);
+        return;
+    }
+    if !is_request_start(first) {
         return;
     }
     // SAFETY: a helper without arguments.
@@ -658,6 +756,51 @@ fn on_tcp_send(sk: *mut c_void) {
     }
 }
 
+/// A pod opens an HTTP/2 connection on redirected socket `fd`: its streams
+/// are tagged one by one where the app is probed (grpc.rs, keyed by this
+/// socket's cookie, found by the fd), and the connection as a whole gets
+/// the tag of a call whose cause cannot be told (`on_h2_send`).
+#[inline(always)]
+fn on_h2_preface(sk: *mut c_void, pid_tgid: u64, fd: u32) {
+    set_sock_role(sk, ROLE_REDIRECTED_H2);
+    // Whatever the process's kind now: a Go process still being classified
+    // (its first call dials) is probed moments later, and the connection
+    // lives on.
+    // SAFETY: `sk` is the tracepoint's socket argument, typed by BTF.
+    let cookie = unsafe { bpf_get_socket_cookie(sk) };
+    let key = tagger_common::golang::conn_key((pid_tgid >> 32) as u32, fd);
+    let _ = TAGGER_H2_SOCKETS.insert(key, cookie, 0);
+    on_h2_send(sk, pid_tgid);
+}
+
+/// A send on a pod's redirected HTTP/2 connection. Frames of many streams
+/// share a write, so the write says nothing of a stream's cause; if the
+/// process serves requests, the connection's tag says a stream no probe
+/// tagged may have been caused by one (untrusted). Set once: serving is for
+/// life.
+#[inline(always)]
+fn on_h2_send(sk: *mut c_void, pid_tgid: u64) {
+    if untrusted_if_serving(pid_tgid).is_none() {
+        return;
+    }
+    // SAFETY: as above.
+    let cookie = unsafe { bpf_get_socket_cookie(sk) };
+    // SAFETY: plain value read.
+    if unsafe { TAGGER_REQUEST_TAGS.get(cookie) }.is_some_and(|t| t.flags & TAG_UNTRUSTED != 0) {
+        return;
+    }
+    mark_pod_tagged();
+    let tag = RequestTag {
+        pid_tgid,
+        seq: 0,
+        // SAFETY: a helper without arguments.
+        written_ns: unsafe { bpf_ktime_get_ns() },
+        flags: TAG_UNTRUSTED,
+        _pad: 0,
+    };
+    let _ = TAGGER_REQUEST_TAGS.insert(cookie, tag, 0);
+}
+
 /// The tag of a thread-per-request process: the thread's open inbound
 /// request, untrusted when it has several open (an event loop).
 #[inline(always)]
@@ -672,6 +815,9 @@ fn thread_tag(state: &ThreadState, pid_tgid: u64, now: u64) -> Option<(u64, u64,
     } else if just_woke(pid_tgid, now) {
         // No inbound request seen: unseen in leaf mode, just ended.
         (0, TAG_UNSEEN)
+    } else if is_multiplexed(pid_tgid) {
+        // It serves HTTP/2 streams no thread reads on its own.
+        (0, TAG_UNTRUSTED)
     } else {
         (0, 0)
     };
@@ -681,7 +827,7 @@ fn thread_tag(state: &ThreadState, pid_tgid: u64, now: u64) -> Option<(u64, u64,
 /// Sets the current pod's flag before its first tag is written: the proxy,
 /// which reads the request after this program ran, then knows to look.
 #[inline(always)]
-fn mark_pod_tagged() {
+pub(crate) fn mark_pod_tagged() {
     // SAFETY: a helper without arguments.
     let cgroup = unsafe { bpf_get_current_cgroup_id() };
     // SAFETY: plain value copied out.

@@ -52,16 +52,87 @@ enum At {
     Rets,
 }
 
-const PLACEMENT: [(ProbeSymbol, &str, At); 2] = [
+/// The runtime's, always placed.
+const PLACEMENT: [(ProbeSymbol, &str, At); 1] =
+    [(ProbeSymbol::Newproc1, names::PROG_GO_NEWPROC_RET, At::Rets)];
+
+/// net/http's client, placed when the binary has it (a gRPC-only program's
+/// linker drops it).
+const HTTP_PLACEMENT: [(ProbeSymbol, &str, At); 1] = [(
+    ProbeSymbol::PersistConnRoundTrip,
+    names::PROG_GO_ROUND_TRIP,
+    At::Entry,
+)];
+
+/// grpc-go's (`tagger-ebpf/src/grpc.rs`), placed when the binary has
+/// grpc-go and its offsets are known (`grpc_probes`).
+const GRPC_PLACEMENT: [(ProbeSymbol, &str, At); 5] = [
     (
-        ProbeSymbol::PersistConnRoundTrip,
-        names::PROG_GO_ROUND_TRIP,
+        ProbeSymbol::GrpcOperateHeaders,
+        names::PROG_GRPC_OPERATE_HEADERS,
         At::Entry,
     ),
-    (ProbeSymbol::Newproc1, names::PROG_GO_NEWPROC_RET, At::Rets),
+    (
+        ProbeSymbol::GrpcOperateHeaders,
+        names::PROG_GRPC_OPERATE_HEADERS_RET,
+        At::Rets,
+    ),
+    (
+        ProbeSymbol::GrpcWriteStatus,
+        names::PROG_GRPC_WRITE_STATUS,
+        At::Entry,
+    ),
+    (
+        ProbeSymbol::GrpcCreateHeaderFields,
+        names::PROG_GRPC_HEADER_FIELDS_RET,
+        At::Rets,
+    ),
+    (
+        ProbeSymbol::GrpcWriteHeader,
+        names::PROG_GRPC_WRITE_HEADER,
+        At::Entry,
+    ),
 ];
 
-/// The offsets the programs read through, all of which must be known.
+/// Why a Go binary's grpc-go is not followed stream by stream (its gRPC
+/// calls are then untrusted where it serves), or `None` when it is.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum GrpcSkipped {
+    #[error("no grpc-go in the binary")]
+    NotLinked,
+    #[error("grpc-go without {0} (another grpc-go version?)")]
+    NoSymbol(&'static str),
+    #[error("grpc-go's layout unknown: no {0} in DWARF (stripped binary?) or not where expected")]
+    NoOffset(Field),
+}
+
+/// Whether grpc-go can be probed in `binary`.
+pub fn grpc_probes(binary: &GoBinary) -> Result<(), GrpcSkipped> {
+    let missing: Vec<ProbeSymbol> = ProbeSymbol::GRPC
+        .into_iter()
+        .filter(|s| binary.probe(*s).is_none())
+        .collect();
+    if missing.len() == ProbeSymbol::GRPC.len() {
+        return Err(GrpcSkipped::NotLinked);
+    }
+    if let Some(symbol) = missing.first() {
+        return Err(GrpcSkipped::NoSymbol(symbol.name()));
+    }
+    match binary.offsets.grpc_unknown() {
+        Some(field) => Err(GrpcSkipped::NoOffset(field)),
+        None => Ok(()),
+    }
+}
+
+/// Whether net/http's client can be probed in `binary`.
+fn http_client_probed(binary: &GoBinary) -> bool {
+    binary.probe(ProbeSymbol::PersistConnRoundTrip).is_some()
+        && binary.offsets.get(Field::PersistConnConn).is_some()
+}
+
+/// The offsets the programs read through, all of which must be known
+/// (net/http's and grpc-go's only where their probes are placed). A binary
+/// with neither client has nothing to follow.
 pub fn go_offsets(binary: &GoBinary) -> Result<GoOffsets, GoAttachError> {
     let get = |field| {
         binary
@@ -69,17 +140,38 @@ pub fn go_offsets(binary: &GoBinary) -> Result<GoOffsets, GoAttachError> {
             .get(field)
             .ok_or(GoAttachError::NoOffset(field))
     };
+    let grpc = |field| match grpc_probes(binary) {
+        Ok(()) => get(field),
+        Err(_) => Ok(0),
+    };
+    if !http_client_probed(binary) && grpc_probes(binary).is_err() {
+        return match binary.probe(ProbeSymbol::PersistConnRoundTrip) {
+            None => Err(GoAttachError::NoSymbol(
+                ProbeSymbol::PersistConnRoundTrip.name(),
+            )),
+            Some(_) => Err(GoAttachError::NoOffset(Field::PersistConnConn)),
+        };
+    }
     Ok(GoOffsets {
         goid: get(Field::GGoid)?,
         g_m: get(Field::GM)?,
         m_curg: get(Field::MCurg)?,
-        persist_conn_conn: get(Field::PersistConnConn)?,
+        persist_conn_conn: match http_client_probed(binary) {
+            true => get(Field::PersistConnConn)?,
+            false => 0,
+        },
         tcpconn_conn: get(Field::TcpConnConn)?,
         conn_fd: get(Field::NetConnFd)?,
         netfd_pfd: get(Field::NetFdPfd)?,
         netfd_family: get(Field::NetFdFamily)?,
         netfd_sotype: get(Field::NetFdSotype)?,
         fd_sysfd: get(Field::PollFdSysfd)?,
+        grpc: u64::from(grpc_probes(binary).is_ok()),
+        grpc_server_conn: grpc(Field::GrpcServerConn)?,
+        grpc_stream_id: grpc(Field::GrpcStreamId)?,
+        grpc_loopy_framer: grpc(Field::GrpcLoopyFramer)?,
+        grpc_framer_writer: grpc(Field::GrpcFramerWriter)?,
+        grpc_writer_conn: grpc(Field::GrpcWriterConn)?,
     })
 }
 
@@ -97,7 +189,11 @@ impl GoPrograms {
     /// Takes the maps and loads (verifies) the uprobe programs; attaches
     /// nothing. A kernel that refuses them still routes, and probes no Go.
     pub(super) fn load(ebpf: &mut Ebpf) -> Result<Self, EbpfError> {
-        let loaded = PLACEMENT.iter().try_for_each(|&(_, name, _)| {
+        let all = PLACEMENT
+            .iter()
+            .chain(&HTTP_PLACEMENT)
+            .chain(&GRPC_PLACEMENT);
+        let loaded = all.clone().try_for_each(|&(_, name, _)| {
             uprobe(ebpf, name)
                 .and_then(|p| p.load().map_err(Box::new).map_err(program_error(name)))
                 .map_err(|e| e.to_string())
@@ -169,7 +265,20 @@ impl Datapath {
         let target = NonZeroU32::new(pid).ok_or(GoAttachError::NoPid)?;
         let offsets = go_offsets(binary)?;
         let mut points = Vec::new();
-        for (symbol, name, at) in PLACEMENT {
+        let grpc = match grpc_probes(binary) {
+            Ok(()) => &GRPC_PLACEMENT[..],
+            Err(why) => {
+                if why != GrpcSkipped::NotLinked {
+                    tracing::info!(pid, %why, "grpc-go not followed: its calls stay untrusted where it serves");
+                }
+                &[]
+            }
+        };
+        let http = match http_client_probed(binary) {
+            true => &HTTP_PLACEMENT[..],
+            false => &[],
+        };
+        for &(symbol, name, at) in PLACEMENT.iter().chain(http).chain(grpc) {
             let found = binary
                 .probe(symbol)
                 .ok_or(GoAttachError::NoSymbol(symbol.name()))?;

@@ -19,7 +19,9 @@ use aya::{
     maps::{Array, HashMap as BpfHashMap, MapData, PerCpuArray, RingBuf},
     programs::{BtfTracePoint, CgroupAttachMode, CgroupSockAddr, SockOps},
 };
-use tagger_common::{DestInfo, DestKey, FlowKey, FlowOrigin, ProxyConfig, RequestTag, names, stat};
+use tagger_common::{
+    DestInfo, DestKey, FlowKey, FlowOrigin, ProxyConfig, RequestTag, StreamKey, names, stat,
+};
 
 use crate::state::Destination;
 
@@ -163,6 +165,7 @@ pub struct Datapath {
     pod_slots: Mutex<PodSlots>,
     pod_flags: Arc<PodFlags>,
     request_tags: Mutex<BpfHashMap<MapData, u64, RequestTag>>,
+    stream_tags: Mutex<BpfHashMap<MapData, StreamKey, RequestTag>>,
     events: Mutex<Option<RingBuf<MapData>>>,
     proc_events: Mutex<Option<RingBuf<MapData>>>,
 }
@@ -243,6 +246,8 @@ impl Datapath {
             .map_err(map_error(names::MAP_POD_CGROUPS))?;
         let request_tags = BpfHashMap::try_from(take_map(&mut ebpf, names::MAP_REQUEST_TAGS)?)
             .map_err(map_error(names::MAP_REQUEST_TAGS))?;
+        let stream_tags = BpfHashMap::try_from(take_map(&mut ebpf, names::MAP_STREAM_TAGS)?)
+            .map_err(map_error(names::MAP_STREAM_TAGS))?;
         let events = RingBuf::try_from(take_map(&mut ebpf, names::MAP_EVENTS)?)
             .map_err(map_error(names::MAP_EVENTS))?;
         let proc_events = RingBuf::try_from(take_map(&mut ebpf, names::MAP_PROC_EVENTS)?)
@@ -279,6 +284,7 @@ impl Datapath {
             pod_slots: Mutex::new(pod_slots),
             pod_flags: Arc::new(pod_flags),
             request_tags: Mutex::new(request_tags),
+            stream_tags: Mutex::new(stream_tags),
             events: Mutex::new(Some(events)),
             proc_events: Mutex::new(Some(proc_events)),
         })
@@ -552,6 +558,24 @@ impl Datapath {
             .lock()
             .expect("request tags lock")
             .get(&cookie, 0)
+            .ok()
+    }
+
+    /// What the kernel saw when a probed app queued HTTP/2 stream
+    /// `stream_id` on the socket with this cookie (`tagger-ebpf/src/grpc.rs`).
+    /// One lookup, no delete: a connection never reuses a stream id and a
+    /// socket's cookie is never given to another, so the entry names that
+    /// stream only, and ages out of the LRU map.
+    pub fn stream_tag(&self, cookie: u64, stream_id: u32) -> Option<RequestTag> {
+        let key = StreamKey {
+            cookie,
+            stream_id,
+            _pad: 0,
+        };
+        self.stream_tags
+            .lock()
+            .expect("stream tags lock")
+            .get(&key, 0)
             .ok()
     }
 

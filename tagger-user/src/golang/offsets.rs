@@ -37,10 +37,34 @@ pub enum Field {
     /// `runtime.m.curg`: the user goroutine of a thread on its system
     /// stack (the goroutine that called `newproc1`, its parent).
     MCurg,
+    // grpc-go (tagger-ebpf/src/grpc.rs), from DWARF only: grpc-go's
+    // layouts change with its own version, which a binary built in GOPATH
+    // mode does not record.
+    /// `transport.http2Server.conn` (`net.Conn`): `operateHeaders`' and
+    /// `WriteStatus`' receiver.
+    GrpcServerConn,
+    /// `transport.Stream.id`.
+    GrpcStreamId,
+    /// `transport.loopyWriter.framer`: `writeHeader`'s receiver.
+    GrpcLoopyFramer,
+    /// `transport.framer.writer` (`*bufWriter`).
+    GrpcFramerWriter,
+    /// `transport.bufWriter.conn` (`net.Conn`).
+    GrpcWriterConn,
+    /// `http2.MetaHeadersFrame.Fields`, `http2.FrameHeader.StreamID`,
+    /// `hpack.HeaderField.Value` and `.Sensitive`: checked to be where the
+    /// probes read them (`tagger_common::golang::h2`).
+    H2MetaFields,
+    H2StreamId,
+    HpackValue,
+    HpackSensitive,
 }
 
 impl Field {
-    pub const COUNT: usize = 12;
+    pub const COUNT: usize = 21;
+    /// The fields the version table gives (the Go runtime's and standard
+    /// library's); the rest come from DWARF or not at all.
+    pub const RUNTIME_COUNT: usize = 12;
     pub const ALL: [Field; Field::COUNT] = [
         Field::GGoid,
         Field::PersistConnConn,
@@ -54,6 +78,27 @@ impl Field {
         Field::NetFdSotype,
         Field::GM,
         Field::MCurg,
+        Field::GrpcServerConn,
+        Field::GrpcStreamId,
+        Field::GrpcLoopyFramer,
+        Field::GrpcFramerWriter,
+        Field::GrpcWriterConn,
+        Field::H2MetaFields,
+        Field::H2StreamId,
+        Field::HpackValue,
+        Field::HpackSensitive,
+    ];
+    /// The grpc-go fields, all needed for its probes.
+    pub const GRPC: [Field; 9] = [
+        Field::GrpcServerConn,
+        Field::GrpcStreamId,
+        Field::GrpcLoopyFramer,
+        Field::GrpcFramerWriter,
+        Field::GrpcWriterConn,
+        Field::H2MetaFields,
+        Field::H2StreamId,
+        Field::HpackValue,
+        Field::HpackSensitive,
     ];
 
     /// (struct type, member) as they appear in Go's DWARF.
@@ -71,6 +116,15 @@ impl Field {
             Field::NetFdSotype => ("net.netFD", "sotype"),
             Field::GM => ("runtime.g", "m"),
             Field::MCurg => ("runtime.m", "curg"),
+            Field::GrpcServerConn => (GRPC_TRANSPORT_HTTP2_SERVER, "conn"),
+            Field::GrpcStreamId => (GRPC_TRANSPORT_STREAM, "id"),
+            Field::GrpcLoopyFramer => (GRPC_TRANSPORT_LOOPY, "framer"),
+            Field::GrpcFramerWriter => (GRPC_TRANSPORT_FRAMER, "writer"),
+            Field::GrpcWriterConn => (GRPC_TRANSPORT_BUF_WRITER, "conn"),
+            Field::H2MetaFields => ("golang.org/x/net/http2.MetaHeadersFrame", "Fields"),
+            Field::H2StreamId => ("golang.org/x/net/http2.FrameHeader", "StreamID"),
+            Field::HpackValue => ("golang.org/x/net/http2/hpack.HeaderField", "Value"),
+            Field::HpackSensitive => ("golang.org/x/net/http2/hpack.HeaderField", "Sensitive"),
         }
     }
 
@@ -86,11 +140,17 @@ impl std::fmt::Display for Field {
     }
 }
 
+const GRPC_TRANSPORT_HTTP2_SERVER: &str = "google.golang.org/grpc/internal/transport.http2Server";
+const GRPC_TRANSPORT_STREAM: &str = "google.golang.org/grpc/internal/transport.Stream";
+const GRPC_TRANSPORT_LOOPY: &str = "google.golang.org/grpc/internal/transport.loopyWriter";
+const GRPC_TRANSPORT_FRAMER: &str = "google.golang.org/grpc/internal/transport.framer";
+const GRPC_TRANSPORT_BUF_WRITER: &str = "google.golang.org/grpc/internal/transport.bufWriter";
+
 /// Offsets for the Go versions whose layouts were read from a real binary's
 /// DWARF (in `Field::ALL` order). Go 1.19: Debian's golang-go 1.19.8, checked
 /// against the DWARF of fresh builds by the tests. Other versions are left
 /// out until read from a binary of theirs the same way.
-const VERSION_TABLE: &[((u32, u32), [u64; Field::COUNT])] =
+const VERSION_TABLE: &[((u32, u32), [u64; Field::RUNTIME_COUNT])] =
     &[((1, 19), [152, 80, 16, 0, 0, 0, 0, 16, 56, 64, 48, 192])];
 
 /// Where the offsets came from.
@@ -125,13 +185,37 @@ impl StructOffsets {
 
     /// The table's offsets for `version`'s major.minor, if it lists them.
     pub fn for_version(version: GoVersion) -> Option<Self> {
-        let (_, values) = VERSION_TABLE
+        let (_, known) = VERSION_TABLE
             .iter()
             .find(|(key, _)| *key == (version.major, version.minor))?;
+        let mut values = [None; Field::COUNT];
+        for (value, known) in values.iter_mut().zip(known) {
+            *value = Some(*known);
+        }
         Some(StructOffsets {
             source: OffsetSource::VersionTable,
-            values: values.map(Some),
+            values,
         })
+    }
+
+    /// Why grpc-go cannot be probed with these offsets, if it cannot: a
+    /// field unknown, or x/net's layout not the one the probes read.
+    pub fn grpc_unknown(&self) -> Option<Field> {
+        use tagger_common::golang::h2;
+        let expected = |field| match field {
+            Field::H2MetaFields => Some(h2::META_HEADERS_FIELDS),
+            Field::H2StreamId => Some(h2::FRAME_HEADER_STREAM_ID),
+            Field::HpackValue => Some(h2::HEADER_FIELD_VALUE),
+            // The last member: the struct is 40 bytes with its padding.
+            Field::HpackSensitive => Some(h2::HEADER_FIELD_SIZE - 8),
+            _ => None,
+        };
+        Field::GRPC
+            .into_iter()
+            .find(|&field| match self.get(field) {
+                None => true,
+                Some(at) => expected(field).is_some_and(|want| want != at),
+            })
     }
 }
 
@@ -147,6 +231,28 @@ mod tests {
     }
 
     #[test]
+    fn grpc_needs_every_field_and_x_net_where_the_probes_read() {
+        let mut values = [Some(8); Field::COUNT];
+        values[Field::HpackValue as usize] = Some(16);
+        values[Field::HpackSensitive as usize] = Some(32);
+        assert_eq!(StructOffsets::from_dwarf(values).grpc_unknown(), None);
+        let cases = [
+            (Field::GrpcWriterConn, None),
+            (Field::H2StreamId, Some(12)),
+            (Field::HpackSensitive, Some(40)),
+        ];
+        for (field, value) in cases {
+            let mut changed = values;
+            changed[field as usize] = value;
+            assert_eq!(
+                StructOffsets::from_dwarf(changed).grpc_unknown(),
+                Some(field),
+                "{field}"
+            );
+        }
+    }
+
+    #[test]
     fn only_listed_versions_get_table_offsets() {
         let v = |minor, patch| GoVersion {
             major: 1,
@@ -156,6 +262,10 @@ mod tests {
         let go119 = StructOffsets::for_version(v(19, 13)).unwrap();
         assert_eq!(go119.source, OffsetSource::VersionTable);
         assert_eq!(go119.get(Field::GGoid), Some(152));
+        assert_eq!(go119.get(Field::MCurg), Some(192));
+        // grpc-go's layout is not the Go version's: never from the table.
+        assert_eq!(go119.get(Field::GrpcStreamId), None);
+        assert_eq!(go119.grpc_unknown(), Some(Field::GrpcServerConn));
         for unknown in [v(18, 0), v(20, 0), v(22, 5)] {
             assert_eq!(StructOffsets::for_version(unknown), None, "{unknown}");
         }

@@ -25,15 +25,38 @@ pub enum ProbeSymbol {
     /// A goroutine ends (its RET is reached only in the compiler's view:
     /// `mcall(goexit0)` does not come back).
     Goexit1,
+    /// grpc-go, on the server connection's reader goroutine: RAX = the
+    /// transport, RBX = the decoded `*MetaHeadersFrame`.
+    GrpcOperateHeaders,
+    /// grpc-go, on the handler's goroutine: RAX = the transport, RBX = the
+    /// `*Stream` whose status is written.
+    GrpcWriteStatus,
+    /// grpc-go, on the calling goroutine; at its RETs RAX = the header
+    /// field slice's array.
+    GrpcCreateHeaderFields,
+    /// grpc-go, on the connection's writer goroutine: RAX = the writer,
+    /// RBX = the stream id, RDI = the header field slice's array.
+    GrpcWriteHeader,
 }
 
 impl ProbeSymbol {
-    pub const ALL: [ProbeSymbol; 5] = [
+    pub const ALL: [ProbeSymbol; 9] = [
         ProbeSymbol::PersistConnRoundTrip,
         ProbeSymbol::ServerHandlerServeHttp,
         ProbeSymbol::ConnServe,
         ProbeSymbol::Newproc1,
         ProbeSymbol::Goexit1,
+        ProbeSymbol::GrpcOperateHeaders,
+        ProbeSymbol::GrpcWriteStatus,
+        ProbeSymbol::GrpcCreateHeaderFields,
+        ProbeSymbol::GrpcWriteHeader,
+    ];
+    /// grpc-go's, all needed to follow its streams.
+    pub const GRPC: [ProbeSymbol; 4] = [
+        ProbeSymbol::GrpcOperateHeaders,
+        ProbeSymbol::GrpcWriteStatus,
+        ProbeSymbol::GrpcCreateHeaderFields,
+        ProbeSymbol::GrpcWriteHeader,
     ];
 
     /// The function's name in `.gopclntab`.
@@ -44,6 +67,18 @@ impl ProbeSymbol {
             ProbeSymbol::ConnServe => "net/http.(*conn).serve",
             ProbeSymbol::Newproc1 => "runtime.newproc1",
             ProbeSymbol::Goexit1 => "runtime.goexit1",
+            ProbeSymbol::GrpcOperateHeaders => {
+                "google.golang.org/grpc/internal/transport.(*http2Server).operateHeaders"
+            }
+            ProbeSymbol::GrpcWriteStatus => {
+                "google.golang.org/grpc/internal/transport.(*http2Server).WriteStatus"
+            }
+            ProbeSymbol::GrpcCreateHeaderFields => {
+                "google.golang.org/grpc/internal/transport.(*http2Client).createHeaderFields"
+            }
+            ProbeSymbol::GrpcWriteHeader => {
+                "google.golang.org/grpc/internal/transport.(*loopyWriter).writeHeader"
+            }
         }
     }
 }

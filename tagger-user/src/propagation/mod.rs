@@ -27,8 +27,8 @@ use std::{
 use http::HeaderMap;
 use serde::{Deserialize, Serialize};
 use tagger_common::{
-    EVENT_FIRST, MAX_CAPTURE_PER_REQUEST, RequestTag, TAG_CONCURRENT, TAG_GOROUTINE, TAG_UNSEEN,
-    TAG_UNTRUSTED,
+    EVENT_FIELDS, EVENT_FIRST, MAX_CAPTURE_PER_REQUEST, RequestTag, TAG_CONCURRENT, TAG_GOROUTINE,
+    TAG_UNSEEN, TAG_UNTRUSTED,
 };
 use tokio::sync::Notify;
 
@@ -44,6 +44,8 @@ const CONTEXT_TTL: Duration = Duration::from_secs(30);
 /// when the event was lost.
 const DELIVERY_WAIT: Duration = Duration::from_millis(20);
 const MAX_THREADS: usize = 65_536;
+/// Put before an HTTP/2 stream's header lines (`EVENT_FIELDS`).
+const FIELDS_REQUEST_LINE: &[u8] = b"POST / HTTP/1.1\r\n";
 const MAX_IDS: usize = 65_536;
 
 /// How far a decision could trust what it inherited. Shown in `tagger flows`.
@@ -179,11 +181,17 @@ impl ContextStore {
                 ids.retain(|_, (_, at)| now.duration_since(*at) < CONTEXT_TTL);
             }
             if event.flags & EVENT_FIRST != 0 {
+                // An HTTP/2 stream's fields come as header lines: a request
+                // line before them makes them the block the scanner reads.
+                let bytes = match event.flags & EVENT_FIELDS {
+                    0 => Vec::new(),
+                    _ => FIELDS_REQUEST_LINE.to_vec(),
+                };
                 threads.insert(
                     event.pid_tgid,
                     ThreadEntry {
                         seq: event.seq,
-                        bytes: Vec::new(),
+                        bytes,
                         context: None,
                         updated: now,
                     },

@@ -223,3 +223,62 @@ async fn an_untrusted_tag_inherits_nothing_but_a_forwarded_id() {
         (Correlation::Trusted, InheritSource::Id)
     );
 }
+
+/// An HTTP/2 stream a probed grpc-go server decoded: an empty first event,
+/// one header line per field, the empty line (tagger-ebpf/src/grpc.rs).
+fn stream_events(lines: &[&[u8]]) -> Vec<(u32, Vec<u8>)> {
+    let mut events = vec![(EVENT_FIRST | EVENT_FIELDS, Vec::new())];
+    events.extend(lines.iter().map(|l| (EVENT_FIELDS, l.to_vec())));
+    events.push((EVENT_FIELDS, b"\r\n".to_vec()));
+    events
+}
+
+#[tokio::test]
+async fn stream_fields_are_a_header_block() {
+    // (header lines, lane, pass-through x-user-id)
+    type Case<'a> = (&'a [&'a [u8]], Option<&'a str>, Option<&'a str>);
+    let cases: [Case<'_>; 4] = [
+        (
+            &[b"x-lane: gray\r\n", b"x-user-id: 7\r\n"],
+            Some("gray"),
+            Some("7"),
+        ),
+        (&[b"content-type: application/grpc\r\n"], None, None),
+        // The alias, and a traceparent's id.
+        (
+            &[b"x-mse-tag: blue\r\n", b"traceparent: 00-abc-01-01\r\n"],
+            Some("blue"),
+            None,
+        ),
+        (&[], None, None),
+    ];
+    for (i, (lines, lane, user)) in cases.into_iter().enumerate() {
+        let store = ContextStore::default();
+        let (key, seq) = (
+            tagger_common::golang::stream_key(9, 5, 1 + 2 * i as u32),
+            40,
+        );
+        for (flags, data) in stream_events(lines) {
+            let event = InboundBytes {
+                pid_tgid: key,
+                seq,
+                flags,
+                data: &data,
+            };
+            store.on_inbound(event, &settings());
+        }
+        let got = store
+            .inherit(Some(tag(key, seq, TAG_GOROUTINE)), &HeaderMap::new(), 2_000)
+            .await;
+        assert_eq!(got.correlation, Correlation::Trusted, "case {i}");
+        assert_eq!(got.source, InheritSource::Goroutine, "case {i}");
+        let context = got.context;
+        assert_eq!(
+            context.as_ref().and_then(|c| c.lane.as_deref()),
+            lane,
+            "case {i}"
+        );
+        let user_id = context.as_ref().and_then(|c| c.passthrough.first());
+        assert_eq!(user_id.map(|(_, v)| v.to_str().unwrap()), user, "case {i}");
+    }
+}
