@@ -2,6 +2,8 @@
 
   grpc_client.py call TARGET METHOD REQUEST [KEY=VALUE ...]
       one unary call with those metadata; prints the answer.
+  grpc_client.py stream TARGET METHOD REQUEST [KEY=VALUE ...]
+      one server-streaming call; prints each message on its own line.
   grpc_client.py burst TARGET METHOD CALLS CHANNELS CONCURRENCY
       CALLS unary calls over CHANNELS channels (each its own HTTP/2
       connection), at most CONCURRENCY in flight, every other one with
@@ -32,6 +34,13 @@ def call(target, method, request, pairs):
     metadata = tuple(tuple(p.split("=", 1)) for p in pairs)
     with channel(target) as ch:
         print(ch.unary_unary(method)(request.encode(), metadata=metadata, timeout=15).decode())
+
+
+def stream(target, method, request, pairs):
+    metadata = tuple(tuple(p.split("=", 1)) for p in pairs)
+    with channel(target) as ch:
+        for message in ch.unary_stream(method)(request.encode(), metadata=metadata, timeout=15):
+            print(message.decode())
 
 
 def burst(target, method, calls, channels, concurrency):
@@ -65,5 +74,7 @@ if __name__ == "__main__":
     mode, target, method = sys.argv[1:4]
     if mode == "call":
         call(target, method, sys.argv[4], sys.argv[5:])
+    elif mode == "stream":
+        stream(target, method, sys.argv[4], sys.argv[5:])
     else:
         burst(target, method, *(int(a) for a in sys.argv[4:7]))

@@ -7,10 +7,14 @@
 //! metadata, by a rule on the method path, by the caller pod's sticky
 //! lane, falling back to baseline where a service has no gray pod.
 //!
-//! The hops copy `x-lane` metadata onto their calls (as an app instrumented
-//! for lanes does): tagger's propagation reads HTTP/1 in the kernel, not
-//! HTTP/2 frames. What happens when a gRPC app copies nothing is shown by
-//! the `-n` hops (`*_without_copying`).
+//! The Go hops copy no metadata: tagger's uprobes on grpc-go carry each
+//! stream's lane from the stream a handler serves to the streams it opens
+//! (SPEC D, "Go gRPC"; `tagger-ebpf/src/grpc.rs`), so every Go test below
+//! is propagation through unmodified apps. The Python hops copy `x-lane`
+//! (as an app instrumented for lanes does): grpcio's C core reads and
+//! writes every stream from its own threads, so no thread says which
+//! stream caused a call; what tagger does when a Python gRPC hop copies
+//! nothing (untrusted, never a guessed lane) is `python_propagation_without_copying`.
 use std::{path::PathBuf, process::Command, sync::Once, time::Duration};
 
 use serde_json::Value;
@@ -36,6 +40,15 @@ impl Flavour {
         }
     }
 
+    /// Why a hop's call is in the lane of the call it serves: the Python
+    /// hops copy the lane header; tagger carries it through the Go ones.
+    fn carried(self) -> &'static str {
+        match self {
+            Flavour::Python => "header",
+            Flavour::Go => "inherited-goroutine",
+        }
+    }
+
     /// The answer of a call entering at `{p}-a-{a}`: which pods served,
     /// and c's echo of the request.
     fn chain(self, a: &str, b: &str, c: &str, request: &str) -> String {
@@ -58,9 +71,7 @@ fn grpc_cluster(flavour: Flavour) -> SharedCluster {
     let cluster = shared(GRPC);
     if let Flavour::Go = flavour {
         GO_RESTARTED.call_once(|| {
-            for pod in [
-                "a-base", "a-gray", "b-base", "b-gray", "f-base", "nb-base", "n-base",
-            ] {
+            for pod in ["a-base", "a-gray", "b-base", "b-gray", "f-base", "nb-base"] {
                 let pod = format!("ggo-{pod}");
                 for action in ["stop-pod", "start-pod"] {
                     let out = cluster.tagger(&["cluster", action, &pod]);
@@ -193,14 +204,20 @@ fn lane_by_metadata(flavour: Flavour) {
     }
     let flows = flow_delta(&before, &cluster.flows());
     let call = "lanes.Hop/Call";
+    let carried = flavour.carried();
     for (source, endpoint, want) in [
-        ("a-gray", "b-gray", (Some("gray"), "header", false, call, 3)),
-        ("b-gray", "c-gray", (Some("gray"), "header", false, call, 3)),
+        ("a-gray", "b-gray", (Some("gray"), carried, false, call, 3)),
+        ("b-gray", "c-gray", (Some("gray"), carried, false, call, 3)),
         ("a-base", "b-base", (None, "default", false, call, 3)),
         ("b-base", "c-base", (None, "default", false, call, 3)),
     ] {
+        // One row: every call of the pair decided alike, also in how sure
+        // tagger was of its cause.
         let row = only_row(&flows, flavour, source, endpoint);
         assert_eq!(decision(row), want, "{flavour:?}: {row}");
+        if let Flavour::Go = flavour {
+            assert_eq!(row["correlation"], "trusted", "{row}");
+        }
     }
 }
 
@@ -253,11 +270,18 @@ fn lane_by_method_rule(flavour: Flavour) {
         ),
         "{row}"
     );
-    // The sticky lane travels on as the lane header, which b copies.
+    // The sticky lane travels on as the lane header, which the Python b
+    // copies, and which tagger carries through the Go b.
     let row = only_row(&flows, flavour, "b-gray", "c-gray");
     assert_eq!(
         decision(row),
-        (Some("gray"), "header", false, "lanes.Hop/GrayCall", 3),
+        (
+            Some("gray"),
+            flavour.carried(),
+            false,
+            "lanes.Hop/GrayCall",
+            3
+        ),
         "{row}"
     );
     let to_c: Vec<&Value> = flows
@@ -319,13 +343,13 @@ fn fallback_and_return(flavour: Flavour) {
     let row = only_row(&flows, flavour, "f-base", "nb-base");
     assert_eq!(
         decision(row),
-        (Some("gray"), "header", true, call, 3),
+        (Some("gray"), flavour.carried(), true, call, 3),
         "{row}"
     );
     let row = only_row(&flows, flavour, "nb-base", "c-gray");
     assert_eq!(
         decision(row),
-        (Some("gray"), "header", false, call, 3),
+        (Some("gray"), flavour.carried(), false, call, 3),
         "{row}"
     );
 }
@@ -399,7 +423,8 @@ fn proxy_connections(cluster: &Cluster, pod: &str) -> usize {
 /// over 4 channels (4 HTTP/2 connections) from the client; each hop
 /// multiplexes all its calls, of both lanes, on its one connection. Every
 /// answer names the pods that served it: 0 in the wrong lane, and the
-/// flows count exactly 2 hop decisions per call, the gray ones by header.
+/// flows count exactly 2 hop decisions per call, the gray ones carried
+/// (copied by the Python hops, inherited through the Go ones).
 fn burst_is_exact(flavour: Flavour) {
     const CALLS: usize = 2000;
     let cluster = grpc_cluster(flavour);
@@ -442,11 +467,13 @@ fn burst_is_exact(flavour: Flavour) {
         .into_iter()
         .filter(|f| f["source"] != "client")
         .collect();
+    let carried = |f: &Value| f["lane"] == "gray" && f["reason"] == flavour.carried();
     println!(
-        "| {flavour:?} gRPC | {CALLS} calls | {} wrong | {} hop decisions, {} gray by header |",
+        "| {flavour:?} gRPC | {CALLS} calls | {} wrong | {} hop decisions, {} gray {} |",
         wrong.len(),
         requests_where(&hops, |_| true),
-        requests_where(&hops, |f| f["lane"] == "gray" && f["reason"] == "header"),
+        requests_where(&hops, carried),
+        flavour.carried(),
     );
     assert_eq!(answered, CALLS, "every call answered");
     assert!(
@@ -460,11 +487,7 @@ fn burst_is_exact(flavour: Flavour) {
         2 * CALLS as u64,
         "{hops:#?}"
     );
-    assert_eq!(
-        requests_where(&hops, |f| f["lane"] == "gray" && f["reason"] == "header"),
-        CALLS as u64,
-        "{hops:#?}"
-    );
+    assert_eq!(requests_where(&hops, carried), CALLS as u64, "{hops:#?}");
     // Each hop pod made its calls of both lanes on one connection.
     for pod in ["a-base", "a-gray", "b-base", "b-gray"] {
         assert_eq!(
@@ -485,71 +508,87 @@ fn go_burst_is_exact() {
     burst_is_exact(Flavour::Go);
 }
 
-/// A hop that copies NO metadata (`{p}-n`, baseline only, calling c):
-/// tagger's kernel propagation reads HTTP/1 requests, not HTTP/2 frames,
-/// and the Go uprobes follow net/http's client, not grpc-go's, so a gRPC
-/// app's inbound lane is not carried onto its calls. What must hold (SPEC
-/// D's "never wrong", as far as tagger can know): a baseline call never
-/// walks into gray, and a gray call that ends in baseline is never a
-/// decision tagger calls trusted. What gray calls get is printed (the
-/// flows' CORRELATION) for the record; see README's Limits.
-fn propagation_without_copying(flavour: Flavour) {
-    let cluster = grpc_cluster(flavour);
-    let p = flavour.prefix();
-    let (n, source) = (format!("{p}-n"), format!("{p}-n-base"));
+/// A gray call through `gpy-n`, a Python grpcio hop that copies no
+/// metadata: grpcio's C core reads every stream on its own poller threads,
+/// so no thread says which inbound stream caused a call. What must hold
+/// (SPEC D's "untrusted and safe, never wrong"): a baseline call never walks
+/// into gray, and every call the hop makes while it serves is marked
+/// untrusted (the kernel saw it read an HTTP/2 preface), never decided as
+/// if it had no cause.
+#[test]
+fn python_propagation_without_copying() {
+    let cluster = grpc_cluster(Flavour::Python);
+    let (n, source) = ("gpy-n", "gpy-n-base");
     for i in 0..5 {
         let m = format!("m={i}");
         assert_eq!(
-            call(&cluster, &n, "/lanes.Hop/Call", &m, &[]),
-            format!("{source} -> {p}-c-base({m})"),
+            call(&cluster, n, "/lanes.Hop/Call", &m, &[]),
+            format!("{source} -> gpy-c-base({m})"),
             "a baseline call stays baseline"
         );
     }
     let before = cluster.flows();
-    let answers: Vec<String> = (0..5)
-        .map(|i| {
-            call(
-                &cluster,
-                &n,
-                "/lanes.Hop/Call",
-                &format!("m={i}"),
-                &["x-lane=gray"],
-            )
-        })
-        .collect();
+    for i in 0..5 {
+        let m = format!("m={i}");
+        let answer = call(&cluster, n, "/lanes.Hop/Call", &m, &["x-lane=gray"]);
+        assert_eq!(answer, format!("{source} -> gpy-c-base({m})"));
+    }
     let flows = flow_delta(&before, &cluster.flows());
-    let hops: Vec<&Value> = flows
-        .iter()
-        .filter(|f| f["source"] == source.as_str())
-        .collect();
-    println!("{flavour:?}: gray calls through a hop that copies nothing: {answers:?}");
-    for row in &hops {
-        println!(
-            "  {} -> {}: lane {} reason {} correlation {} requests {}",
-            row["source"],
-            row["endpoint"],
-            row["lane"],
-            row["reason"],
-            row["correlation"],
-            row["requests"]
+    let hops: Vec<&Value> = flows.iter().filter(|f| f["source"] == source).collect();
+    assert_eq!(requests_where(&flows, |f| f["source"] == source), 5);
+    for row in hops {
+        assert_eq!(
+            (row["lane"].as_str(), row["correlation"].as_str()),
+            (None, Some("untrusted")),
+            "{row}"
         );
     }
+}
+
+/// Server streaming through the Go chain, whose hops copy nothing: each
+/// hop relays its own streaming call's messages, all in the lane of the
+/// stream it serves, gray or baseline, and the streams' contexts end with
+/// their status (a later call of the same hop is decided afresh).
+#[test]
+fn go_streaming_keeps_its_lane() {
+    let cluster = grpc_cluster(Flavour::Go);
+    let stream = |metadata: &[&str], m: &str| {
+        let script = client_script();
+        let mut command = vec![
+            "python3",
+            script.to_str().unwrap(),
+            "stream",
+            "ggo-a:8080",
+            "/lanes.Hop/ListStream",
+            m,
+        ];
+        command.extend_from_slice(metadata);
+        let out = cluster.exec("client", &command);
+        assert!(out.status.success(), "stream: {}", text(&out.stderr));
+        text(&out.stdout)
+    };
+    let before = cluster.flows();
+    for i in 0..3 {
+        let m = format!("m={i}");
+        for (metadata, lane) in [(&["x-lane=gray"][..], "gray"), (&[][..], "base")] {
+            let want: Vec<String> = (1..=3)
+                .map(|k| format!("{}#{k}", Flavour::Go.chain(lane, lane, lane, &m)))
+                .collect();
+            assert_eq!(stream(metadata, &m), want.join("\n") + "\n", "{lane}");
+        }
+    }
+    let flows = flow_delta(&before, &cluster.flows());
+    let row = only_row(&flows, Flavour::Go, "b-gray", "c-gray");
     assert_eq!(
-        requests_where(&flows, |f| f["source"] == source.as_str()),
-        5
+        decision(row),
+        (
+            Some("gray"),
+            "inherited-goroutine",
+            false,
+            "lanes.Hop/ListStream",
+            3
+        ),
+        "{row}"
     );
-    let trusted_and_wrong = requests_where(&flows, |f| {
-        f["source"] == source.as_str() && f["lane"].is_null() && f["correlation"] == "trusted"
-    });
-    assert_eq!(trusted_and_wrong, 0, "{hops:#?}");
-}
-
-#[test]
-fn python_propagation_without_copying() {
-    propagation_without_copying(Flavour::Python);
-}
-
-#[test]
-fn go_propagation_without_copying() {
-    propagation_without_copying(Flavour::Go);
+    assert_eq!(row["correlation"], "trusted", "{row}");
 }

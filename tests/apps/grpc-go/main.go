@@ -4,6 +4,10 @@
 // the leaf "<pod>(<request>)". Messages are raw bytes (a codec registered
 // under the name "proto", so no .proto file and no generated code).
 //
+// A method whose name ends in "Stream" is server-streaming: the leaf
+// answers three messages "<pod>(<request>)#<k>", a hop relays each message
+// of its own streaming call as "<pod> -> <message>".
+//
 // The hop makes its calls through ONE client connection (every call of
 // every lane multiplexed on it) with the method it was called with. It
 // copies no metadata unless --copy-metadata names a key to copy.
@@ -17,6 +21,7 @@ import (
 	"context"
 	"flag"
 	"fmt"
+	"io"
 	"net"
 	"os"
 	"strconv"
@@ -91,6 +96,9 @@ func main() {
 		if err := stream.RecvMsg(&request); err != nil {
 			return err
 		}
+		if strings.HasSuffix(method, "Stream") {
+			return serveStream(name, conn, method, copied, request, stream)
+		}
 		answer := name
 		if conn == nil {
 			answer += "(" + string(request) + ")"
@@ -128,4 +136,44 @@ func main() {
 	}
 	fmt.Fprintln(os.Stderr, "serve:", <-failed)
 	os.Exit(1)
+}
+
+// serveStream answers a server-streaming call (see the top of the file).
+func serveStream(name string, conn *grpc.ClientConn, method string, copied keys, request []byte, stream grpc.ServerStream) error {
+	if conn == nil {
+		for k := 1; k <= 3; k++ {
+			out := []byte(fmt.Sprintf("%s(%s)#%d", name, request, k))
+			if err := stream.SendMsg(&out); err != nil {
+				return err
+			}
+		}
+		return nil
+	}
+	ctx, cancel := context.WithTimeout(stream.Context(), 10*time.Second)
+	defer cancel()
+	in, _ := metadata.FromIncomingContext(stream.Context())
+	for _, key := range copied {
+		for _, v := range in.Get(key) {
+			ctx = metadata.AppendToOutgoingContext(ctx, key, v)
+		}
+	}
+	next, err := conn.NewStream(ctx, &grpc.StreamDesc{ServerStreams: true}, method)
+	if err == nil {
+		err = next.SendMsg(&request)
+	}
+	if err == nil {
+		err = next.CloseSend()
+	}
+	for err == nil {
+		var message []byte
+		if err = next.RecvMsg(&message); err == nil {
+			out := []byte(name + " -> " + string(message))
+			err = stream.SendMsg(&out)
+		}
+	}
+	if err == io.EOF {
+		return nil
+	}
+	out := []byte(fmt.Sprintf("%s -> ERROR(%v)", name, err))
+	return stream.SendMsg(&out)
 }
