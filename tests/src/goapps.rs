@@ -37,38 +37,44 @@ pub fn prepare(cluster_file: &Path) {
     }
 }
 
-/// Builds `grpc-hop-go` into `tests/apps/bin/` (also used by `cargo xtask
-/// bench`); returns its path.
+/// Builds `grpc-hop-go` and `grpc-hop-go-stripped` (`-s -w`: no symbols,
+/// no DWARF) into `tests/apps/bin/` (the first also used by `cargo xtask
+/// bench`); returns the first's path.
 pub fn build_grpc() -> std::path::PathBuf {
     let root = workspace();
     let bin = root.join("tests/apps/bin");
     std::fs::create_dir_all(&bin).unwrap();
-    let partial = bin.join(".grpc-hop-go.partial");
-    let out = Command::new("go")
-        .args(["build", "-o"])
-        .arg(&partial)
-        .arg(".")
-        .current_dir(root.join("tests/apps/grpc-go"))
-        .env("GOCACHE", root.join("target/go-cache"))
-        .env("GO111MODULE", "off")
-        .env("GOPATH", DEBIAN_GOPATH)
-        .env("GOPROXY", "off")
-        // GOPATH mode takes no -mod flag: drop one from the environment.
-        .env_remove("GOFLAGS")
-        .env("GOTOOLCHAIN", "local")
-        .output()
-        .unwrap_or_else(|e| {
-            panic!("`go` cannot run ({e}): `cargo xtask setup` installs golang-go")
-        });
-    assert!(
-        out.status.success(),
-        "go build grpc-hop-go (`cargo xtask setup` installs golang-google-grpc-dev): {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let built = bin.join("grpc-hop-go");
-    // Renamed into place: a pod never starts a half-written binary.
-    std::fs::rename(&partial, &built).unwrap();
-    built
+    for (name, flags) in [
+        ("grpc-hop-go", &[][..]),
+        ("grpc-hop-go-stripped", &["-ldflags=-s -w"][..]),
+    ] {
+        let partial = bin.join(format!(".{name}.partial"));
+        let out = Command::new("go")
+            .args(["build", "-o"])
+            .arg(&partial)
+            .args(flags)
+            .arg(".")
+            .current_dir(root.join("tests/apps/grpc-go"))
+            .env("GOCACHE", root.join("target/go-cache"))
+            .env("GO111MODULE", "off")
+            .env("GOPATH", DEBIAN_GOPATH)
+            .env("GOPROXY", "off")
+            // GOPATH mode takes no -mod flag: drop one from the environment.
+            .env_remove("GOFLAGS")
+            .env("GOTOOLCHAIN", "local")
+            .output()
+            .unwrap_or_else(|e| {
+                panic!("`go` cannot run ({e}): `cargo xtask setup` installs golang-go")
+            });
+        assert!(
+            out.status.success(),
+            "go build {name} (`cargo xtask setup` installs golang-google-grpc-dev): {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        // Renamed into place: a pod never starts a half-written binary.
+        std::fs::rename(&partial, bin.join(name)).unwrap();
+    }
+    bin.join("grpc-hop-go")
 }
 
 /// Builds `hop-go`, `hop-go-stripped`, `hop-go-static` and `hop-go-unknown` into

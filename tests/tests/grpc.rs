@@ -139,11 +139,18 @@ fn call(
 
 /// The same from the node (outside every pod) straight to a pod's
 /// address: how a call enters a given pod, as an ingress would send it.
-fn call_pod_from_node(cluster: &Cluster, pod: &str, method: &str, request: &str) -> String {
+fn call_pod_from_node(
+    cluster: &Cluster,
+    pod: &str,
+    method: &str,
+    request: &str,
+    metadata: &[&str],
+) -> String {
     let target = format!("{}:8080", cluster.pod_ip(pod));
     let out = Command::new("python3")
         .arg(client_script())
         .args(["call", &target, method, request])
+        .args(metadata)
         .output()
         .expect("running the gRPC client");
     assert!(
@@ -374,11 +381,11 @@ fn pod_dyeing(flavour: Flavour) {
     for i in 0..3 {
         let m = format!("m={i}");
         assert_eq!(
-            call_pod_from_node(&cluster, &format!("{p}-a-gray"), "/lanes.Hop/Call", &m),
+            call_pod_from_node(&cluster, &format!("{p}-a-gray"), "/lanes.Hop/Call", &m, &[]),
             flavour.chain("gray", "gray", "gray", &m)
         );
         assert_eq!(
-            call_pod_from_node(&cluster, &format!("{p}-a-base"), "/lanes.Hop/Call", &m),
+            call_pod_from_node(&cluster, &format!("{p}-a-base"), "/lanes.Hop/Call", &m, &[]),
             flavour.chain("base", "base", "base", &m)
         );
     }
@@ -542,6 +549,62 @@ fn python_propagation_without_copying() {
             (None, Some("untrusted")),
             "{row}"
         );
+    }
+}
+
+/// Scenarios B2 and B3 through the Go chain, whose hops copy nothing,
+/// entering a's baseline pod: `x-lane: gray` gives `a -> b gray -> c gray`
+/// (tagger carries the lane); `x-user-id: 100`, which b's rule reads as it
+/// passes through a (a pass-through header), gives `a -> b blue -> c`,
+/// blue being decided at b only; `101` gives the baseline chain.
+#[test]
+fn go_b2_and_b3_through_hops_that_copy_nothing() {
+    let cluster = grpc_cluster(Flavour::Go);
+    let before = cluster.flows();
+    let call = |metadata: &[&str], m: &str| {
+        call_pod_from_node(&cluster, "ggo-a-base", "/lanes.Hop/Call", m, metadata)
+    };
+    for i in 0..3 {
+        let m = format!("m={i}");
+        assert_eq!(
+            call(&["x-lane=gray"], &m),
+            format!("ggo-a-base -> ggo-b-gray -> ggo-c-gray({m})"),
+            "B2"
+        );
+        assert_eq!(
+            call(&["x-user-id=100"], &m),
+            format!("ggo-a-base -> ggo-b-blue -> ggo-c-base({m})"),
+            "B3, user 100"
+        );
+        assert_eq!(
+            call(&["x-user-id=101"], &m),
+            format!("ggo-a-base -> ggo-b-base -> ggo-c-base({m})"),
+            "B3, user 101"
+        );
+    }
+    let flows = flow_delta(&before, &cluster.flows());
+    let call = "lanes.Hop/Call";
+    for (source, endpoint, want) in [
+        (
+            "a-base",
+            "b-gray",
+            (Some("gray"), "inherited-goroutine", false, call, 3),
+        ),
+        (
+            "b-gray",
+            "c-gray",
+            (Some("gray"), "inherited-goroutine", false, call, 3),
+        ),
+        (
+            "a-base",
+            "b-blue",
+            (Some("blue"), "rule:ggo-b-user-100", false, call, 3),
+        ),
+        ("b-blue", "c-base", (None, "default", false, call, 3)),
+    ] {
+        let row = only_row(&flows, Flavour::Go, source, endpoint);
+        assert_eq!(decision(row), want, "{row}");
+        assert_eq!(row["correlation"], "trusted", "{row}");
     }
 }
 

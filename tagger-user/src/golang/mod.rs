@@ -20,6 +20,31 @@ pub mod probes;
 #[cfg(test)]
 mod tests;
 
+#[cfg(test)]
+mod version_tests {
+    use super::parse_major_minor;
+
+    #[test]
+    fn grpc_agent_versions() {
+        let cases: [(&[u8], Option<(u32, u32)>); 6] = [
+            (b"1.33.3", Some((1, 33))),
+            (b"1.60.0-dev xyz", Some((1, 60))),
+            (b"1.33", None),
+            (b"x1.33.3", None),
+            (b"1..3", None),
+            (b"", None),
+        ];
+        for (text, want) in cases {
+            assert_eq!(
+                parse_major_minor(text),
+                want,
+                "{:?}",
+                String::from_utf8_lossy(text)
+            );
+        }
+    }
+}
+
 use std::{fs::File, path::Path};
 
 use object::{ReadCache, ReadCacheOps};
@@ -85,7 +110,12 @@ pub(crate) fn inspect_in<R: ReadCacheOps>(cache: &ReadCache<R>) -> Result<GoBina
     }
     let table = find_pclntab(&image)?;
     let (probes, missing) = probes::locate(&image, &table, &ProbeSymbol::ALL)?;
-    let offsets = struct_offsets(&image, version)?;
+    let mut offsets = struct_offsets(&image, version)?;
+    if offsets.grpc_unknown().is_some()
+        && let Some(grpc) = grpc_version(&image)?
+    {
+        offsets.fill_grpc(grpc);
+    }
     Ok(GoBinary {
         version,
         build,
@@ -127,6 +157,34 @@ fn plausible<R: ReadCacheOps>(image: &Image<'_, R>, table: &Pclntab<'_>) -> bool
         return false;
     };
     image.is_code(first.entry) && image.is_code(last.end.saturating_sub(1))
+}
+
+/// grpc-go's major.minor from its user agent, `grpc-go/<version>`, a
+/// constant every binary that links grpc-go holds (`-s -w` keeps data).
+fn grpc_version<R: ReadCacheOps>(image: &Image<'_, R>) -> Result<Option<(u32, u32)>, InspectError> {
+    const AGENT: &[u8] = b"grpc-go/";
+    for bytes in image.data_segments() {
+        let bytes = bytes?;
+        let found = memchr::memmem::find_iter(bytes, AGENT)
+            .find_map(|at| parse_major_minor(&bytes[at + AGENT.len()..]));
+        if found.is_some() {
+            return Ok(found);
+        }
+    }
+    Ok(None)
+}
+
+/// `1.33` from the start of `1.33.3...`.
+fn parse_major_minor(text: &[u8]) -> Option<(u32, u32)> {
+    let number = |text: &[u8]| {
+        let digits = text.iter().take_while(|b| b.is_ascii_digit()).count();
+        let value = std::str::from_utf8(&text[..digits]).ok()?.parse().ok()?;
+        Some((value, digits))
+    };
+    let (major, n) = number(text)?;
+    let rest = text.get(n..)?.strip_prefix(b".")?;
+    let (minor, m) = number(rest)?;
+    (rest.get(m) == Some(&b'.')).then_some((major, minor))
 }
 
 fn struct_offsets<R: ReadCacheOps>(

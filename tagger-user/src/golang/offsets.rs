@@ -153,6 +153,13 @@ const GRPC_TRANSPORT_BUF_WRITER: &str = "google.golang.org/grpc/internal/transpo
 const VERSION_TABLE: &[((u32, u32), [u64; Field::RUNTIME_COUNT])] =
     &[((1, 19), [152, 80, 16, 0, 0, 0, 0, 16, 56, 64, 48, 192])];
 
+/// grpc-go's layouts read from real binaries' DWARF, by grpc-go
+/// major.minor (its user agent, `grpc-go/<version>`, is in every binary,
+/// stripped or not): `GrpcServerConn` .. `GrpcWriterConn` in `Field::GRPC`
+/// order. 1.33: Debian's golang-google-grpc-dev 1.33.3, checked against the
+/// DWARF of a fresh build by the tests.
+const GRPC_TABLE: &[((u32, u32), [u64; 5])] = &[((1, 33), [32, 0, 40, 0, 40])];
+
 /// Where the offsets came from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum OffsetSource {
@@ -196,6 +203,26 @@ impl StructOffsets {
             source: OffsetSource::VersionTable,
             values,
         })
+    }
+
+    /// Fills grpc-go's fields DWARF did not give from the table for grpc-go
+    /// `version` (major, minor), and x/net's from the layout the probes
+    /// read; returns whether the table lists that version.
+    pub fn fill_grpc(&mut self, version: (u32, u32)) -> bool {
+        use tagger_common::golang::h2;
+        let Some((_, known)) = GRPC_TABLE.iter().find(|(v, _)| *v == version) else {
+            return false;
+        };
+        let x_net = [
+            h2::META_HEADERS_FIELDS,
+            h2::FRAME_HEADER_STREAM_ID,
+            h2::HEADER_FIELD_VALUE,
+            h2::HEADER_FIELD_SIZE - 8,
+        ];
+        for (field, value) in Field::GRPC.into_iter().zip(known.iter().chain(&x_net)) {
+            self.values[field.index()].get_or_insert(*value);
+        }
+        true
     }
 
     /// Why grpc-go cannot be probed with these offsets, if it cannot: a
@@ -250,6 +277,26 @@ mod tests {
                 "{field}"
             );
         }
+    }
+
+    #[test]
+    fn grpc_table_fills_only_what_is_missing_and_only_listed_versions() {
+        let v = GoVersion {
+            major: 1,
+            minor: 19,
+            patch: 8,
+        };
+        let mut table = StructOffsets::for_version(v).unwrap();
+        assert!(!table.fill_grpc((1, 60)));
+        assert_eq!(table.grpc_unknown(), Some(Field::GrpcServerConn));
+        assert!(table.fill_grpc((1, 33)));
+        assert_eq!(table.grpc_unknown(), None);
+        assert_eq!(table.get(Field::GrpcServerConn), Some(32));
+        assert_eq!(table.get(Field::HpackSensitive), Some(32));
+        let mut dwarf = StructOffsets::from_dwarf([None; Field::COUNT]);
+        dwarf.values[Field::GrpcServerConn.index()] = Some(99);
+        dwarf.fill_grpc((1, 33));
+        assert_eq!(dwarf.get(Field::GrpcServerConn), Some(99));
     }
 
     #[test]

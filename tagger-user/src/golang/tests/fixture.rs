@@ -177,6 +177,45 @@ fn build_all() -> PathBuf {
     dir
 }
 
+/// The grpc-go test app (`tests/apps/grpc-go`), built in GOPATH mode
+/// against Debian's golang-google-grpc-dev as the end-to-end tests build
+/// it, with DWARF or stripped (`-s -w`); built on first use.
+pub(super) fn grpc_binary(stripped: bool) -> PathBuf {
+    static BUILT: OnceLock<(PathBuf, PathBuf)> = OnceLock::new();
+    let (plain, without) = BUILT.get_or_init(|| {
+        let dir = binary(Build::Default).parent().unwrap().to_owned();
+        let source = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/apps/grpc-go");
+        let build = |name: &str, flags: &[&str]| {
+            let out = Command::new("go")
+                .args(["build", "-o"])
+                .arg(dir.join(name))
+                .args(flags)
+                .arg(".")
+                .current_dir(&source)
+                // Shared with the end-to-end harness (tests/src/goapps.rs).
+                .env("GOCACHE", source.join("../../../target/go-cache"))
+                .env("GO111MODULE", "off")
+                .env("GOPATH", "/usr/share/gocode")
+                .env("GOPROXY", "off")
+                .env("GOTOOLCHAIN", "local")
+                .env_remove("GOFLAGS")
+                .output()
+                .expect("run go build");
+            assert!(
+                out.status.success(),
+                "go build grpc-hop-go (`cargo xtask setup` installs golang-google-grpc-dev): {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            dir.join(name)
+        };
+        (
+            build("grpc", &[]),
+            build("grpc-stripped", &["-ldflags=-s -w"]),
+        )
+    });
+    if stripped { without } else { plain }.clone()
+}
+
 /// Removes the directories of earlier test processes that have exited (a
 /// `OnceLock` is never dropped, so each process leaves its own behind).
 fn remove_stale_dirs(tmp: &Path) {

@@ -16,7 +16,7 @@ use iced_x86::{Decoder, DecoderOptions, Register};
 use object::ReadCache;
 
 use super::*;
-use fixture::{Build, binary};
+use fixture::{Build, binary, grpc_binary};
 
 fn inspected(build: Build) -> GoBinary {
     inspect(&binary(build)).unwrap_or_else(|e| panic!("{}: {e}", build.name()))
@@ -124,6 +124,48 @@ fn go119_version_table_agrees_with_dwarf() {
             assert_eq!(dwarf, listed, "{} {field}", build.name());
         }
     }
+}
+
+#[test]
+fn grpc_go_is_found_and_its_layout_known_with_or_without_dwarf() {
+    let plain = inspect(&grpc_binary(false)).unwrap();
+    let stripped = inspect(&grpc_binary(true)).unwrap();
+    for (go, source) in [
+        (&plain, OffsetSource::Dwarf),
+        (&stripped, OffsetSource::VersionTable),
+    ] {
+        assert_eq!(go.offsets.source, source);
+        for symbol in ProbeSymbol::GRPC {
+            let probe = go
+                .probe(symbol)
+                .unwrap_or_else(|| panic!("{}", symbol.name()));
+            assert!(!probe.ret_offsets.is_empty(), "{}", symbol.name());
+        }
+        assert_eq!(go.offsets.grpc_unknown(), None, "{source:?}");
+        // A gRPC-only program: the linker dropped net/http's client.
+        assert!(go.missing.contains(&ProbeSymbol::PersistConnRoundTrip));
+    }
+    // The table for grpc-go 1.33 says what the DWARF says.
+    for field in Field::GRPC {
+        assert_eq!(
+            plain.offsets.get(field),
+            stripped.offsets.get(field),
+            "{field}"
+        );
+    }
+    let (nm, loads) = (
+        fixture::go_nm(&grpc_binary(false)),
+        fixture::loads(&grpc_binary(false)),
+    );
+    for symbol in ProbeSymbol::GRPC {
+        let probe = plain.probe(symbol).unwrap();
+        assert_eq!(probe.entry_va, nm[symbol.name()], "{}", symbol.name());
+        assert_eq!(
+            probe.entry_offset,
+            fixture::offset_of(&loads, probe.entry_va)
+        );
+    }
+    assert_eq!(plain.probes, stripped.probes);
 }
 
 #[test]
