@@ -26,7 +26,8 @@ mod version_tests {
 
     #[test]
     fn grpc_agent_versions() {
-        let cases: [(&[u8], Option<(u32, u32)>); 6] = [
+        type Case = (&'static [u8], Option<(u32, u32)>);
+        let cases: [Case; 6] = [
             (b"1.33.3", Some((1, 33))),
             (b"1.60.0-dev xyz", Some((1, 60))),
             (b"1.33", None),
