@@ -11,9 +11,31 @@ use std::{
 use bytes::{Bytes, BytesMut};
 use http_body::{Body, Frame, SizeHint};
 use http_body_util::BodyExt;
-use hyper::body::Incoming;
 
-pub type ProxyBody = http_body_util::combinators::UnsyncBoxBody<Bytes, hyper::Error>;
+/// A body's failure, whichever side's: hyper's (an HTTP/1.1 client, an
+/// upstream) or h2's (an HTTP/2 client's stream, see `http2`). A concrete
+/// type, not a boxed `dyn Error`: with the latter, the compiler could not
+/// prove hyper's HTTP/1.1 connection future `Send`.
+#[derive(Debug, thiserror::Error)]
+pub enum BodyError {
+    #[error("{0}")]
+    Hyper(#[from] hyper::Error),
+    #[error("{0}")]
+    H2(#[from] h2::Error),
+}
+
+/// Every body on the data path, boxed once: the request body whichever
+/// server read it, the answer whichever client or tagger wrote it.
+pub type ProxyBody = http_body_util::combinators::UnsyncBoxBody<Bytes, BodyError>;
+
+/// Boxes a body for the data path.
+pub fn boxed<B>(body: B) -> ProxyBody
+where
+    B: Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<BodyError>,
+{
+    body.map_err(Into::into).boxed_unsync()
+}
 
 pub fn empty() -> ProxyBody {
     http_body_util::Empty::new()
@@ -31,17 +53,17 @@ pub fn full(text: impl Into<Bytes>) -> ProxyBody {
 pub struct Prefixed {
     prefix: VecDeque<Frame<Bytes>>,
     prefix_len: u64,
-    rest: Option<Incoming>,
+    rest: Option<ProxyBody>,
 }
 
 impl Body for Prefixed {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = BodyError;
 
     fn poll_frame(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+    ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
         if let Some(frame) = self.prefix.pop_front() {
             if let Some(data) = frame.data_ref() {
                 self.prefix_len -= data.len() as u64;
@@ -98,12 +120,12 @@ impl Watched {
 
 impl Body for Watched {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = BodyError;
 
     fn poll_frame(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+    ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
         let polled = Pin::new(&mut self.inner).poll_frame(cx);
         if let Poll::Ready(Some(Err(error))) = &polled {
             let _ = self.failure.set(error.to_string());
@@ -124,9 +146,9 @@ impl Body for Watched {
 /// Returns the bytes seen (at most `limit`), whether the body went on past
 /// them, and the whole body to forward.
 pub async fn read_prefix(
-    mut body: Incoming,
+    mut body: ProxyBody,
     limit: usize,
-) -> Result<(Bytes, bool, Prefixed), hyper::Error> {
+) -> Result<(Bytes, bool, Prefixed), BodyError> {
     let mut frames = VecDeque::new();
     let mut seen = BytesMut::new();
     let mut total: u64 = 0;

@@ -8,7 +8,6 @@ use bytes::Bytes;
 use http::{HeaderValue, Request, Response, Version, header};
 use http_body::Body as _;
 use http_body_util::BodyExt;
-use hyper::body::Incoming;
 use tracing::{debug, warn};
 
 use super::{
@@ -68,31 +67,72 @@ pub struct RequestContext {
 }
 
 impl RequestContext {
-    /// The kernel's tag for the request being handled, if the app wrote one
-    /// since the last request on this connection. The kernel keeps one tag
-    /// per connection: on a multiplexed (HTTP/2) connection it cannot say
-    /// which stream it was written for, so it is taken as written while
-    /// several requests were open (only a forwarded id can then decide;
-    /// else untrusted and the safe default, never a guessed lane).
-    fn fresh_tag(&self) -> Option<tagger_common::RequestTag> {
+    /// The kernel's tag for the request being handled: `stream` is the
+    /// HTTP/2 stream id the request came on, `None` for HTTP/1.x.
+    ///
+    /// HTTP/1.x: the connection's tag, if the app wrote one since the last
+    /// request on this connection (one request at a time on it).
+    ///
+    /// HTTP/2: the kernel's tag of exactly this stream (it reads the stream
+    /// id from the HEADERS frame the app wrote), taken as it is. Without
+    /// one (a runtime the kernel cannot follow to the frame), the
+    /// connection's newest tag may have been written for any of the
+    /// streams open on it: it is marked concurrent, so that only a
+    /// forwarded request id can decide (else untrusted and the safe
+    /// default, never a guessed lane). No "written since the last request"
+    /// test there: with streams in flight at once, "last" means nothing.
+    fn fresh_tag(&self, stream: Option<u32>) -> Option<tagger_common::RequestTag> {
         if !self.tag_watch.may_have_tags() {
             return None;
         }
-        let mut tag = self.proxy.kernel.request_tag(self.cookie)?;
+        let kernel = &self.proxy.kernel;
+        if let Some(stream) = stream {
+            if let Some(tag) = kernel.stream_tag(self.cookie, stream) {
+                return Some(tag);
+            }
+            let mut tag = kernel.request_tag(self.cookie)?;
+            tag.flags |= tagger_common::TAG_CONCURRENT;
+            return Some(tag);
+        }
+        let mut tag = kernel.request_tag(self.cookie)?;
         let previous = self.last_tag_ns.swap(tag.written_ns, Ordering::Relaxed);
         if self.multiplexed {
+            // Not reached by the servers (an HTTP/2 request has its stream
+            // id); kept so that no caller can make a multiplexed tag exact.
             tag.flags |= tagger_common::TAG_CONCURRENT;
         }
         (tag.written_ns != previous).then_some(tag)
     }
 
-    pub async fn handle(&self, mut request: Request<Incoming>) -> Response<ProxyBody> {
+    /// Decides, forwards and answers one request: `stream` is its HTTP/2
+    /// stream id (`None` for HTTP/1.x). Generic over the body so that both
+    /// servers' bodies (hyper's for HTTP/1.1, h2's stream for HTTP/2) are
+    /// boxed once, here, and nothing after depends on which it was.
+    pub fn handle<B>(
+        &self,
+        request: Request<B>,
+        stream: Option<u32>,
+    ) -> impl Future<Output = Response<ProxyBody>> + Send + '_
+    where
+        B: http_body::Body<Data = Bytes> + Send + 'static,
+        B::Error: Into<body::BodyError>,
+    {
+        // Not an `async fn`: the future is the same whichever the body was
+        // (and the compiler proves it `Send` once, not per body type).
+        self.handle_boxed(request.map(body::boxed), stream)
+    }
+
+    async fn handle_boxed(
+        &self,
+        mut request: Request<ProxyBody>,
+        stream: Option<u32>,
+    ) -> Response<ProxyBody> {
         // gRPC is HTTP/2 only: an HTTP/1.1 request pays no lookup for it.
         let grpc_type = (request.version() == Version::HTTP_2 && grpc::is_grpc(request.headers()))
             .then(|| request.headers().get(header::CONTENT_TYPE).cloned())
             .flatten();
         let upgrade = upgrade::wanted(&mut request);
-        let mut response = self.answer(request, grpc_type, upgrade).await;
+        let mut response = self.answer(request, stream, grpc_type, upgrade).await;
         if !self.multiplexed && self.proxy.is_stopping() {
             // Draining (a handover, a stop): this connection's last answer.
             // The client hears it before it sends again, so closing races
@@ -107,11 +147,15 @@ impl RequestContext {
 
     async fn answer(
         &self,
-        request: Request<Incoming>,
+        request: Request<ProxyBody>,
+        stream: Option<u32>,
         grpc_type: Option<HeaderValue>,
         upgrade: Option<upgrade::Wanted>,
     ) -> Response<ProxyBody> {
-        match self.forward(request, grpc_type.is_some(), upgrade).await {
+        match self
+            .forward(request, stream, grpc_type.is_some(), upgrade)
+            .await
+        {
             Ok(response) => response,
             Err(error) => {
                 warn!(source = %self.source, service = %self.service, side = error.side(), %error, "request failed");
@@ -135,7 +179,8 @@ impl RequestContext {
 
     async fn forward(
         &self,
-        request: Request<Incoming>,
+        request: Request<ProxyBody>,
+        stream: Option<u32>,
         grpc: bool,
         upgrade: Option<upgrade::Wanted>,
     ) -> Result<Response<ProxyBody>, ProxyError> {
@@ -162,7 +207,7 @@ impl RequestContext {
         // What the app's inbound request carried, when the kernel could tie
         // this request to it: its pass-through headers join this request
         // (so the destination's rules see them) and its lane is inherited.
-        let tag = self.fresh_tag();
+        let tag = self.fresh_tag(stream);
         let inherited = self
             .proxy
             .contexts
@@ -191,7 +236,7 @@ impl RequestContext {
         let (rule, body) = if !claimed {
             matching_rule(&snapshot, service, &parts, incoming, grpc).await?
         } else {
-            (None, incoming.boxed_unsync())
+            (None, incoming)
         };
         let decision = decide_lane(
             &LaneInputs {
@@ -345,7 +390,7 @@ impl RequestContext {
                     } else {
                         strip_hop_by_hop(&mut parts.headers);
                     }
-                    return Ok(Response::from_parts(parts, incoming.boxed_unsync()));
+                    return Ok(Response::from_parts(parts, body::boxed(incoming)));
                 }
                 Err(error) => {
                     if let Some(reason) = client_failure.as_ref().and_then(|f| f.get()) {
@@ -403,7 +448,7 @@ async fn matching_rule(
     snapshot: &Snapshot,
     service: &Service,
     parts: &http::request::Parts,
-    incoming: Incoming,
+    incoming: ProxyBody,
     grpc: bool,
 ) -> Result<(Option<(String, String)>, ProxyBody), ProxyError> {
     let rules = &snapshot.rules;
@@ -414,7 +459,7 @@ async fn matching_rule(
                 .map_err(|e| ProxyError::Downstream(format!("reading request body: {e}")))?;
         (prefix, truncated, rest.boxed_unsync())
     } else {
-        (Bytes::new(), false, incoming.boxed_unsync())
+        (Bytes::new(), false, incoming)
     };
     let view = RequestView {
         method: parts.method.as_str(),

@@ -9,6 +9,7 @@ mod error;
 mod grpc;
 mod headers;
 mod http;
+mod http2;
 pub mod limits;
 mod passthrough;
 mod serve;
@@ -55,6 +56,15 @@ pub trait FlowLookup: Send + Sync + 'static {
     /// What the kernel saw when the app wrote its newest request on the
     /// connection with this cookie (see `propagation`).
     fn request_tag(&self, _cookie: u64) -> Option<RequestTag> {
+        None
+    }
+
+    /// What the kernel saw when the app wrote the HEADERS frame that opened
+    /// HTTP/2 stream `stream_id` on the connection with this cookie: the
+    /// tag of exactly that stream, where the kernel can read stream ids
+    /// (see `propagation`). `None` where it cannot: the proxy then falls
+    /// back to the connection's tag, as not tied to one stream.
+    fn stream_tag(&self, _cookie: u64, _stream_id: u32) -> Option<RequestTag> {
         None
     }
 

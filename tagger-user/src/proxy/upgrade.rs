@@ -26,7 +26,7 @@ pub struct Wanted {
 
 /// The client's upgrade, if the request asks for one this proxy can carry.
 /// One header lookup on a request that does not.
-pub fn wanted(request: &mut Request<Incoming>) -> Option<Wanted> {
+pub fn wanted<B>(request: &mut Request<B>) -> Option<Wanted> {
     if request.version() != Version::HTTP_11 {
         return None;
     }

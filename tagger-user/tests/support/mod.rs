@@ -64,6 +64,37 @@ pub struct FixedOrigin {
     pub caller_cgroup: std::sync::atomic::AtomicU64,
     /// Connections the proxy accepted (each asks for its origin once).
     pub taken: AtomicUsize,
+    /// What the kernel would have tagged the app's writes with.
+    pub tags: Mutex<FakeTags>,
+}
+
+/// The kernel's tags as a test sets them (see [`tag_now`]).
+#[derive(Default)]
+pub struct FakeTags {
+    /// The newest request written on the connection (any connection).
+    pub connection: Option<tagger_common::RequestTag>,
+    /// Per HTTP/2 stream id: the write that opened that stream.
+    pub streams: std::collections::HashMap<u32, tagger_common::RequestTag>,
+    /// The stream ids the proxy asked about, in order.
+    pub asked: Vec<u32>,
+}
+
+/// The tag of a write made now (CLOCK_MONOTONIC, as the kernel's
+/// `bpf_ktime_get_ns`) by the thread `pid_tgid` while it served its inbound
+/// request `seq`.
+pub fn tag_now((pid_tgid, seq): (u64, u64)) -> tagger_common::RequestTag {
+    let mut now = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime writes into the struct we own.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut now) };
+    tagger_common::RequestTag {
+        pid_tgid,
+        seq,
+        written_ns: now.tv_sec as u64 * 1_000_000_000 + now.tv_nsec as u64,
+        ..Default::default()
+    }
 }
 
 impl FixedOrigin {
@@ -72,6 +103,7 @@ impl FixedOrigin {
             dest: Mutex::new(dest),
             caller_cgroup: caller_cgroup.into(),
             taken: AtomicUsize::new(0),
+            tags: Mutex::default(),
         }
     }
 
@@ -97,6 +129,16 @@ impl FlowLookup for FixedOrigin {
             cgroup_id: self.caller_cgroup.load(Ordering::SeqCst),
             cookie: 0,
         })
+    }
+
+    fn request_tag(&self, _cookie: u64) -> Option<tagger_common::RequestTag> {
+        self.tags.lock().unwrap().connection
+    }
+
+    fn stream_tag(&self, _cookie: u64, stream_id: u32) -> Option<tagger_common::RequestTag> {
+        let mut tags = self.tags.lock().unwrap();
+        tags.asked.push(stream_id);
+        tags.streams.get(&stream_id).copied()
     }
 }
 
