@@ -61,8 +61,8 @@ pub trait FlowLookup: Send + Sync + 'static {
 
     /// What the kernel saw when the app wrote the HEADERS frame that opened
     /// HTTP/2 stream `stream_id` on the connection with this cookie: the
-    /// tag of exactly that stream, where the kernel can read stream ids
-    /// (see `propagation`). `None` where it cannot: the proxy then falls
+    /// tag of exactly that stream, where the kernel follows the app's
+    /// streams (grpc-go: `tagger-ebpf/src/grpc.rs`). `None` where it cannot: the proxy then falls
     /// back to the connection's tag, as not tied to one stream.
     fn stream_tag(&self, _cookie: u64, _stream_id: u32) -> Option<RequestTag> {
         None
@@ -107,6 +107,10 @@ impl FlowLookup for crate::ebpf::Datapath {
 
     fn request_tag(&self, cookie: u64) -> Option<RequestTag> {
         crate::ebpf::Datapath::request_tag(self, cookie)
+    }
+
+    fn stream_tag(&self, cookie: u64, stream_id: u32) -> Option<RequestTag> {
+        crate::ebpf::Datapath::stream_tag(self, cookie, stream_id)
     }
 
     fn tag_watch(&self, cgroup_id: u64) -> TagWatch {
