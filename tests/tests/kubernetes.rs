@@ -222,18 +222,14 @@ fn scenario_b_across_two_nodes() {
 
     // B3: per-hop lane, b's rule on a header passed through from a's
     // inbound request (a copies nothing); c decides again: baseline.
-    // Known limitation: a lane is known by its name alone, cluster-wide,
-    // so shop's `gray` (sticky) and abc's would collide: both are made
-    // per-hop here, and put back.
+    // Only abc's `gray` is made per-hop: shop's, of the same name, stays
+    // sticky (each namespace's own), so scenario A's gray chain keeps its
+    // lane past charge-v2 (a per-hop gray would end at order-v1).
     let cluster = cluster.changed(|c| {
         c.delete_if_present("TrafficRule", "abc", "b-user-100");
-        for ns in ["abc", "shop"] {
-            c.api.apply(objects::lane(ns, "gray", true));
-        }
+        c.api.apply(objects::lane("abc", "gray", true));
     });
-    for ns in ["abc", "shop"] {
-        cluster.api.apply(objects::lane(ns, "gray", false));
-    }
+    cluster.api.apply(objects::lane("abc", "gray", false));
     cluster
         .api
         .apply(fixture::user_rule("b-user-100", &["100"]));
@@ -247,15 +243,24 @@ fn scenario_b_across_two_nodes() {
         enter(&cluster, "a-base", &["x-user-id: 100"]),
         cluster.nodes[0].config_dump()["state"]["lanes"]
     );
+    let device = cluster.pod("device-v1").ip;
+    let shop_gray =
+        "device.v1111 -> charge.v2222 --> order.v2222 --> base.v1111 (userId: 111)".to_string();
     for _ in 0..3 {
         assert_eq!(enter(&cluster, "a-base", &["x-user-id: 100"]), want);
         assert_eq!(
             enter(&cluster, "a-base", &["x-user-id: 101"]),
             "a-base -> b-base -> c-base"
         );
+        assert_eq!(
+            get(device, PORT, "/device?userId=111", &[]),
+            Ok((200, shop_gray.clone())),
+            "shop's gray is still sticky; lanes: {}",
+            cluster.nodes[0].config_dump()["state"]["lanes"]
+        );
     }
     println!(
-        "scenario B across two nodes: B1, B2, B4 (pod removed through the API), B3 (lane made per-hop through the API)"
+        "scenario B across two nodes: B1, B2, B4 (pod removed through the API), B3 (abc's lane made per-hop through the API while shop's gray stays sticky)"
     );
 }
 
