@@ -17,7 +17,7 @@ use tagger_e2e::{
     },
     now, text,
 };
-use tagger_test_apiserver::objects;
+use tagger_test_apiserver::{Served, objects};
 
 /// SPEC: a change through the API is in force within 1 s.
 const IN_FORCE: f64 = 1.0;
@@ -342,6 +342,179 @@ fn rule_changes_through_the_api_under_load() {
     );
     assert!(refused.2.contains("op"), "{refused:?}");
     println!("invalid rule: Accepted=False, {}: {}", refused.1, refused.2);
+}
+
+/// The watches each daemon keeps, by kind (every Pod's metadata, and its
+/// node's Pods).
+const WATCHES: [(&str, usize); 6] = [
+    ("Namespace", 1),
+    ("Service", 1),
+    ("EndpointSlice", 1),
+    ("Pod", 2),
+    ("TrafficLane", 1),
+    ("TrafficRule", 1),
+];
+
+/// When `node`'s daemon had every watch answered 410 Gone since `since`
+/// and listed that kind again after it: the time of its last such list.
+fn relisted(served: &[Served], node: &str, since: f64) -> Option<f64> {
+    let mine: Vec<&Served> = served
+        .iter()
+        .filter(|s| s.at >= since && s.client.ends_with(&format!("(node {node})")))
+        .collect();
+    let mut last = since;
+    for (kind, watches) in WATCHES {
+        let gone: Vec<f64> = mine
+            .iter()
+            .filter(|s| s.kind == kind && s.gone)
+            .map(|s| s.at)
+            .collect();
+        let lists: Vec<f64> = mine
+            .iter()
+            .filter(|s| s.kind == kind && !s.watch && gone.first().is_some_and(|g| s.at >= *g))
+            .map(|s| s.at)
+            .collect();
+        if gone.len() < watches || lists.len() < watches {
+            return None;
+        }
+        last = last.max(lists[watches - 1]);
+    }
+    Some(last)
+}
+
+/// How often the answers switched between `a` and `b`: a lane decided
+/// from one whole state and then the next is one switch.
+fn switches(answers: &[&Answer], a: impl Fn(&str) -> bool) -> usize {
+    answers
+        .windows(2)
+        .filter(|w| a(&w[0].body) != a(&w[1].body))
+        .count()
+}
+
+/// The API's history compacted under a steady load from a pod on each
+/// node, as etcd's compaction does to a real API server: every watch of
+/// both daemons ends, and resuming it is answered 410 Gone, so each
+/// daemon relists every kind. The rule was changed with no watch event
+/// for it (only a relist can learn it): each daemon swaps to it once, whole
+/// (every answer in the rule's old lane until the switch, in the new one
+/// after, never back), no request lost; a change made through the API right
+/// after the relists is in force within 1 s.
+#[test]
+fn a_410_gone_relists_both_daemons_under_load() {
+    let mut shared = nodes();
+    let cluster = shared.changed(|c| c.delete_if_present("TrafficRule", "abc", "vip"));
+    cluster.api.apply(fixture::user_rule("vip", &["7"]));
+    let clients = ["client-a", "client-b"];
+    let loads = clients
+        .map(|pod| cluster.steady_load(pod, &format!("http://b:{PORT}/"), PACE, &["x-user-id: 7"]));
+    let gray = |body: &str| body.starts_with("b-gray -> ");
+    let base = |body: &str| body.starts_with("b-base -> ");
+    for load in &loads {
+        load.wait_for("gray before", 0.0, 10, LIMIT, |a| gray(&a.body));
+    }
+    let t_compact = now();
+    cluster
+        .api
+        .replace_silently_and_compact(vec![fixture::user_rule("vip", &["8"])], &[]);
+    let relists = tagger_e2e::eventually(LIMIT, || {
+        let served = cluster.api.served();
+        let a = relisted(&served, fixture::NODE_NAMES[0], t_compact)?;
+        let b = relisted(&served, fixture::NODE_NAMES[1], t_compact)?;
+        Some([a, b])
+    });
+    let served = cluster.api.served();
+    let count = |node: &str, keep: &dyn Fn(&Served) -> bool| {
+        served
+            .iter()
+            .filter(|s| s.at >= t_compact && s.client.ends_with(&format!("(node {node})")))
+            .filter(|s| keep(s))
+            .count()
+    };
+    let Some(relists) = relists else {
+        panic!(
+            "not every watch of both daemons was answered 410 Gone and relisted: {:#?}",
+            served
+                .iter()
+                .filter(|s| s.at >= t_compact)
+                .collect::<Vec<_>>()
+        );
+    };
+    for load in &loads {
+        load.wait_for("the relisted rule", t_compact, 10, LIMIT, |a| base(&a.body));
+    }
+    // Right after the relists: watched again.
+    let t_change = now();
+    cluster.api.apply(fixture::user_rule("vip", &["7"]));
+    for load in &loads {
+        load.wait_for("changed after the relist", t_change, 10, LIMIT, |a| {
+            gray(&a.body)
+        });
+    }
+    let answers = loads.map(|load| load.finish());
+    for (i, (pod, answers)) in clients.iter().zip(&answers).enumerate() {
+        let node = fixture::NODE_NAMES[i];
+        assert!(
+            answers.iter().all(|a| gray(&a.body) || base(&a.body)) && lost(answers).is_empty(),
+            "{pod}: lost or out of the lane: {:?}",
+            answers
+                .iter()
+                .filter(|a| !gray(&a.body) && !base(&a.body))
+                .collect::<Vec<_>>()
+        );
+        let during: Vec<&Answer> = answers
+            .iter()
+            .filter(|a| a.at >= t_compact && a.at < t_change)
+            .collect();
+        assert_eq!(
+            switches(&during, gray),
+            1,
+            "{pod}: the relist was not one switch from the old rule to the new: {:?}",
+            during
+                .iter()
+                .map(|a| (a.at - t_compact, &a.body))
+                .collect::<Vec<_>>()
+        );
+        let switched = during
+            .iter()
+            .find(|a| base(&a.body))
+            .map_or(f64::NAN, |a| a.at);
+        let took = switch_time(
+            &format!("{pod}: changed after the relist"),
+            answers,
+            t_change,
+            f64::INFINITY,
+            gray,
+        );
+        // The rule's kind listed again: from then on the new rule.
+        let rule_listed = served
+            .iter()
+            .find(|s| {
+                s.at >= t_compact
+                    && s.kind == "TrafficRule"
+                    && !s.watch
+                    && s.client.ends_with(&format!("(node {node})"))
+            })
+            .map_or(f64::NAN, |s| s.at);
+        assert!(
+            switched - rule_listed <= IN_FORCE,
+            "{pod}: the relisted rule in force {:.3} s after {node} listed the rules",
+            switched - rule_listed
+        );
+        let gone = count(node, &|s| s.gone);
+        let lists = count(node, &|s| !s.watch);
+        assert!(
+            gone >= 7 && lists >= 7,
+            "{node}: {gone} 410s, {lists} lists"
+        );
+        println!(
+            "{node}: {gone} watches answered 410 Gone, {lists} lists, relisted {:.0} ms after the compaction; {pod}: {} requests, 0 lost, 0 out of the lane, {} requests during the relist, one switch to the silently changed rule {:.0} ms after its list; a change after the relist in force after {:.0} ms",
+            (relists[i] - t_compact) * 1000.0,
+            answers.len(),
+            during.len(),
+            (switched - rule_listed) * 1000.0,
+            took * 1000.0
+        );
+    }
 }
 
 fn bad_rule() -> Value {
