@@ -25,6 +25,9 @@ const IN_FORCE: f64 = 1.0;
 const LIMIT: Duration = Duration::from_secs(10);
 /// Each load thread's pause between requests (4 threads).
 const PACE: Duration = Duration::from_millis(60);
+/// How soon a pod made again at an old address must answer the node: its
+/// app's start (a stale neighbour entry for the old pod's MAC took 20-30 s).
+const REACHABLE: f64 = 5.0;
 
 /// A request entering `pod` from outside the cluster (the host, as an
 /// ingress would send it): its answer.
@@ -526,20 +529,28 @@ fn bad_rule() -> Value {
 /// A rolling replacement of a lane's pod under a steady gray load: b-gray
 /// (node-a) is replaced by b-gray2, a pod made after start on node-b, as a
 /// Deployment does it (the new pod not ready, then ready; the old one not
-/// ready and terminating, then gone). No request is lost or leaves the
-/// lane, and the new pod's own calls are routed (its node's daemon found
-/// its cgroups): `b-gray2 -> c-gray`. b-gray comes back afterwards.
+/// ready and terminating, then gone: out of the API, its app, cgroup and
+/// network removed). No request is lost or leaves the lane, and the new
+/// pod's own calls are routed (its node's daemon found its cgroups):
+/// `b-gray2 -> c-gray`. Then rolled back the same way onto b-gray made
+/// again on node-a under its old name and address (a StatefulSet's way;
+/// a new UID, cgroup and veth): the node reaches it at once, its daemon
+/// finds its new cgroup, and it takes the lane back.
 #[test]
 fn rolling_replacement_under_load_loses_nothing() {
     let mut shared = nodes();
     let mut cluster = shared.changed(|c| {
+        if !c.has_pod("b-gray") {
+            c.add_pod(fixture::pod_def("b-gray"), true)
+                .expect("b-gray again");
+            c.wait_listening("b-gray").expect("b-gray listens");
+        }
+        c.set_endpoint("b-gray", true, false);
         if c.has_pod("b-gray2") {
             let _ = c.remove_pod("b-gray2");
         }
-        if c.api.object("Pod", "abc", "b-gray").is_none() {
-            c.respawn_pod("b-gray").expect("b-gray again");
-            c.reinstate("b-gray");
-        }
+        tagger_e2e::eventually(LIMIT, || c.node_knows_cgroup_of("b-gray").then_some(()))
+            .expect("node-a's daemon never found b-gray's cgroup");
     });
     let (old, new) = ("b-gray -> c-gray", "b-gray2 -> c-gray");
     let load = cluster.steady_load(
@@ -557,9 +568,7 @@ fn rolling_replacement_under_load_loses_nothing() {
         .wait_listening("b-gray2")
         .expect("the new pod listens");
     let known = tagger_e2e::eventually(LIMIT, || {
-        cluster.nodes[1]
-            .knows_cgroups_of("abc/b-gray2")
-            .then_some(now())
+        cluster.node_knows_cgroup_of("b-gray2").then_some(now())
     })
     .expect("node-b's daemon never found b-gray2's cgroups");
     let t_ready = now();
@@ -574,13 +583,37 @@ fn rolling_replacement_under_load_loses_nothing() {
         LIMIT,
         |a| a.body == new,
     );
-    // Gone, as kubelet ends a terminated pod: out of the API, its app killed.
-    cluster.withdraw("b-gray");
-    cluster.kill_pod("b-gray");
+    // Gone, as kubelet ends a terminated pod.
+    cluster.remove_pod("b-gray").expect("b-gray removed");
     let t_gone = now();
     load.wait_for("after the old pod went", t_gone, 20, LIMIT, |a| {
         a.body == new
     });
+
+    // Back: b-gray made again, same name and address, on node-a.
+    let t_again = now();
+    cluster
+        .add_pod(fixture::pod_def("b-gray"), false)
+        .expect("b-gray made again");
+    cluster
+        .wait_listening("b-gray")
+        .expect("b-gray made again listens");
+    let reachable = now() - t_again;
+    assert!(
+        reachable < REACHABLE,
+        "b-gray made again: reached from the node only after {reachable:.1} s"
+    );
+    let found = tagger_e2e::eventually(LIMIT, || {
+        cluster.node_knows_cgroup_of("b-gray").then_some(now())
+    })
+    .expect("node-a's daemon never found b-gray's new cgroup");
+    let t_back = now();
+    cluster.set_endpoint("b-gray", true, false);
+    cluster.set_endpoint("b-gray2", false, true);
+    load.wait_for("b-gray back", t_back + IN_FORCE, 10, LIMIT, |a| {
+        a.body == old
+    });
+    cluster.remove_pod("b-gray2").expect("b-gray2 removed");
     let answers = load.finish();
     assert!(lost(&answers).is_empty(), "lost: {:?}", lost(&answers));
     let wrong: Vec<&Answer> = answers
@@ -590,21 +623,37 @@ fn rolling_replacement_under_load_loses_nothing() {
     assert!(wrong.is_empty(), "out of the lane: {wrong:?}");
     let old_late: Vec<&Answer> = answers
         .iter()
-        .filter(|a| a.at > t_terminating + IN_FORCE && a.body == old)
+        .filter(|a| a.at > t_terminating + IN_FORCE && a.at < t_back && a.body == old)
         .collect();
     assert!(
         old_late.is_empty(),
         "b-gray served after it was terminating: {old_late:?}"
     );
+    let new_late: Vec<&Answer> = answers
+        .iter()
+        .filter(|a| a.at > t_back + IN_FORCE && a.body == new)
+        .collect();
+    assert!(
+        new_late.is_empty(),
+        "b-gray2 served after it was terminating: {new_late:?}"
+    );
     let first_new = answers
         .iter()
         .find(|a| a.body == new)
         .map_or(f64::NAN, |a| a.at);
+    let first_back = answers
+        .iter()
+        .find(|a| a.at >= t_back && a.body == old)
+        .map_or(f64::NAN, |a| a.at);
     println!(
-        "rolling replacement: {} requests, 0 lost, 0 out of the lane; the new pod's cgroups found {:.0} ms after it was made, serving {:.0} ms after ready",
+        "rolling replacement: {} requests, 0 lost, 0 out of the lane; the new pod's cgroups found {:.0} ms after it was made, serving {:.0} ms after ready; \
+         b-gray made again: reached from the node {:.0} ms after it was made, its cgroup found after {:.0} ms, serving {:.0} ms after ready",
         answers.len(),
         (known - t_created) * 1000.0,
-        (first_new - t_ready) * 1000.0
+        (first_new - t_ready) * 1000.0,
+        reachable * 1000.0,
+        (found - t_again) * 1000.0,
+        (first_back - t_back) * 1000.0,
     );
 }
 
