@@ -89,6 +89,8 @@ struct World {
     gone: usize,
     /// Every list and watch request, in the order they came.
     served: Vec<Served>,
+    /// How long a list takes to answer.
+    list_delay: std::time::Duration,
 }
 
 /// A list or watch request, as it was answered: who asked (two daemons
@@ -262,6 +264,12 @@ impl ApiServer {
         self.world.lock().unwrap().served.clone()
     }
 
+    /// Lists answer after `delay` (a big cluster's lists take seconds):
+    /// a relist is then long enough to see what a client serves meanwhile.
+    pub fn set_list_delay(&self, delay: std::time::Duration) {
+        self.world.lock().unwrap().list_delay = delay;
+    }
+
     /// Status patches received so far.
     pub fn patches(&self) -> usize {
         self.world.lock().unwrap().patches.len()
@@ -322,14 +330,21 @@ impl ApiServer {
             let from = stream::Resume { rv: from, epoch };
             return self.watch(kind, api_version, from, selector, bookmarks, metadata_only);
         }
-        let mut world = self.world.lock().unwrap();
-        world.served.push(Served {
-            at: unix_now(),
-            client,
-            kind,
-            watch: false,
-            gone: false,
-        });
+        let delay = {
+            let mut world = self.world.lock().unwrap();
+            world.served.push(Served {
+                at: unix_now(),
+                client,
+                kind,
+                watch: false,
+                gone: false,
+            });
+            world.list_delay
+        };
+        if !delay.is_zero() {
+            tokio::time::sleep(delay).await;
+        }
+        let world = self.world.lock().unwrap();
         let items: Vec<Value> = world
             .objects
             .values()
