@@ -384,4 +384,13 @@ async fn a_kubeconfig_naming_a_plain_http_server_is_enough() {
     tokio::spawn(source.run(tx));
     let inventory = wait_for(&mut rx, "first sync", Duration::from_secs(5), |_| true).await;
     assert_eq!(inventory.services.len(), 2);
+    // Every request says which node's daemon made it.
+    let agents: std::collections::BTreeSet<String> =
+        server.served().into_iter().map(|s| s.client).collect();
+    assert_eq!(
+        agents,
+        [tagger::source::kube::user_agent(NODE)].into(),
+        "{:?}",
+        server.served()
+    );
 }

@@ -13,11 +13,11 @@ use arc_swap::ArcSwap;
 use bytes::Bytes;
 use support::{FixedOrigin, connect, request, send, upstream};
 use tagger::{
-    config::{LaneSpec, LimitsSpec},
+    config::LimitsSpec,
     proxy::{Proxy, ProxyConfig},
     state::{
-        EndpointEntry, Inventory, PodEntry, PortMap, Readiness, RulesOrigin, ServiceEntry,
-        ServicePort, SettingsSpec, Snapshot, StateHandle,
+        EndpointEntry, Inventory, LaneEntry, PodEntry, PortMap, Readiness, RulesOrigin,
+        ServiceEntry, ServicePort, SettingsSpec, Snapshot, StateHandle,
     },
 };
 use tokio::net::TcpListener;
@@ -35,6 +35,7 @@ async fn listen(ip: &str, name: &'static str) -> u16 {
 fn pod(name: &str, last: u8, lane: Option<&str>, cgroup: u64) -> PodEntry {
     PodEntry {
         name: name.into(),
+        namespace: "shop".into(),
         ip: Ipv4Addr::new(127, 0, 0, last),
         labels: Default::default(),
         lane: lane.map(String::from),
@@ -68,12 +69,14 @@ fn inventory(base: (u16, u16), gray: (u16, u16), gray_readiness: Readiness) -> I
             limits: LimitsSpec::default(),
         },
         namespaces: vec!["shop".into()],
-        lanes: vec![LaneSpec {
+        lanes: vec![LaneEntry {
+            namespace: "shop".into(),
             name: "gray".into(),
             sticky: false,
         }],
         services: vec![ServiceEntry {
             name: "shop/web".into(),
+            namespace: "shop".into(),
             address: Some(SERVICE),
             ports: vec![ServicePort::new(80), ServicePort::new(9000)],
             endpoints: vec![

@@ -87,6 +87,31 @@ struct World {
     patches: Vec<(String, String, Value)>,
     /// Watches answered 410 Gone.
     gone: usize,
+    /// Every list and watch request, in the order they came.
+    served: Vec<Served>,
+    /// How long a list takes to answer.
+    list_delay: std::time::Duration,
+}
+
+/// A list or watch request, as it was answered: who asked (two daemons
+/// of one test tell themselves apart by their `User-Agent`), for which
+/// kind, and whether a watch was answered 410 Gone.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Served {
+    /// When, in seconds since the Unix epoch.
+    pub at: f64,
+    /// The client's `User-Agent`; empty without one.
+    pub client: String,
+    pub kind: &'static str,
+    pub watch: bool,
+    /// A watch from before a compaction: answered 410 Gone.
+    pub gone: bool,
+}
+
+fn unix_now() -> f64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0.0, |d| d.as_secs_f64())
 }
 
 pub struct ApiServer {
@@ -227,6 +252,24 @@ impl ApiServer {
         self.world.lock().unwrap().gone
     }
 
+    /// Ends every open watch and answers 410 Gone to any watch resuming
+    /// from before now, as a kube-apiserver does once etcd compacted the
+    /// history: every client relists.
+    pub fn compact(&self) {
+        self.replace_silently_and_compact(Vec::new(), &[]);
+    }
+
+    /// Every list and watch request so far.
+    pub fn served(&self) -> Vec<Served> {
+        self.world.lock().unwrap().served.clone()
+    }
+
+    /// Lists answer after `delay` (a big cluster's lists take seconds):
+    /// a relist is then long enough to see what a client serves meanwhile.
+    pub fn set_list_delay(&self, delay: std::time::Duration) {
+        self.world.lock().unwrap().list_delay = delay;
+    }
+
     /// Status patches received so far.
     pub fn patches(&self) -> usize {
         self.world.lock().unwrap().patches.len()
@@ -238,6 +281,12 @@ impl ApiServer {
     ) -> Response<BoxBody<Bytes, Infallible>> {
         let path = request.uri().path().to_string();
         let query = parse_query(request.uri().query().unwrap_or(""));
+        let client = request
+            .headers()
+            .get(hyper::header::USER_AGENT)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default()
+            .to_string();
         let metadata_only = request
             .headers()
             .get("accept")
@@ -261,7 +310,39 @@ impl ApiServer {
             let bookmarks = query
                 .get("allowWatchBookmarks")
                 .is_some_and(|v| v == "true");
+            // Whether it is from before a compaction, and the compaction
+            // it starts in, read at once.
+            let (gone, epoch) = {
+                let mut world = self.world.lock().unwrap();
+                let gone = from < world.compacted;
+                world.served.push(Served {
+                    at: unix_now(),
+                    client,
+                    kind,
+                    watch: true,
+                    gone,
+                });
+                (gone, world.epoch)
+            };
+            if gone {
+                return self.gone_response(from);
+            }
+            let from = stream::Resume { rv: from, epoch };
             return self.watch(kind, api_version, from, selector, bookmarks, metadata_only);
+        }
+        let delay = {
+            let mut world = self.world.lock().unwrap();
+            world.served.push(Served {
+                at: unix_now(),
+                client,
+                kind,
+                watch: false,
+                gone: false,
+            });
+            world.list_delay
+        };
+        if !delay.is_zero() {
+            tokio::time::sleep(delay).await;
         }
         let world = self.world.lock().unwrap();
         let items: Vec<Value> = world

@@ -10,12 +10,41 @@ use serde_json::{Value, json};
 
 use super::{ApiServer, Change, query::Selector};
 
+/// Where a watch starts: after this resourceVersion, in this compaction
+/// epoch (it ends with the epoch).
+pub(super) struct Resume {
+    pub rv: u64,
+    pub epoch: u64,
+}
+
 impl ApiServer {
+    /// A watch from before the last compaction: one `ERROR` event, 410
+    /// Gone, as kube-apiserver sends it (in a 200 response).
+    pub(super) fn gone_response(&self, from: u64) -> Response<BoxBody<Bytes, Infallible>> {
+        let compacted = {
+            let mut world = self.world.lock().unwrap();
+            world.gone += 1;
+            world.compacted
+        };
+        let gone = json!({"type": "ERROR", "object": {
+            "kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
+            "message": format!("too old resource version: {from} ({compacted})"),
+            "reason": "Expired", "code": 410}});
+        Response::builder()
+            .header("content-type", "application/json")
+            .body(BodyExt::boxed(http_body_util::Full::new(Bytes::from(
+                format!("{gone}\n"),
+            ))))
+            .unwrap()
+    }
+
+    /// Watch events after `from` (which is not before the last compaction:
+    /// [`ApiServer::gone_response`]) until the next compaction.
     pub(super) fn watch(
         &self,
         kind: &'static str,
         api_version: &'static str,
-        from: u64,
+        from: Resume,
         selector: Selector,
         bookmarks: bool,
         metadata_only: bool,
@@ -24,21 +53,11 @@ impl ApiServer {
         let world = self.world.clone();
         let mut notify = self.notify.subscribe();
         let line = |event: Value| Bytes::from(format!("{event}\n"));
+        let Resume {
+            rv: mut cursor,
+            epoch,
+        } = from;
         tokio::spawn(async move {
-            let (compacted, epoch) = {
-                let w = world.lock().unwrap();
-                (w.compacted, w.epoch)
-            };
-            if from < compacted {
-                world.lock().unwrap().gone += 1;
-                let gone = json!({"type": "ERROR", "object": {
-                    "kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
-                    "message": format!("too old resource version: {from} ({compacted})"),
-                    "reason": "Expired", "code": 410}});
-                let _ = tx.send(line(gone)).await;
-                return;
-            }
-            let mut cursor = from;
             loop {
                 let events: Vec<Value> = {
                     let w = world.lock().unwrap();

@@ -17,7 +17,7 @@ use tagger_e2e::{
     },
     now, text,
 };
-use tagger_test_apiserver::objects;
+use tagger_test_apiserver::{Served, objects};
 
 /// SPEC: a change through the API is in force within 1 s.
 const IN_FORCE: f64 = 1.0;
@@ -25,6 +25,11 @@ const IN_FORCE: f64 = 1.0;
 const LIMIT: Duration = Duration::from_secs(10);
 /// Each load thread's pause between requests (4 threads).
 const PACE: Duration = Duration::from_millis(60);
+/// How long each list takes while the daemons relist.
+const LIST_DELAY: Duration = Duration::from_secs(1);
+/// How soon a pod made again at an old address must answer the node: its
+/// app's start (a stale neighbour entry for the old pod's MAC took 20-30 s).
+const REACHABLE: f64 = 5.0;
 
 /// A request entering `pod` from outside the cluster (the host, as an
 /// ingress would send it): its answer.
@@ -222,18 +227,14 @@ fn scenario_b_across_two_nodes() {
 
     // B3: per-hop lane, b's rule on a header passed through from a's
     // inbound request (a copies nothing); c decides again: baseline.
-    // Known limitation: a lane is known by its name alone, cluster-wide,
-    // so shop's `gray` (sticky) and abc's would collide: both are made
-    // per-hop here, and put back.
+    // Only abc's `gray` is made per-hop: shop's, of the same name, stays
+    // sticky (each namespace's own), so scenario A's gray chain keeps its
+    // lane past charge-v2 (a per-hop gray would end at order-v1).
     let cluster = cluster.changed(|c| {
         c.delete_if_present("TrafficRule", "abc", "b-user-100");
-        for ns in ["abc", "shop"] {
-            c.api.apply(objects::lane(ns, "gray", true));
-        }
+        c.api.apply(objects::lane("abc", "gray", true));
     });
-    for ns in ["abc", "shop"] {
-        cluster.api.apply(objects::lane(ns, "gray", false));
-    }
+    cluster.api.apply(objects::lane("abc", "gray", false));
     cluster
         .api
         .apply(fixture::user_rule("b-user-100", &["100"]));
@@ -247,15 +248,24 @@ fn scenario_b_across_two_nodes() {
         enter(&cluster, "a-base", &["x-user-id: 100"]),
         cluster.nodes[0].config_dump()["state"]["lanes"]
     );
+    let device = cluster.pod("device-v1").ip;
+    let shop_gray =
+        "device.v1111 -> charge.v2222 --> order.v2222 --> base.v1111 (userId: 111)".to_string();
     for _ in 0..3 {
         assert_eq!(enter(&cluster, "a-base", &["x-user-id: 100"]), want);
         assert_eq!(
             enter(&cluster, "a-base", &["x-user-id: 101"]),
             "a-base -> b-base -> c-base"
         );
+        assert_eq!(
+            get(device, PORT, "/device?userId=111", &[]),
+            Ok((200, shop_gray.clone())),
+            "shop's gray is still sticky; lanes: {}",
+            cluster.nodes[0].config_dump()["state"]["lanes"]
+        );
     }
     println!(
-        "scenario B across two nodes: B1, B2, B4 (pod removed through the API), B3 (lane made per-hop through the API)"
+        "scenario B across two nodes: B1, B2, B4 (pod removed through the API), B3 (abc's lane made per-hop through the API while shop's gray stays sticky)"
     );
 }
 
@@ -339,6 +349,175 @@ fn rule_changes_through_the_api_under_load() {
     println!("invalid rule: Accepted=False, {}: {}", refused.1, refused.2);
 }
 
+/// The watches each daemon keeps, by kind (every Pod's metadata, and its
+/// node's Pods).
+const WATCHES: [(&str, usize); 6] = [
+    ("Namespace", 1),
+    ("Service", 1),
+    ("EndpointSlice", 1),
+    ("Pod", 2),
+    ("TrafficLane", 1),
+    ("TrafficRule", 1),
+];
+
+/// When `node`'s daemon had every watch answered 410 Gone since `since`
+/// and listed that kind again after it: the time of its last such list.
+fn relisted(served: &[Served], node: &str, since: f64) -> Option<f64> {
+    let mine: Vec<&Served> = served
+        .iter()
+        .filter(|s| s.at >= since && s.client.ends_with(&format!("(node {node})")))
+        .collect();
+    let mut last = since;
+    for (kind, watches) in WATCHES {
+        let gone: Vec<f64> = mine
+            .iter()
+            .filter(|s| s.kind == kind && s.gone)
+            .map(|s| s.at)
+            .collect();
+        let lists: Vec<f64> = mine
+            .iter()
+            .filter(|s| s.kind == kind && !s.watch && gone.first().is_some_and(|g| s.at >= *g))
+            .map(|s| s.at)
+            .collect();
+        if gone.len() < watches || lists.len() < watches {
+            return None;
+        }
+        last = last.max(lists[watches - 1]);
+    }
+    Some(last)
+}
+
+/// The API's history compacted under a steady load from a pod on each
+/// node, as etcd's compaction does to a real API server: every watch of
+/// both daemons ends, and resuming it is answered 410 Gone, so each
+/// daemon relists every kind; each list takes 1 s (a big cluster's). A
+/// rule was added with no watch event for it: only a relist can learn it.
+/// While the daemons relist, what they serve is the state before, whole:
+/// the load's lane (another rule's) never changes, no request is lost;
+/// after, the silent rule is in force; a change made through the API right
+/// after the relists is in force within 1 s.
+#[test]
+fn a_410_gone_relists_both_daemons_under_load() {
+    let mut shared = nodes();
+    let cluster = shared.changed(|c| {
+        c.api.set_list_delay(Duration::ZERO);
+        c.delete_if_present("TrafficRule", "abc", "vip");
+        c.delete_if_present("TrafficRule", "abc", "silent");
+    });
+    cluster.api.apply(fixture::user_rule("vip", &["7"]));
+    let clients = ["client-a", "client-b"];
+    let loads = clients
+        .map(|pod| cluster.steady_load(pod, &format!("http://b:{PORT}/"), PACE, &["x-user-id: 7"]));
+    let gray = |body: &str| body.starts_with("b-gray -> ");
+    let base = |body: &str| body.starts_with("b-base -> ");
+    for load in &loads {
+        load.wait_for("gray before", 0.0, 10, LIMIT, |a| gray(&a.body));
+    }
+    // A request from `pod` with `x-user-id: 9` (the silent rule's): in gray?
+    let silent_in_force = |pod: &str| {
+        let out = cluster.exec(
+            pod,
+            &[
+                "curl",
+                "-sS",
+                "-m",
+                "5",
+                "-H",
+                "x-user-id: 9",
+                &format!("http://b:{PORT}/"),
+            ],
+        );
+        gray(&text(&out.stdout))
+    };
+    assert!(!silent_in_force("client-a") && !silent_in_force("client-b"));
+    cluster.api.set_list_delay(LIST_DELAY);
+    let t_compact = now();
+    cluster
+        .api
+        .replace_silently_and_compact(vec![fixture::user_rule("silent", &["9"])], &[]);
+    let relists = tagger_e2e::eventually(LIMIT, || {
+        let served = cluster.api.served();
+        let a = relisted(&served, fixture::NODE_NAMES[0], t_compact)?;
+        let b = relisted(&served, fixture::NODE_NAMES[1], t_compact)?;
+        Some([a, b])
+    });
+    let served = cluster.api.served();
+    let Some(relists) = relists else {
+        panic!(
+            "not every watch of both daemons was answered 410 Gone and relisted: {:#?}",
+            served
+                .iter()
+                .filter(|s| s.at >= t_compact)
+                .collect::<Vec<_>>()
+        );
+    };
+    // The last lists answered: the silent rule in force on both nodes.
+    let answered = relists[0].max(relists[1]) + LIST_DELAY.as_secs_f64();
+    std::thread::sleep(Duration::from_secs_f64((answered - now()).max(0.0)));
+    let learnt = clients.map(|pod| {
+        tagger_e2e::eventually(LIMIT, || silent_in_force(pod).then_some(now()))
+            .unwrap_or_else(|| panic!("{pod}: the silently added rule never in force"))
+    });
+    cluster.api.set_list_delay(Duration::ZERO);
+    // Right after the relists: watched again.
+    let t_change = now();
+    cluster.api.apply(fixture::user_rule("vip", &["8"]));
+    for load in &loads {
+        load.wait_for("changed after the relist", t_change, 10, LIMIT, |a| {
+            base(&a.body)
+        });
+    }
+    let answers = loads.map(|load| load.finish());
+    let count = |node: &str, keep: &dyn Fn(&Served) -> bool| {
+        served
+            .iter()
+            .filter(|s| s.at >= t_compact && s.client.ends_with(&format!("(node {node})")))
+            .filter(|s| keep(s))
+            .count()
+    };
+    for (i, (pod, answers)) in clients.iter().zip(&answers).enumerate() {
+        let node = fixture::NODE_NAMES[i];
+        let failed = lost(answers);
+        assert!(
+            failed.is_empty(),
+            "{pod}: lost {} of {}, the first: {:?}",
+            failed.len(),
+            answers.len(),
+            &failed[..failed.len().min(3)]
+        );
+        let during: Vec<&Answer> = answers
+            .iter()
+            .filter(|a| a.at >= t_compact && a.at < t_change)
+            .collect();
+        let off: Vec<(f64, &str)> = during
+            .iter()
+            .filter(|a| !gray(&a.body))
+            .map(|a| (a.at - t_compact, a.body.as_str()))
+            .collect();
+        assert!(
+            off.is_empty(),
+            "{pod}: out of its lane while {node} relisted: {off:?}"
+        );
+        let took = switch_time(
+            &format!("{pod}: changed after the relist"),
+            answers,
+            t_change,
+            f64::INFINITY,
+            base,
+        );
+        let gone = count(node, &|s| s.gone);
+        let lists = count(node, &|s| !s.watch);
+        println!(
+            "{node}: {gone} watches answered 410 Gone, {lists} lists (1 s each), the last {:.0} ms after the compaction, the silent rule seen in force {:.0} ms after the compaction; {pod}: {} requests, 0 lost, {} during the relist all in their lane; a change after the relist in force after {:.0} ms",
+            (relists[i] - t_compact) * 1000.0,
+            (learnt[i] - t_compact) * 1000.0,
+            answers.len(),
+            during.len(),
+            took * 1000.0
+        );
+    }
+}
+
 fn bad_rule() -> Value {
     let mut rule = fixture::user_rule("bad-op", &["1"]);
     rule["spec"]["conditions"][0]["op"] = "within".into();
@@ -348,20 +527,28 @@ fn bad_rule() -> Value {
 /// A rolling replacement of a lane's pod under a steady gray load: b-gray
 /// (node-a) is replaced by b-gray2, a pod made after start on node-b, as a
 /// Deployment does it (the new pod not ready, then ready; the old one not
-/// ready and terminating, then gone). No request is lost or leaves the
-/// lane, and the new pod's own calls are routed (its node's daemon found
-/// its cgroups): `b-gray2 -> c-gray`. b-gray comes back afterwards.
+/// ready and terminating, then gone: out of the API, its app, cgroup and
+/// network removed). No request is lost or leaves the lane, and the new
+/// pod's own calls are routed (its node's daemon found its cgroups):
+/// `b-gray2 -> c-gray`. Then rolled back the same way onto b-gray made
+/// again on node-a under its old name and address (a StatefulSet's way;
+/// a new UID, cgroup and veth): the node reaches it at once, its daemon
+/// finds its new cgroup, and it takes the lane back.
 #[test]
 fn rolling_replacement_under_load_loses_nothing() {
     let mut shared = nodes();
     let mut cluster = shared.changed(|c| {
+        if !c.has_pod("b-gray") {
+            c.add_pod(fixture::pod_def("b-gray"), true)
+                .expect("b-gray again");
+            c.wait_listening("b-gray").expect("b-gray listens");
+        }
+        c.set_endpoint("b-gray", true, false);
         if c.has_pod("b-gray2") {
             let _ = c.remove_pod("b-gray2");
         }
-        if c.api.object("Pod", "abc", "b-gray").is_none() {
-            c.respawn_pod("b-gray").expect("b-gray again");
-            c.reinstate("b-gray");
-        }
+        tagger_e2e::eventually(LIMIT, || c.node_knows_cgroup_of("b-gray").then_some(()))
+            .expect("node-a's daemon never found b-gray's cgroup");
     });
     let (old, new) = ("b-gray -> c-gray", "b-gray2 -> c-gray");
     let load = cluster.steady_load(
@@ -379,9 +566,7 @@ fn rolling_replacement_under_load_loses_nothing() {
         .wait_listening("b-gray2")
         .expect("the new pod listens");
     let known = tagger_e2e::eventually(LIMIT, || {
-        cluster.nodes[1]
-            .knows_cgroups_of("abc/b-gray2")
-            .then_some(now())
+        cluster.node_knows_cgroup_of("b-gray2").then_some(now())
     })
     .expect("node-b's daemon never found b-gray2's cgroups");
     let t_ready = now();
@@ -396,13 +581,37 @@ fn rolling_replacement_under_load_loses_nothing() {
         LIMIT,
         |a| a.body == new,
     );
-    // Gone, as kubelet ends a terminated pod: out of the API, its app killed.
-    cluster.withdraw("b-gray");
-    cluster.kill_pod("b-gray");
+    // Gone, as kubelet ends a terminated pod.
+    cluster.remove_pod("b-gray").expect("b-gray removed");
     let t_gone = now();
     load.wait_for("after the old pod went", t_gone, 20, LIMIT, |a| {
         a.body == new
     });
+
+    // Back: b-gray made again, same name and address, on node-a.
+    let t_again = now();
+    cluster
+        .add_pod(fixture::pod_def("b-gray"), false)
+        .expect("b-gray made again");
+    cluster
+        .wait_listening("b-gray")
+        .expect("b-gray made again listens");
+    let reachable = now() - t_again;
+    assert!(
+        reachable < REACHABLE,
+        "b-gray made again: reached from the node only after {reachable:.1} s"
+    );
+    let found = tagger_e2e::eventually(LIMIT, || {
+        cluster.node_knows_cgroup_of("b-gray").then_some(now())
+    })
+    .expect("node-a's daemon never found b-gray's new cgroup");
+    let t_back = now();
+    cluster.set_endpoint("b-gray", true, false);
+    cluster.set_endpoint("b-gray2", false, true);
+    load.wait_for("b-gray back", t_back + IN_FORCE, 10, LIMIT, |a| {
+        a.body == old
+    });
+    cluster.remove_pod("b-gray2").expect("b-gray2 removed");
     let answers = load.finish();
     assert!(lost(&answers).is_empty(), "lost: {:?}", lost(&answers));
     let wrong: Vec<&Answer> = answers
@@ -412,21 +621,37 @@ fn rolling_replacement_under_load_loses_nothing() {
     assert!(wrong.is_empty(), "out of the lane: {wrong:?}");
     let old_late: Vec<&Answer> = answers
         .iter()
-        .filter(|a| a.at > t_terminating + IN_FORCE && a.body == old)
+        .filter(|a| a.at > t_terminating + IN_FORCE && a.at < t_back && a.body == old)
         .collect();
     assert!(
         old_late.is_empty(),
         "b-gray served after it was terminating: {old_late:?}"
     );
+    let new_late: Vec<&Answer> = answers
+        .iter()
+        .filter(|a| a.at > t_back + IN_FORCE && a.body == new)
+        .collect();
+    assert!(
+        new_late.is_empty(),
+        "b-gray2 served after it was terminating: {new_late:?}"
+    );
     let first_new = answers
         .iter()
         .find(|a| a.body == new)
         .map_or(f64::NAN, |a| a.at);
+    let first_back = answers
+        .iter()
+        .find(|a| a.at >= t_back && a.body == old)
+        .map_or(f64::NAN, |a| a.at);
     println!(
-        "rolling replacement: {} requests, 0 lost, 0 out of the lane; the new pod's cgroups found {:.0} ms after it was made, serving {:.0} ms after ready",
+        "rolling replacement: {} requests, 0 lost, 0 out of the lane; the new pod's cgroups found {:.0} ms after it was made, serving {:.0} ms after ready; \
+         b-gray made again: reached from the node {:.0} ms after it was made, its cgroup found after {:.0} ms, serving {:.0} ms after ready",
         answers.len(),
         (known - t_created) * 1000.0,
-        (first_new - t_ready) * 1000.0
+        (first_new - t_ready) * 1000.0,
+        reachable * 1000.0,
+        (found - t_again) * 1000.0,
+        (first_back - t_back) * 1000.0,
     );
 }
 

@@ -248,7 +248,7 @@ impl RequestContext {
                 caller_lane: self.source_lane.as_deref(),
                 untrusted_caller: !trusted,
             },
-            |lane| snapshot.is_sticky(lane),
+            snapshot.stickiness(service, self.source_is_pod.then_some(self.source.as_str())),
         );
         self.proxy
             .flows

@@ -77,12 +77,28 @@ pub struct LaneDecision {
     pub stripped: Option<Stripped>,
 }
 
+/// A lane the decision asks whether it is sticky, and what put the request
+/// in it: lanes are declared per namespace, so the answer depends on whose
+/// declaration counts (`Snapshot::stickiness`: the rule's namespace, the
+/// caller pod's).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StickyQuery<'a> {
+    /// A rule of the destination service put the request in this lane.
+    RuleLane(&'a str),
+    /// The caller pod's own lane (sticky: "dye the traffic that passes a
+    /// tagged pod").
+    CallerLane(&'a str),
+}
+
 /// The decision order of SPEC.md: header > inherited > rule > sticky pod lane
 /// > baseline. `is_sticky` tells whether a lane holds for later hops.
 ///
 /// An untrusted caller's header and inherited lane are set aside first (and
 /// the one that would have decided is reported as stripped).
-pub fn decide_lane(inputs: &LaneInputs<'_>, is_sticky: impl Fn(&str) -> bool) -> LaneDecision {
+pub fn decide_lane(
+    inputs: &LaneInputs<'_>,
+    is_sticky: impl Fn(StickyQuery<'_>) -> bool,
+) -> LaneDecision {
     let header = inputs.header.filter(|l| !l.is_empty());
     let inherited = inputs.inherited.filter(|(l, _)| !l.is_empty());
     if !inputs.untrusted_caller {
@@ -106,7 +122,7 @@ fn decide_trusted(
     header: Option<&str>,
     inherited: Option<(&str, InheritSource)>,
     inputs: &LaneInputs<'_>,
-    is_sticky: impl Fn(&str) -> bool,
+    is_sticky: impl Fn(StickyQuery<'_>) -> bool,
 ) -> LaneDecision {
     let decided = |lane: &str, reason: Reason, carry_header: bool| LaneDecision {
         lane: Some(lane.to_string()),
@@ -128,9 +144,13 @@ fn decide_trusted(
         return decided(lane, reason, true);
     }
     if let Some((lane, rule)) = inputs.rule {
-        return decided(lane, Reason::Rule(rule.to_string()), is_sticky(lane));
+        let carry = is_sticky(StickyQuery::RuleLane(lane));
+        return decided(lane, Reason::Rule(rule.to_string()), carry);
     }
-    if let Some(lane) = inputs.caller_lane.filter(|l| is_sticky(l)) {
+    if let Some(lane) = inputs
+        .caller_lane
+        .filter(|l| is_sticky(StickyQuery::CallerLane(l)))
+    {
         return decided(lane, Reason::PodLane, true);
     }
     LaneDecision {

@@ -1,7 +1,100 @@
 use super::*;
 
-fn sticky(lane: &str) -> bool {
-    lane == "gray"
+/// `gray` is sticky wherever asked.
+fn sticky(query: StickyQuery<'_>) -> bool {
+    matches!(
+        query,
+        StickyQuery::RuleLane("gray") | StickyQuery::CallerLane("gray")
+    )
+}
+
+/// The decision asks about a rule's lane and the caller's own lane as
+/// such, so that each is answered by its own namespace's declaration:
+/// `gray` sticky where the rule's namespace is asked (`rule`) or the
+/// caller's (`caller`), per case.
+#[test]
+fn a_lane_is_asked_as_what_put_the_request_in_it() {
+    // (case, inputs, rule's namespace says sticky, caller's says sticky,
+    // lane, reason, carry)
+    let rule = LaneInputs {
+        rule: Some(("gray", "r1")),
+        caller_lane: Some("gray"),
+        ..LaneInputs::default()
+    };
+    let pod = LaneInputs {
+        caller_lane: Some("gray"),
+        ..LaneInputs::default()
+    };
+    let header = LaneInputs {
+        header: Some("gray"),
+        caller_lane: Some("gray"),
+        ..LaneInputs::default()
+    };
+    let cases = [
+        (
+            "rule, sticky in the rule's namespace",
+            rule,
+            true,
+            false,
+            Some("gray"),
+            Reason::Rule("r1".into()),
+            true,
+        ),
+        (
+            "rule, sticky in the caller's only",
+            rule,
+            false,
+            true,
+            Some("gray"),
+            Reason::Rule("r1".into()),
+            false,
+        ),
+        (
+            "pod lane, sticky in the caller's namespace",
+            pod,
+            false,
+            true,
+            Some("gray"),
+            Reason::PodLane,
+            true,
+        ),
+        (
+            "pod lane, sticky in the rule's (destination's) only",
+            pod,
+            true,
+            false,
+            None,
+            Reason::Default,
+            false,
+        ),
+        (
+            "header: carried whatever either says",
+            header,
+            false,
+            false,
+            Some("gray"),
+            Reason::Header,
+            true,
+        ),
+    ];
+    for (name, inputs, in_rules_ns, in_callers_ns, lane, reason, carry) in cases {
+        let asked = std::cell::RefCell::new(Vec::new());
+        let got = decide_lane(&inputs, |query| {
+            asked.borrow_mut().push(format!("{query:?}"));
+            match query {
+                StickyQuery::RuleLane(l) => l == "gray" && in_rules_ns,
+                StickyQuery::CallerLane(l) => l == "gray" && in_callers_ns,
+            }
+        });
+        assert_eq!(got.lane.as_deref(), lane, "{name}");
+        assert_eq!(got.reason, reason, "{name}");
+        assert_eq!(
+            got.carry_header,
+            carry,
+            "{name}: asked {:?}",
+            asked.borrow()
+        );
+    }
 }
 
 #[test]

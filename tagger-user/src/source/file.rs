@@ -20,8 +20,8 @@ use super::{Source, Updates, publish};
 use crate::{
     config::{ClusterFile, ConfigError},
     state::{
-        EndpointEntry, Inventory, PodEntry, PortMap, Readiness, RulesOrigin, ServiceEntry,
-        ServicePort, SettingsSpec,
+        EndpointEntry, FILE_NAMESPACE, Inventory, LaneEntry, PodEntry, PortMap, Readiness,
+        RulesOrigin, ServiceEntry, ServicePort, SettingsSpec,
     },
 };
 
@@ -90,6 +90,7 @@ pub fn inventory(
                 })?;
             pods.push(PodEntry {
                 name: pod.name.clone(),
+                namespace: FILE_NAMESPACE.into(),
                 ip: placed.ip,
                 labels: pod.labels.clone().into_iter().collect(),
                 lane: pod.lane.clone(),
@@ -107,6 +108,7 @@ pub fn inventory(
         }
         services.push(ServiceEntry {
             name: spec.name.clone(),
+            namespace: FILE_NAMESPACE.into(),
             address: spec.port.and_then(|_| {
                 placement
                     .services
@@ -135,7 +137,11 @@ pub fn inventory(
             limits: file.limits,
         },
         namespaces: Vec::new(),
-        lanes: file.lanes.clone(),
+        lanes: file
+            .lanes
+            .iter()
+            .map(|lane| LaneEntry::new(FILE_NAMESPACE, lane))
+            .collect(),
         services,
         pods,
         rules: file.rules.clone(),

@@ -22,7 +22,9 @@ pub struct Inventory {
     /// The namespaces whose pods are managed (the file's pods are all in
     /// one, unnamed).
     pub namespaces: Vec<String>,
-    pub lanes: Vec<LaneSpec>,
+    /// Each namespace's lanes: a lane's name may be declared in several,
+    /// each with its own `sticky`.
+    pub lanes: Vec<LaneEntry>,
     pub services: Vec<ServiceEntry>,
     pub pods: Vec<PodEntry>,
     pub rules: Vec<RuleSpec>,
@@ -51,11 +53,36 @@ pub enum RulesOrigin {
     Api,
 }
 
+/// The namespace of the cluster file: its pods, services and lanes are
+/// all in this one, unnamed.
+pub const FILE_NAMESPACE: &str = "";
+
+/// A lane as one namespace declares it (a `TrafficLane`; the cluster
+/// file's `lanes:` entries, all in [`FILE_NAMESPACE`]).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct LaneEntry {
+    pub namespace: String,
+    pub name: String,
+    pub sticky: bool,
+}
+
+impl LaneEntry {
+    pub fn new(namespace: &str, spec: &LaneSpec) -> Self {
+        Self {
+            namespace: namespace.to_string(),
+            name: spec.name.clone(),
+            sticky: spec.sticky,
+        }
+    }
+}
+
 /// A service: a name, maybe a virtual address, the ports callers use, and
 /// the endpoints serving them.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct ServiceEntry {
     pub name: String,
+    /// Its namespace (whose lanes its rules put requests in).
+    pub namespace: String,
     /// The virtual (cluster) address; `None` for a headless service or a
     /// plain pod group.
     pub address: Option<Ipv4Addr>,
@@ -131,6 +158,8 @@ pub enum Readiness {
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct PodEntry {
     pub name: String,
+    /// Its namespace (whose lanes say whether its own lane is sticky).
+    pub namespace: String,
     pub ip: Ipv4Addr,
     pub labels: BTreeMap<String, String>,
     /// The lane, when the source names it apart from the labels (the

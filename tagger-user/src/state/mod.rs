@@ -9,8 +9,8 @@ mod inventory;
 mod tests;
 
 pub use inventory::{
-    EndpointEntry, Inventory, PodEntry, PortMap, Readiness, RulesOrigin, ServiceEntry, ServicePort,
-    SettingsSpec,
+    EndpointEntry, FILE_NAMESPACE, Inventory, LaneEntry, PodEntry, PortMap, Readiness, RulesOrigin,
+    ServiceEntry, ServicePort, SettingsSpec,
 };
 
 use std::{
@@ -27,13 +27,14 @@ use serde::Serialize;
 
 use crate::{
     config::{LANE_HEADER_ALIAS, LaneHeaderFrom},
-    routing::{Candidate, LaneTrust},
+    routing::{Candidate, LaneTrust, StickyQuery},
     rules::{RuleError, RuleSet, RuleSpec},
 };
 
 #[derive(Debug, Clone, Serialize)]
 pub struct Pod {
     pub name: String,
+    pub namespace: String,
     pub ip: Ipv4Addr,
     /// The cgroups its processes run in; empty for a pod of another node.
     pub cgroup_ids: Vec<u64>,
@@ -82,6 +83,7 @@ impl Candidate for Endpoint {
 #[derive(Debug, Serialize)]
 pub struct Service {
     pub name: String,
+    pub namespace: String,
     pub port: Option<u16>,
     /// The virtual address and this port.
     pub address: Option<SocketAddrV4>,
@@ -99,8 +101,10 @@ pub struct Service {
     pub turn: Arc<AtomicUsize>,
 }
 
+/// A lane as one namespace declares it.
 #[derive(Debug, Clone, Serialize)]
 pub struct Lane {
+    pub namespace: String,
     pub name: String,
     pub sticky: bool,
 }
@@ -162,6 +166,8 @@ impl Destination {
 pub struct Snapshot {
     pub settings: Settings,
     pub namespaces: Vec<String>,
+    /// Per namespace: the same name may be sticky in one and per-hop in
+    /// another ([`Snapshot::stickiness`]).
     pub lanes: Vec<Lane>,
     pub pods: Vec<Pod>,
     pub services: Vec<Service>,
@@ -173,6 +179,8 @@ pub struct Snapshot {
     pods_by_cgroup: HashMap<u64, usize>,
     #[serde(skip)]
     pods_by_ip: HashMap<Ipv4Addr, usize>,
+    #[serde(skip)]
+    pods_by_name: HashMap<String, usize>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -223,6 +231,7 @@ impl Snapshot {
             .iter()
             .map(|p| Pod {
                 name: p.name.clone(),
+                namespace: p.namespace.clone(),
                 ip: p.ip,
                 cgroup_ids: p.cgroup_ids.clone(),
                 lane: p.lane().map(str::to_string),
@@ -238,6 +247,7 @@ impl Snapshot {
             if spec.ports.is_empty() {
                 services.push(Service {
                     name: spec.name.clone(),
+                    namespace: spec.namespace.clone(),
                     port: None,
                     address: None,
                     endpoints: Vec::new(),
@@ -262,6 +272,7 @@ impl Snapshot {
                     .collect();
                 services.push(Service {
                     name: spec.name.clone(),
+                    namespace: spec.namespace.clone(),
                     port: Some(port),
                     address: spec.address.map(|ip| SocketAddrV4::new(ip, port)),
                     endpoints,
@@ -296,13 +307,25 @@ impl Snapshot {
             .flat_map(|(i, p)| p.cgroup_ids.iter().map(move |id| (*id, i)))
             .collect();
         let pods_by_ip = pods.iter().enumerate().map(|(i, p)| (p.ip, i)).collect();
-        // A lane two namespaces declare is sticky if either says so: the
-        // lane travels by name on the wire.
+        let pods_by_name = pods
+            .iter()
+            .enumerate()
+            .map(|(i, p)| (p.name.clone(), i))
+            .collect();
+        // Each namespace's own: a lane travels by name on the wire, but
+        // whether it is sticky is what the namespace that decides says
+        // ([`Snapshot::stickiness`]). One namespace declaring a name twice
+        // (not possible in Kubernetes, nor in the file) is sticky if either
+        // says so.
         let mut lanes: Vec<Lane> = Vec::new();
         for spec in &inventory.lanes {
-            match lanes.iter_mut().find(|l| l.name == spec.name) {
+            match lanes
+                .iter_mut()
+                .find(|l| l.namespace == spec.namespace && l.name == spec.name)
+            {
                 Some(lane) => lane.sticky |= spec.sticky,
                 None => lanes.push(Lane {
+                    namespace: spec.namespace.clone(),
                     name: spec.name.clone(),
                     sticky: spec.sticky,
                 }),
@@ -318,6 +341,7 @@ impl Snapshot {
             destinations,
             pods_by_cgroup,
             pods_by_ip,
+            pods_by_name,
         })
     }
 
@@ -348,8 +372,41 @@ impl Snapshot {
             .map(|i| &self.pods[*i])
     }
 
-    pub fn is_sticky(&self, lane: &str) -> bool {
-        self.lanes.iter().any(|l| l.name == lane && l.sticky)
+    /// Whether `namespace` declares `lane` sticky. A lane it does not
+    /// declare is not (another namespace's declaration does not count).
+    pub fn is_sticky(&self, namespace: &str, lane: &str) -> bool {
+        self.lanes
+            .iter()
+            .any(|l| l.sticky && l.name == lane && l.namespace == namespace)
+    }
+
+    /// What [`crate::routing::decide_lane`] asks for a request to
+    /// `service` from the pod named `caller` (`None`: not a pod). A lane
+    /// is declared per namespace (`TrafficLane`), so the same name may be
+    /// sticky in one and per-hop in another; the declaration that counts
+    /// is the one of the namespace whose object put the request in it:
+    ///
+    /// - a rule's lane: the rule's namespace, which is the destination
+    ///   service's (a `TrafficRule` names a Service and lanes of its own
+    ///   namespace);
+    /// - the caller's own lane (the sticky pod lane): the caller pod's
+    ///   namespace. A pod the model no longer has (its connection
+    ///   outlived it) has none: its lane is not sticky.
+    ///
+    /// A lane that arrived in a header, or inherited, is carried whatever
+    /// any namespace says (it was sticky or explicit where it started).
+    /// The cluster file is one namespace ([`FILE_NAMESPACE`]).
+    pub fn stickiness<'a>(
+        &'a self,
+        service: &'a Service,
+        caller: Option<&'a str>,
+    ) -> impl Fn(StickyQuery<'_>) -> bool + 'a {
+        move |query| match query {
+            StickyQuery::RuleLane(lane) => self.is_sticky(&service.namespace, lane),
+            StickyQuery::CallerLane(lane) => caller
+                .and_then(|name| self.pods_by_name.get(name))
+                .is_some_and(|&i| self.is_sticky(&self.pods[i].namespace, lane)),
+        }
     }
 
     /// The service port a connection was made to (`None`: a pod group).

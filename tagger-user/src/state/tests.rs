@@ -3,7 +3,7 @@
 use std::{net::Ipv4Addr, sync::atomic::Ordering};
 
 use super::*;
-use crate::config::{LaneHeaderFrom, LaneSpec, LimitsSpec};
+use crate::config::{LaneHeaderFrom, LimitsSpec};
 
 fn settings() -> SettingsSpec {
     SettingsSpec {
@@ -30,9 +30,11 @@ fn endpoint(pod: &str, last: u8, readiness: Readiness, ports: &[(u16, u16)]) -> 
     }
 }
 
+/// A pod named `namespace/name`.
 fn pod(name: &str, last: u8, lane_label: Option<&str>, cgroups: &[u64]) -> PodEntry {
     PodEntry {
         name: name.into(),
+        namespace: name.split_once('/').map_or("", |(ns, _)| ns).into(),
         ip: ip(last),
         labels: lane_label
             .map(|l| [("tagger.io/lane".to_string(), l.to_string())].into())
@@ -48,19 +50,11 @@ fn inventory(b_readiness: Readiness) -> Inventory {
     Inventory {
         settings: settings(),
         namespaces: vec!["shop".into()],
-        lanes: vec![
-            LaneSpec {
-                name: "gray".into(),
-                sticky: false,
-            },
-            LaneSpec {
-                name: "gray".into(),
-                sticky: true,
-            },
-        ],
+        lanes: vec![lane("shop", "gray", true)],
         services: vec![
             ServiceEntry {
                 name: "shop/web".into(),
+                namespace: "shop".into(),
                 address: Some(ip(100)),
                 ports: vec![ServicePort::new(80), ServicePort::new(9000)],
                 endpoints: vec![
@@ -72,6 +66,7 @@ fn inventory(b_readiness: Readiness) -> Inventory {
             },
             ServiceEntry {
                 name: "shop/job".into(),
+                namespace: "shop".into(),
                 address: None,
                 ports: vec![],
                 endpoints: vec![],
@@ -150,9 +145,153 @@ fn pods_lanes_and_cgroups() {
     assert_eq!(snapshot.pod_cgroups(), [11, 12, 21].into());
     let gray = snapshot.services[0].endpoints[1].lane.as_deref();
     assert_eq!(gray, Some("gray"), "an endpoint's lane is its pod's");
-    // Declared twice (two namespaces): sticky if either says so.
-    assert_eq!(snapshot.lanes.len(), 1);
-    assert!(snapshot.is_sticky("gray"));
+    assert!(snapshot.is_sticky("shop", "gray"));
+}
+
+fn lane(namespace: &str, name: &str, sticky: bool) -> LaneEntry {
+    LaneEntry {
+        namespace: namespace.into(),
+        name: name.into(),
+        sticky,
+    }
+}
+
+/// `shop` and `abc` each with a Service `web` and a gray pod `g`, and each
+/// declaring `gray`: per-hop in shop, sticky in abc.
+fn two_namespaces() -> Inventory {
+    let mut two = inventory(Readiness::Ready);
+    two.namespaces = vec!["abc".into(), "shop".into()];
+    two.lanes = vec![lane("shop", "gray", false), lane("abc", "gray", true)];
+    let web = |ns: &str, last: u8| ServiceEntry {
+        name: format!("{ns}/web"),
+        namespace: ns.into(),
+        address: Some(ip(last)),
+        ports: vec![ServicePort::new(80)],
+        endpoints: vec![],
+        pods: vec![],
+        lane_header_from: LaneHeaderFrom::Any,
+    };
+    two.services = vec![web("shop", 100), web("abc", 101)];
+    two.pods = vec![
+        pod("shop/g", 1, Some("gray"), &[11]),
+        pod("abc/g", 2, Some("gray"), &[21]),
+    ];
+    two
+}
+
+/// A lane is namespaced: the same name sticky in one namespace and per-hop
+/// in another is each, never merged. The caller's own lane is asked of the
+/// caller's namespace, a rule's lane of the destination's (the rule's).
+#[test]
+fn stickiness_follows_the_namespace_of_the_declaration_that_applies() {
+    let snapshot = Snapshot::build(&two_namespaces(), &[], None).unwrap();
+    assert_eq!(snapshot.lanes.len(), 2, "{:?}", snapshot.lanes);
+    // (caller pod, destination service, question, sticky)
+    let cases: &[(Option<&str>, &str, StickyQuery, bool)] = &[
+        (
+            Some("abc/g"),
+            "abc/web",
+            StickyQuery::CallerLane("gray"),
+            true,
+        ),
+        (
+            Some("abc/g"),
+            "shop/web",
+            StickyQuery::CallerLane("gray"),
+            true,
+        ),
+        (
+            Some("shop/g"),
+            "shop/web",
+            StickyQuery::CallerLane("gray"),
+            false,
+        ),
+        (
+            Some("shop/g"),
+            "abc/web",
+            StickyQuery::CallerLane("gray"),
+            false,
+        ),
+        (
+            Some("shop/g"),
+            "abc/web",
+            StickyQuery::RuleLane("gray"),
+            true,
+        ),
+        (None, "abc/web", StickyQuery::RuleLane("gray"), true),
+        (
+            Some("abc/g"),
+            "shop/web",
+            StickyQuery::RuleLane("gray"),
+            false,
+        ),
+        (None, "shop/web", StickyQuery::RuleLane("gray"), false),
+        // Not a pod, or one the model no longer has: no namespace.
+        (None, "abc/web", StickyQuery::CallerLane("gray"), false),
+        (
+            Some("abc/gone"),
+            "abc/web",
+            StickyQuery::CallerLane("gray"),
+            false,
+        ),
+        // A lane the namespace does not declare.
+        (
+            Some("abc/g"),
+            "abc/web",
+            StickyQuery::CallerLane("blue"),
+            false,
+        ),
+        (
+            Some("abc/g"),
+            "abc/web",
+            StickyQuery::RuleLane("blue"),
+            false,
+        ),
+    ];
+    for &(caller, service, query, want) in cases {
+        let service = snapshot.service_at(service, Some(80)).unwrap();
+        let sticky = snapshot.stickiness(service, caller);
+        assert_eq!(
+            sticky(query),
+            want,
+            "{caller:?} -> {}: {query:?}",
+            service.name
+        );
+    }
+    for (namespace, want) in [("abc", true), ("shop", false), ("plain", false)] {
+        assert_eq!(snapshot.is_sticky(namespace, "gray"), want, "{namespace}");
+    }
+}
+
+/// The cluster file is one namespace: its lanes answer for its pods and
+/// its services' rules alike.
+#[test]
+fn the_cluster_file_is_one_namespace() {
+    for (declared, want) in [("true", true), ("false", false)] {
+        let file = crate::config::ClusterFile::parse(
+            &format!(
+                "lanes: [{{name: gray, sticky: {declared}}}]\n\
+                 services: [{{name: s, port: 1, pods: [{{name: p, lane: gray, command: [x]}}]}}]"
+            ),
+            std::path::Path::new("t.yaml"),
+        )
+        .unwrap();
+        let placement = crate::source::file::Placement {
+            pods: vec![crate::source::file::PlacedPod {
+                name: "p".into(),
+                ip: Ipv4Addr::LOCALHOST,
+                cgroup_id: 1,
+            }],
+            services: vec![],
+        };
+        let inventory = crate::source::file::inventory(&file, &placement, 0).unwrap();
+        let snapshot = Snapshot::build(&inventory, &file.rules, None).unwrap();
+        let service = snapshot.service_at("s", Some(1)).unwrap();
+        let sticky = snapshot.stickiness(service, Some("p"));
+        assert_eq!(sticky(StickyQuery::CallerLane("gray")), want, "{declared}");
+        assert_eq!(sticky(StickyQuery::RuleLane("gray")), want, "{declared}");
+        assert_eq!(snapshot.is_sticky(FILE_NAMESPACE, "gray"), want);
+    }
 }
 
 /// `lane_header_from` reaches every port of its service, its list

@@ -148,17 +148,17 @@ impl Node {
     /// Whether the daemon found the cgroups of `pod` (`namespace/name`):
     /// only then are its calls routed.
     pub fn knows_cgroups_of(&self, pod: &str) -> bool {
+        self.cgroups_of(pod).is_some_and(|ids| !ids.is_empty())
+    }
+
+    /// The cgroup ids the daemon has for `pod` (`namespace/name`), if it
+    /// has the pod.
+    pub fn cgroups_of(&self, pod: &str) -> Option<Vec<u64>> {
         let dump = self.config_dump();
-        dump["state"]["pods"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .any(|p| {
-                p["name"] == pod
-                    && p["cgroup_ids"]
-                        .as_array()
-                        .is_some_and(|ids| !ids.is_empty())
-            })
+        let pods = dump["state"]["pods"].as_array()?;
+        let found = pods.iter().find(|p| p["name"] == pod)?;
+        let ids = found["cgroup_ids"].as_array()?;
+        Some(ids.iter().filter_map(serde_json::Value::as_u64).collect())
     }
 
     pub fn is_running(&self) -> bool {

@@ -138,10 +138,18 @@ pub fn pods() -> Vec<PodDef> {
         .collect()
 }
 
+/// One of the pods present from the start, as it was defined.
+pub fn pod_def(name: &str) -> PodDef {
+    pods()
+        .into_iter()
+        .find(|p| p.name == name)
+        .expect("a pod of the fixture")
+}
+
 /// b's gray pod as a rolling update makes it anew: on the other node, at
 /// another address.
 pub fn b_gray_replacement() -> PodDef {
-    let b_gray = pods().into_iter().find(|p| p.name == "b-gray").unwrap();
+    let b_gray = pod_def("b-gray");
     PodDef {
         name: "b-gray2",
         node: 1,

@@ -205,18 +205,6 @@ impl Nodes {
         self.api.delete("Pod", def.ns, name);
     }
 
-    /// Kills a pod's processes (its cgroup and network stay).
-    pub fn kill_pod(&mut self, name: &str) {
-        self.pods.get_mut(name).expect("a pod").kill();
-    }
-
-    /// Starts a killed pod's app again and waits until it listens.
-    pub fn respawn_pod(&mut self, name: &str) -> Result<(), NodesError> {
-        let pod = self.pods.get_mut(name).expect("a pod");
-        pod.respawn(&self.run_dir)?;
-        pod.wait_listening(&self.run_dir)
-    }
-
     /// Puts a withdrawn pod back, ready.
     pub fn reinstate(&mut self, name: &str) {
         let pod = &self.pods[name];
@@ -259,6 +247,17 @@ impl Nodes {
 
     pub fn pod(&self, name: &str) -> &PodDef {
         &self.pods[name].def
+    }
+
+    /// Whether the daemon of the pod's node has the cgroup the pod runs in
+    /// now (a pod made again under its old name has a new one): only then
+    /// are its calls routed.
+    pub fn node_knows_cgroup_of(&self, name: &str) -> bool {
+        let pod = &self.pods[name];
+        let qualified = format!("{}/{}", pod.def.ns, pod.def.name);
+        let ids = self.nodes[pod.def.node].cgroups_of(&qualified);
+        pod.cgroup_id()
+            .is_some_and(|id| ids.is_some_and(|ids| ids.contains(&id)))
     }
 
     fn publish_slice(&self, ns: &str, service: &str) {

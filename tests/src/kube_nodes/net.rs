@@ -74,6 +74,20 @@ pub fn add_node_address(node: Ipv4Addr) -> Result<(), NodesError> {
     run("ip", &["addr", "add", &cidr, "dev", BRIDGE]).map(drop)
 }
 
+/// The MAC address of a pod's `eth0`: `0a:58` and its IPv4 address, as the
+/// CNI bridge plugin long made it (and OVN-Kubernetes still does). A pod
+/// made again at an address, with a new veth, then has the MAC the node
+/// already knows for that address. With a random MAC (the kernel's), the
+/// host kept sending to the old pod's MAC for as long as its neighbour
+/// entry lived: REACHABLE for 15-45 s after the last confirmation, then
+/// DELAY 5 s and 3 unicast probes before it asked again by broadcast; the
+/// re-created pod could not be reached from the node (its processes and
+/// its proxy) for ~20-30 s.
+pub fn pod_mac(ip: Ipv4Addr) -> String {
+    let [a, b, c, d] = ip.octets();
+    format!("0a:58:{a:02x}:{b:02x}:{c:02x}:{d:02x}")
+}
+
 /// A pod's namespace on the bridge, its node as the gateway.
 pub fn create_pod_network(pod: &str, ip: Ipv4Addr, gateway: Ipv4Addr) -> Result<(), NodesError> {
     let ns = netns(pod);
@@ -92,6 +106,7 @@ pub fn create_pod_network(pod: &str, ip: Ipv4Addr, gateway: Ipv4Addr) -> Result<
         run("ip", &full)
     };
     inside(&["link", "set", &peer, "name", "eth0"])?;
+    inside(&["link", "set", "eth0", "address", &pod_mac(ip)])?;
     inside(&["addr", "add", &format!("{ip}/{PREFIX_LEN}"), "dev", "eth0"])?;
     inside(&["link", "set", "eth0", "up"])?;
     inside(&["link", "set", "lo", "up"])?;

@@ -91,17 +91,10 @@ impl RunningPod {
         })
     }
 
-    /// Kills its processes (a crash, or the end of a terminated pod) and
-    /// leaves its cgroup and network.
-    pub fn kill(&mut self) {
-        cgroups::kill(&self.cgroup);
-        let _ = self.child.wait();
-    }
-
-    /// Starts its app again in the same cgroup and network.
-    pub fn respawn(&mut self, run_dir: &Path) -> Result<(), NodesError> {
-        self.child = spawn(&self.def, &self.cgroup, run_dir)?;
-        Ok(())
+    /// Its container's cgroup id (the directory's inode in cgroup v2).
+    pub fn cgroup_id(&self) -> Option<u64> {
+        use std::os::unix::fs::MetadataExt;
+        std::fs::metadata(&self.cgroup).ok().map(|m| m.ino())
     }
 
     pub fn command(&self, command: &[&str]) -> Command {

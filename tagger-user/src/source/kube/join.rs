@@ -17,8 +17,8 @@ use crate::{
     kubernetes::{TrafficRule, TrafficRuleSpec, TrafficRuleStatus, convert::checked_rule_spec},
     rules::RuleSpec,
     state::{
-        EndpointEntry, Inventory, PodEntry, PortMap, Readiness, RulesOrigin, ServiceEntry,
-        ServicePort, SettingsSpec,
+        EndpointEntry, Inventory, LaneEntry, PodEntry, PortMap, Readiness, RulesOrigin,
+        ServiceEntry, ServicePort, SettingsSpec,
     },
 };
 
@@ -116,7 +116,7 @@ pub fn join(
     let mut lanes = Vec::new();
     let mut lanes_by_ns: HashMap<&str, HashSet<&str>> = HashMap::new();
     for ((ns, _), lane) in stores.lanes.iter().filter(|((ns, _), _)| is_managed(ns)) {
-        lanes.push(lane.clone());
+        lanes.push(LaneEntry::new(ns, lane));
         lanes_by_ns
             .entry(ns)
             .or_default()
@@ -182,6 +182,7 @@ pub fn join(
         }
         services.push(ServiceEntry {
             name: format!("{ns}/{name}"),
+            namespace: ns.clone(),
             address: service.cluster_ip,
             ports: service
                 .ports
@@ -212,6 +213,7 @@ pub fn join(
         let Some(ip) = local.ip else { continue };
         pods.push(PodEntry {
             name: format!("{ns}/{name}"),
+            namespace: ns.clone(),
             ip,
             labels: local.labels.clone(),
             lane: None,
@@ -229,6 +231,7 @@ pub fn join(
         };
         pods.push(PodEntry {
             name: format!("{ns}/{name}"),
+            namespace: ns.clone(),
             ip: *ip,
             labels: labels.clone(),
             lane: None,
