@@ -44,7 +44,6 @@ pub mod names {
     pub const PROG_GRPC_HEADER_FIELDS_RET: &str = "tagger_grpc_header_fields_ret";
     pub const PROG_GRPC_WRITE_HEADER: &str = "tagger_grpc_write_header";
     pub const PROG_GRPC_OPERATE_HEADERS: &str = "tagger_grpc_operate_headers";
-    pub const PROG_GRPC_OPERATE_HEADERS_RET: &str = "tagger_grpc_operate_headers_ret";
     pub const PROG_GRPC_WRITE_STATUS: &str = "tagger_grpc_write_status";
     /// Tags of single HTTP/2 streams, by (client socket cookie, stream id).
     pub const MAP_STREAM_TAGS: &str = "TAGGER_STREAM_TAGS";

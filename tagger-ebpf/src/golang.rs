@@ -371,7 +371,12 @@ fn try_newproc_ret(ctx: &ProbeContext) -> Option<()> {
         goid: parent,
     };
     // SAFETY: plain value copied out at once.
-    let context = unsafe { TAGGER_GO_ROUTINES.get(key) }.copied()?;
+    let context = match unsafe { TAGGER_GO_ROUTINES.get(key) }.copied() {
+        Some(context) => context,
+        // A grpc-go reader starting a stream's handler (grpc.rs).
+        None if off.grpc != 0 => crate::grpc::take_handoff(key)?,
+        None => return None,
+    };
     if !live(&context) {
         return None;
     }

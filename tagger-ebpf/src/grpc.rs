@@ -10,18 +10,21 @@
 //! 1. **Inbound stream** (entry of `(*http2Server).operateHeaders`, on the
 //!    connection's reader goroutine): the stream opens a context keyed by
 //!    `stream_key(tgid, fd, stream id)` with a fresh `seq`; its header
-//!    fields go to userspace as `name: value` lines (`EVENT_FIELDS`); the
-//!    reader goroutine holds the context while `operateHeaders` runs, which
-//!    is where grpc-go starts the stream's handler goroutine (newproc1 in
-//!    golang.rs hands it on).
-//! 2. At its RETs the reader lets go of it.
-//! 3. **Stream over** (entry of `(*http2Server).WriteStatus`): the status
+//!    fields go to userspace as `name: value` lines (`EVENT_FIELDS`). The
+//!    reader goroutine holds the context for the next goroutine it starts:
+//!    grpc-go starts the stream's handler goroutine before `operateHeaders`
+//!    returns, and newproc1 (golang.rs) *moves* the context to it, so the
+//!    reader keeps nothing (a RET probe would do the same at the cost of
+//!    six uprobes per process, each slow to remove). A reader that started
+//!    no handler (a refused stream) holds it until its next stream; it
+//!    starts no other goroutine, and a context is only taken while live.
+//! 2. **Stream over** (entry of `(*http2Server).WriteStatus`): the status
 //!    ends the stream, and its context: goroutines that outlive it inherit
 //!    nothing trusted.
-//! 4. **Outbound call** (RETs of `(*http2Client).createHeaderFields`, on the
+//! 3. **Outbound call** (RETs of `(*http2Client).createHeaderFields`, on the
 //!    calling goroutine, before the stream is queued for the writer): the
 //!    caller's context is bound to the header field slice just built.
-//! 5. **Headers written** (entry of `(*loopyWriter).writeHeader`, on the
+//! 4. **Headers written** (entry of `(*loopyWriter).writeHeader`, on the
 //!    connection's writer goroutine, before the frame is encoded): the
 //!    binding of that slice becomes the tag of (socket cookie, stream id),
 //!    which the proxy takes for exactly that stream. It is in the map
@@ -40,9 +43,7 @@ use tagger_common::{
 
 use crate::{
     bump,
-    golang::{
-        self, CALL_TTL_NS, GoCall, GoContext, GoroutineKey, TAGGER_GO_ROUTINES, read_u64, regs,
-    },
+    golang::{self, CALL_TTL_NS, GoCall, GoContext, GoroutineKey, read_u64, regs},
     propagation::{self, TAGGER_H2_SOCKETS, TAGGER_STREAM_TAGS},
 };
 
@@ -56,7 +57,22 @@ struct FieldsKey {
     array: u64,
 }
 
-/// Step 4's bindings, taken by step 5. One that is never taken (the call
+/// Step 1's contexts, by reader goroutine, for the next goroutine it starts.
+#[map]
+static TAGGER_GRPC_READERS: LruHashMap<GoroutineKey, GoContext> =
+    LruHashMap::with_max_entries(4096, 0);
+
+/// The context a reader goroutine holds for the goroutine it starts, taken
+/// (newproc1, golang.rs).
+#[inline(always)]
+pub(crate) fn take_handoff(parent: GoroutineKey) -> Option<GoContext> {
+    // SAFETY: plain value copied out at once.
+    let context = unsafe { TAGGER_GRPC_READERS.get(parent) }.copied()?;
+    let _ = TAGGER_GRPC_READERS.remove(parent);
+    Some(context)
+}
+
+/// Step 3's bindings, taken by step 4. One that is never taken (the call
 /// failed before its headers were written) ages out, and its address, if
 /// reused for another call's fields, is bound anew first.
 #[map]
@@ -143,7 +159,7 @@ fn try_operate_headers(ctx: &ProbeContext) -> Option<()> {
         _pad: 0,
         goid: golang::goid(r.r14, &off)?,
     };
-    let _ = TAGGER_GO_ROUTINES.insert(reader, GoContext { seq, key }, 0);
+    let _ = TAGGER_GRPC_READERS.insert(reader, GoContext { seq, key }, 0);
     Some(())
 }
 
@@ -161,32 +177,7 @@ fn emit_field(key: u64, seq: u64, fd: u32, field: u64) -> Option<()> {
     propagation::emit_line(key, seq, fd, name, name_len, value, value_len)
 }
 
-/// Step 2. At each RET of `operateHeaders`: R14 = the reader goroutine.
-#[uprobe]
-pub fn tagger_grpc_operate_headers_ret(ctx: ProbeContext) -> u32 {
-    let _ = try_operate_headers_ret(&ctx);
-    0
-}
-
-fn try_operate_headers_ret(ctx: &ProbeContext) -> Option<()> {
-    if !crate::active() {
-        return None;
-    }
-    let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
-    let off = grpc_offsets(tgid)?;
-    let reader = GoroutineKey {
-        tgid,
-        _pad: 0,
-        goid: golang::goid(regs(ctx).r14, &off)?,
-    };
-    // SAFETY: a lookup whose value is only tested for presence.
-    if unsafe { TAGGER_GO_ROUTINES.get(reader) }.is_some() {
-        let _ = TAGGER_GO_ROUTINES.remove(reader);
-    }
-    Some(())
-}
-
-/// Step 3. `(*http2Server).WriteStatus(t, s *Stream, st)`: RAX = t, RBX = s.
+/// Step 2. `(*http2Server).WriteStatus(t, s *Stream, st)`: RAX = t, RBX = s.
 #[uprobe]
 pub fn tagger_grpc_write_status(ctx: ProbeContext) -> u32 {
     let _ = try_write_status(&ctx);
@@ -206,7 +197,7 @@ fn try_write_status(ctx: &ProbeContext) -> Option<()> {
     Some(())
 }
 
-/// Step 4. At each RET of `createHeaderFields(ctx, callHdr)
+/// Step 3. At each RET of `createHeaderFields(ctx, callHdr)
 /// ([]hpack.HeaderField, error)`: RAX = the slice's array, RDI = the
 /// error's type word (0: no error); R14 = the calling goroutine.
 #[uprobe]
@@ -236,7 +227,7 @@ fn try_header_fields_ret(ctx: &ProbeContext) -> Option<()> {
     Some(())
 }
 
-/// Step 5. `(*loopyWriter).writeHeader(l, streamID uint32, endStream bool,
+/// Step 4. `(*loopyWriter).writeHeader(l, streamID uint32, endStream bool,
 /// hf []hpack.HeaderField, onWrite func())`: RAX = l, RBX = streamID,
 /// RDI = hf's array.
 #[uprobe]

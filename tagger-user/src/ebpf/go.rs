@@ -66,16 +66,11 @@ const HTTP_PLACEMENT: [(ProbeSymbol, &str, At); 1] = [(
 
 /// grpc-go's (`tagger-ebpf/src/grpc.rs`), placed when the binary has
 /// grpc-go and its offsets are known (`grpc_probes`).
-const GRPC_PLACEMENT: [(ProbeSymbol, &str, At); 5] = [
+const GRPC_PLACEMENT: [(ProbeSymbol, &str, At); 4] = [
     (
         ProbeSymbol::GrpcOperateHeaders,
         names::PROG_GRPC_OPERATE_HEADERS,
         At::Entry,
-    ),
-    (
-        ProbeSymbol::GrpcOperateHeaders,
-        names::PROG_GRPC_OPERATE_HEADERS_RET,
-        At::Rets,
     ),
     (
         ProbeSymbol::GrpcWriteStatus,
