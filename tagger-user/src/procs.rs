@@ -75,6 +75,9 @@ pub enum ProcessKind {
         version: String,
         offsets: &'static str,
         uprobes: usize,
+        /// grpc-go's streams: "followed", "not linked", or why not
+        /// (its calls are then untrusted where the process serves).
+        grpc: String,
     },
     GoUnprobed {
         version: Option<String>,
@@ -249,6 +252,10 @@ impl Classifier {
                             OffsetSource::VersionTable => "version-table",
                         },
                         uprobes,
+                        grpc: match crate::ebpf::grpc_probes(binary) {
+                            Ok(()) => "followed".to_string(),
+                            Err(why) => why.to_string(),
+                        },
                     };
                     (kind::GO, kind)
                 }

@@ -82,15 +82,21 @@ fn grpc_cluster(flavour: Flavour) -> SharedCluster {
                     );
                 }
             }
-            // Probed: every Go pod's process is a Go process with uprobes
-            // (a call made before would be untrusted, not wrong).
+            // Probed: every Go pod's process is a Go process with uprobes,
+            // grpc-go's streams followed (b's stripped binaries too: by the
+            // grpc-go version table); a call made before would be
+            // untrusted, not wrong.
             let probed = eventually(Duration::from_secs(10), || {
                 let dump = cluster.config_dump();
                 let rows = dump["processes"]["go"].as_array()?.clone();
                 GO_PODS
                     .iter()
                     .flat_map(|pod| pod_pids(&cluster, &format!("ggo-{pod}")))
-                    .all(|pid| rows.iter().any(|r| r["pid"] == pid && r["kind"] == "go"))
+                    .all(|pid| {
+                        rows.iter().any(|r| {
+                            r["pid"] == pid && r["kind"] == "go" && r["grpc"] == "followed"
+                        })
+                    })
                     .then_some(())
             });
             assert!(

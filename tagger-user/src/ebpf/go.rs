@@ -93,7 +93,7 @@ const GRPC_PLACEMENT: [(ProbeSymbol, &str, At); 4] = [
 /// calls are then untrusted where it serves), or `None` when it is.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum GrpcSkipped {
-    #[error("no grpc-go in the binary")]
+    #[error("not linked")]
     NotLinked,
     #[error("grpc-go without {0} (another grpc-go version?)")]
     NoSymbol(&'static str),
@@ -262,10 +262,9 @@ impl Datapath {
         let mut points = Vec::new();
         let grpc = match grpc_probes(binary) {
             Ok(()) => &GRPC_PLACEMENT[..],
+            Err(GrpcSkipped::NotLinked) => &[],
             Err(why) => {
-                if why != GrpcSkipped::NotLinked {
-                    tracing::info!(pid, %why, "grpc-go not followed: its calls stay untrusted where it serves");
-                }
+                tracing::info!(pid, %why, "grpc-go not followed: its calls stay untrusted where it serves");
                 &[]
             }
         };

@@ -29,7 +29,7 @@ mod go;
 mod pins;
 mod pod_flags;
 
-pub use go::{GoAttachError, go_offsets};
+pub use go::{GoAttachError, GrpcSkipped, go_offsets, grpc_probes};
 pub use pins::{PinError, Pins};
 pub use pod_flags::PodFlags;
 use pod_flags::PodSlots;
