@@ -40,8 +40,10 @@ const INITIAL_MAX_SEND_STREAMS: usize = 100;
 pub struct Clients {
     connect_timeout: Duration,
     idle_timeout: Duration,
-    slots: Mutex<HashMap<SocketAddrV4, Arc<Slot>>>,
+    slots: Arc<Slots>,
 }
+
+type Slots = Mutex<HashMap<SocketAddrV4, Arc<Slot>>>;
 
 /// One endpoint's connection.
 #[derive(Default)]
@@ -76,7 +78,7 @@ impl Clients {
         Self {
             connect_timeout,
             idle_timeout,
-            slots: Mutex::default(),
+            slots: Arc::default(),
         }
     }
 
@@ -167,7 +169,7 @@ impl Clients {
         *number += 1;
         let this = *number;
         *slot.live.lock().expect("h2 slot lock") = Some((this, sender.clone()));
-        let (slot, idle_timeout) = (slot.clone(), self.idle_timeout);
+        let (slot, idle_timeout, slots) = (slot.clone(), self.idle_timeout, self.slots.clone());
         tokio::spawn(async move {
             tokio::pin!(connection);
             // Closed after a whole idle period with no stream open (the
@@ -196,6 +198,16 @@ impl Clients {
             // this task): a stream that takes it in between finds it closed
             // and connects anew.
             slot.forget(this);
+            // Endpoints come and go (a pod's address is not reused for
+            // long): an endpoint's entry goes with its last connection,
+            // unless a stream is about to connect to it again.
+            let mut slots = slots.lock().expect("h2 clients lock");
+            if slots.get(&addr).is_some_and(|s| Arc::ptr_eq(s, &slot))
+                && slot.live().is_none()
+                && Arc::strong_count(&slot) == 2
+            {
+                slots.remove(&addr);
+            }
         });
         Ok((this, sender))
     }
