@@ -16,8 +16,38 @@ pub enum ProxyError {
         service: String,
         endpoint: String,
         #[source]
-        source: hyper_util::client::legacy::Error,
+        source: UpstreamError,
     },
+}
+
+/// How sending to an endpoint failed, by the client that sent it.
+#[derive(Debug, thiserror::Error)]
+pub enum UpstreamError {
+    /// hyper's pooled client (HTTP/1.1).
+    #[error("{0}")]
+    Http1(#[from] hyper_util::client::legacy::Error),
+    #[error("connect: {0}")]
+    Connect(std::io::Error),
+    #[error("connect: timed out")]
+    ConnectTimeout,
+    /// The endpoint accepted the connection but spoke no HTTP/2.
+    #[error("HTTP/2 handshake: {0}")]
+    Handshake(h2::Error),
+    /// The stream or its connection failed (a reset, a GOAWAY).
+    #[error("{0}")]
+    H2(#[from] h2::Error),
+}
+
+impl UpstreamError {
+    /// Nothing was sent: the connection was never made (the endpoint is
+    /// gone; another may take the request).
+    pub fn is_connect(&self) -> bool {
+        match self {
+            Self::Http1(error) => error.is_connect(),
+            Self::Connect(_) | Self::ConnectTimeout => true,
+            Self::Handshake(_) | Self::H2(_) => false,
+        }
+    }
 }
 
 impl ProxyError {

@@ -11,7 +11,7 @@ use http_body_util::BodyExt;
 use tracing::{debug, warn};
 
 use super::{
-    Proxy, ProxyError, TagWatch,
+    Proxy, ProxyError, TagWatch, UpstreamError,
     body::{self, ProxyBody},
     grpc,
     headers::{
@@ -274,8 +274,10 @@ impl RequestContext {
             } else {
                 // HTTP/2 names the host in `:authority` (the endpoint's,
                 // which keys its pooled connection); a `Host` that differs
-                // from it must not be sent (RFC 9113 8.3.1).
+                // from it must not be sent (RFC 9113 8.3.1). HTTP/2 frames
+                // bodies itself: no `Transfer-Encoding` (h2 refuses it).
                 parts.headers.remove(header::HOST);
+                parts.headers.remove(header::TRANSFER_ENCODING);
             }
             parts.version = shape.upstream;
         }
@@ -301,8 +303,11 @@ impl RequestContext {
         correlation: Correlation,
         mut shape: Shape,
     ) -> Result<Response<ProxyBody>, ProxyError> {
+        // The path is shared bytes: kept for the flow map as the head moves
+        // on to the endpoint.
+        let path = parts.uri.path_and_query().cloned();
         let rpc = if shape.grpc {
-            grpc::method_of(parts.uri.path())
+            path.as_ref().and_then(|p| grpc::method_of(p.path()))
         } else {
             None
         };
@@ -339,7 +344,6 @@ impl RequestContext {
                 ok,
             })
         };
-        let client = self.proxy.upstreams.client(shape.upstream);
         let retryable = body.is_end_stream();
         // A body streams from the client while it is sent: if reading it
         // fails, the upstream request fails, and that is the client's fault.
@@ -350,6 +354,8 @@ impl RequestContext {
             (watched.boxed_unsync(), Some(failure))
         };
         let mut body = Some(body);
+        let idempotent = parts.method.is_idempotent();
+        let mut parts = Some(parts);
         let mut refused: Vec<SocketAddrV4> = Vec::new();
         let lane = decision.lane.as_deref();
         loop {
@@ -362,35 +368,30 @@ impl RequestContext {
                 lane: lane.unwrap_or("baseline").to_string(),
             })?;
             let endpoint = choice.endpoint;
-            let mut upstream = Request::from_parts(parts.clone(), ());
-            *upstream.uri_mut() = endpoint_uri(&endpoint.authority, &parts.uri)?;
-            let attempt_body = if retryable {
-                body::empty()
+            // A body-less request may be tried again: it keeps its head for
+            // the next try. One with a body is tried once: its head moves,
+            // no header is copied.
+            let (mut head, attempt_body) = if retryable {
+                (parts.clone().expect("kept for a retry"), body::empty())
             } else {
-                body.take().expect("a body is sent once")
+                (
+                    parts.take().expect("a request with a body is sent once"),
+                    body.take().expect("a body is sent once"),
+                )
             };
-            let upstream = upstream.map(|()| attempt_body);
+            head.uri = endpoint_uri(&endpoint.authority, &head.uri)?;
+            let upstream = Request::from_parts(head, attempt_body);
             let sent = std::time::Instant::now();
-            let result = client.request(upstream).await;
+            let result = self.exchange(&mut shape, endpoint.addr, upstream).await;
             self.proxy
                 .flows
                 .metrics()
                 .observe_upstream(&service.name, sent.elapsed());
             let ok = matches!(&result, Ok(r) if !r.status().is_server_error());
             match result {
-                Ok(mut response) => {
+                Ok(response) => {
                     record(endpoint, choice.is_fallback(), ok);
-                    let switched = shape
-                        .upgrade
-                        .take()
-                        .is_some_and(|wanted| wanted.finish(&mut response, self.admitted.clone()));
-                    let (mut parts, incoming) = response.into_parts();
-                    if switched {
-                        upgrade::strip_keeping_switch(&mut parts.headers, strip_hop_by_hop);
-                    } else {
-                        strip_hop_by_hop(&mut parts.headers);
-                    }
-                    return Ok(Response::from_parts(parts, body::boxed(incoming)));
+                    return Ok(response);
                 }
                 Err(error) => {
                     if let Some(reason) = client_failure.as_ref().and_then(|f| f.get()) {
@@ -409,8 +410,7 @@ impl RequestContext {
                     // was sent (connect failed), or when it is idempotent
                     // (RFC 9110 9.2.2) and its pooled connection broke, as
                     // happens when an endpoint dies.
-                    let safe_to_retry =
-                        retryable && (error.is_connect() || parts.method.is_idempotent());
+                    let safe_to_retry = retryable && (error.is_connect() || idempotent);
                     if safe_to_retry && refused.len() < MAX_CONNECT_ATTEMPTS {
                         debug!(endpoint = %endpoint.pod, %error, "upstream failed; trying another endpoint");
                         continue;
@@ -424,6 +424,33 @@ impl RequestContext {
                 }
             }
         }
+    }
+
+    /// One try at an endpoint, by the version the request goes in: its
+    /// answer's head, hop-by-hop headers out, and its body streaming.
+    async fn exchange(
+        &self,
+        shape: &mut Shape,
+        addr: SocketAddrV4,
+        request: Request<ProxyBody>,
+    ) -> Result<Response<ProxyBody>, UpstreamError> {
+        if shape.upstream == Version::HTTP_2 {
+            let mut response = self.proxy.upstreams.http2.send(addr, request).await?;
+            strip_hop_by_hop(response.headers_mut());
+            return Ok(response);
+        }
+        let mut response = self.proxy.upstreams.http1.request(request).await?;
+        let switched = shape
+            .upgrade
+            .take()
+            .is_some_and(|wanted| wanted.finish(&mut response, self.admitted.clone()));
+        let (mut parts, incoming) = response.into_parts();
+        if switched {
+            upgrade::strip_keeping_switch(&mut parts.headers, strip_hop_by_hop);
+        } else {
+            strip_hop_by_hop(&mut parts.headers);
+        }
+        Ok(Response::from_parts(parts, body::boxed(incoming)))
     }
 }
 

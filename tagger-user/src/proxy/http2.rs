@@ -6,6 +6,8 @@
 //! [`RequestContext::handle`] with its id ([`stream`]); this file drives
 //! the connection: the settings hyper served with, keep-alive pings, and a
 //! graceful stop (GOAWAY, accepted streams finished).
+pub mod client;
+mod pipe;
 mod recv;
 mod stream;
 

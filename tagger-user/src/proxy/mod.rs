@@ -30,7 +30,7 @@ use tokio::{
 };
 use tracing::{debug, info, warn};
 
-pub use error::ProxyError;
+pub use error::{ProxyError, UpstreamError};
 /// The sniffer's verdict on first bytes, for the fuzz target (`crate::fuzzing`).
 #[doc(hidden)]
 pub use passthrough::{H2_PREFACE, METHODS as HTTP_METHODS, SNIFF_LEN, Sniffed, classify};

@@ -1,23 +1,23 @@
-//! The pooled clients to endpoints. HTTP/1.1: connections kept alive per
-//! endpoint, one request on each at a time. HTTP/2: one multiplexed
-//! connection per endpoint, which every stream of every caller to that
-//! endpoint shares, opened again when it closes (GOAWAY, reset, idle).
-//! Both are hyper-util's pooled client, keyed by the endpoint's address,
-//! so that failures read the same way (`is_connect`) whatever the protocol.
+//! The pooled clients to endpoints. HTTP/1.1: hyper-util's pooled client,
+//! connections kept alive per endpoint, one request on each at a time.
+//! HTTP/2: one multiplexed connection per endpoint on h2 directly
+//! (`http2::client`), which every stream of every caller to that endpoint
+//! shares, opened again when it closes (GOAWAY, reset, idle). Failures of
+//! both read the same way (`UpstreamError::is_connect`).
 use http::Version;
 use hyper_util::{
     client::legacy::{Client, connect::HttpConnector},
-    rt::{TokioExecutor, TokioTimer},
+    rt::TokioExecutor,
 };
 
-use super::{ProxyConfig, body::ProxyBody};
+use super::{ProxyConfig, body::ProxyBody, http2};
 use crate::state::Service;
 
 pub type UpstreamClient = Client<HttpConnector, ProxyBody>;
 
 pub struct Upstreams {
-    http1: UpstreamClient,
-    http2: UpstreamClient,
+    pub http1: UpstreamClient,
+    pub http2: http2::client::Clients,
 }
 
 impl Upstreams {
@@ -32,22 +32,10 @@ impl Upstreams {
             // small messages of RPC traffic this measured ~10% less CPU per
             // request (BENCHMARKS.md); bodies are copied once more in memory.
             .http1_writev(false)
-            .build(connector.clone());
-        let http2 = Client::builder(TokioExecutor::new())
-            .http2_only(true)
-            .timer(TokioTimer::new())
-            .pool_timer(TokioTimer::new())
-            .pool_idle_timeout(config.pool_idle_timeout)
             .build(connector);
+        let http2 =
+            http2::client::Clients::new(config.upstream_connect_timeout, config.pool_idle_timeout);
         Self { http1, http2 }
-    }
-
-    pub fn client(&self, protocol: Version) -> &UpstreamClient {
-        if protocol == Version::HTTP_2 {
-            &self.http2
-        } else {
-            &self.http1
-        }
     }
 }
 

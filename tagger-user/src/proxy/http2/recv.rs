@@ -18,6 +18,8 @@ pub struct RecvBody {
     /// What `content-length` says is still to come, if it was sent (h2
     /// checks that the DATA frames add up to it).
     remaining: Option<u64>,
+    /// An endpoint's answer: counted on its connection while it is read.
+    _in_flight: Option<super::client::InFlight>,
 }
 
 impl RecvBody {
@@ -29,7 +31,14 @@ impl RecvBody {
             recv,
             data_done: false,
             remaining,
+            _in_flight: None,
         }
+    }
+
+    /// The body keeps its stream counted on its connection until dropped.
+    pub fn holding(mut self, in_flight: super::client::InFlight) -> Self {
+        self._in_flight = Some(in_flight);
+        self
     }
 }
 

@@ -1,28 +1,23 @@
 //! One HTTP/2 stream: decided and forwarded by [`RequestContext::handle`]
 //! with its stream id, its answer sent back under the client's flow
 //! control, and resets crossing both ways: a client that resets its stream
-//! has the upstream request dropped (hyper's client resets the upstream
-//! stream), an upstream failure mid-answer resets the client's stream.
+//! has the upstream request dropped (and with it the upstream stream), an
+//! upstream failure mid-answer resets the client's stream.
 use std::{
     cell::RefCell,
     future::poll_fn,
-    pin::Pin,
     sync::Arc,
-    task::{Context, Poll, ready},
     time::{SystemTime, UNIX_EPOCH},
 };
 
 use bytes::Bytes;
-use h2::{Reason, RecvStream, SendStream, server::SendResponse};
+use h2::{Reason, RecvStream, server::SendResponse};
 use http::{HeaderMap, HeaderName, HeaderValue, Request, Response, Version, header};
 use http_body::Body;
 use tracing::debug;
 
-use super::recv::RecvBody;
-use crate::proxy::{
-    body::{BodyError, ProxyBody},
-    http::RequestContext,
-};
+use super::{pipe::Pipe, recv::RecvBody};
+use crate::proxy::{body::ProxyBody, http::RequestContext};
 
 /// Serves the stream `respond` answers on its own task: a slow stream
 /// holds up neither the connection nor its other streams.
@@ -68,11 +63,7 @@ async fn serve(
         }
     };
     if !end {
-        let mut pipe = Pipe {
-            body,
-            send,
-            waiting: None,
-        };
+        let mut pipe = Pipe::new(body, send);
         if let Err(why) = poll_fn(|cx| pipe.poll(cx)).await {
             debug!(stream = id, %why, "answer not sent whole");
         }
@@ -129,133 +120,9 @@ fn date() -> HeaderValue {
     })
 }
 
-/// Why an answer's body did not reach the client whole.
-#[derive(Debug, thiserror::Error)]
-enum Broken {
-    #[error("the client reset the stream ({0:?})")]
-    ClientReset(Reason),
-    #[error("sending to the client: {0}")]
-    Send(h2::Error),
-    #[error("the upstream answer failed: {0}")]
-    Upstream(BodyError),
-}
-
-/// An answer's body on its way to the client: DATA as the client's window
-/// allows (one frame in hand at most, so the upstream is read no faster
-/// than the client takes), then trailers (a gRPC status) or the end.
-struct Pipe {
-    body: ProxyBody,
-    send: SendStream<Bytes>,
-    /// A DATA frame read from upstream, waiting for window to send it in,
-    /// and whether it ends the body.
-    waiting: Option<(Bytes, bool)>,
-}
-
-impl Pipe {
-    fn poll(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Broken>> {
-        loop {
-            // Also registers for a reset while waiting for the body or for
-            // window: a client gone is noticed at once.
-            if let Poll::Ready(reset) = self.send.poll_reset(cx) {
-                return Poll::Ready(Err(match reset {
-                    Ok(reason) => Broken::ClientReset(reason),
-                    Err(error) => Broken::Send(error),
-                }));
-            }
-            if let Some((data, end)) = self.waiting.take() {
-                while self.send.capacity() == 0 {
-                    match self.send.poll_capacity(cx) {
-                        Poll::Pending => {
-                            self.waiting = Some((data, end));
-                            return Poll::Pending;
-                        }
-                        Poll::Ready(Some(Ok(_))) => {}
-                        Poll::Ready(Some(Err(error))) => {
-                            return Poll::Ready(Err(Broken::Send(error)));
-                        }
-                        // The stream can send no more (reset, or closed).
-                        Poll::Ready(None) => {
-                            return Poll::Ready(Err(Broken::Send(Reason::CANCEL.into())));
-                        }
-                    }
-                }
-                // Window granted: h2 sends as much of the frame as it allows
-                // and buffers the rest; no more is read from upstream until
-                // that has gone.
-                self.send.send_data(data, end).map_err(Broken::Send)?;
-                if end {
-                    return Poll::Ready(Ok(()));
-                }
-                continue;
-            }
-            let Some(frame) = ready!(Pin::new(&mut self.body).poll_frame(cx)) else {
-                // No trailers: an empty DATA frame ends the stream.
-                self.send
-                    .send_data(Bytes::new(), true)
-                    .map_err(Broken::Send)?;
-                return Poll::Ready(Ok(()));
-            };
-            let frame = match frame {
-                Ok(frame) => frame,
-                Err(error) => {
-                    self.send.send_reset(reset_reason(&error));
-                    return Poll::Ready(Err(Broken::Upstream(error)));
-                }
-            };
-            match frame.into_data() {
-                Ok(data) => {
-                    let end = self.body.is_end_stream();
-                    if data.is_empty() {
-                        // Takes no window.
-                        self.send.send_data(data, end).map_err(Broken::Send)?;
-                        if end {
-                            return Poll::Ready(Ok(()));
-                        }
-                        continue;
-                    }
-                    // Asks for window as the frame is in hand, not before:
-                    // capacity asked for ahead would be held from the other
-                    // streams of the connection while the body waits.
-                    self.send.reserve_capacity(1);
-                    self.waiting = Some((data, end));
-                }
-                Err(frame) => {
-                    if let Ok(trailers) = frame.into_trailers() {
-                        self.send.reserve_capacity(0);
-                        self.send.send_trailers(trailers).map_err(Broken::Send)?;
-                        return Poll::Ready(Ok(()));
-                    }
-                }
-            }
-        }
-    }
-}
-
-/// The reset a client gets for an answer that failed upstream: the
-/// endpoint's own reason when it reset its stream (a gRPC client reads
-/// CANCEL and REFUSED_STREAM as such), else INTERNAL_ERROR.
-fn reset_reason(error: &(dyn std::error::Error + 'static)) -> Reason {
-    let mut cause = Some(error);
-    while let Some(error) = cause {
-        if let Some(h2) = error.downcast_ref::<h2::Error>() {
-            return h2.reason().unwrap_or(Reason::INTERNAL_ERROR);
-        }
-        cause = error.source();
-    }
-    Reason::INTERNAL_ERROR
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn an_upstream_reset_reason_is_passed_on() {
-        let reset = BodyError::from(h2::Error::from(Reason::REFUSED_STREAM));
-        assert_eq!(reset_reason(&reset), Reason::REFUSED_STREAM);
-        let other = std::io::Error::other("broken");
-        assert_eq!(reset_reason(&other), Reason::INTERNAL_ERROR);
-    }
 
     #[test]
     fn answers_from_http1_endpoints_lose_connection_headers() {
