@@ -87,7 +87,10 @@ fn a_big_cluster_costs_each_daemon_only_its_share() {
     let total: u64 = sizes.values().map(|(_, bytes)| bytes).sum();
     println!("cluster up with the big API in {up:.1} s; the API holds:");
     for (kind, (count, bytes)) in &sizes {
-        println!("  {kind:>14}: {count:>6} objects, {:>7.1} MB", *bytes as f64 / 1e6);
+        println!(
+            "  {kind:>14}: {count:>6} objects, {:>7.1} MB",
+            *bytes as f64 / 1e6
+        );
     }
     println!("  {:>14}: {:>7.1} MB", "total", total as f64 / 1e6);
     let managed: Vec<String> = ["shop", "abc"]
@@ -221,7 +224,10 @@ fn a_big_cluster_costs_each_daemon_only_its_share() {
             after[i].1
         );
     }
-    assert!(wrong.is_empty(), "requests for more than needed: {wrong:#?}");
+    assert!(
+        wrong.is_empty(),
+        "requests for more than needed: {wrong:#?}"
+    );
     for (node, bytes) in sent {
         assert!(
             (bytes as f64) < SHARE_LIMIT * total as f64,
