@@ -382,20 +382,16 @@ impl ApiServer {
                 self.count(index, &response);
                 return response;
             }
-            let from = stream::Resume { rv: from, epoch };
             let count = stream::Count {
                 world: self.world.clone(),
                 index,
             };
-            return self.watch(
-                kind,
-                api_version,
-                from,
-                selector,
-                bookmarks,
-                metadata_only,
+            let from = stream::Resume {
+                rv: from,
+                epoch,
                 count,
-            );
+            };
+            return self.watch(kind, api_version, from, selector, bookmarks, metadata_only);
         }
         let (delay, index) = {
             let mut world = self.world.lock().unwrap();

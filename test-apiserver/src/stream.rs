@@ -17,10 +17,11 @@ pub(super) struct Count {
 }
 
 /// Where a watch starts: after this resourceVersion, in this compaction
-/// epoch (it ends with the epoch).
+/// epoch (it ends with the epoch); and where its bytes are counted.
 pub(super) struct Resume {
     pub rv: u64,
     pub epoch: u64,
+    pub count: Count,
 }
 
 impl ApiServer {
@@ -54,7 +55,6 @@ impl ApiServer {
         selector: Selector,
         bookmarks: bool,
         metadata_only: bool,
-        count: Count,
     ) -> Response<BoxBody<Bytes, Infallible>> {
         let (tx, rx) = tokio::sync::mpsc::channel::<Bytes>(64);
         let world = self.world.clone();
@@ -63,6 +63,7 @@ impl ApiServer {
         let Resume {
             rv: mut cursor,
             epoch,
+            count,
         } = from;
         tokio::spawn(async move {
             loop {

@@ -283,7 +283,7 @@ pub fn scale() -> Vec<Value> {
                 let name = format!("{service}-{}-{:05x}", &hash[..8], pod_index);
                 let ip =
                     Ipv4Addr::from(u32::from(Ipv4Addr::new(100, 64, 0, 0)) + pod_index).to_string();
-                let node = if !managed && pod_index % 500 == 0 {
+                let node = if !managed && pod_index.is_multiple_of(500) {
                     NODE_NAMES[(pod_index / 500) as usize % 2].to_string()
                 } else {
                     format!("worker-{:04}", pod_index as usize % SCALE_NODES)
