@@ -41,6 +41,20 @@ fn rss_kb(pid: u32) -> (u64, u64) {
     (field("VmRSS:"), field("VmHWM:"))
 }
 
+/// CPU time a process has used (user and system), in seconds.
+fn cpu_seconds(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).expect("its stat");
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .map_or("", |(_, rest)| rest)
+        .split_whitespace()
+        .collect();
+    // utime and stime, fields 14 and 15 of proc(5), in clock ticks.
+    let ticks: f64 = fields[11].parse::<f64>().unwrap() + fields[12].parse::<f64>().unwrap();
+    // SAFETY: sysconf(3) reads a constant of the system.
+    ticks / unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64
+}
+
 /// Whether a request of `node`'s daemon asks only what the daemon needs:
 /// its node's pods (by field selector), or one managed namespace's
 /// Services, EndpointSlices and pods' metadata; namespaces by their label.
@@ -115,6 +129,11 @@ fn a_big_cluster_costs_each_daemon_only_its_share() {
         .iter()
         .map(|n| rss_kb(n.pid().expect("running")))
         .collect();
+    let cpu_synced: Vec<f64> = cluster
+        .nodes
+        .iter()
+        .map(|n| cpu_seconds(n.pid().expect("running")))
+        .collect();
 
     // A rule made after the big sync, under load from a pod on each node.
     let loads = ["client-a", "client-b"]
@@ -168,6 +187,11 @@ fn a_big_cluster_costs_each_daemon_only_its_share() {
         .iter()
         .map(|n| rss_kb(n.pid().expect("running")))
         .collect();
+    let cpu_after: Vec<f64> = cluster
+        .nodes
+        .iter()
+        .map(|n| cpu_seconds(n.pid().expect("running")))
+        .collect();
 
     let served = cluster.api.served();
     let mut wrong = Vec::new();
@@ -220,6 +244,11 @@ fn a_big_cluster_costs_each_daemon_only_its_share() {
             bytes as f64 / 1e6,
             mine.len(),
             100.0 * bytes as f64 / total as f64
+        );
+        println!(
+            "  CPU {:.2} s up to the first sync, {:.2} s since (the load's requests through its proxy)",
+            cpu_synced[i],
+            cpu_after[i] - cpu_synced[i]
         );
         for ((kind, how, scope, selector), (count, bytes)) in &table {
             println!("  {count:>3} x {kind:>13} {how:<5} {scope:<20} {selector:<40} {bytes:>10} B");
