@@ -294,6 +294,28 @@ async fn objects_added_changed_and_deleted_are_in_force_within_a_second() {
         i.namespaces.is_empty() && i.services.is_empty() && i.pods.is_empty() && i.rules.is_empty()
     })
     .await;
+    // Labelled again: its own watches start again and list it whole.
+    server.apply(namespace("shop", true));
+    wait_for(&mut rx, "namespace managed again", IN_FORCE, |i| {
+        i.namespaces == ["shop"]
+            && i.services.iter().any(|s| s.name == "shop/charge")
+            && i.pods.iter().any(|p| p.name == "shop/charge-v3")
+    })
+    .await;
+    // Services, EndpointSlices and pods' metadata were asked of the
+    // managed namespace only; other pods by this node's name only.
+    for served in server.served() {
+        let scoped = served.namespace.as_deref() == Some("shop");
+        let ok = match served.kind {
+            "Service" | "EndpointSlice" => scoped,
+            "Pod" => {
+                (scoped && served.metadata_only)
+                    || served.field_selector.as_deref() == Some(&format!("spec.nodeName={NODE}"))
+            }
+            _ => true,
+        };
+        assert!(ok, "asked for more than the managed namespace: {served:?}");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -95,7 +95,9 @@ struct World {
 
 /// A list or watch request, as it was answered: who asked (two daemons
 /// of one test tell themselves apart by their `User-Agent`), for which
-/// kind, and whether a watch was answered 410 Gone.
+/// kind, with which selectors, whether a watch was answered 410 Gone, and
+/// how many bytes of body were sent for it (a watch's grow while it is
+/// open).
 #[derive(Debug, Clone, PartialEq)]
 pub struct Served {
     /// When, in seconds since the Unix epoch.
@@ -106,6 +108,15 @@ pub struct Served {
     pub watch: bool,
     /// A watch from before a compaction: answered 410 Gone.
     pub gone: bool,
+    /// The namespace of a namespaced path; `None`: cluster-wide.
+    pub namespace: Option<String>,
+    /// The `labelSelector` and `fieldSelector` query parameters, as sent.
+    pub label_selector: Option<String>,
+    pub field_selector: Option<String>,
+    /// Asked for `PartialObjectMetadata` (metadata only).
+    pub metadata_only: bool,
+    /// Bytes of response body sent so far.
+    pub bytes: u64,
 }
 
 fn unix_now() -> f64 {
@@ -170,6 +181,39 @@ impl ApiServer {
              contexts: [{{name: test, context: {{cluster: test, user: test}}}}]\n",
             self.addr
         )
+    }
+
+    /// Puts objects in as if they had been there before any client came:
+    /// each with a resourceVersion, none in the history watches replay
+    /// (a big cluster's objects, loaded at once and cheaply).
+    pub fn preload(&self, objects: Vec<Value>) {
+        let mut world = self.world.lock().unwrap();
+        for mut object in objects {
+            world.rv += 1;
+            object["metadata"]["resourceVersion"] = json!(world.rv.to_string());
+            object["metadata"]["generation"] = json!(1);
+            if object["metadata"]["uid"].is_null() {
+                object["metadata"]["uid"] =
+                    json!(format!("00000000-0000-4000-8000-{:012}", world.rv));
+            }
+            world.objects.insert(id_of(&object), object);
+        }
+        // Nothing before now can be replayed.
+        world.compacted = world.rv;
+        self.notify.send_replace(world.rv);
+    }
+
+    /// The bytes of JSON the objects take as the API serves them, in
+    /// all and by kind.
+    pub fn size(&self) -> BTreeMap<String, (usize, u64)> {
+        let world = self.world.lock().unwrap();
+        let mut sizes: BTreeMap<String, (usize, u64)> = BTreeMap::new();
+        for ((kind, _, _), object) in &world.objects {
+            let entry = sizes.entry(kind.clone()).or_default();
+            entry.0 += 1;
+            entry.1 += object.to_string().len() as u64;
+        }
+        sizes
     }
 
     fn changed(&self, world: &mut World, before: Option<Value>, after: Option<Value>) {
@@ -300,8 +344,19 @@ impl ApiServer {
         let Some(&(_, kind, api_version)) = KINDS.iter().find(|(p, _, _)| *p == collection) else {
             return respond(404, json!({"kind": "Status", "code": 404, "message": path}));
         };
+        let served = Served {
+            at: unix_now(),
+            client,
+            kind,
+            watch: false,
+            gone: false,
+            namespace: namespace.clone(),
+            label_selector: query.get("labelSelector").cloned(),
+            field_selector: query.get("fieldSelector").cloned(),
+            metadata_only,
+            bytes: 0,
+        };
         let selector = Selector::new(&query).in_namespace(namespace);
-        let shape = |o: &Value| shape(o, metadata_only);
         if query.get("watch").is_some_and(|w| w == "true" || w == "1") {
             let from: u64 = query
                 .get("resourceVersion")
@@ -312,58 +367,129 @@ impl ApiServer {
                 .is_some_and(|v| v == "true");
             // Whether it is from before a compaction, and the compaction
             // it starts in, read at once.
-            let (gone, epoch) = {
+            let (gone, epoch, index) = {
                 let mut world = self.world.lock().unwrap();
                 let gone = from < world.compacted;
                 world.served.push(Served {
-                    at: unix_now(),
-                    client,
-                    kind,
                     watch: true,
                     gone,
+                    ..served
                 });
-                (gone, world.epoch)
+                (gone, world.epoch, world.served.len() - 1)
             };
             if gone {
-                return self.gone_response(from);
+                let response = self.gone_response(from);
+                self.count(index, &response);
+                return response;
             }
-            let from = stream::Resume { rv: from, epoch };
+            let count = stream::Count {
+                world: self.world.clone(),
+                index,
+            };
+            let from = stream::Resume {
+                rv: from,
+                epoch,
+                count,
+            };
             return self.watch(kind, api_version, from, selector, bookmarks, metadata_only);
         }
-        let delay = {
+        let (delay, index) = {
             let mut world = self.world.lock().unwrap();
-            world.served.push(Served {
-                at: unix_now(),
-                client,
-                kind,
-                watch: false,
-                gone: false,
-            });
-            world.list_delay
+            world.served.push(served);
+            (world.list_delay, world.served.len() - 1)
         };
         if !delay.is_zero() {
             tokio::time::sleep(delay).await;
         }
+        let response = self.list(kind, api_version, &query, &selector, metadata_only);
+        self.count(index, &response);
+        response
+    }
+
+    /// A list, a page of at most `limit` objects when asked (kube's
+    /// watcher asks 500 at a time, and a real API server pages lists
+    /// from etcd): `continue` is where the next page starts.
+    fn list(
+        &self,
+        kind: &'static str,
+        api_version: &str,
+        query: &BTreeMap<String, String>,
+        selector: &Selector,
+        metadata_only: bool,
+    ) -> Response<BoxBody<Bytes, Infallible>> {
+        let limit: Option<usize> = query
+            .get("limit")
+            .and_then(|l| l.parse().ok())
+            .filter(|l| *l > 0);
+        let after: Option<Id> = query
+            .get("continue")
+            .filter(|c| !c.is_empty())
+            .and_then(|c| serde_json::from_str::<(String, String)>(c).ok())
+            .map(|(ns, name)| (kind.to_string(), ns, name));
         let world = self.world.lock().unwrap();
-        let items: Vec<Value> = world
-            .objects
-            .values()
-            .filter(|o| o["kind"] == kind && selector.matches(o))
-            .map(shape)
-            .collect();
+        // Objects are keyed (kind, namespace, name): a namespace's are
+        // one range of its kind's.
+        let start: Id = (
+            kind.to_string(),
+            selector.namespace().unwrap_or_default().to_string(),
+            String::new(),
+        );
+        let range = match &after {
+            Some(after) => world.objects.range((
+                std::ops::Bound::Excluded(after.clone()),
+                std::ops::Bound::Unbounded,
+            )),
+            None => world
+                .objects
+                .range((std::ops::Bound::Included(start), std::ops::Bound::Unbounded)),
+        };
+        let mut items = Vec::new();
+        let mut more = false;
+        for ((k, ns, _), object) in range {
+            if k != kind || selector.namespace().is_some_and(|want| want != ns) {
+                break;
+            }
+            if !selector.matches(object) {
+                continue;
+            }
+            if limit.is_some_and(|l| items.len() >= l) {
+                more = true;
+                break;
+            }
+            items.push(shape(object, metadata_only));
+        }
+        // The next page starts after the last object of this one.
+        let token = more.then(|| items.last()).flatten().map(|last| {
+            json!([
+                last["metadata"]["namespace"].as_str().unwrap_or_default(),
+                last["metadata"]["name"].as_str().unwrap_or_default()
+            ])
+            .to_string()
+        });
         let (list_kind, list_version) = if metadata_only {
             ("PartialObjectMetadataList".to_string(), "meta.k8s.io/v1")
         } else {
             (format!("{kind}List"), api_version)
         };
+        let mut metadata = json!({"resourceVersion": world.rv.to_string()});
+        if let Some(token) = token {
+            metadata["continue"] = json!(token);
+        }
         respond(
             200,
             json!({
                 "kind": list_kind, "apiVersion": list_version,
-                "metadata": {"resourceVersion": world.rv.to_string()},
+                "metadata": metadata,
                 "items": items
             }),
         )
+    }
+
+    /// Adds a whole response's body to what request `index` was sent.
+    fn count(&self, index: usize, response: &Response<BoxBody<Bytes, Infallible>>) {
+        use hyper::body::Body;
+        let bytes = response.body().size_hint().exact().unwrap_or(0);
+        self.world.lock().unwrap().served[index].bytes += bytes;
     }
 
     fn patch_status(&self, path: &str, patch: Value) -> Response<BoxBody<Bytes, Infallible>> {

@@ -83,6 +83,10 @@ impl Selector {
         Self { namespace, ..self }
     }
 
+    pub(super) fn namespace(&self) -> Option<&str> {
+        self.namespace.as_deref()
+    }
+
     pub(super) fn matches(&self, object: &Value) -> bool {
         self.namespace
             .as_ref()

@@ -8,13 +8,20 @@ use http_body_util::{BodyExt, StreamBody, combinators::BoxBody};
 use hyper::{Response, body::Frame};
 use serde_json::{Value, json};
 
-use super::{ApiServer, Change, query::Selector};
+use super::{ApiServer, Change, World, query::Selector};
+
+/// Where a watch's bytes are counted: its entry in the served log.
+pub(super) struct Count {
+    pub world: std::sync::Arc<std::sync::Mutex<World>>,
+    pub index: usize,
+}
 
 /// Where a watch starts: after this resourceVersion, in this compaction
-/// epoch (it ends with the epoch).
+/// epoch (it ends with the epoch); and where its bytes are counted.
 pub(super) struct Resume {
     pub rv: u64,
     pub epoch: u64,
+    pub count: Count,
 }
 
 impl ApiServer {
@@ -56,6 +63,7 @@ impl ApiServer {
         let Resume {
             rv: mut cursor,
             epoch,
+            count,
         } = from;
         tokio::spawn(async move {
             loop {
@@ -97,9 +105,10 @@ impl ApiServer {
                 let _ = tokio::time::timeout(Duration::from_millis(500), notify.changed()).await;
             }
         });
-        let stream = futures::stream::unfold(rx, |mut rx| async move {
+        let stream = futures::stream::unfold((rx, count), |(mut rx, count)| async move {
             let chunk = rx.recv().await?;
-            Some((Ok::<_, Infallible>(Frame::data(chunk)), rx))
+            count.world.lock().unwrap().served[count.index].bytes += chunk.len() as u64;
+            Some((Ok::<_, Infallible>(Frame::data(chunk)), (rx, count)))
         });
         Response::builder()
             .header("content-type", "application/json")

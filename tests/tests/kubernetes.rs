@@ -349,13 +349,14 @@ fn rule_changes_through_the_api_under_load() {
     println!("invalid rule: Accepted=False, {}: {}", refused.1, refused.2);
 }
 
-/// The watches each daemon keeps, by kind (every Pod's metadata, and its
-/// node's Pods).
+/// The watches each daemon keeps, by kind: Services, EndpointSlices and
+/// pods' metadata in each of the two managed namespaces, and its node's
+/// Pods.
 const WATCHES: [(&str, usize); 6] = [
     ("Namespace", 1),
-    ("Service", 1),
-    ("EndpointSlice", 1),
-    ("Pod", 2),
+    ("Service", 2),
+    ("EndpointSlice", 2),
+    ("Pod", 3),
     ("TrafficLane", 1),
     ("TrafficRule", 1),
 ];

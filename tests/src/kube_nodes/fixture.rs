@@ -237,3 +237,98 @@ pub fn user_rule(name: &str, values: &[&str]) -> Value {
            "spec": {"service": "b", "lane": "gray", "mode": "any", "conditions": [
                {"source": "header", "name": "x-user-id", "op": "in", "values": values}]}})
 }
+
+/// A big cluster around the fixture's ([`scale`]): namespaces, of which
+/// the first few are managed; Services per namespace; pods per Service.
+pub const SCALE_NAMESPACES: usize = 200;
+pub const SCALE_MANAGED: usize = 10;
+pub const SCALE_SERVICES_PER_NAMESPACE: usize = 50;
+pub const SCALE_PODS_PER_SERVICE: usize = 10;
+/// The other nodes the big cluster's pods run on.
+pub const SCALE_NODES: usize = 1000;
+
+/// `scale-NNN`: managed for `n < SCALE_MANAGED`.
+pub fn scale_namespace(n: usize) -> String {
+    format!("scale-{n:03}")
+}
+
+/// 100k pods and 10k Services with their EndpointSlices in 200
+/// namespaces, 10 of them managed (500 Services, 5k pods): the API of a
+/// big cluster the two nodes are a small part of. Pods run on 1000 other
+/// nodes, but for one in 500 of the unmanaged namespaces' on node-a or
+/// node-b (other workloads of the daemons' nodes). Shaped as the API
+/// serves them (owner, template hash, conditions, container status), but
+/// small. Addresses: pods 100.64.0.0/10, Services 10.100.0.0/16.
+pub fn scale() -> Vec<Value> {
+    let mut all = Vec::new();
+    let mut pod_index: u32 = 0;
+    for n in 0..SCALE_NAMESPACES {
+        let ns = scale_namespace(n);
+        let managed = n < SCALE_MANAGED;
+        all.push(objects::namespace(&ns, managed));
+        for s in 0..SCALE_SERVICES_PER_NAMESPACE {
+            let service = format!("svc-{s:02}");
+            let number = (n * SCALE_SERVICES_PER_NAMESPACE + s) as u32;
+            let cluster_ip = Ipv4Addr::from(u32::from(Ipv4Addr::new(10, 100, 0, 0)) + number);
+            all.push(objects::service(
+                &ns,
+                &service,
+                &cluster_ip.to_string(),
+                &[("http", PORT)],
+            ));
+            let hash = format!("{:010x}", u64::from(number) * 0x9e37_79b9);
+            let mut endpoints = Vec::new();
+            for p in 0..SCALE_PODS_PER_SERVICE {
+                pod_index += 1;
+                let name = format!("{service}-{}-{:05x}", &hash[..8], pod_index);
+                let ip =
+                    Ipv4Addr::from(u32::from(Ipv4Addr::new(100, 64, 0, 0)) + pod_index).to_string();
+                let node = if !managed && pod_index.is_multiple_of(500) {
+                    NODE_NAMES[(pod_index / 500) as usize % 2].to_string()
+                } else {
+                    format!("worker-{:04}", pod_index as usize % SCALE_NODES)
+                };
+                let lane = (managed && p == 0).then_some("gray");
+                all.push(scale_pod(&ns, &service, &name, &hash, &node, &ip, lane));
+                endpoints.push((ip, name));
+            }
+            let rows: Vec<(&str, &str, bool, bool)> = endpoints
+                .iter()
+                .map(|(ip, name)| (ip.as_str(), name.as_str(), true, false))
+                .collect();
+            let mut slice = objects::slice(&ns, &service, &rows, &[("http", PORT)]);
+            slice["metadata"]["name"] = json!(format!("{service}-{}", &hash[..5]));
+            all.push(slice);
+        }
+    }
+    all
+}
+
+fn scale_pod(
+    ns: &str,
+    service: &str,
+    name: &str,
+    hash: &str,
+    node: &str,
+    ip: &str,
+    lane: Option<&str>,
+) -> Value {
+    let mut pod = objects::pod(ns, name, "", node, ip, lane, false);
+    pod["metadata"]["uid"] = Value::Null;
+    pod["metadata"]["labels"]["app"] = json!(service);
+    pod["metadata"]["labels"]["pod-template-hash"] = json!(hash);
+    pod["metadata"]["generateName"] = json!(format!("{service}-{}-", &hash[..8]));
+    pod["metadata"]["ownerReferences"] = json!([{"apiVersion": "apps/v1", "kind": "ReplicaSet",
+        "name": format!("{service}-{}", &hash[..8]), "uid": "5e1f0000-0000-4000-8000-000000000000",
+        "controller": true, "blockOwnerDeletion": true}]);
+    pod["spec"]["containers"][0]["ports"] =
+        json!([{"name": "http", "containerPort": PORT, "protocol": "TCP"}]);
+    pod["spec"]["containers"][0]["resources"] =
+        json!({"requests": {"cpu": "10m", "memory": "32Mi"}});
+    pod["spec"]["serviceAccountName"] = json!("default");
+    pod["status"]["hostIP"] = json!("10.0.0.1");
+    pod["status"]["conditions"] = json!([{"type": "Ready", "status": "True"}]);
+    pod["status"]["containerStatuses"] =
+        json!([{"name": "app", "ready": true, "restartCount": 0, "image": "app:1"}]);
+    pod
+}

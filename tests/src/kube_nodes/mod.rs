@@ -76,7 +76,9 @@ pub struct Nodes {
 }
 
 impl Nodes {
-    fn start() -> Result<Self, NodesError> {
+    /// `preload`: objects in the API besides the fixture's from the
+    /// start (a big cluster's, [`fixture::scale`]).
+    fn start(preload: Vec<serde_json::Value>) -> Result<Self, NodesError> {
         crate::require_root();
         preclean();
         let run_dir = run_dir();
@@ -92,6 +94,7 @@ impl Nodes {
             .build()
             .map_err(io("starting a runtime"))?;
         let api = runtime.block_on(ApiServer::start(fixture::static_objects()));
+        api.preload(preload);
         let kubeconfig = run_dir.join("kubeconfig");
         std::fs::write(&kubeconfig, api.kubeconfig()).map_err(io("writing the kubeconfig"))?;
         let tree = cgroups::v2_mount()?.join(cgroups::TREE);
@@ -510,11 +513,18 @@ impl DerefMut for SharedNodes {
 
 /// The two nodes, started by the first test that asks.
 pub fn nodes() -> SharedNodes {
+    nodes_with(Vec::new)
+}
+
+/// The two nodes, started by the first test that asks with the objects
+/// `preload` makes in the API besides the fixture's (a test binary's
+/// tests all ask alike).
+pub fn nodes_with(preload: impl FnOnce() -> Vec<serde_json::Value>) -> SharedNodes {
     // A test that panicked while holding them leaves them usable: each
     // restores what it changes in guards that run on panic too.
     let mut guard = SHARED.lock().unwrap_or_else(|p| p.into_inner());
     if guard.is_none() {
-        match Nodes::start() {
+        match Nodes::start(preload()) {
             Ok(nodes) => *guard = Some(nodes),
             Err(e) => {
                 // What was made before the cluster had an owner.

@@ -49,7 +49,7 @@ pub struct Stores {
     pub namespaces: Store<()>,
     pub services: Store<ServiceRec>,
     pub slices: Store<SliceRec>,
-    /// Every pod's labels.
+    /// Managed namespaces' pods' labels.
     pub pods: Store<BTreeMap<String, String>>,
     /// This node's pods.
     pub node_pods: Store<NodePodRec>,
@@ -58,15 +58,34 @@ pub struct Stores {
 }
 
 impl Stores {
-    /// Every kind has been listed once.
+    /// Every kind has been listed once, the ones watched per managed
+    /// namespace in each.
     pub fn synced(&self) -> bool {
         self.namespaces.synced
-            && self.services.synced
-            && self.slices.synced
-            && self.pods.synced
             && self.node_pods.synced
             && self.lanes.synced
             && self.rules.synced
+            && self
+                .namespaces
+                .iter()
+                .all(|((_, ns), ())| self.synced_in(ns))
+    }
+
+    /// Whether a namespace's Services, EndpointSlices and pods (each
+    /// watched in it alone) have been listed.
+    fn synced_in(&self, ns: &str) -> bool {
+        self.services.synced_in(ns) && self.slices.synced_in(ns) && self.pods.synced_in(ns)
+    }
+
+    /// Managed namespaces whose objects have been listed: a namespace
+    /// labelled just now counts once they are (until then its rules would
+    /// be refused for Services not seen yet).
+    pub fn managed(&self) -> BTreeSet<&str> {
+        self.namespaces
+            .iter()
+            .map(|((_, n), ())| n.as_str())
+            .filter(|n| self.synced_in(n))
+            .collect()
     }
 }
 
@@ -106,11 +125,7 @@ pub fn join(
     cgroups: &HashMap<String, Vec<u64>>,
     settings: &SettingsSpec,
 ) -> (Inventory, Vec<RuleVerdict>) {
-    let managed: BTreeSet<&str> = stores
-        .namespaces
-        .iter()
-        .map(|((_, n), ())| n.as_str())
-        .collect();
+    let managed = stores.managed();
     let is_managed = |ns: &String| managed.contains(ns.as_str());
 
     let mut lanes = Vec::new();

@@ -4,13 +4,21 @@
 //! | watch | why |
 //! |-------|-----|
 //! | Namespaces labelled `tagger.io/lanes=enabled` | which pods are managed |
-//! | Services, EndpointSlices | addresses, ports, endpoints and their readiness |
-//! | every Pod's metadata | each endpoint's lane (its labels) |
+//! | in each managed namespace: Services, EndpointSlices | addresses, ports, endpoints and their readiness |
+//! | in each managed namespace: Pods' metadata | each endpoint's lane (its labels) |
 //! | this node's Pods (`spec.nodeName`) | addresses and, through kubelet's cgroups, cgroup ids |
 //! | `TrafficLane`, `TrafficRule` | lanes and rules; each rule's `Accepted` status is written back |
 //!
+//! The API cannot select objects by their namespace's labels, so the
+//! kinds that follow the managed namespaces are watched in each of them
+//! apart, started when a namespace is labelled and stopped when it is no
+//! longer: what a daemon is sent and keeps follows its node's pods and the
+//! managed namespaces, not the size of the cluster (SPEC section E,
+//! "Scale"; `tests/tests/kube_scale.rs`).
+//!
 //! Each watcher relists with the default backoff when its watch breaks (a
-//! 410 Gone included); a relist replaces its kind whole ([`store`]). Events
+//! 410 Gone included); a relist replaces its kind whole, or its kind in its
+//! namespace ([`store`]). Events
 //! are joined after a 50 ms settle, so a burst is one inventory and a change
 //! is in force well within a second.
 mod join;
@@ -27,7 +35,10 @@ use std::{
     time::Duration,
 };
 
-use futures::{StreamExt, stream::BoxStream};
+use futures::{
+    StreamExt,
+    stream::{AbortHandle, Abortable, BoxStream, SelectAll},
+};
 use k8s_openapi::api::{
     core::v1::{Namespace, Pod, Service},
     discovery::v1::EndpointSlice,
@@ -119,17 +130,21 @@ pub struct KubeSource {
 #[allow(clippy::large_enum_variant)]
 enum Change {
     Namespace(Event<Namespace>),
-    Service(Event<Service>),
-    Slice(Event<EndpointSlice>),
-    Pod(Event<PartialObjectMeta<Pod>>),
+    /// Of the watch of one managed namespace (the first field).
+    Service(String, Event<Service>),
+    Slice(String, Event<EndpointSlice>),
+    Pod(String, Event<PartialObjectMeta<Pod>>),
     NodePod(Event<Pod>),
     Lane(Event<TrafficLane>),
     Rule(Event<TrafficRule>),
 }
 
-type Changes = BoxStream<'static, Result<Change, watcher::Error>>;
+type Watch = BoxStream<'static, Result<Change, watcher::Error>>;
+/// Every watch's changes, as they come; a managed namespace's watches are
+/// added to it and aborted as the namespace comes and goes.
+type Changes = SelectAll<Watch>;
 
-fn watch<K, F>(api: Api<K>, config: watcher::Config, wrap: F) -> Changes
+fn watch<K, F>(api: Api<K>, config: watcher::Config, wrap: F) -> Watch
 where
     K: kube::Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug + Send + 'static,
     F: Fn(Event<K>) -> Change + Send + 'static,
@@ -179,6 +194,8 @@ impl KubeSource {
         Self { client, config }
     }
 
+    /// The cluster-wide watches: managed namespaces (by label), this
+    /// node's pods (by field), the custom resources.
     fn changes(&self) -> Changes {
         let c = &self.client;
         let managed = format!("{}={}", objects::MANAGED_LABEL, objects::MANAGED_VALUE);
@@ -190,28 +207,84 @@ impl KubeSource {
                 all().labels(&managed),
                 Change::Namespace,
             ),
-            watch(Api::all(c.clone()), all(), Change::Service),
-            watch(Api::all(c.clone()), all(), Change::Slice),
             watch(Api::all(c.clone()), all().fields(&on_node), Change::NodePod),
             watch(Api::all(c.clone()), all(), Change::Lane),
             watch(Api::all(c.clone()), all(), Change::Rule),
-            // Labels suffice for other pods: metadata only.
-            watch(
-                Api::<PartialObjectMeta<Pod>>::all(c.clone()),
-                all(),
-                Change::Pod,
-            ),
         ])
-        .boxed()
+    }
+
+    /// The watches of one managed namespace: its Services, EndpointSlices
+    /// and pods (labels suffice for those: metadata only).
+    fn namespace_watches(&self, ns: &str) -> [Watch; 3] {
+        let c = &self.client;
+        let all = watcher::Config::default;
+        let (a, b, d) = (ns.to_string(), ns.to_string(), ns.to_string());
+        [
+            watch(Api::namespaced(c.clone(), ns), all(), move |e| {
+                Change::Service(a.clone(), e)
+            }),
+            watch(Api::namespaced(c.clone(), ns), all(), move |e| {
+                Change::Slice(b.clone(), e)
+            }),
+            watch(
+                Api::<PartialObjectMeta<Pod>>::namespaced(c.clone(), ns),
+                all(),
+                move |e| Change::Pod(d.clone(), e),
+            ),
+        ]
+    }
+
+    /// Starts the watches of namespaces managed now and stops those of
+    /// namespaces no longer managed, dropping what they brought; whether
+    /// the stores changed.
+    fn follow_namespaces(
+        &self,
+        stores: &mut Stores,
+        changes: &mut Changes,
+        watching: &mut HashMap<String, Vec<AbortHandle>>,
+    ) -> bool {
+        let managed: Vec<String> = stores
+            .namespaces
+            .iter()
+            .map(|((_, ns), ())| ns.clone())
+            .collect();
+        let mut changed = false;
+        watching.retain(|ns, handles| {
+            if managed.contains(ns) {
+                return true;
+            }
+            info!(namespace = %ns, "namespace no longer managed: its watches stop");
+            handles.iter().for_each(AbortHandle::abort);
+            changed |= stores.services.forget(ns);
+            changed |= stores.slices.forget(ns);
+            changed |= stores.pods.forget(ns);
+            false
+        });
+        for ns in managed {
+            if watching.contains_key(&ns) {
+                continue;
+            }
+            let handles = self
+                .namespace_watches(&ns)
+                .into_iter()
+                .map(|watch| {
+                    let (handle, registration) = AbortHandle::new_pair();
+                    changes.push(Abortable::new(watch, registration).boxed());
+                    handle
+                })
+                .collect();
+            watching.insert(ns, handles);
+        }
+        changed
     }
 
     /// Applies one change; whether what the stores answer changed.
     fn apply(&self, stores: &mut Stores, change: Change) -> bool {
         match change {
             Change::Namespace(e) => stores.namespaces.apply(e, objects::namespace),
-            Change::Service(e) => stores.services.apply(e, objects::service),
-            Change::Slice(e) => stores.slices.apply(e, objects::endpoint_slice),
-            Change::Pod(e) => stores.pods.apply(e, objects::pod_labels),
+            Change::Service(ns, e) => stores.services.apply_in(&ns, e, objects::service),
+            Change::Slice(ns, e) => stores.slices.apply_in(&ns, e, objects::endpoint_slice),
+            Change::Pod(ns, e) => stores.pods.apply_in(&ns, e, objects::pod_labels),
             Change::NodePod(e) => stores.node_pods.apply(e, objects::node_pod),
             Change::Lane(e) => stores.lanes.apply(e, objects::lane),
             Change::Rule(e) => stores.rules.apply(e, join::rule),
@@ -331,13 +404,18 @@ impl Source for KubeSource {
         let mut last_refresh = Instant::now();
         let mut settle_at: Option<Instant> = None;
         let mut first = true;
+        let mut watching = HashMap::new();
         loop {
             let mut changed = false;
             tokio::select! {
                 change = changes.next() => match change {
                     Some(Ok(change)) => {
-                        let node_pod = matches!(change, Change::NodePod(_) | Change::Namespace(_));
+                        let namespace = matches!(change, Change::Namespace(_));
+                        let node_pod = matches!(change, Change::NodePod(_)) || namespace;
                         changed = self.apply(&mut stores, change);
+                        if namespace {
+                            changed |= self.follow_namespaces(&mut stores, &mut changes, &mut watching);
+                        }
                         // A pod's containers may have come or gone, or a
                         // namespace's pods become managed.
                         if node_pod && changed {

@@ -252,10 +252,14 @@ fn stores(objects: &[serde_json::Value]) -> Stores {
     let by_kind = |k: &'static str| objects.iter().filter(move |o| o["kind"] == k).cloned();
     let done = |s: &mut Stores| {
         s.namespaces.apply(Event::<Namespace>::InitDone, namespace);
-        s.services.apply(Event::<Service>::InitDone, service);
-        s.slices
-            .apply(Event::<EndpointSlice>::InitDone, endpoint_slice);
-        s.pods.apply(Event::InitDone, pod_labels);
+        // Each namespace's own watches listed (none of its objects yet).
+        for o in by_kind("Namespace") {
+            let ns = o["metadata"]["name"].as_str().unwrap_or_default();
+            s.services.apply_in(ns, Event::<Service>::InitDone, service);
+            s.slices
+                .apply_in(ns, Event::<EndpointSlice>::InitDone, endpoint_slice);
+            s.pods.apply_in(ns, Event::InitDone, pod_labels);
+        }
         s.node_pods.apply(Event::<Pod>::InitDone, node_pod);
         s.lanes.apply(Event::InitDone, lane);
         s.rules.apply(Event::InitDone, super::join::rule);
