@@ -306,3 +306,38 @@ fn cluster_role_is_least_privilege() {
     want.insert("tagger.io/trafficrules/status:patch".to_string());
     assert_eq!(granted, want);
 }
+
+/// No image builder runs here (no docker), so what can be checked offline
+/// is: the Dockerfile's builder runs the steps a developer's machine runs
+/// (`cargo xtask setup --build-only`, then xtask's own release build of the
+/// one binary, its eBPF programs embedded by build.rs), those steps exist
+/// in xtask, and the image starts the daemon in Kubernetes mode.
+#[test]
+fn the_dockerfile_builds_with_the_steps_xtask_runs() {
+    let read = |path: &str| {
+        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("..").join(path))
+            .unwrap_or_else(|e| panic!("{path}: {e}"))
+    };
+    let dockerfile = read("deploy/Dockerfile");
+    let run_lines: String = dockerfile
+        .lines()
+        .filter(|l| !l.trim_start().starts_with('#'))
+        .collect::<Vec<_>>()
+        .join("\n");
+    for step in [
+        "cargo xtask setup --build-only",
+        "cargo build --release --locked -p tagger-user --bin tagger",
+        r#"CMD ["daemon", "--kubernetes"]"#,
+    ] {
+        assert!(run_lines.contains(step), "deploy/Dockerfile lacks `{step}`");
+    }
+    let xtask = read("xtask/src/main.rs");
+    assert!(
+        xtask.contains(r#""build", "--release", "-p", "tagger-user", "--bin", "tagger""#),
+        "xtask's release build is no longer the Dockerfile's"
+    );
+    assert!(
+        xtask.contains("build_only: true")
+            && read("xtask/src/setup.rs").contains("pub fn ensure_build_only")
+    );
+}
