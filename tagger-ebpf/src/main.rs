@@ -15,8 +15,8 @@
 //!   request tags.
 //!
 //! The programs that carry lanes through unmodified apps are in
-//! `propagation.rs` (threads), `golang.rs` (goroutines) and `procs.rs`
-//! (which of the two a process gets).
+//! `propagation.rs` (threads), `golang.rs` (goroutines), `grpc.rs`
+//! (grpc-go's HTTP/2 streams) and `procs.rs` (which way a process gets).
 //!
 //! Each program is a thin entry that calls a `try_` function and always lets
 //! the connection proceed: a failure here must never break an app's connect.
