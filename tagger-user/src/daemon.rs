@@ -341,10 +341,15 @@ pub async fn run(args: DaemonArgs) -> Result<(), DaemonError> {
             );
         }
         None => {
+            // No successor from here on; one already saying hello may be
+            // loading on the pinned maps: they stay for it.
+            let successor = predecessor.close();
             fail_open(&datapath);
             drain(&proxy).await;
             // The last daemon: nobody will take these maps over.
-            datapath.pins().remove();
+            if !successor {
+                datapath.pins().remove();
+            }
             let _ = std::fs::remove_file(&args.admin_socket);
             let _ = std::fs::remove_file(&handover_path);
             info!("tagger daemon stopped");

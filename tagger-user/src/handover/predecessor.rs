@@ -66,6 +66,9 @@ pub struct Predecessor {
     /// The writer of the session that took over, for `Drained`.
     taken_by: Mutex<Option<Arc<Mutex<UnixStream>>>>,
     done: AtomicBool,
+    /// A successor said hello and has not gone away: it may be loading on
+    /// the pinned maps right now.
+    in_session: AtomicBool,
 }
 
 impl Predecessor {
@@ -82,6 +85,7 @@ impl Predecessor {
             events,
             taken_by: Mutex::new(None),
             done: AtomicBool::new(false),
+            in_session: AtomicBool::new(false),
         });
         let server = this.clone();
         std::thread::Builder::new()
@@ -93,12 +97,26 @@ impl Predecessor {
                         return;
                     }
                     let Ok(stream) = stream else { continue };
-                    if let Err(error) = server.session(stream) {
+                    let result = server.session(stream);
+                    if !server.done.load(Ordering::SeqCst) {
+                        server.in_session.store(false, Ordering::SeqCst);
+                    }
+                    if let Err(error) = result {
                         warn!(%error, "handover to a successor failed; this daemon goes on serving");
                     }
                 }
             })?;
         Ok((this, handed))
+    }
+
+    /// This daemon stops with no successor (SIGINT, or SIGTERM with none
+    /// in time): no successor is taken from here on. Returns whether one is
+    /// in the middle of a handover; it may be loading on the pinned maps,
+    /// so they must not be removed (found by the bench: a daemon started
+    /// while the old one stopped failed to pin its maps).
+    pub fn close(&self) -> bool {
+        self.done.store(true, Ordering::SeqCst);
+        self.in_session.load(Ordering::SeqCst)
     }
 
     /// The connections are finished: the successor hears it and stops
@@ -118,6 +136,7 @@ impl Predecessor {
         let Message::Hello { layout, pid } = reader.message("hello")? else {
             return Ok(());
         };
+        self.in_session.store(true, Ordering::SeqCst);
         let datapath = &self.parts.datapath;
         let welcome = Message::Welcome {
             layout: datapath.pins().layout.clone(),
