@@ -299,17 +299,36 @@ pub fn measure(tagger: &Path, dir: &Path, mode: Mode) -> Result<Value> {
     // over each fixed-rate run per 1000 calls answered.
     let mut fixed: BTreeMap<&str, Vec<Sample>> = BTreeMap::new();
     let mut cpu: BTreeMap<&str, Vec<f64>> = BTreeMap::new();
+    let mut cpu_user: BTreeMap<&str, Vec<f64>> = BTreeMap::new();
+    // The daemon's CPU while the other paths run: what it spends on calls
+    // it does not proxy (following the server's inbound streams for
+    // propagation, its timers), a part of its figure on the tagger path too.
+    let mut daemon_aside: BTreeMap<&str, Vec<f64>> = BTreeMap::new();
     let mut saturation: BTreeMap<&str, Vec<Sample>> = BTreeMap::new();
+    // (user + system, user) ms per 1000 calls.
+    let per_thousand = |pid: u32, (user, sys): (f64, f64), calls: f64| {
+        let (user_after, sys_after) = cpu_ms(pid);
+        let thousands = calls.max(1.0) / 1000.0;
+        (
+            (user_after - user + sys_after - sys) / thousands,
+            (user_after - user) / thousands,
+        )
+    };
     for _ in 0..plan.runs {
         for path in PATHS {
             let before = proxy(path).map(cpu_ms);
+            let daemon_before = cpu_ms(daemon);
             let sample = h2load.run(&url(path), &fixed_args)?;
-            if let (Some(pid), Some((user, sys))) = (proxy(path), before) {
-                let (user_after, sys_after) = cpu_ms(pid);
-                let thousands = sample.calls.max(1.0) / 1000.0;
-                cpu.entry(path)
+            if let (Some(pid), Some(before)) = (proxy(path), before) {
+                let (total, user) = per_thousand(pid, before, sample.calls);
+                cpu.entry(path).or_default().push(total);
+                cpu_user.entry(path).or_default().push(user);
+            }
+            if path != "tagger" {
+                daemon_aside
+                    .entry(path)
                     .or_default()
-                    .push((user_after - user + sys_after - sys) / thousands);
+                    .push(per_thousand(daemon, daemon_before, sample.calls).0);
             }
             fixed.entry(path).or_default().push(sample);
         }
@@ -334,6 +353,8 @@ pub fn measure(tagger: &Path, dir: &Path, mode: Mode) -> Result<Value> {
                 },
                 "saturation": {"rps": field(s, |x| x.rps), "success": field(s, |x| x.success)},
                 "cpu_ms_per_1000_calls": cpu.get_mut(path).map(|v| median(v)),
+                "cpu_user_ms_per_1000_calls": cpu_user.get_mut(path).map(|v| median(v)),
+                "daemon_cpu_ms_per_1000_calls": daemon_aside.get_mut(path).map(|v| median(v)),
             }),
         );
     }
