@@ -34,6 +34,8 @@ pub struct Pipe {
     /// A DATA frame read, waiting for window to send it in, and whether it
     /// ends the body.
     waiting: Option<(Bytes, bool)>,
+    /// A DATA frame was handed to h2: from then on each waits for window.
+    started: bool,
 }
 
 impl Pipe {
@@ -42,6 +44,7 @@ impl Pipe {
             body,
             send,
             waiting: None,
+            started: false,
         }
     }
 
@@ -56,7 +59,13 @@ impl Pipe {
                 }));
             }
             if let Some((data, end)) = self.waiting.take() {
-                while self.send.capacity() == 0 {
+                // The first frame goes to h2 at once, window or not: a
+                // stream to an endpoint has none until h2 opens it, and
+                // waiting for that sent its HEADERS in one write and its
+                // DATA in another (the endpoint read and answered them
+                // apart), from a task spawned to wait. h2 holds the frame
+                // until the window lets it go: still one frame in hand.
+                while self.started && self.send.capacity() == 0 {
                     match self.send.poll_capacity(cx) {
                         Poll::Pending => {
                             self.waiting = Some((data, end));
@@ -75,6 +84,7 @@ impl Pipe {
                 // Window granted: h2 sends as much of the frame as it allows
                 // and buffers the rest; no more is read until that has gone.
                 self.send.send_data(data, end).map_err(Broken::Send)?;
+                self.started = true;
                 if end {
                     return Poll::Ready(Ok(()));
                 }
