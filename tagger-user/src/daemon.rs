@@ -148,6 +148,7 @@ pub async fn run(args: DaemonArgs) -> Result<(), DaemonError> {
             start(FileSource {
                 config: config.clone(),
                 placement: placement.clone(),
+                poll: crate::source::file::POLL,
             })
             .await?,
             SourceInfo {

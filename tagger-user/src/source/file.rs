@@ -2,16 +2,19 @@
 //! rules, settings) joined with the placement `tagger cluster up` wrote
 //! (each pod's address and cgroup, each service's address). Both files are
 //! watched (inotify on their folders, as an edit is often a rename over the
-//! file; a stat every half second besides, in case an event is missed); a
+//! file, for the events that can change them only; a stat every half
+//! second besides, in case an event is missed); a
 //! file that no longer parses or checks is reported and the state in force
 //! stays.
 use std::{
+    ffi::OsString,
     os::unix::fs::MetadataExt,
     path::{Path, PathBuf},
     time::Duration,
 };
 
-use notify::Watcher;
+use futures::StreamExt;
+use inotify::{EventMask, Inotify, WatchMask};
 use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
 use tracing::{error, info, warn};
@@ -26,7 +29,7 @@ use crate::{
 };
 
 /// The backstop to inotify: how often the files are looked at anyway.
-const POLL: Duration = Duration::from_millis(500);
+pub const POLL: Duration = Duration::from_millis(500);
 
 /// Where the pods of the local cluster run: addresses and cgroups, written
 /// by `tagger cluster up` when it starts them.
@@ -159,6 +162,8 @@ fn stamp(path: &Path) -> Option<(i64, i64, u64, u64)> {
 pub struct FileSource {
     pub config: PathBuf,
     pub placement: PathBuf,
+    /// How often the files are looked at besides inotify ([`POLL`]).
+    pub poll: Duration,
 }
 
 /// The files as last read well.
@@ -244,10 +249,9 @@ impl Source for FileSource {
             stamps,
         };
         let (tx, mut events) = mpsc::unbounded_channel();
-        // Kept alive for as long as the source runs.
-        let _watcher = watch_folders(&[&self.config, &self.placement], tx);
-        let mut watching = _watcher.is_some();
-        let mut poll = tokio::time::interval(POLL);
+        // Ends when `events` is dropped with this source.
+        let mut watching = watch_folders(&[&self.config, &self.placement], tx);
+        let mut poll = tokio::time::interval(self.poll);
         loop {
             tokio::select! {
                 event = events.recv(), if watching => {
@@ -269,27 +273,87 @@ impl Source for FileSource {
     }
 }
 
-/// inotify on the files' folders: a rename over a file is an event of its
-/// folder, not of the file watched before.
-fn watch_folders(
-    files: &[&Path],
-    tx: mpsc::UnboundedSender<()>,
-) -> Option<notify::RecommendedWatcher> {
-    let mut watcher = match notify::recommended_watcher(move |_: notify::Result<notify::Event>| {
-        let _ = tx.send(());
-    }) {
-        Ok(watcher) => watcher,
+/// What is watched in the files' folders: a file written and closed, and
+/// names coming and going (a rename over a file, an editor's swap, a
+/// symlink switched as Kubernetes updates a mounted ConfigMap). Not every
+/// write or open: a folder shared with a busy file (a log beside the
+/// cluster file) sent the daemon an event per write.
+const WATCHED: WatchMask = WatchMask::CLOSE_WRITE
+    .union(WatchMask::MOVED_TO)
+    .union(WatchMask::MOVED_FROM)
+    .union(WatchMask::CREATE)
+    .union(WatchMask::DELETE);
+
+/// Does an event in a watched folder call for a look at the files? A file
+/// closed after writing only when it is one of them (by name); any name
+/// appearing or going (rare, and a rename over a file may use any name);
+/// lost events (the queue overflowed) always.
+pub(super) fn relevant(
+    mask: EventMask,
+    name: Option<&std::ffi::OsStr>,
+    names: &[OsString],
+) -> bool {
+    if mask.contains(EventMask::Q_OVERFLOW) {
+        return true;
+    }
+    if mask.contains(EventMask::CLOSE_WRITE) {
+        return name.is_some_and(|n| names.iter().any(|ours| ours == n));
+    }
+    mask.intersects(
+        EventMask::MOVED_TO | EventMask::MOVED_FROM | EventMask::CREATE | EventMask::DELETE,
+    )
+}
+
+/// inotify on the files' folders (a rename over a file is an event of its
+/// folder, not of the file watched before): `tx` is sent a unit per
+/// relevant event, until it is closed. False when nothing could be
+/// watched (then the files are polled only).
+fn watch_folders(files: &[&Path], tx: mpsc::UnboundedSender<()>) -> bool {
+    let inotify = match Inotify::init() {
+        Ok(inotify) => inotify,
         Err(e) => {
             warn!(error = %e, "cannot watch the cluster files; polling them");
-            return None;
+            return false;
         }
     };
+    let mut names = Vec::new();
+    let mut watched = 0;
     for file in files {
         let folder = file.parent().filter(|p| !p.as_os_str().is_empty());
         let folder = folder.unwrap_or(Path::new("."));
-        if let Err(e) = watcher.watch(folder, notify::RecursiveMode::NonRecursive) {
-            warn!(error = %e, folder = %folder.display(), "cannot watch; polling it");
+        names.extend(file.file_name().map(OsString::from));
+        match inotify.watches().add(folder, WATCHED) {
+            Ok(_) => watched += 1,
+            Err(e) => warn!(error = %e, folder = %folder.display(), "cannot watch; polling it"),
         }
     }
-    Some(watcher)
+    let mut stream = match inotify.into_event_stream([0u8; 4096]) {
+        Ok(stream) if watched > 0 => stream,
+        Ok(_) => return false,
+        Err(e) => {
+            warn!(error = %e, "cannot watch the cluster files; polling them");
+            return false;
+        }
+    };
+    tokio::spawn(async move {
+        loop {
+            let event = tokio::select! {
+                () = tx.closed() => return,
+                event = stream.next() => event,
+            };
+            match event {
+                Some(Ok(event)) => {
+                    if relevant(event.mask, event.name.as_deref(), &names) && tx.send(()).is_err() {
+                        return;
+                    }
+                }
+                Some(Err(e)) => {
+                    warn!(error = %e, "watching the cluster files failed; polling them");
+                    return;
+                }
+                None => return,
+            }
+        }
+    });
+    true
 }

@@ -1,13 +1,13 @@
 //! The file source on real files: the first inventory, an edit pushed at
 //! once (inotify), a bad edit refused, a placement change keeping the
 //! rules' revision.
-use std::{path::PathBuf, sync::Arc, time::Duration};
+use std::{ffi::OsString, path::PathBuf, sync::Arc, time::Duration};
 
 use tokio::sync::watch;
 
 use super::{
     Source,
-    file::{FileSource, inventory, load_placement},
+    file::{FileSource, inventory, load_placement, relevant},
 };
 use crate::{
     config::ClusterFile,
@@ -122,14 +122,20 @@ async fn edits_are_pushed_and_bad_ones_refused() {
     let placement = dir.write("placement.json", PLACEMENT);
     assert!(load_placement(&placement).is_ok());
     let (tx, mut rx) = watch::channel(None);
-    tokio::spawn(FileSource { config, placement }.run(tx));
+    // No poll within the test: only inotify can deliver an edit.
+    let source = FileSource {
+        config,
+        placement,
+        poll: Duration::from_secs(3600),
+    };
+    tokio::spawn(source.run(tx));
     let first = next(&mut rx, Duration::from_secs(2))
         .await
         .expect("first inventory");
     assert_eq!(first.rules_origin, RulesOrigin::File { revision: 0 });
 
-    // An edit: pushed by inotify, well before the half-second poll would
-    // see it; a new rules revision.
+    // An edit (a rename over the file): pushed by inotify; a new rules
+    // revision.
     let start = std::time::Instant::now();
     dir.write("cluster.yaml", &FILE.replace("value: 1", "value: 2"));
     let edited = next(&mut rx, Duration::from_secs(1))
@@ -153,4 +159,43 @@ async fn edits_are_pushed_and_bad_ones_refused() {
         }
     };
     assert_eq!(moved.rules_origin, RulesOrigin::File { revision: 2 });
+    // Written in place (no rename): the file closed after writing.
+    std::fs::write(
+        dir.0.join("cluster.yaml"),
+        FILE.replace("value: 1", "value: 3"),
+    )
+    .unwrap();
+    let rewritten = next(&mut rx, Duration::from_secs(1))
+        .await
+        .expect("in-place edit pushed");
+    assert_eq!(rewritten.rules_origin, RulesOrigin::File { revision: 3 });
+}
+
+#[test]
+fn only_events_that_can_change_the_files_wake_the_source() {
+    use inotify::EventMask as M;
+    let names = [
+        OsString::from("cluster.yaml"),
+        OsString::from("placement.json"),
+    ];
+    let cases: [(M, Option<&str>, bool); 9] = [
+        (M::CLOSE_WRITE, Some("cluster.yaml"), true),
+        (M::CLOSE_WRITE, Some("placement.json"), true),
+        // A busy neighbour (a log written beside the cluster file).
+        (M::CLOSE_WRITE, Some("h2load.log"), false),
+        (M::MODIFY, Some("cluster.yaml"), false),
+        (M::MOVED_TO, Some("cluster.yaml"), true),
+        // ConfigMap volumes switch a `..data` symlink.
+        (M::MOVED_TO, Some("..data"), true),
+        (M::CREATE, Some(".cluster.yaml.swp"), true),
+        (M::DELETE, Some("cluster.yaml"), true),
+        (M::Q_OVERFLOW, None, true),
+    ];
+    for (mask, name, expected) in cases {
+        assert_eq!(
+            relevant(mask, name.map(std::ffi::OsStr::new), &names),
+            expected,
+            "{mask:?} {name:?}"
+        );
+    }
 }
