@@ -99,9 +99,6 @@ pub struct ProcessesDump {
     pub threads_classified: u64,
 }
 
-/// How often a paused classifier looks whether it may answer again.
-const PAUSED_POLL: std::time::Duration = std::time::Duration::from_millis(20);
-
 pub struct Classifier {
     datapath: Arc<Datapath>,
     inspected: Mutex<HashMap<ExeId, Inspection>>,
@@ -109,9 +106,10 @@ pub struct Classifier {
     rows: Mutex<BTreeMap<u32, ProcessRow>>,
     /// Processes classified as thread-per-request so far.
     threads: AtomicU64,
-    /// Set while a successor takes over: the process ring and the kinds
-    /// map are its to answer now.
-    paused: std::sync::atomic::AtomicBool,
+    /// True while a successor takes over: the process ring and the kinds
+    /// map are its to answer now. A watch, so that the classifier sleeps
+    /// until it may answer again instead of looking now and then.
+    paused: tokio::sync::watch::Sender<bool>,
 }
 
 impl Classifier {
@@ -121,14 +119,14 @@ impl Classifier {
             inspected: Mutex::new(HashMap::new()),
             rows: Mutex::new(BTreeMap::new()),
             threads: AtomicU64::new(0),
-            paused: std::sync::atomic::AtomicBool::new(false),
+            paused: tokio::sync::watch::Sender::new(false),
         }
     }
 
     /// Stops (or resumes) answering the kernel: a successor answers while
     /// it takes over, and for good once it has.
     pub fn pause(&self, paused: bool) {
-        self.paused.store(paused, Ordering::SeqCst);
+        self.paused.send_replace(paused);
     }
 
     /// The Go processes (probed or not), by pid, and how many processes
@@ -293,9 +291,11 @@ impl Classifier {
                 return;
             }
         };
+        let mut paused = self.paused.subscribe();
         loop {
-            if self.paused.load(Ordering::SeqCst) {
-                tokio::time::sleep(PAUSED_POLL).await;
+            if *paused.borrow_and_update() {
+                // The sender is `self.paused`: it outlives this loop.
+                let _ = paused.wait_for(|paused| !paused).await;
                 continue;
             }
             let mut asked = Vec::new();
@@ -305,12 +305,16 @@ impl Classifier {
                 }
             }
             if asked.is_empty() {
-                // Woken by the kernel, or now and then (a pause may have
-                // ended with questions waiting and no new wake-up).
-                if let Ok(Ok(mut ready)) =
-                    tokio::time::timeout(PAUSED_POLL * 5, wakeups.readable()).await
-                {
-                    ready.clear_ready();
+                // Woken by the kernel (each question wakes the reader), or
+                // by a pause: the ring is drained first after one ends, so
+                // questions asked meanwhile are not left waiting.
+                tokio::select! {
+                    ready = wakeups.readable() => {
+                        if let Ok(mut ready) = ready {
+                            ready.clear_ready();
+                        }
+                    }
+                    _ = paused.changed() => {}
                 }
                 continue;
             }

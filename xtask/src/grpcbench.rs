@@ -314,7 +314,7 @@ pub fn measure(tagger: &Path, dir: &Path, mode: Mode) -> Result<Value> {
             (user_after - user) / thousands,
         )
     };
-    for _ in 0..plan.runs {
+    for _ in 0..plan.grpc_rounds {
         for path in PATHS {
             let before = proxy(path).map(cpu_ms);
             let daemon_before = cpu_ms(daemon);
@@ -337,6 +337,12 @@ pub fn measure(tagger: &Path, dir: &Path, mode: Mode) -> Result<Value> {
             saturation.entry(path).or_default().push(sample);
         }
     }
+    // Within a round tagger and Envoy run seconds apart: the round's ratio
+    // shows how far this shared machine's drift moves the medians' one.
+    let by_round: Vec<f64> = match (cpu.get("tagger"), cpu.get("envoy")) {
+        (Some(t), Some(e)) => t.iter().zip(e).map(|(t, e)| t / e.max(1e-9)).collect(),
+        _ => Vec::new(),
+    };
     let mut results = serde_json::Map::new();
     let field = |samples: &[Sample], f: fn(&Sample) -> f64| {
         median(&mut samples.iter().map(f).collect::<Vec<_>>())
@@ -372,6 +378,7 @@ pub fn measure(tagger: &Path, dir: &Path, mode: Mode) -> Result<Value> {
         get("envoy", "/saturation/rps"),
     );
     results.insert("cpu_tagger_to_envoy".into(), json!(cpu_ratio));
+    results.insert("cpu_tagger_to_envoy_by_round".into(), json!(by_round));
     results.insert("saturation_tagger_to_envoy".into(), json!(saturation_ratio));
     Ok(Value::Object(results))
 }

@@ -28,8 +28,13 @@ use crate::{
     },
 };
 
-/// The backstop to inotify: how often the files are looked at anyway.
-pub const POLL: Duration = Duration::from_millis(500);
+/// The backstop to inotify: how often the files are looked at anyway
+/// while inotify watches both folders (a timer is a wake-up of an idle
+/// daemon: it is kept slow where it decides nothing).
+pub const POLL: Duration = Duration::from_secs(2);
+/// How often the files are looked at when inotify cannot watch one of
+/// their folders (or stopped): polling is all there is then.
+const POLL_UNWATCHED: Duration = Duration::from_millis(500);
 
 /// Where the pods of the local cluster run: addresses and cgroups, written
 /// by `tagger cluster up` when it starts them.
@@ -162,7 +167,8 @@ fn stamp(path: &Path) -> Option<(i64, i64, u64, u64)> {
 pub struct FileSource {
     pub config: PathBuf,
     pub placement: PathBuf,
-    /// How often the files are looked at besides inotify ([`POLL`]).
+    /// How often the files are looked at besides inotify ([`POLL`]); at
+    /// least every [`POLL_UNWATCHED`] while inotify cannot watch them all.
     pub poll: Duration,
 }
 
@@ -250,14 +256,16 @@ impl Source for FileSource {
         };
         let (tx, mut events) = mpsc::unbounded_channel();
         // Ends when `events` is dropped with this source.
-        let mut watching = watch_folders(&[&self.config, &self.placement], tx);
-        let mut poll = tokio::time::interval(self.poll);
+        let (mut watching, all) = watch_folders(&[&self.config, &self.placement], tx);
+        let unwatched = self.poll.min(POLL_UNWATCHED);
+        let mut poll = tokio::time::interval(if all { self.poll } else { unwatched });
         loop {
             tokio::select! {
                 event = events.recv(), if watching => {
                     if event.is_none() {
                         // The watcher is gone: polling alone from here.
                         watching = false;
+                        poll = tokio::time::interval(unwatched);
                     }
                     // An edit is often several events; let them land.
                     tokio::time::sleep(Duration::from_millis(20)).await;
@@ -306,14 +314,14 @@ pub(super) fn relevant(
 
 /// inotify on the files' folders (a rename over a file is an event of its
 /// folder, not of the file watched before): `tx` is sent a unit per
-/// relevant event, until it is closed. False when nothing could be
-/// watched (then the files are polled only).
-fn watch_folders(files: &[&Path], tx: mpsc::UnboundedSender<()>) -> bool {
+/// relevant event, until it is closed (and closed itself if watching
+/// fails). Whether anything is watched, and whether every folder is.
+fn watch_folders(files: &[&Path], tx: mpsc::UnboundedSender<()>) -> (bool, bool) {
     let inotify = match Inotify::init() {
         Ok(inotify) => inotify,
         Err(e) => {
             warn!(error = %e, "cannot watch the cluster files; polling them");
-            return false;
+            return (false, false);
         }
     };
     let mut names = Vec::new();
@@ -329,10 +337,10 @@ fn watch_folders(files: &[&Path], tx: mpsc::UnboundedSender<()>) -> bool {
     }
     let mut stream = match inotify.into_event_stream([0u8; 4096]) {
         Ok(stream) if watched > 0 => stream,
-        Ok(_) => return false,
+        Ok(_) => return (false, false),
         Err(e) => {
             warn!(error = %e, "cannot watch the cluster files; polling them");
-            return false;
+            return (false, false);
         }
     };
     tokio::spawn(async move {
@@ -355,5 +363,5 @@ fn watch_folders(files: &[&Path], tx: mpsc::UnboundedSender<()>) -> bool {
             }
         }
     });
-    true
+    (true, watched == files.len())
 }
