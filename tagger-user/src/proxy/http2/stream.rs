@@ -5,7 +5,8 @@
 //! upstream failure mid-answer resets the client's stream.
 use std::{
     cell::RefCell,
-    future::poll_fn,
+    future::{Future, poll_fn},
+    pin::Pin,
     sync::Arc,
     time::{SystemTime, UNIX_EPOCH},
 };
@@ -19,21 +20,25 @@ use tracing::debug;
 use super::{pipe::Pipe, recv::RecvBody};
 use crate::proxy::{body::ProxyBody, http::RequestContext};
 
-/// Serves the stream `respond` answers on its own task: a slow stream
-/// holds up neither the connection nor its other streams.
-pub fn spawn(
+/// A stream being served, polled by its connection's task
+/// ([`super::Server`]); boxed, so that the connection holds a pointer per
+/// stream, not a future of kilobytes moved as the set grows.
+pub type Serving = Pin<Box<dyn Future<Output = ()> + Send>>;
+
+/// Serves the stream `respond` answers: decided, forwarded, answered.
+pub fn serve(
     context: Arc<RequestContext>,
     request: Request<RecvStream>,
     respond: SendResponse<Bytes>,
-) {
+) -> Serving {
     let id = u32::from(respond.stream_id());
     let (parts, recv) = request.into_parts();
     let body = RecvBody::new(recv, &parts.headers);
     let request = Request::from_parts(parts, body);
-    tokio::spawn(serve(context, request, respond, id));
+    Box::pin(answer(context, request, respond, id))
 }
 
-async fn serve(
+async fn answer(
     context: Arc<RequestContext>,
     request: Request<RecvBody>,
     mut respond: SendResponse<Bytes>,
