@@ -14,6 +14,17 @@ pub struct GoOffsets {
     pub g_m: u64,
     /// `runtime.m.curg`.
     pub m_curg: u64,
+    /// `runtime.g.startpc`; 0 when unknown (then every new goroutine is
+    /// taken for the parent's, as before).
+    pub g_startpc: u64,
+    /// Entry addresses of the functions the Go runtime starts goroutines of
+    /// its own with, from whichever user goroutine is running when it needs
+    /// them ([`RUNTIME_GOROUTINES`]); 0 for one the binary lacks. A new
+    /// goroutine starting at one of them inherits nothing and takes no
+    /// grpc-go stream handoff: the first GC cycle's mark workers, started
+    /// by a grpc-go reader goroutine that allocated, took the handoff meant
+    /// for the stream's handler, whose call then went out untrusted.
+    pub runtime_goroutines: [u64; RUNTIME_GOROUTINES.len()],
     /// `net/http.persistConn.conn` (`net.Conn`).
     pub persist_conn_conn: u64,
     /// `net.TCPConn.conn` (embedded `net.conn`).
@@ -42,6 +53,13 @@ pub struct GoOffsets {
     /// grpc-go `transport.bufWriter.conn` (`net.Conn`).
     pub grpc_writer_conn: u64,
 }
+
+/// The Go runtime's functions that it starts goroutines with lazily, from
+/// a user goroutine (`gcBgMarkStartWorkers` at a GC cycle's start when
+/// workers are missing; `createfing` at the first finalizer set). The ones
+/// started at process start (`bgsweep`, `forcegchelper`, ...) run before
+/// any request.
+pub const RUNTIME_GOROUTINES: [&str; 2] = ["runtime.gcBgMarkWorker", "runtime.runfinq"];
 
 /// The key of a Go connection's state: `tgid << 32 | fd`. A request tag of
 /// a Go process carries it in place of `pid_tgid` (with `TAG_GOROUTINE`),

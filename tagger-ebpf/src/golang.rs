@@ -18,7 +18,9 @@
 //! 3. **Fan-out** (uprobe at each RET of `runtime.newproc1`): a goroutine
 //!    started by one with a live context inherits it. The parent is the
 //!    thread's user goroutine (`g0.m.curg`: newproc1 runs on the system
-//!    stack), the child the returned g.
+//!    stack), the child the returned g. Goroutines the runtime starts for
+//!    itself from a user goroutine (GC mark workers, the finalizer
+//!    goroutine) inherit nothing.
 //! 4. **Call** (uprobe at `net/http.(*persistConn).roundTrip`, on the
 //!    calling goroutine, before the request is handed to `writeLoop`): the
 //!    caller's context, if still live, is bound to the outbound
@@ -363,6 +365,9 @@ fn try_newproc_ret(ctx: &ProbeContext) -> Option<()> {
     let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
     let off = offsets(tgid)?;
     let r = regs(ctx);
+    if started_by_the_runtime(r.rax, &off) {
+        return None;
+    }
     let m = read_u64(r.r14 + off.g_m)?;
     let parent = read_u64(m + off.m_curg).and_then(|g| goid(g, &off))?;
     let key = GoroutineKey {
@@ -387,6 +392,22 @@ fn try_newproc_ret(ctx: &ProbeContext) -> Option<()> {
     };
     let _ = TAGGER_GO_ROUTINES.insert(child, context, 0);
     Some(())
+}
+
+/// Whether the new goroutine `g` runs one of the Go runtime's own
+/// functions (`GoOffsets::runtime_goroutines`): it inherits nothing, and
+/// leaves a grpc-go reader's handoff to the stream's handler.
+#[inline(always)]
+fn started_by_the_runtime(g: u64, off: &GoOffsets) -> bool {
+    if off.g_startpc == 0 {
+        return false;
+    }
+    let Some(start) = read_u64(g + off.g_startpc) else {
+        return false;
+    };
+    off.runtime_goroutines
+        .iter()
+        .any(|&entry| entry != 0 && entry == start)
 }
 
 /// Step 4. `(*persistConn).roundTrip(pc, req)`: RAX = pc.

@@ -151,6 +151,8 @@ pub fn go_offsets(binary: &GoBinary) -> Result<GoOffsets, GoAttachError> {
         goid: get(Field::GGoid)?,
         g_m: get(Field::GM)?,
         m_curg: get(Field::MCurg)?,
+        g_startpc: get(Field::GStartpc)?,
+        runtime_goroutines: binary.runtime_goroutines,
         persist_conn_conn: match http_client_probed(binary) {
             true => get(Field::PersistConnConn)?,
             false => 0,

@@ -68,6 +68,9 @@ pub struct GoBinary {
     /// The probed functions the binary does not have (e.g. no net/http).
     pub missing: Vec<ProbeSymbol>,
     pub offsets: StructOffsets,
+    /// Entry addresses of `tagger_common::golang::RUNTIME_GOROUTINES`, 0
+    /// for a function the binary lacks.
+    pub runtime_goroutines: [u64; tagger_common::golang::RUNTIME_GOROUTINES.len()],
 }
 
 impl GoBinary {
@@ -111,6 +114,13 @@ pub(crate) fn inspect_in<R: ReadCacheOps>(cache: &ReadCache<R>) -> Result<GoBina
     }
     let table = find_pclntab(&image)?;
     let (probes, missing) = probes::locate(&image, &table, &ProbeSymbol::ALL)?;
+    let mut runtime_goroutines = [0; tagger_common::golang::RUNTIME_GOROUTINES.len()];
+    for (entry, name) in runtime_goroutines
+        .iter_mut()
+        .zip(tagger_common::golang::RUNTIME_GOROUTINES)
+    {
+        *entry = table.find(name)?.map_or(0, |f| f.entry);
+    }
     let mut offsets = struct_offsets(&image, version)?;
     if offsets.grpc_unknown().is_some()
         && let Some(grpc) = grpc_version(&image)?
@@ -123,6 +133,7 @@ pub(crate) fn inspect_in<R: ReadCacheOps>(cache: &ReadCache<R>) -> Result<GoBina
         probes,
         missing,
         offsets,
+        runtime_goroutines,
     })
 }
 

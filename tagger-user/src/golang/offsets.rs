@@ -37,6 +37,10 @@ pub enum Field {
     /// `runtime.m.curg`: the user goroutine of a thread on its system
     /// stack (the goroutine that called `newproc1`, its parent).
     MCurg,
+    /// `runtime.g.startpc`: the function a goroutine was started with (the
+    /// Go runtime's own goroutines, started from whatever user goroutine
+    /// triggers them, take nothing from it).
+    GStartpc,
     // grpc-go (tagger-ebpf/src/grpc.rs), from DWARF only: grpc-go's
     // layouts change with its own version, which a binary built in GOPATH
     // mode does not record.
@@ -61,10 +65,10 @@ pub enum Field {
 }
 
 impl Field {
-    pub const COUNT: usize = 21;
+    pub const COUNT: usize = 22;
     /// The fields the version table gives (the Go runtime's and standard
     /// library's); the rest come from DWARF or not at all.
-    pub const RUNTIME_COUNT: usize = 12;
+    pub const RUNTIME_COUNT: usize = 13;
     pub const ALL: [Field; Field::COUNT] = [
         Field::GGoid,
         Field::PersistConnConn,
@@ -78,6 +82,7 @@ impl Field {
         Field::NetFdSotype,
         Field::GM,
         Field::MCurg,
+        Field::GStartpc,
         Field::GrpcServerConn,
         Field::GrpcStreamId,
         Field::GrpcLoopyFramer,
@@ -116,6 +121,7 @@ impl Field {
             Field::NetFdSotype => ("net.netFD", "sotype"),
             Field::GM => ("runtime.g", "m"),
             Field::MCurg => ("runtime.m", "curg"),
+            Field::GStartpc => ("runtime.g", "startpc"),
             Field::GrpcServerConn => (GRPC_TRANSPORT_HTTP2_SERVER, "conn"),
             Field::GrpcStreamId => (GRPC_TRANSPORT_STREAM, "id"),
             Field::GrpcLoopyFramer => (GRPC_TRANSPORT_LOOPY, "framer"),
@@ -151,7 +157,7 @@ const GRPC_TRANSPORT_BUF_WRITER: &str = "google.golang.org/grpc/internal/transpo
 /// against the DWARF of fresh builds by the tests. Other versions are left
 /// out until read from a binary of theirs the same way.
 const VERSION_TABLE: &[((u32, u32), [u64; Field::RUNTIME_COUNT])] =
-    &[((1, 19), [152, 80, 16, 0, 0, 0, 0, 16, 56, 64, 48, 192])];
+    &[((1, 19), [152, 80, 16, 0, 0, 0, 0, 16, 56, 64, 48, 192, 312])];
 
 /// grpc-go's layouts read from real binaries' DWARF, by grpc-go
 /// major.minor (its user agent, `grpc-go/<version>`, is in every binary,
