@@ -109,7 +109,7 @@ mod tests {
 
     #[test]
     fn layouts_have_no_implicit_padding() {
-        assert_eq!(size_of::<GoOffsets>(), 128);
+        assert_eq!(size_of::<GoOffsets>(), 152);
     }
 
     #[test]
