@@ -119,231 +119,212 @@ impl RequestContext {
     {
         // Not an `async fn`: the future is the same whichever the body was
         // (and the compiler proves it `Send` once, not per body type).
-        self.handle_boxed(request.map(body::boxed), stream)
-    }
-
-    async fn handle_boxed(
-        &self,
-        mut request: Request<ProxyBody>,
-        stream: Option<u32>,
-    ) -> Response<ProxyBody> {
+        let mut request = request.map(body::boxed);
         // gRPC is HTTP/2 only: an HTTP/1.1 request pays no lookup for it.
         let grpc_type = (request.version() == Version::HTTP_2 && grpc::is_grpc(request.headers()))
             .then(|| request.headers().get(header::CONTENT_TYPE).cloned())
             .flatten();
         let upgrade = upgrade::wanted(&mut request);
-        let mut response = self.answer(request, stream, grpc_type, upgrade).await;
-        if !self.multiplexed && self.proxy.is_stopping() {
-            // Draining (a handover, a stop): this connection's last answer.
-            // The client hears it before it sends again, so closing races
-            // with nothing (closing an idle connection would race with the
-            // request the client may be sending at that moment).
-            response
-                .headers_mut()
-                .insert(header::CONNECTION, HeaderValue::from_static("close"));
-        }
-        response
+        let (parts, body) = request.into_parts();
+        self.answer(parts, body, stream, grpc_type, upgrade)
     }
 
-    async fn answer(
+    // The futures of this file are written as `async move` blocks rather
+    // than `async fn`s wherever an argument is used after an await: an
+    // `async fn` keeps each argument twice in its state (as passed, and as
+    // the local it is moved into), and a stream's whole chain of futures is
+    // one allocation, copied whole into place for every HTTP/2 stream.
+
+    /// The answer to one request: the endpoint's, or tagger's own failure
+    /// (a gRPC status to a gRPC client).
+    #[expect(
+        clippy::manual_async_fn,
+        reason = "an async fn keeps its arguments twice in its state"
+    )]
+    fn answer(
         &self,
-        request: Request<ProxyBody>,
+        parts: http::request::Parts,
+        body: ProxyBody,
         stream: Option<u32>,
         grpc_type: Option<HeaderValue>,
         upgrade: Option<upgrade::Wanted>,
-    ) -> Response<ProxyBody> {
-        match self
-            .forward(request, stream, grpc_type.is_some(), upgrade)
-            .await
-        {
-            Ok(response) => response,
-            Err(error) => {
-                warn!(source = %self.source, service = %self.service, side = error.side(), %error, "request failed");
-                self.proxy.flows.metrics().proxy_error(
-                    &self.service,
-                    error.side(),
-                    error.status().as_u16(),
-                );
-                if let Some(content_type) = grpc_type {
-                    return grpc::error_response(&error, content_type);
-                }
-                let mut response = Response::new(body::full(format!("tagger: {error}\n")));
-                *response.status_mut() = error.status();
+    ) -> impl Future<Output = Response<ProxyBody>> + Send + '_ {
+        async move {
+            let forwarded = self
+                .forward(parts, body, stream, grpc_type.is_some(), upgrade)
+                .await;
+            let mut response = match forwarded {
+                Ok(response) => response,
+                Err(error) => self.failed(&error, grpc_type),
+            };
+            if !self.multiplexed && self.proxy.is_stopping() {
+                // Draining (a handover, a stop): this connection's last
+                // answer. The client hears it before it sends again, so
+                // closing races with nothing (closing an idle connection
+                // would race with the request the client may be sending at
+                // that moment).
                 response
                     .headers_mut()
-                    .insert("x-tagger-error", HeaderValue::from_static(error.side()));
-                response
+                    .insert(header::CONNECTION, HeaderValue::from_static("close"));
             }
+            response
         }
     }
 
-    async fn forward(
+    /// tagger's own answer to a request it could not forward.
+    fn failed(&self, error: &ProxyError, grpc_type: Option<HeaderValue>) -> Response<ProxyBody> {
+        warn!(source = %self.source, service = %self.service, side = error.side(), %error, "request failed");
+        self.proxy.flows.metrics().proxy_error(
+            &self.service,
+            error.side(),
+            error.status().as_u16(),
+        );
+        if let Some(content_type) = grpc_type {
+            return grpc::error_response(error, content_type);
+        }
+        let mut response = Response::new(body::full(format!("tagger: {error}\n")));
+        *response.status_mut() = error.status();
+        response
+            .headers_mut()
+            .insert("x-tagger-error", HeaderValue::from_static(error.side()));
+        response
+    }
+
+    #[expect(
+        clippy::manual_async_fn,
+        reason = "an async fn keeps its arguments twice in its state"
+    )]
+    fn forward(
         &self,
-        request: Request<ProxyBody>,
+        mut parts: http::request::Parts,
+        incoming: ProxyBody,
         stream: Option<u32>,
         grpc: bool,
         upgrade: Option<upgrade::Wanted>,
-    ) -> Result<Response<ProxyBody>, ProxyError> {
-        let arrived = std::time::Instant::now();
-        let snapshot = self.proxy.state.load_full();
-        let service = snapshot
-            .service_at(&self.service, self.port)
-            .ok_or_else(|| ProxyError::NoEndpoint {
-                service: self.service.clone(),
-                lane: "any".into(),
-            })?;
-        let (mut parts, incoming) = request.into_parts();
-        // A caller the service does not trust with a lane (its
-        // `lane_header_from`): the lane header goes before anything reads
-        // the request (rules included) and never reaches the endpoint.
-        let trusted = service
-            .lane_trust
-            .trusts(self.source_is_pod.then_some(self.source.as_str()));
-        let removed_lane = if trusted {
-            None
-        } else {
-            remove_lane_header(&mut parts.headers, &snapshot.settings)
-        };
-        // What the app's inbound request carried, when the kernel could tie
-        // this request to it: its pass-through headers join this request
-        // (so the destination's rules see them) and its lane is inherited.
-        let tag = self.fresh_tag(stream);
-        let inherited = self
-            .proxy
-            .contexts
-            .inherit(tag, &parts.headers, monotonic_ns())
-            .await;
-        if let Some(context) = &inherited.context {
-            for (name, value) in &context.passthrough {
-                if !parts.headers.contains_key(name) {
-                    parts.headers.insert(name.clone(), value.clone());
+    ) -> impl Future<Output = Result<Response<ProxyBody>, ProxyError>> + Send + '_ {
+        async move {
+            let arrived = std::time::Instant::now();
+            let snapshot = self.proxy.state.load_full();
+            let service = snapshot
+                .service_at(&self.service, self.port)
+                .ok_or_else(|| ProxyError::NoEndpoint {
+                    service: self.service.clone(),
+                    lane: "any".into(),
+                })?;
+            // A caller the service does not trust with a lane (its
+            // `lane_header_from`): the lane header goes before anything reads
+            // the request (rules included) and never reaches the endpoint.
+            let trusted = service
+                .lane_trust
+                .trusts(self.source_is_pod.then_some(self.source.as_str()));
+            let removed_lane = if trusted {
+                None
+            } else {
+                remove_lane_header(&mut parts.headers, &snapshot.settings)
+            };
+            // What the app's inbound request carried, when the kernel could tie
+            // this request to it: its pass-through headers join this request
+            // (so the destination's rules see them) and its lane is inherited.
+            let tag = self.fresh_tag(stream);
+            let inherited = self
+                .proxy
+                .contexts
+                .inherit(tag, &parts.headers, monotonic_ns())
+                .await;
+            if let Some(context) = &inherited.context {
+                for (name, value) in &context.passthrough {
+                    if !parts.headers.contains_key(name) {
+                        parts.headers.insert(name.clone(), value.clone());
+                    }
                 }
             }
-        }
-        let inherited_lane = inherited
-            .context
-            .as_ref()
-            .and_then(|c| c.lane.as_deref())
-            .map(|lane| (lane, inherited.source));
-        let header_lane = if trusted {
-            snapshot.settings.lane_from_headers(&parts.headers)
-        } else {
-            removed_lane.as_deref()
-        };
-        // Rules come after an explicit or inherited lane: evaluate them (and
-        // count their hits) only when they can decide.
-        let claimed = trusted && (header_lane.is_some() || inherited_lane.is_some());
-        let (rule, body) = if !claimed {
-            matching_rule(&snapshot, service, &parts, incoming, grpc).await?
-        } else {
-            (None, incoming)
-        };
-        let decision = decide_lane(
-            &LaneInputs {
-                header: header_lane,
-                inherited: inherited_lane,
-                rule: rule
-                    .as_ref()
-                    .map(|(lane, name)| (lane.as_str(), name.as_str())),
-                caller_lane: self.source_lane.as_deref(),
-                untrusted_caller: !trusted,
-            },
-            snapshot.stickiness(service, self.source_is_pod.then_some(self.source.as_str())),
-        );
-        self.proxy
-            .flows
-            .metrics()
-            .observe_decision(arrived.elapsed());
-        let version = upstream::version_for(service, parts.version);
-        let shape = Shape {
-            upstream: version,
-            grpc,
-            // An HTTP/2 endpoint cannot take an HTTP/1.1 upgrade: it answers
-            // the request as it is.
-            upgrade: upgrade.filter(|_| version != Version::HTTP_2),
-        };
-        prepare_headers(&mut parts.headers, &snapshot, &decision, shape.upstream);
-        if let Some(wanted) = &shape.upgrade {
-            wanted.restore_request_headers(&mut parts.headers);
-        }
-        // Between HTTP/1.x and HTTP/2 the version changes (HTTP/1.0 stays
-        // HTTP/1.0 to an HTTP/1.1 endpoint, as before).
-        if (shape.upstream == Version::HTTP_2) != (parts.version == Version::HTTP_2) {
-            if parts.version == Version::HTTP_2 {
-                host_from_authority(&mut parts.headers, &parts.uri);
+            let inherited_lane = inherited
+                .context
+                .as_ref()
+                .and_then(|c| c.lane.as_deref())
+                .map(|lane| (lane, inherited.source));
+            let header_lane = if trusted {
+                snapshot.settings.lane_from_headers(&parts.headers)
             } else {
-                // HTTP/2 names the host in `:authority` (the endpoint's,
-                // which keys its pooled connection); a `Host` that differs
-                // from it must not be sent (RFC 9113 8.3.1). HTTP/2 frames
-                // bodies itself: no `Transfer-Encoding` (h2 refuses it).
-                parts.headers.remove(header::HOST);
-                parts.headers.remove(header::TRANSFER_ENCODING);
+                removed_lane.as_deref()
+            };
+            // Rules come after an explicit or inherited lane: evaluate them (and
+            // count their hits) only when they can decide.
+            let claimed = trusted && (header_lane.is_some() || inherited_lane.is_some());
+            let (rule, body) = if !claimed {
+                matching_rule(&snapshot, service, &parts, incoming, grpc).await?
+            } else {
+                (None, incoming)
+            };
+            let decision = decide_lane(
+                &LaneInputs {
+                    header: header_lane,
+                    inherited: inherited_lane,
+                    rule: rule
+                        .as_ref()
+                        .map(|(lane, name)| (lane.as_str(), name.as_str())),
+                    caller_lane: self.source_lane.as_deref(),
+                    untrusted_caller: !trusted,
+                },
+                snapshot.stickiness(service, self.source_is_pod.then_some(self.source.as_str())),
+            );
+            self.proxy
+                .flows
+                .metrics()
+                .observe_decision(arrived.elapsed());
+            let version = upstream::version_for(service, parts.version);
+            let shape = Shape {
+                upstream: version,
+                grpc,
+                // An HTTP/2 endpoint cannot take an HTTP/1.1 upgrade: it answers
+                // the request as it is.
+                upgrade: upgrade.filter(|_| version != Version::HTTP_2),
+            };
+            prepare_headers(&mut parts.headers, &snapshot, &decision, shape.upstream);
+            if let Some(wanted) = &shape.upgrade {
+                wanted.restore_request_headers(&mut parts.headers);
             }
-            parts.version = shape.upstream;
+            // Between HTTP/1.x and HTTP/2 the version changes (HTTP/1.0 stays
+            // HTTP/1.0 to an HTTP/1.1 endpoint, as before).
+            if (shape.upstream == Version::HTTP_2) != (parts.version == Version::HTTP_2) {
+                if parts.version == Version::HTTP_2 {
+                    host_from_authority(&mut parts.headers, &parts.uri);
+                } else {
+                    // HTTP/2 names the host in `:authority` (the endpoint's,
+                    // which keys its pooled connection); a `Host` that differs
+                    // from it must not be sent (RFC 9113 8.3.1). HTTP/2 frames
+                    // bodies itself: no `Transfer-Encoding` (h2 refuses it).
+                    parts.headers.remove(header::HOST);
+                    parts.headers.remove(header::TRANSFER_ENCODING);
+                }
+                parts.version = shape.upstream;
+            }
+            self.send(
+                service,
+                parts,
+                body,
+                &decision,
+                inherited.correlation,
+                shape,
+            )
+            .await
         }
-        self.send(
-            service,
-            parts,
-            body,
-            &decision,
-            inherited.correlation,
-            shape,
-        )
-        .await
     }
 
     /// Sends to an endpoint of the decided lane. A request without a body is
     /// retried on another endpoint when the connect fails (nothing was sent).
-    async fn send(
-        &self,
-        service: &Service,
+    fn send<'a>(
+        &'a self,
+        service: &'a Service,
         parts: http::request::Parts,
         body: ProxyBody,
-        decision: &LaneDecision,
+        decision: &'a LaneDecision,
         correlation: Correlation,
         mut shape: Shape,
-    ) -> Result<Response<ProxyBody>, ProxyError> {
+    ) -> impl Future<Output = Result<Response<ProxyBody>, ProxyError>> + Send + 'a {
         // The path is shared bytes: kept for the flow map as the head moves
         // on to the endpoint.
         let path = parts.uri.path_and_query().cloned();
-        let rpc = if shape.grpc {
-            path.as_ref().and_then(|p| grpc::method_of(p.path()))
-        } else {
-            None
-        };
-        let record = |endpoint: &Endpoint, fallback: bool, ok: bool| {
-            let stripped = decision.stripped.as_ref();
-            // The access log: one event per request, at debug level (a
-            // node's request rate is no rate for a log by default).
-            debug!(
-                target: "tagger::access",
-                source = %self.source,
-                service = %service.name,
-                endpoint = %endpoint.pod,
-                lane = decision.lane.as_deref().unwrap_or("baseline"),
-                reason = %decision.reason,
-                %correlation,
-                daemon = std::process::id(),
-                fallback,
-                ok,
-                lane_not_trusted = stripped.map(|s| s.from.as_str()),
-                claimed_lane = stripped.map(|s| s.lane.as_str()),
-                "request"
-            );
-            self.proxy.flows.record(RequestRecord {
-                source: &self.source,
-                service: &service.name,
-                endpoint: &endpoint.pod,
-                lane: decision.lane.as_deref(),
-                reason: &decision.reason,
-                fallback,
-                served_lane: endpoint.lane.as_deref(),
-                correlation,
-                rpc,
-                stripped: stripped.map(|s| s.from),
-                ok,
-            })
-        };
         let retryable = body.is_end_stream();
         // A body streams from the client while it is sent: if reading it
         // fails, the upstream request fails, and that is the client's fault.
@@ -357,70 +338,114 @@ impl RequestContext {
         let idempotent = parts.method.is_idempotent();
         let mut parts = Some(parts);
         let mut refused: Vec<SocketAddrV4> = Vec::new();
-        let lane = decision.lane.as_deref();
-        loop {
-            let turn = service.turn.fetch_add(1, Ordering::Relaxed);
-            let choice = choose_endpoint(&service.endpoints, lane, turn, |e| {
-                refused.contains(&e.addr)
-            })
-            .ok_or_else(|| ProxyError::NoEndpoint {
-                service: service.name.clone(),
-                lane: lane.unwrap_or("baseline").to_string(),
-            })?;
-            let endpoint = choice.endpoint;
-            // A body-less request may be tried again: it keeps its head for
-            // the next try. One with a body is tried once: its head moves,
-            // no header is copied.
-            let (mut head, attempt_body) = if retryable {
-                (parts.clone().expect("kept for a retry"), body::empty())
+        async move {
+            let rpc = if shape.grpc {
+                path.as_ref().and_then(|p| grpc::method_of(p.path()))
             } else {
-                (
-                    parts.take().expect("a request with a body is sent once"),
-                    body.take().expect("a body is sent once"),
-                )
+                None
             };
-            head.uri = endpoint_uri(&endpoint.authority, &head.uri)?;
-            let upstream = Request::from_parts(head, attempt_body);
-            let sent = std::time::Instant::now();
-            let result = self.exchange(&mut shape, endpoint.addr, upstream).await;
-            self.proxy
-                .flows
-                .metrics()
-                .observe_upstream(&service.name, sent.elapsed());
-            let ok = matches!(&result, Ok(r) if !r.status().is_server_error());
-            match result {
-                Ok(response) => {
-                    record(endpoint, choice.is_fallback(), ok);
-                    return Ok(response);
-                }
-                Err(error) => {
-                    if let Some(reason) = client_failure.as_ref().and_then(|f| f.get()) {
+            let record = |endpoint: &Endpoint, fallback: bool, ok: bool| {
+                let stripped = decision.stripped.as_ref();
+                // The access log: one event per request, at debug level (a
+                // node's request rate is no rate for a log by default).
+                debug!(
+                    target: "tagger::access",
+                    source = %self.source,
+                    service = %service.name,
+                    endpoint = %endpoint.pod,
+                    lane = decision.lane.as_deref().unwrap_or("baseline"),
+                    reason = %decision.reason,
+                    %correlation,
+                    daemon = std::process::id(),
+                    fallback,
+                    ok,
+                    lane_not_trusted = stripped.map(|s| s.from.as_str()),
+                    claimed_lane = stripped.map(|s| s.lane.as_str()),
+                    "request"
+                );
+                self.proxy.flows.record(RequestRecord {
+                    source: &self.source,
+                    service: &service.name,
+                    endpoint: &endpoint.pod,
+                    lane: decision.lane.as_deref(),
+                    reason: &decision.reason,
+                    fallback,
+                    served_lane: endpoint.lane.as_deref(),
+                    correlation,
+                    rpc,
+                    stripped: stripped.map(|s| s.from),
+                    ok,
+                })
+            };
+            let lane = decision.lane.as_deref();
+            loop {
+                let turn = service.turn.fetch_add(1, Ordering::Relaxed);
+                let choice = choose_endpoint(&service.endpoints, lane, turn, |e| {
+                    refused.contains(&e.addr)
+                })
+                .ok_or_else(|| ProxyError::NoEndpoint {
+                    service: service.name.clone(),
+                    lane: lane.unwrap_or("baseline").to_string(),
+                })?;
+                let endpoint = choice.endpoint;
+                // A body-less request may be tried again: it keeps its head for
+                // the next try. One with a body is tried once: its head moves,
+                // no header is copied.
+                // (In a block: the head is not kept in the future's state
+                // while the endpoint answers.)
+                let upstream = {
+                    let (mut head, attempt_body) = if retryable {
+                        (parts.clone().expect("kept for a retry"), body::empty())
+                    } else {
+                        (
+                            parts.take().expect("a request with a body is sent once"),
+                            body.take().expect("a body is sent once"),
+                        )
+                    };
+                    head.uri = endpoint_uri(&endpoint.authority, &head.uri)?;
+                    Request::from_parts(head, attempt_body)
+                };
+                let sent = std::time::Instant::now();
+                let result = self.exchange(&mut shape, endpoint.addr, upstream).await;
+                self.proxy
+                    .flows
+                    .metrics()
+                    .observe_upstream(&service.name, sent.elapsed());
+                let ok = matches!(&result, Ok(r) if !r.status().is_server_error());
+                match result {
+                    Ok(response) => {
+                        record(endpoint, choice.is_fallback(), ok);
+                        return Ok(response);
+                    }
+                    Err(error) => {
+                        if let Some(reason) = client_failure.as_ref().and_then(|f| f.get()) {
+                            record(endpoint, choice.is_fallback(), false);
+                            return Err(ProxyError::Downstream(format!(
+                                "reading request body: {reason}"
+                            )));
+                        }
+                        // Connect refused: the endpoint is gone; stop choosing it
+                        // until the health check sees it again.
+                        if error.is_connect() {
+                            endpoint.ready.store(false, Ordering::Relaxed);
+                        }
+                        refused.push(endpoint.addr);
+                        // A body-less request is retried elsewhere when nothing
+                        // was sent (connect failed), or when it is idempotent
+                        // (RFC 9110 9.2.2) and its pooled connection broke, as
+                        // happens when an endpoint dies.
+                        let safe_to_retry = retryable && (error.is_connect() || idempotent);
+                        if safe_to_retry && refused.len() < MAX_CONNECT_ATTEMPTS {
+                            debug!(endpoint = %endpoint.pod, %error, "upstream failed; trying another endpoint");
+                            continue;
+                        }
                         record(endpoint, choice.is_fallback(), false);
-                        return Err(ProxyError::Downstream(format!(
-                            "reading request body: {reason}"
-                        )));
+                        return Err(ProxyError::Upstream {
+                            service: service.name.clone(),
+                            endpoint: endpoint.pod.clone(),
+                            source: error,
+                        });
                     }
-                    // Connect refused: the endpoint is gone; stop choosing it
-                    // until the health check sees it again.
-                    if error.is_connect() {
-                        endpoint.ready.store(false, Ordering::Relaxed);
-                    }
-                    refused.push(endpoint.addr);
-                    // A body-less request is retried elsewhere when nothing
-                    // was sent (connect failed), or when it is idempotent
-                    // (RFC 9110 9.2.2) and its pooled connection broke, as
-                    // happens when an endpoint dies.
-                    let safe_to_retry = retryable && (error.is_connect() || idempotent);
-                    if safe_to_retry && refused.len() < MAX_CONNECT_ATTEMPTS {
-                        debug!(endpoint = %endpoint.pod, %error, "upstream failed; trying another endpoint");
-                        continue;
-                    }
-                    record(endpoint, choice.is_fallback(), false);
-                    return Err(ProxyError::Upstream {
-                        service: service.name.clone(),
-                        endpoint: endpoint.pod.clone(),
-                        source: error,
-                    });
                 }
             }
         }

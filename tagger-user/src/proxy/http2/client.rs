@@ -85,58 +85,68 @@ impl Clients {
     /// Sends `request` (its URI names the endpoint) to the endpoint at
     /// `addr`; its answer as it starts. A connection found closed before
     /// the stream was opened on it is replaced once: nothing had been sent.
-    pub async fn send(
+    /// (Not an `async fn`, which would keep `request` twice in its state
+    /// across the awaits: see `proxy::http`.)
+    #[expect(
+        clippy::manual_async_fn,
+        reason = "an async fn keeps its arguments twice in its state"
+    )]
+    pub fn send(
         &self,
         addr: SocketAddrV4,
         request: Request<ProxyBody>,
-    ) -> Result<Response<ProxyBody>, UpstreamError> {
-        let slot = self
-            .slots
-            .lock()
-            .expect("h2 clients lock")
-            .entry(addr)
-            .or_default()
-            .clone();
-        let mut replaced = false;
-        let (number, mut sender) = loop {
-            let (number, sender) = match slot.live() {
-                Some(live) => live,
-                None => self.connect(&slot, addr).await?,
-            };
-            match sender.ready().await {
-                Ok(sender) => break (number, sender),
-                Err(error) => {
-                    slot.forget(number);
-                    if replaced {
-                        return Err(UpstreamError::H2(error));
+    ) -> impl Future<Output = Result<Response<ProxyBody>, UpstreamError>> + Send + '_ {
+        async move {
+            let slot = self
+                .slots
+                .lock()
+                .expect("h2 clients lock")
+                .entry(addr)
+                .or_default()
+                .clone();
+            let mut replaced = false;
+            let (number, mut sender) = loop {
+                let (number, sender) = match slot.live() {
+                    Some(live) => live,
+                    // Boxed: connecting is rare, and its future would
+                    // otherwise take room in every stream's.
+                    None => Box::pin(self.connect(&slot, addr)).await?,
+                };
+                match sender.ready().await {
+                    Ok(sender) => break (number, sender),
+                    Err(error) => {
+                        slot.forget(number);
+                        if replaced {
+                            return Err(UpstreamError::H2(error));
+                        }
+                        debug!(%addr, %error, "pooled HTTP/2 connection closed; connecting anew");
+                        replaced = true;
                     }
-                    debug!(%addr, %error, "pooled HTTP/2 connection closed; connecting anew");
-                    replaced = true;
+                }
+            };
+            let in_flight = InFlight::new(&slot.in_flight);
+            let (parts, body) = request.into_parts();
+            let end = body.is_end_stream();
+            let (response, send) = sender
+                .send_request(Request::from_parts(parts, ()), end)
+                .inspect_err(|_| slot.forget(number))?;
+            if !end {
+                // A unary call's body is whole at once: sent here, no task. A
+                // body with more to come is sent on by a task of its own while
+                // the answer comes (a bidirectional stream needs both at once).
+                let mut pipe = Pipe::new(body, send);
+                if poll_fn(|cx| Poll::Ready(pipe.poll(cx))).await.is_pending() {
+                    tokio::spawn(async move {
+                        if let Err(why) = poll_fn(|cx| pipe.poll(cx)).await {
+                            debug!(%why, "request body not sent whole");
+                        }
+                    });
                 }
             }
-        };
-        let in_flight = InFlight::new(&slot.in_flight);
-        let (parts, body) = request.into_parts();
-        let end = body.is_end_stream();
-        let (response, send) = sender
-            .send_request(Request::from_parts(parts, ()), end)
-            .inspect_err(|_| slot.forget(number))?;
-        if !end {
-            // A unary call's body is whole at once: sent here, no task. A
-            // body with more to come is sent on by a task of its own while
-            // the answer comes (a bidirectional stream needs both at once).
-            let mut pipe = Pipe::new(body, send);
-            if poll_fn(|cx| Poll::Ready(pipe.poll(cx))).await.is_pending() {
-                tokio::spawn(async move {
-                    if let Err(why) = poll_fn(|cx| pipe.poll(cx)).await {
-                        debug!(%why, "request body not sent whole");
-                    }
-                });
-            }
+            let (parts, recv) = response.await?.into_parts();
+            let body = RecvBody::new(recv, &parts.headers).holding(in_flight);
+            Ok(Response::from_parts(parts, body::boxed(body)))
         }
-        let (parts, recv) = response.await?.into_parts();
-        let body = RecvBody::new(recv, &parts.headers).holding(in_flight);
-        Ok(Response::from_parts(parts, body::boxed(body)))
     }
 
     /// Connects to the endpoint, unless a stream waiting before this one
