@@ -142,32 +142,10 @@ impl Future for Server {
             // New streams first, then what the streams have to say, then
             // once more the connection, so that what they said goes out in
             // this wake-up.
-            let mut accepted = false;
-            while this.ended.is_none() {
-                match this.conn.poll_accept(cx) {
-                    Poll::Ready(Some(Ok((request, respond)))) => {
-                        this.streams
-                            .push(stream::serve(this.context.clone(), request, respond));
-                        accepted = true;
-                    }
-                    Poll::Ready(ended) => this.ended = Some(this.end(ended)),
-                    Poll::Pending => break,
-                }
-            }
+            let accepted = this.accept(cx);
             while let Poll::Ready(Some(())) = this.streams.poll_next_unpin(cx) {}
-            if accepted {
+            if accepted || this.accept(cx) {
                 continue;
-            }
-            if this.ended.is_none() {
-                match this.conn.poll_accept(cx) {
-                    Poll::Ready(Some(Ok((request, respond)))) => {
-                        this.streams
-                            .push(stream::serve(this.context.clone(), request, respond));
-                        continue;
-                    }
-                    Poll::Ready(ended) => this.ended = Some(this.end(ended)),
-                    Poll::Pending => {}
-                }
             }
             return match this.ended.take() {
                 // A connection that failed takes its streams with it (they
@@ -186,6 +164,25 @@ impl Future for Server {
 }
 
 impl Server {
+    /// Takes every stream the connection has opened (each joins
+    /// `streams`, polled from the next look at them), and notes how the
+    /// connection ended if it did: whether any stream was taken.
+    fn accept(&mut self, cx: &mut Context<'_>) -> bool {
+        let mut accepted = false;
+        while self.ended.is_none() {
+            match self.conn.poll_accept(cx) {
+                Poll::Ready(Some(Ok((request, respond)))) => {
+                    self.streams
+                        .push(stream::serve(self.context.clone(), request, respond));
+                    accepted = true;
+                }
+                Poll::Ready(ended) => self.ended = Some(self.end(ended)),
+                Poll::Pending => break,
+            }
+        }
+        accepted
+    }
+
     /// How the connection ended, from its last `poll_accept`.
     fn end<T>(&self, accepted: Option<Result<T, h2::Error>>) -> Result<(), Ended> {
         match accepted {
