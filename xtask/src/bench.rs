@@ -428,10 +428,18 @@ pub enum Part {
     Grpc,
 }
 
-pub fn run_bench(root: &Path, tagger: &Path, mode: Mode, only: Option<Part>) -> Result<()> {
+/// Runs the bench with `tagger`, writing its configurations and results
+/// to `dir`.
+pub fn run_bench(
+    root: &Path,
+    tagger: &Path,
+    mode: Mode,
+    only: Option<Part>,
+    dir: &Path,
+) -> Result<()> {
     ensure_tools()?;
     let plan = mode.plan();
-    let dir = root.join("target/bench");
+    let dir = dir.to_path_buf();
     if only == Some(Part::Grpc) {
         std::fs::create_dir_all(&dir)?;
         let mut results = serde_json::Map::new();

@@ -9,6 +9,7 @@ mod demo;
 mod fuzz;
 mod gobench;
 mod grpcbench;
+mod pgo;
 mod runner;
 mod setup;
 mod soak;
@@ -73,6 +74,10 @@ enum Task {
         #[arg(long, value_enum)]
         only: Option<bench::Part>,
     },
+    /// The release build, guided by a profile of the bench's load
+    /// (target/release/tagger; the profile also to deploy/pgo/ for the
+    /// image build).
+    Release,
     /// Everything at once for a bounded time (mixed lanes, connection churn,
     /// pods stopped and started, rules toggled): 0 wrong lanes, RSS, fds and
     /// maps flat after the warm-up; writes target/soak/.
@@ -144,14 +149,20 @@ fn main() -> Result<ExitCode> {
         Task::Bench { mode, only } => {
             require_root("the bench creates network namespaces, cgroups and loads eBPF")?;
             setup::ensure()?;
-            build_release(&root)?;
-            bench::run_bench(&root, &root.join("target/release/tagger"), mode, only)?;
+            let tagger = pgo::build_release(&root)?;
+            bench::run_bench(&root, &tagger, mode, only, &root.join("target/bench"))?;
+        }
+        Task::Release => {
+            require_root("training the build runs the bench: network namespaces, cgroups, eBPF")?;
+            setup::ensure()?;
+            let tagger = pgo::build_release(&root)?;
+            println!("built: {}", tagger.display());
         }
         Task::Soak { seconds } => {
             require_root("the soak creates network namespaces, cgroups and loads eBPF")?;
             setup::ensure()?;
-            build_release(&root)?;
-            soak::run(&root, &root.join("target/release/tagger"), seconds)?;
+            let tagger = pgo::build_release(&root)?;
+            soak::run(&root, &tagger, seconds)?;
         }
     }
     Ok(ExitCode::SUCCESS)
@@ -196,10 +207,6 @@ fn cargo(root: &Path) -> Command {
 
 fn build(root: &Path) -> Result<()> {
     run(cargo(root).args(["build", "--workspace", "--bins"]))
-}
-
-fn build_release(root: &Path) -> Result<()> {
-    run(cargo(root).args(["build", "--release", "-p", "tagger-user", "--bin", "tagger"]))
 }
 
 fn tagger_bin(root: &Path) -> PathBuf {
@@ -293,8 +300,14 @@ fn test(root: &Path, filter: Option<&str>) -> Result<()> {
     if filter.is_none() {
         println!("== bench harness smoke run (checks it produces a table, not timings)");
         let started = std::time::Instant::now();
-        let smoke = bench::run_bench(root, &tagger_bin(root), bench::Mode::Smoke, None)
-            .and_then(|()| bench::check_report(&root.join("target/bench")));
+        let smoke = bench::run_bench(
+            root,
+            &tagger_bin(root),
+            bench::Mode::Smoke,
+            None,
+            &root.join("target/bench"),
+        )
+        .and_then(|()| bench::check_report(&root.join("target/bench")));
         outcomes.push(runner::Outcome {
             name: "bench smoke".into(),
             took: started.elapsed(),
