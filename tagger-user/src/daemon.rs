@@ -2,7 +2,13 @@
 //! API) feeds the controller, which owns the state and the eBPF data path;
 //! the proxy, the health checks, the admin API and the metrics listener run
 //! beside it. Nothing here decides anything.
-use std::{net::SocketAddrV4, os::fd::AsFd, path::PathBuf, sync::Arc, time::Duration};
+use std::{
+    net::SocketAddrV4,
+    os::fd::AsFd,
+    path::{Path, PathBuf},
+    sync::Arc,
+    time::Duration,
+};
 
 use tokio::{net::TcpListener, sync::watch, task::JoinHandle};
 use tracing::{error, info, warn};
@@ -31,6 +37,12 @@ const HEALTH_INTERVAL: Duration = Duration::from_millis(1000);
 /// How long a stopping daemon waits for open proxied connections to finish
 /// (well within Kubernetes' default 30 s termination grace period).
 const DRAIN_GRACE: Duration = Duration::from_secs(10);
+/// How long a new daemon waits for a stopping one to be gone: its drain
+/// and then some.
+const STOPPING_WAIT: Duration = Duration::from_secs(30);
+/// How long an address in use may take to be free (a stopped daemon's
+/// process exiting) before starting fails.
+const BIND_WAIT: Duration = Duration::from_secs(3);
 
 #[derive(Debug, thiserror::Error)]
 pub enum DaemonError {
@@ -116,13 +128,7 @@ pub async fn run(args: DaemonArgs) -> Result<(), DaemonError> {
     let handover_path = handover::socket_path(&args.admin_socket);
     let pins = crate::ebpf::pins_for_this_build(&args.bpf_fs)?;
     // A live predecessor hands over its sockets; else they are bound here.
-    let mut successor = {
-        let (path, layout) = (handover_path.clone(), pins.layout.clone());
-        tokio::task::spawn_blocking(move || Successor::connect(&path, &layout))
-            .await
-            .map_err(|e| DaemonError::Handover(e.to_string()))?
-            .map_err(|e| DaemonError::Handover(e.to_string()))?
-    };
+    let mut successor = find_predecessor(&handover_path, &pins.layout).await?;
     if let Some(s) = &successor {
         info!(
             predecessor = s.predecessor_pid,
@@ -383,6 +389,27 @@ async fn drain(proxy: &Proxy) {
     }
 }
 
+/// The running daemon to take over from, if there is one. One that is
+/// stopping with no successor (a SIGINT a moment ago) still drains and
+/// still holds the pinned maps it will remove: this daemon starts once it
+/// is gone (its socket file removed), not beside it.
+async fn find_predecessor(path: &Path, layout: &str) -> Result<Option<Successor>, DaemonError> {
+    let deadline = tokio::time::Instant::now() + STOPPING_WAIT;
+    loop {
+        let (path, layout) = (path.to_path_buf(), layout.to_string());
+        let greeted = tokio::task::spawn_blocking(move || Successor::connect(&path, &layout))
+            .await
+            .map_err(|e| DaemonError::Handover(e.to_string()))?;
+        match greeted {
+            Err(HandoverError::Stopping(why)) if tokio::time::Instant::now() < deadline => {
+                info!(%why, "the running daemon is stopping; starting once it is gone");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            other => return other.map_err(|e| DaemonError::Handover(e.to_string())),
+        }
+    }
+}
+
 /// Runs a blocking handover step off the async threads.
 async fn blocking<T: Send + 'static>(
     step: impl FnOnce() -> Result<T, HandoverError> + Send + 'static,
@@ -414,12 +441,25 @@ async fn take_or_bind(
         }
         // Another address configured: the predecessor's is not ours.
     }
-    TcpListener::bind(addr)
-        .await
-        .map_err(|source| DaemonError::Listen {
-            addr: addr.to_string(),
-            source,
-        })
+    // A daemon that stopped with no successor has removed its handover
+    // socket but may not have exited yet: its listeners go with it.
+    let deadline = tokio::time::Instant::now() + BIND_WAIT;
+    loop {
+        match TcpListener::bind(addr).await {
+            Err(error)
+                if error.kind() == std::io::ErrorKind::AddrInUse
+                    && tokio::time::Instant::now() < deadline =>
+            {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            bound => {
+                return bound.map_err(|source| DaemonError::Listen {
+                    addr: addr.to_string(),
+                    source,
+                });
+            }
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -145,3 +145,83 @@ fn five_restarts_under_load_lose_nothing_and_keep_every_lane() {
         config["handover"]
     );
 }
+
+/// A daemon told to stop with no successor (SIGINT) drains for as long as
+/// a connection is mid-request. A new daemon started meanwhile finds it
+/// taking no successor: it waits for it to be gone (its pinned maps
+/// removed) and then starts, instead of failing (found by the bench: the
+/// new daemon exited on "connection reset" and the node had none).
+#[test]
+fn a_daemon_started_while_the_old_one_stops_waits_for_it() {
+    let cluster = Cluster::up("upgrade.yaml");
+    let gray = "py-a-base -> py-b-gray -> py-c-gray";
+    assert_eq!(
+        cluster.curl("client", "http://py-a:8080/", &["x-lane: gray"]),
+        gray
+    );
+    // A request whose head never ends holds the old daemon's drain.
+    let mut holder = std::process::Command::new(tagger_e2e::tagger_bin())
+        .args(cluster.run_dir_args())
+        .args(["cluster", "exec", "client", "--", "python3", "-c"])
+        .arg(
+            "import socket, time\n\
+             s = socket.create_connection(('py-a', 8080))\n\
+             s.sendall(b'GET / HTTP/1.1\\r\\nHost: py-a\\r\\n')\n\
+             print('held', flush=True)\n\
+             time.sleep(8)\n",
+        )
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("starting the holding client");
+    let mut line = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(holder.stdout.take().unwrap()),
+        &mut line,
+    )
+    .unwrap();
+    assert_eq!(line.trim(), "held");
+    let old = cluster.daemon_pid();
+    // SAFETY: kill(2) on the daemon this test's cluster started.
+    assert_eq!(unsafe { libc::kill(old, libc::SIGINT) }, 0);
+    std::thread::sleep(Duration::from_millis(200));
+    assert!(pid_alive(old), "the old daemon drains its held connection");
+    let out = cluster.tagger(&["cluster", "restart-daemon"]);
+    let _ = holder.wait();
+    assert!(
+        out.status.success(),
+        "the new daemon did not start: {}\ndaemon log:\n{}",
+        String::from_utf8_lossy(&out.stderr)
+            .lines()
+            .next()
+            .unwrap_or(""),
+        cluster
+            .log("daemon")
+            .lines()
+            .filter(|l| l.contains("INFO") || l.contains("WARN") || l.contains("Error"))
+            .filter(|l| !l.contains("tagger::access"))
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
+    let log = cluster.log("daemon");
+    assert!(
+        log.contains("the running daemon is stopping; starting once it is gone"),
+        "the new daemon met the stopping one"
+    );
+    let stopped = log
+        .find("tagger daemon stopped")
+        .expect("the old daemon stopped");
+    let ready = log.rfind("tagger daemon ready").expect("a daemon ready");
+    assert!(
+        stopped < ready,
+        "the new daemon started after the old one was gone"
+    );
+    assert!(
+        eventually(SETTLE_LIMIT, || (!pid_alive(old)).then_some(())).is_some(),
+        "the old daemon {old} exited"
+    );
+    assert_eq!(
+        cluster.curl("client", "http://py-a:8080/", &["x-lane: gray"]),
+        gray,
+        "lanes again through the new daemon"
+    );
+}

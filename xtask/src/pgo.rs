@@ -6,8 +6,9 @@
 //! spends its time on); LLVM's `llvm-profdata` (Debian's LLVM 22, the
 //! version rustc 1.95 is built on) merges the counts, and the release
 //! build lays out and inlines by them (`-Cprofile-use`). The proxy's CPU
-//! per gRPC call is ~17% lower than the same release build without the
-//! profile (BENCHMARKS.md, "Profile-guided release build").
+//! per gRPC call is ~15% lower than the same release build without the
+//! profile, as a ratio to Envoy's (BENCHMARKS.md, "Profile-guided release
+//! build").
 //!
 //! Each step is skipped when its input has not changed: the instrumented
 //! build is incremental, the training runs again only when that build

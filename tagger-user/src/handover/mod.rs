@@ -118,6 +118,11 @@ pub enum HandoverError {
     Unexpected { expected: &'static str, got: Frame },
     #[error("handover: the predecessor sent {got} listening sockets for {want} roles")]
     Listeners { got: usize, want: usize },
+    /// The running daemon closed the session without a welcome: it is
+    /// stopping with no successor (SIGINT, or SIGTERM with none in time)
+    /// and still drains, or is hung.
+    #[error("handover: the running daemon is stopping and takes no successor ({0})")]
+    Stopping(io::Error),
 }
 
 fn encode(frame: &Frame) -> Vec<u8> {

@@ -91,10 +91,15 @@ impl Predecessor {
         std::thread::Builder::new()
             .name("handover".into())
             .spawn(move || {
-                // One successor at a time; none after one took over.
+                // One successor at a time; none after one took over or
+                // this daemon began to stop. Such a hello is dropped unread
+                // (the successor sees a reset: `Stopping`), and the socket
+                // kept until this process exits, so that a successor waits
+                // for it to be gone (its pinned maps removed) rather than
+                // start beside a daemon still draining.
                 for stream in listener.incoming() {
                     if server.done.load(Ordering::SeqCst) {
-                        return;
+                        continue;
                     }
                     let Ok(stream) = stream else { continue };
                     let result = server.session(stream);

@@ -4,6 +4,7 @@ use std::{
     os::{fd::OwnedFd, unix::net::UnixStream},
     path::Path,
     sync::{Arc, mpsc},
+    time::Duration,
 };
 
 use tracing::{info, warn};
@@ -16,6 +17,24 @@ use crate::propagation::{Pump, events::EventPump, snapshot::StoreSnapshot};
 /// daemon's memory): its last decisions then lack contexts and are
 /// untrusted, never wrong.
 const MAX_PENDING_EVENTS: usize = 65_536;
+/// A live predecessor welcomes at once (its handover thread waits for
+/// nothing else); one that has stopped taking successors leaves a hello
+/// unread until it exits.
+const WELCOME_WAIT: Duration = Duration::from_secs(2);
+
+/// A failure to be welcomed that says the other daemon stopped taking
+/// successors: it closed the session (unread, hence a reset) or let the
+/// hello wait.
+fn stopping(error: io::Error) -> HandoverError {
+    match error.kind() {
+        io::ErrorKind::ConnectionReset
+        | io::ErrorKind::BrokenPipe
+        | io::ErrorKind::UnexpectedEof
+        | io::ErrorKind::WouldBlock
+        | io::ErrorKind::TimedOut => HandoverError::Stopping(error),
+        _ => HandoverError::Io(error),
+    }
+}
 
 /// A live predecessor that answered.
 pub struct Successor {
@@ -35,6 +54,8 @@ pub struct Successor {
 impl Successor {
     /// Greets the daemon listening on `path`, if any. `Ok(None)`: nobody
     /// there (no socket file, or a stale one nobody listens on).
+    /// [`HandoverError::Stopping`]: one is there but takes no successor;
+    /// it is gone once its connections are drained.
     pub fn connect(path: &Path, layout: &str) -> Result<Option<Self>, HandoverError> {
         let stream = match UnixStream::connect(path) {
             Ok(stream) => stream,
@@ -54,9 +75,17 @@ impl Successor {
                 layout: layout.to_string(),
                 pid: std::process::id(),
             }),
-        )?;
+        )
+        .map_err(stopping)?;
+        stream.set_read_timeout(Some(WELCOME_WAIT))?;
         let mut first = vec![0u8; 64 * 1024];
-        let (n, fds) = fds::recv_with_fds(&stream, &mut first)?;
+        let (n, fds) = fds::recv_with_fds(&stream, &mut first).map_err(stopping)?;
+        if n == 0 {
+            return Err(HandoverError::Stopping(io::ErrorKind::UnexpectedEof.into()));
+        }
+        // Later steps wait as long as the predecessor takes (a freeze, the
+        // contexts) or for its whole drain (the events it asks for).
+        stream.set_read_timeout(None)?;
         let mut reader = Reader::new(stream.try_clone()?);
         reader.prime(&first[..n]);
         let message = reader.message("welcome")?;
