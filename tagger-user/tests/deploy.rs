@@ -331,13 +331,21 @@ fn the_dockerfile_builds_with_the_steps_xtask_runs() {
     ] {
         assert!(run_lines.contains(step), "deploy/Dockerfile lacks `{step}`");
     }
-    let xtask = read("xtask/src/main.rs");
+    // xtask's release build (xtask/src/pgo.rs) is the same cargo command,
+    // guided by the profile it leaves where the Dockerfile looks for it.
+    let pgo = read("xtask/src/pgo.rs");
     assert!(
-        xtask.contains(r#""build", "--release", "-p", "tagger-user", "--bin", "tagger""#),
+        pgo.contains(r#""build", "--release", "-p", "tagger-user", "--bin", "tagger""#),
         "xtask's release build is no longer the Dockerfile's"
     );
     assert!(
-        xtask.contains("build_only: true")
+        pgo.contains(r#"root.join("deploy/pgo")"#)
+            && pgo.contains(r#""tagger.profdata""#)
+            && run_lines.contains("-Cprofile-use=/src/deploy/pgo/tagger.profdata"),
+        "the image build no longer uses the profile xtask leaves in deploy/pgo/"
+    );
+    assert!(
+        read("xtask/src/main.rs").contains("build_only: true")
             && read("xtask/src/setup.rs").contains("pub fn ensure_build_only")
     );
 }
