@@ -30,6 +30,8 @@ use anyhow::{Context, Result, bail};
 
 /// Debian's `llvm-22` (a dependency of `llvm-22-dev`, a build package).
 const LLVM_PROFDATA: &str = "/usr/lib/llvm-22/bin/llvm-profdata";
+/// The release build, instrumented and guided alike (the image's too).
+const RELEASE_BUILD: [&str; 6] = ["build", "--release", "-p", "tagger-user", "--bin", "tagger"];
 
 /// Builds `target/release/tagger` guided by a profile of the bench's load;
 /// returns its path.
@@ -40,7 +42,7 @@ pub fn build_release(root: &Path) -> Result<PathBuf> {
     println!("== release build, step 1 of 3: instrumented (target/pgo/instrumented)");
     crate::run(
         cargo(root, &format!("-Cprofile-generate={}", raw.display()))
-            .args(["build", "--release", "-p", "tagger-user", "--bin", "tagger"])
+            .args(RELEASE_BUILD)
             .arg("--target-dir")
             .arg(&instrumented_dir),
     )?;
@@ -78,16 +80,7 @@ pub fn build_release(root: &Path) -> Result<PathBuf> {
         "== step 3 of 3: release build guided by {}",
         named.display()
     );
-    crate::run(
-        cargo(root, &format!("-Cprofile-use={}", named.display())).args([
-            "build",
-            "--release",
-            "-p",
-            "tagger-user",
-            "--bin",
-            "tagger",
-        ]),
-    )?;
+    crate::run(cargo(root, &format!("-Cprofile-use={}", named.display())).args(RELEASE_BUILD))?;
     // The profile for the image build, which cannot train.
     let deploy = root.join("deploy/pgo");
     std::fs::create_dir_all(&deploy)?;
@@ -98,9 +91,8 @@ pub fn build_release(root: &Path) -> Result<PathBuf> {
 /// Cargo with `flags` as the host build's RUSTFLAGS (the eBPF build clears
 /// them: tagger-user/build.rs).
 fn cargo(root: &Path, flags: &str) -> Command {
-    let mut cmd = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
-    cmd.current_dir(root)
-        .env("RUSTFLAGS", flags)
+    let mut cmd = crate::cargo(root);
+    cmd.env("RUSTFLAGS", flags)
         .env_remove("CARGO_ENCODED_RUSTFLAGS");
     cmd
 }
